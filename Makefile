@@ -1,0 +1,39 @@
+# Everything runs from a virtual environment in .venv (override with VENV=...).
+PYTHON ?= python3
+VENV ?= .venv
+BIN := $(VENV)/bin
+# torch==2.13.0 resolves to the CPU build on machines that carry that wheel locally; for an NVIDIA GPU use
+# `make install TORCH=torch` (PyPI's Linux torch is the CUDA build).
+TORCH ?= torch==2.13.0
+CONFIG ?= configs/imdb_cpu.yaml
+DATA_DIR ?= $(or $(SENTIMENT_DATA_DIR),data)
+GLOVE_DIM ?= 50
+# With no internet but local copies of the archives beside this checkout (../shared/data), use them;
+# otherwise the official URLs. Either can be set explicitly: make download-data IMDB_SOURCE=/path/or/url
+IMDB_SOURCE ?= $(or $(SENTIMENT_IMDB_SOURCE),$(wildcard ../shared/data/aclImdb_v1.tar.gz))
+GLOVE_SOURCE ?= $(or $(SENTIMENT_GLOVE_SOURCE),$(wildcard ../shared/data/glove.6B.$(GLOVE_DIM)d.zip))
+
+export SENTIMENT_DATA_DIR := $(DATA_DIR)
+
+.PHONY: install download-data prepare train test clean
+
+install:
+	$(PYTHON) -m venv $(VENV)
+	$(BIN)/pip install "$(TORCH)" -e ".[dev]"
+
+download-data:
+	$(BIN)/sentiment download --glove-dim $(GLOVE_DIM) \
+		$(if $(IMDB_SOURCE),--imdb-source "$(IMDB_SOURCE)") $(if $(GLOVE_SOURCE),--glove-source "$(GLOVE_SOURCE)")
+	$(BIN)/sentiment prepare --config $(CONFIG)
+
+prepare:
+	$(BIN)/sentiment prepare --config $(CONFIG)
+
+train:
+	$(BIN)/sentiment train --config $(CONFIG)
+
+test:
+	$(BIN)/python -m pytest
+
+clean:
+	rm -rf data/cache .pytest_cache

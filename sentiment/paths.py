@@ -1,0 +1,22 @@
+"""Where things live on disk: data, caches and runs, each overridable by environment variable."""
+
+from __future__ import annotations
+
+import os
+from pathlib import Path
+
+DATA_DIR_ENV = "SENTIMENT_DATA_DIR"
+RUNS_DIR_ENV = "SENTIMENT_RUNS_DIR"
+
+
+def default_data_dir() -> Path:
+    return Path(os.environ.get(DATA_DIR_ENV, "data"))
+
+
+def default_runs_dir() -> Path:
+    return Path(os.environ.get(RUNS_DIR_ENV, "runs"))
+
+
+def cache_dir(data_dir: Path) -> Path:
+    """Derived artefacts (tokenized corpus, parsed GloVe) live beside the data they come from."""
+    return Path(data_dir) / "cache"
