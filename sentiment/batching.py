@@ -1,0 +1,122 @@
+"""Batches for recurrent models: length-bucketed sampling, truncation, and padding collation.
+
+This does what torchtext's BucketIterator did for the classic recipe: reviews of similar length go
+together so that little compute is spent on padding.
+"""
+
+from __future__ import annotations
+
+import math
+from collections.abc import Iterator
+from dataclasses import dataclass
+
+import numpy as np
+import torch
+
+TRUNCATE_MODES = ("head", "tail", "head+tail")
+
+
+@dataclass
+class EncodedSplit:
+    """Reviews as vocab ids: review i is ids[offsets[i]:offsets[i+1]]."""
+
+    ids: np.ndarray  # int32
+    offsets: np.ndarray  # int64 [n + 1]
+    labels: np.ndarray  # int8 (1 pos, 0 neg)
+
+    def __len__(self) -> int:
+        return len(self.labels)
+
+    def lengths(self, max_len: int | None = None) -> np.ndarray:
+        lengths = np.diff(self.offsets)
+        return np.minimum(lengths, max_len) if max_len else lengths
+
+    def n_tokens(self) -> int:
+        return int(self.offsets[-1] - self.offsets[0])
+
+
+def truncate(ids: np.ndarray, max_len: int | None, mode: str = "head+tail") -> np.ndarray:
+    """At most max_len ids. `head+tail` keeps the first quarter and the last three quarters of the budget:
+    reviews tend to state their verdict at the end (Sun et al. 2019 found head 128 + tail 382 of 512 best
+    on IMDB)."""
+    if not max_len or len(ids) <= max_len:
+        return ids
+    if mode == "head":
+        return ids[:max_len]
+    if mode == "tail":
+        return ids[-max_len:]
+    head = max_len // 4
+    return np.concatenate([ids[:head], ids[len(ids) - (max_len - head) :]])
+
+
+def collate(split: EncodedSplit, indices: list[int] | np.ndarray, max_len: int | None = None,
+            mode: str = "head+tail", pad_index: int = 0) -> tuple[torch.Tensor, torch.Tensor, torch.Tensor]:
+    """(ids [B, T] right-padded with pad_index, true lengths [B], float labels [B])."""
+    rows = [truncate(split.ids[split.offsets[i] : split.offsets[i + 1]], max_len, mode) for i in indices]
+    lengths = np.fromiter((max(len(r), 1) for r in rows), dtype=np.int64, count=len(rows))
+    batch = np.full((len(rows), int(lengths.max()) if len(rows) else 0), pad_index, dtype=np.int64)
+    for b, row in enumerate(rows):
+        batch[b, : len(row)] = row
+    labels = split.labels[np.asarray(indices, dtype=np.int64)].astype(np.float32)
+    return torch.from_numpy(batch), torch.from_numpy(lengths), torch.from_numpy(labels)
+
+
+class BucketBatchSampler:
+    """Yields batches of indices whose reviews have similar lengths.
+
+    Training order: shuffle, cut into pools of `pool_batches` batches, sort each pool by length, cut it
+    into batches, shuffle the batches. The order depends only on (seed, epoch), so a resumed run sees
+    the same batches; `num_replicas`/`rank` shard the batches for data-parallel training. Without
+    shuffle (evaluation) reviews are simply sorted by length.
+    """
+
+    def __init__(self, lengths: np.ndarray, batch_size: int, *, shuffle: bool = True, seed: int = 0,
+                 pool_batches: int = 100, bucket: bool = True, num_replicas: int = 1, rank: int = 0):
+        if batch_size < 1:
+            raise ValueError("batch_size must be >= 1")
+        self.lengths = np.asarray(lengths)
+        self.batch_size = batch_size
+        self.shuffle = shuffle
+        self.seed = seed
+        self.pool_batches = pool_batches
+        self.bucket = bucket
+        self.num_replicas = num_replicas
+        self.rank = rank
+        self.epoch = 0
+
+    def set_epoch(self, epoch: int) -> None:
+        self.epoch = epoch
+
+    def batches(self) -> list[np.ndarray]:
+        n, bs = len(self.lengths), self.batch_size
+        if not self.shuffle:
+            order = np.argsort(self.lengths, kind="stable") if self.bucket else np.arange(n)
+            batches = [order[i : i + bs] for i in range(0, n, bs)]
+        else:
+            rng = np.random.default_rng([self.seed, self.epoch])
+            order = rng.permutation(n)
+            batches = []
+            if self.bucket:
+                pool = bs * self.pool_batches
+                for start in range(0, n, pool):
+                    chunk = order[start : start + pool]
+                    chunk = chunk[np.argsort(self.lengths[chunk], kind="stable")]
+                    batches.extend(chunk[i : i + bs] for i in range(0, len(chunk), bs))
+            else:
+                batches = [order[i : i + bs] for i in range(0, n, bs)]
+            batches = [batches[i] for i in rng.permutation(len(batches))]
+        return batches[self.rank :: self.num_replicas]
+
+    def __iter__(self) -> Iterator[np.ndarray]:
+        return iter(self.batches())
+
+    def __len__(self) -> int:
+        n_batches = math.ceil(len(self.lengths) / self.batch_size)
+        return len(range(self.rank, n_batches, self.num_replicas))
+
+
+def padding_share(lengths: np.ndarray, batches: list[np.ndarray]) -> float:
+    """Share of padded positions among all positions computed over (padding / (padding + real tokens))."""
+    real = sum(int(lengths[b].sum()) for b in batches)
+    total = sum(int(lengths[b].max()) * len(b) for b in batches if len(b))
+    return 1.0 - real / total if total else 0.0

@@ -1,0 +1,212 @@
+"""The tokenized IMDB corpus, built once with both cores and cached on disk.
+
+The cache holds every review as int32 ids into a table of distinct tokens (not a vocab: the vocab
+depends on the training split and its settings, and is built from this in milliseconds). Its key
+covers the review files (path, size, mtime), the tokenization settings and the spaCy version, so a
+changed setting never reuses a stale cache.
+"""
+
+from __future__ import annotations
+
+import hashlib
+import io
+import json
+import multiprocessing
+import os
+import zipfile
+from dataclasses import dataclass
+from itertools import chain
+from pathlib import Path
+
+import numpy as np
+
+from sentiment.imdb import SPLIT_CODES, fingerprint, imdb_dir, list_reviews
+from sentiment.tokenize import clean_text, spacy_version, tokenize_chunks
+from sentiment.atomic import atomic_write_bytes
+
+CACHE_VERSION = 1
+_PARALLEL_MIN_DOCS = 2000  # below this, starting worker processes costs more than it saves
+
+
+@dataclass
+class TokenizedCorpus:
+    tokens: list[str]  # table of distinct tokens; ids index into it
+    ids: np.ndarray  # int32, every review's token ids, concatenated
+    offsets: np.ndarray  # int64 [n_docs + 1]: review i is ids[offsets[i]:offsets[i + 1]]
+    labels: np.ndarray  # int8: 1 pos, 0 neg, -1 unlabeled
+    ratings: np.ndarray  # int8 stars
+    splits: np.ndarray  # int8 codes of imdb.SPLIT_CODES
+    names: list[str]  # file paths relative to the aclImdb directory
+    invalid_utf8: int = 0  # review files decoded with replacement characters
+
+    def __len__(self) -> int:
+        return len(self.labels)
+
+    def lengths(self) -> np.ndarray:
+        return np.diff(self.offsets)
+
+    def doc(self, i: int) -> np.ndarray:
+        return self.ids[self.offsets[i] : self.offsets[i + 1]]
+
+    def select(self, split: str) -> np.ndarray:
+        return np.flatnonzero(self.splits == SPLIT_CODES[split])
+
+
+def _read_and_split(paths: list[str]) -> tuple[list[str], np.ndarray, np.ndarray, int]:
+    """Worker: read reviews, split into whitespace chunks, and send back only compact data:
+    the distinct chunks and each review as int32 indices into them."""
+    chunked, bad = [], 0
+    for path in paths:
+        with open(path, "rb") as f:
+            raw = f.read()
+        try:
+            text = raw.decode("utf-8")
+        except UnicodeDecodeError:
+            text = raw.decode("utf-8", errors="replace")
+            bad += 1
+        chunked.append(clean_text(text).split())
+    lengths = np.fromiter(map(len, chunked), dtype=np.int64, count=len(chunked))
+    flat = list(chain.from_iterable(chunked))
+    index = {c: i for i, c in enumerate(dict.fromkeys(flat))}
+    ids = np.fromiter(map(index.__getitem__, flat), dtype=np.int32, count=len(flat))
+    return list(index), ids, lengths, bad
+
+
+def _tokenize_packed(args: tuple[list[str], bool]) -> str:
+    """Worker: tokens of each chunk, packed into one string (' ' between tokens, '\\n' between chunks),
+    which pickles far smaller and faster than lists of lists."""
+    chunks, lowercase = args
+    return "\n".join(" ".join(toks) for toks in tokenize_chunks(chunks, lowercase))
+
+
+def _halves(items: list, parts: int) -> list[list]:
+    size = -(-len(items) // parts)
+    return [items[i : i + size] for i in range(0, len(items), size)] or [[]]
+
+
+def tokenize_files(paths: list[str], lowercase: bool = True, workers: int = 2) -> tuple[list[str], np.ndarray, np.ndarray, int]:
+    """Tokenize review files into (token table, flat ids, offsets, invalid-UTF-8 count)."""
+    workers = max(1, min(workers, os.cpu_count() or 1))
+    if workers == 1 or len(paths) < _PARALLEL_MIN_DOCS:
+        parts = [_read_and_split(paths)]
+        pool = None
+    else:
+        # fork: workers inherit the loaded modules, so they start in milliseconds
+        method = "fork" if "fork" in multiprocessing.get_all_start_methods() else "spawn"
+        pool = multiprocessing.get_context(method).Pool(workers)
+        parts = pool.map(_read_and_split, _halves(paths, workers))
+    try:
+        # merge the workers' distinct chunks into one global numbering
+        chunk_index: dict[str, int] = {}
+        flat_parts, length_parts, bad = [], [], 0
+        for uniq, ids, lengths, n_bad in parts:
+            setdefault = chunk_index.setdefault
+            local_to_global = np.fromiter((setdefault(c, len(chunk_index)) for c in uniq), dtype=np.int32, count=len(uniq))
+            flat_parts.append(local_to_global[ids])
+            length_parts.append(lengths)
+            bad += n_bad
+        chunk_ids = np.concatenate(flat_parts) if flat_parts else np.zeros(0, np.int32)
+        doc_chunks = np.concatenate(length_parts)
+        chunks = list(chunk_index)
+        del chunk_index, parts
+
+        jobs = [(part, lowercase) for part in _halves(chunks, workers if pool else 1)]
+        packed = pool.map(_tokenize_packed, jobs) if pool else [_tokenize_packed(j) for j in jobs]
+    finally:
+        if pool is not None:
+            pool.close()
+            pool.join()
+
+    # token table and each chunk's token ids (CSR layout)
+    per_chunk = "\n".join(p for p in packed if p or len(packed) == 1).split("\n") if chunks else []
+    n_tok = np.fromiter((s.count(" ") + 1 if s else 0 for s in per_chunk), dtype=np.int64, count=len(per_chunk))
+    flat_tokens = " ".join(s for s in per_chunk if s).split(" ") if n_tok.sum() else []
+    table = {t: i for i, t in enumerate(dict.fromkeys(flat_tokens))}
+    chunk_tokens = np.fromiter(map(table.__getitem__, flat_tokens), dtype=np.int32, count=len(flat_tokens))
+    chunk_start = np.concatenate([[0], np.cumsum(n_tok)])[:-1]
+
+    # expand every review's chunks into token ids, vectorised
+    per_pos = n_tok[chunk_ids]
+    ends = np.cumsum(per_pos)
+    total = int(ends[-1]) if len(ends) else 0
+    gather = np.repeat(chunk_start[chunk_ids] - (ends - per_pos), per_pos) + np.arange(total)
+    ids = chunk_tokens[gather] if total else np.zeros(0, np.int32)
+    chunk_offsets = np.concatenate([[0], np.cumsum(doc_chunks)])
+    token_offsets = np.concatenate([[0], ends])[chunk_offsets].astype(np.int64)
+    return list(table), ids.astype(np.int32, copy=False), token_offsets, bad
+
+
+def _cache_key(files: list[tuple[str, int, int]], root: Path, lowercase: bool) -> str:
+    h = hashlib.sha256()
+    h.update(json.dumps({"v": CACHE_VERSION, "lowercase": lowercase, "spacy": spacy_version(), "clean": "br"}).encode())
+    for path, size, mtime in files:
+        h.update(f"{os.path.relpath(path, root)}\0{size}\0{mtime}\n".encode())
+    return h.hexdigest()[:20]
+
+
+def _pack_strings(strings: list[str]) -> np.ndarray:
+    return np.frombuffer("\n".join(strings).encode("utf-8"), dtype=np.uint8)
+
+
+def _unpack_strings(array: np.ndarray) -> list[str]:
+    return array.tobytes().decode("utf-8").split("\n") if array.size else []
+
+
+def _save(corpus: TokenizedCorpus, path: Path) -> None:
+    buf = io.BytesIO()
+    np.savez(
+        buf, ids=corpus.ids, offsets=corpus.offsets, labels=corpus.labels, ratings=corpus.ratings,
+        splits=corpus.splits, tokens=_pack_strings(corpus.tokens), names=_pack_strings(corpus.names),
+        invalid_utf8=np.array([corpus.invalid_utf8]),
+    )
+    atomic_write_bytes(path, buf.getvalue())
+
+
+def _load(path: Path) -> TokenizedCorpus | None:
+    """The cached corpus, or None when it is missing, truncated or inconsistent (then it is rebuilt)."""
+    try:
+        with np.load(path) as z:
+            corpus = TokenizedCorpus(
+                tokens=_unpack_strings(z["tokens"]), ids=z["ids"], offsets=z["offsets"], labels=z["labels"],
+                ratings=z["ratings"], splits=z["splits"], names=_unpack_strings(z["names"]),
+                invalid_utf8=int(z["invalid_utf8"][0]),
+            )
+    except (OSError, ValueError, KeyError, EOFError, zipfile.BadZipFile, UnicodeDecodeError):
+        return None
+    n = len(corpus.labels)
+    ok = (
+        len(corpus.offsets) == n + 1 and corpus.offsets[-1] == len(corpus.ids) and len(corpus.names) == n
+        and (len(corpus.ids) == 0 or int(corpus.ids.max()) < len(corpus.tokens))
+    )
+    return corpus if ok else None
+
+
+def load_corpus(
+    data_dir: Path, *, lowercase: bool = True, include_unsup: bool = False, workers: int = 2,
+    cache_dir: Path | None = None,
+) -> tuple[TokenizedCorpus, bool]:
+    """The tokenized corpus and whether it came from the cache."""
+    root = imdb_dir(data_dir)
+    reviews = list_reviews(root, include_unsup=include_unsup)
+    cache_path = None
+    if cache_dir is not None:
+        key = _cache_key(fingerprint(reviews), root, lowercase)
+        cache_path = Path(cache_dir) / f"corpus-{'unsup-' if include_unsup else ''}{key}.npz"
+        if cache_path.exists():
+            corpus = _load(cache_path)
+            if corpus is not None and len(corpus) == len(reviews):
+                return corpus, True
+            cache_path.unlink(missing_ok=True)  # corrupt or truncated: rebuild it
+
+    tokens, ids, offsets, bad = tokenize_files([r.path for r in reviews], lowercase, workers)
+    corpus = TokenizedCorpus(
+        tokens=tokens, ids=ids, offsets=offsets,
+        labels=np.array([r.label for r in reviews], dtype=np.int8),
+        ratings=np.array([r.rating for r in reviews], dtype=np.int8),
+        splits=np.array([SPLIT_CODES[r.split] for r in reviews], dtype=np.int8),
+        names=[os.path.relpath(r.path, root) for r in reviews],
+        invalid_utf8=bad,
+    )
+    if cache_path is not None:
+        _save(corpus, cache_path)
+    return corpus, False

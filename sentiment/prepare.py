@@ -1,0 +1,87 @@
+"""From a data config to model-ready tensors: corpus -> validation split -> vocab -> ids -> GloVe matrix."""
+
+from __future__ import annotations
+
+import time
+from dataclasses import dataclass, field
+from pathlib import Path
+
+import numpy as np
+
+from sentiment.batching import EncodedSplit
+from sentiment.config import DataConfig
+from sentiment.corpus import TokenizedCorpus, load_corpus
+from sentiment.errors import SentimentError
+from sentiment.imdb import validation_split
+from sentiment.paths import cache_dir
+from sentiment.vocab import Vocab, build_vocab, table_to_vocab_ids
+
+
+@dataclass
+class PreparedData:
+    vocab: Vocab
+    train: EncodedSplit
+    valid: EncodedSplit
+    test: EncodedSplit
+    embeddings: np.ndarray | None = None  # [len(vocab), dim] initial embedding rows, from GloVe
+    stats: dict = field(default_factory=dict)  # timings, cache hit, coverage: for the CLI to report
+
+
+def _positions(offsets: np.ndarray, docs: np.ndarray) -> tuple[np.ndarray, np.ndarray]:
+    """Flat positions of the given docs' tokens, and the new offsets of those docs laid end to end."""
+    starts, ends = offsets[docs], offsets[docs + 1]
+    lengths = ends - starts
+    new_offsets = np.concatenate([[0], np.cumsum(lengths)]).astype(np.int64)
+    pos = np.repeat(starts - new_offsets[:-1], lengths) + np.arange(new_offsets[-1])
+    return pos, new_offsets
+
+
+def encode_docs(corpus: TokenizedCorpus, docs: np.ndarray, table_to_vocab: np.ndarray) -> EncodedSplit:
+    pos, offsets = _positions(corpus.offsets, docs)
+    return EncodedSplit(ids=table_to_vocab[corpus.ids[pos]], offsets=offsets, labels=corpus.labels[docs].copy())
+
+
+def split_indices(corpus: TokenizedCorpus, cfg: DataConfig) -> dict[str, np.ndarray]:
+    train_all = corpus.select("train")
+    train_rel, valid_rel = validation_split(corpus.labels[train_all], cfg.valid_fraction, cfg.split_seed)
+    return {"train": train_all[train_rel], "valid": train_all[valid_rel], "test": corpus.select("test")}
+
+
+def prepare_data(cfg: DataConfig, vocab: Vocab | None = None, *, with_embeddings: bool = True) -> PreparedData:
+    """Everything training needs. Pass the run's `vocab` to encode with it instead of building one
+    (evaluation, resume); embeddings are only loaded for a new vocab."""
+    t0 = time.perf_counter()
+    data_dir = Path(cfg.data_dir)
+    corpus, from_cache = load_corpus(data_dir, lowercase=cfg.lowercase, workers=cfg.workers, cache_dir=cache_dir(data_dir))
+    t_corpus = time.perf_counter() - t0
+    idx = split_indices(corpus, cfg)
+    if len(idx["train"]) == 0:
+        raise SentimentError("the training split is empty: check data.valid_fraction and the data directory")
+
+    new_vocab = vocab is None
+    if new_vocab:
+        # the vocab sees the training split only: validation and test words count as unknown
+        pos, _ = _positions(corpus.offsets, idx["train"])
+        counts = np.bincount(corpus.ids[pos], minlength=len(corpus.tokens))
+        vocab = build_vocab(corpus.tokens, counts, cfg.vocab_max_size, cfg.vocab_min_freq)
+    table_to_vocab = table_to_vocab_ids(corpus.tokens, vocab)
+    splits = {name: encode_docs(corpus, docs, table_to_vocab) for name, docs in idx.items()}
+    stats = {
+        "corpus_from_cache": from_cache, "corpus_seconds": t_corpus, "reviews": len(corpus),
+        "invalid_utf8_files": corpus.invalid_utf8, "vocab_size": len(vocab),
+        "train": len(idx["train"]), "valid": len(idx["valid"]), "test": len(idx["test"]),
+    }
+    embeddings = None
+    if new_vocab and with_embeddings and cfg.glove_dim is not None:
+        from sentiment.glove import build_embedding_matrix, glove_file, load_glove
+
+        t1 = time.perf_counter()
+        glove = load_glove(glove_file(data_dir, cfg.glove_dim), cache_dir(data_dir))
+        embeddings, coverage = build_embedding_matrix(
+            vocab.itos, glove, pad_index=vocab.pad_index, unk_init=cfg.glove_unk_init, seed=cfg.split_seed,
+            token_counts=vocab.counts, specials=(vocab.pad_index, vocab.unk_index),
+        )
+        stats.update(glove_seconds=time.perf_counter() - t1, glove_vocab_coverage=coverage.vocab_share,
+                     glove_token_coverage=coverage.token_share, glove_skipped_lines=glove.skipped_lines)
+    stats["prepare_seconds"] = time.perf_counter() - t0
+    return PreparedData(vocab, splits["train"], splits["valid"], splits["test"], embeddings, stats)

@@ -1,0 +1,52 @@
+"""Shared fixtures: a tiny IMDB-shaped dataset whose labels are learnable, and tiny GloVe vectors."""
+
+from __future__ import annotations
+
+import random
+from pathlib import Path
+
+import pytest
+import torch
+
+torch.set_num_threads(1)  # tests are small; more threads only contend on a shared CI machine
+
+POSITIVE = ["great", "wonderful", "superb", "loved", "brilliant", "excellent", "moving", "fun"]
+NEGATIVE = ["awful", "boring", "terrible", "hated", "dull", "worst", "poor", "mess"]
+NEUTRAL = ["the", "movie", "film", "plot", "actor", "scene", "story", "it", "was", "and", "a", "this",
+           "director", "cast", "ending", "music", "really", "quite", "very", "with"]
+
+
+def review(rng: random.Random, positive: bool) -> str:
+    words = [rng.choice(NEUTRAL) for _ in range(rng.randint(8, 60))]
+    cue = POSITIVE if positive else NEGATIVE
+    for _ in range(rng.randint(1, 3)):
+        words.insert(rng.randrange(len(words) + 1), rng.choice(cue))
+    text = " ".join(words)
+    # sprinkle IMDB's quirks: HTML breaks, capitals and punctuation
+    return text.capitalize().replace(" and ", ", and ", 1) + ".<br /><br />" + rng.choice(["Really.", "OK!", "Hmm..."])
+
+
+def make_imdb(data_dir: Path, n_per_class: int = 60, seed: int = 0, with_glove: bool = True) -> Path:
+    """data_dir/aclImdb in the standard layout (+ data_dir/glove/glove.6B.50d.txt)."""
+    rng = random.Random(seed)
+    root = Path(data_dir) / "aclImdb"
+    for split in ("train", "test"):
+        for label in ("pos", "neg"):
+            folder = root / split / label
+            folder.mkdir(parents=True, exist_ok=True)
+            for i in range(n_per_class):
+                rating = rng.randint(7, 10) if label == "pos" else rng.randint(1, 4)
+                (folder / f"{i}_{rating}.txt").write_text(review(rng, label == "pos"), encoding="utf-8")
+    if with_glove:
+        glove = Path(data_dir) / "glove"
+        glove.mkdir(parents=True, exist_ok=True)
+        vrng = random.Random(seed + 1)
+        lines = [" ".join([w] + [f"{vrng.gauss(0, 0.5):.4f}" for _ in range(50)])
+                 for w in POSITIVE[:4] + NEGATIVE[:4] + NEUTRAL + [".", ","]]
+        (glove / "glove.6B.50d.txt").write_text("\n".join(lines) + "\n", encoding="utf-8")
+    return Path(data_dir)
+
+
+@pytest.fixture
+def tiny_data(tmp_path: Path) -> Path:
+    return make_imdb(tmp_path / "data")
