@@ -1,0 +1,96 @@
+"""Run directories and checkpoints.
+
+A run directory holds everything needed to evaluate, resume or serve a model without the config file
+it came from: config.yaml (resolved), vocab.json, metrics.jsonl, best.pt, last.pt, curves.png and
+results.json. Checkpoints are written atomically and loaded with weights_only=True (no pickle code).
+"""
+
+from __future__ import annotations
+
+import io
+import json
+import pickle
+import zipfile
+from pathlib import Path
+from typing import Any
+
+import torch
+import yaml
+
+from sentiment.atomic import atomic_write, atomic_write_text
+from sentiment.config import Config, config_from_dict, dump_config
+from sentiment.errors import SentimentError
+from sentiment.vocab import Vocab
+
+CHECKPOINT_FORMAT = 1
+CONFIG_FILE, VOCAB_FILE, METRICS_FILE = "config.yaml", "vocab.json", "metrics.jsonl"
+BEST, LAST, RESULTS, CURVES = "best.pt", "last.pt", "results.json", "curves.png"
+
+
+def save_checkpoint(path: Path, state: dict[str, Any]) -> None:
+    buf = io.BytesIO()
+    torch.save({"format": CHECKPOINT_FORMAT, **state}, buf)
+    atomic_write(Path(path), lambda f: f.write(buf.getbuffer()))
+
+
+def load_checkpoint(path: Path, vocab: Vocab | None = None, map_location: str | torch.device = "cpu") -> dict[str, Any]:
+    """A checkpoint dict; one clear error if it is missing, corrupt, or belongs to another vocab."""
+    path = Path(path)
+    if not path.is_file():
+        raise SentimentError(f"checkpoint {path} not found")
+    try:
+        state = torch.load(path, map_location=map_location, weights_only=True)
+    except (RuntimeError, EOFError, pickle.UnpicklingError, zipfile.BadZipFile, ValueError, OSError) as e:
+        first = str(e).strip().splitlines()[0] if str(e).strip() else type(e).__name__
+        raise SentimentError(f"checkpoint {path} is corrupt or truncated ({first[:200]})") from None
+    if not isinstance(state, dict) or state.get("format") != CHECKPOINT_FORMAT or "model" not in state:
+        raise SentimentError(f"{path} is not a checkpoint written by this version of sentiment")
+    if vocab is not None and state.get("vocab") != vocab.itos:
+        raise SentimentError(f"checkpoint {path} belongs to another vocab than {path.parent / VOCAB_FILE}")
+    return state
+
+
+def write_run_files(run_dir: Path, cfg: Config, vocab: Vocab) -> None:
+    atomic_write_text(run_dir / CONFIG_FILE, dump_config(cfg))
+    vocab.save(run_dir / VOCAB_FILE)
+
+
+def load_run(run_dir: Path) -> tuple[Config, Vocab]:
+    run_dir = Path(run_dir)
+    if not run_dir.is_dir():
+        raise SentimentError(f"run directory {run_dir} not found")
+    if not (run_dir / CONFIG_FILE).is_file() or not (run_dir / VOCAB_FILE).is_file():
+        raise SentimentError(f"{run_dir} is not a run directory (no {CONFIG_FILE} and {VOCAB_FILE})")
+    try:
+        raw = yaml.safe_load((run_dir / CONFIG_FILE).read_text(encoding="utf-8"))
+    except yaml.YAMLError as e:
+        raise SentimentError(f"{run_dir / CONFIG_FILE} is not valid YAML: {e}") from None
+    cfg = config_from_dict(raw or {})
+    return cfg, Vocab.load(run_dir / VOCAB_FILE)
+
+
+def append_metrics(run_dir: Path, row: dict[str, Any]) -> None:
+    """One JSON line per epoch. Rewritten whole (it is small), so a kill mid-write never leaves half a line."""
+    path = Path(run_dir) / METRICS_FILE
+    rows = read_metrics(run_dir)
+    rows = [r for r in rows if r.get("epoch") != row.get("epoch")] + [row]
+    atomic_write_text(path, "".join(json.dumps(r) + "\n" for r in rows))
+
+
+def read_metrics(run_dir: Path) -> list[dict[str, Any]]:
+    path = Path(run_dir) / METRICS_FILE
+    if not path.exists():
+        return []
+    rows = []
+    for line in path.read_text(encoding="utf-8").splitlines():
+        try:
+            rows.append(json.loads(line))
+        except ValueError:
+            continue  # a torn line from an older writer; the epochs before it are intact
+    return rows
+
+
+def truncate_metrics(run_dir: Path, epochs_done: int) -> None:
+    """On resume, drop rows of epochs after the checkpoint (they will be trained again)."""
+    rows = [r for r in read_metrics(run_dir) if r.get("epoch", 0) <= epochs_done]
+    atomic_write_text(Path(run_dir) / METRICS_FILE, "".join(json.dumps(r) + "\n" for r in rows))

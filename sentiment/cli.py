@@ -1,0 +1,308 @@
+"""The `sentiment` command line. Each command parses its options, calls one library function and prints
+the result with rich. Library errors (SentimentError) become one line on stderr and a non-zero exit."""
+
+from __future__ import annotations
+
+import json
+import os
+import shutil
+import time
+from contextlib import contextmanager
+from datetime import datetime
+from pathlib import Path
+from typing import Any, Iterator, Optional
+
+import typer
+from rich.console import Console
+from rich.markup import escape
+from rich.progress import (BarColumn, DownloadColumn, MofNCompleteColumn, Progress, TextColumn, TimeElapsedColumn,
+                           TimeRemainingColumn, TransferSpeedColumn)
+from rich.table import Table
+
+from sentiment.errors import SentimentError
+
+app = typer.Typer(
+    help="Train and evaluate recurrent sentiment classifiers (BiLSTM/BiGRU + GloVe) on IMDB.",
+    no_args_is_help=True, add_completion=False, pretty_exceptions_enable=False,
+)
+console = Console()
+err_console = Console(stderr=True)
+_debug = False
+
+
+@app.callback()
+def _root(debug: bool = typer.Option(False, "--debug", help="Show full tracebacks instead of one-line errors.")) -> None:
+    global _debug
+    _debug = debug
+
+
+@contextmanager
+def user_errors() -> Iterator[None]:
+    """Turn our errors (and Ctrl-C outside training) into one line on stderr and an exit code."""
+    try:
+        yield
+    except SentimentError as e:
+        if _debug:
+            raise
+        err_console.print(f"[bold red]error:[/] {escape(str(e))}", soft_wrap=True)
+        raise typer.Exit(e.exit_code) from None
+    except KeyboardInterrupt:
+        if _debug:
+            raise
+        err_console.print("[bold red]interrupted[/]", soft_wrap=True)
+        raise typer.Exit(130) from None
+
+
+DataDirOption = typer.Option(None, "--data-dir", envvar="SENTIMENT_DATA_DIR",
+                             help="Data directory [default: data/, or $SENTIMENT_DATA_DIR].")
+
+
+# ---------------------------------------------------------------- download
+@app.command()
+def download(
+    data_dir: Optional[Path] = DataDirOption,
+    imdb_source: Optional[str] = typer.Option(None, envvar="SENTIMENT_IMDB_SOURCE",
+        help="IMDB archive: URL, file:// URL, path to aclImdb_v1.tar.gz, or an extracted aclImdb directory."),
+    glove_source: Optional[str] = typer.Option(None, envvar="SENTIMENT_GLOVE_SOURCE",
+        help="GloVe: URL, file:// URL, path to glove.6B.zip (or one glove.6B.<dim>d.txt/zip), or a directory."),
+    glove_dim: list[int] = typer.Option([50], "--glove-dim", help="GloVe dimension(s) to install: 50, 100, 200, 300."),
+    imdb_sha256: Optional[str] = typer.Option(None, help="Verify a custom IMDB source against this sha256."),
+    glove_sha256: Optional[str] = typer.Option(None, help="Verify a custom GloVe source against this sha256."),
+    skip_glove: bool = typer.Option(False, help="Install IMDB only."),
+    force: bool = typer.Option(False, help="Download and extract again even if in place."),
+) -> None:
+    """Download and extract IMDB and GloVe 6B into the data directory (resumable, checksummed)."""
+    from sentiment import download as dl
+    from sentiment.paths import default_data_dir
+
+    data_dir = data_dir or default_data_dir()
+    with user_errors(), _byte_progress() as progress:
+        results = [dl.download_imdb(data_dir, imdb_source, sha256=imdb_sha256, progress=progress, force=force)]
+        if not skip_glove:
+            for dim in glove_dim:
+                results.append(dl.download_glove(data_dir, dim, glove_source, sha256=glove_sha256,
+                                                 progress=progress, force=force))
+    for r in results:
+        console.print(f"[green]✓[/] {r.name}: {r.status} → {escape(str(r.path))}", soft_wrap=True)
+
+
+@contextmanager
+def _byte_progress() -> Iterator[Any]:
+    """A progress callback (description, done, total) drawing one rich bar per file."""
+    columns = (TextColumn("{task.description}"), BarColumn(), DownloadColumn(), TransferSpeedColumn(),
+               TimeRemainingColumn())
+    with Progress(*columns, console=err_console, transient=False) as progress:
+        tasks: dict[str, Any] = {}
+
+        def update(description: str, done: int, total: int | None) -> None:
+            if description not in tasks:
+                tasks[description] = progress.add_task(description, total=total)
+            progress.update(tasks[description], completed=done, total=total)
+
+        yield update
+
+
+# ---------------------------------------------------------------- prepare
+ConfigOption = typer.Option(None, "--config", "-c", help="YAML experiment config (defaults: the CPU recipe).")
+SetOption = typer.Option([], "--set", help="Override a config key, e.g. --set model.rnn=gru (repeatable).")
+
+
+@app.command()
+def prepare(config: Optional[Path] = ConfigOption, set_: list[str] = SetOption) -> None:
+    """Tokenize IMDB, build the vocab and load GloVe for a config, filling the caches (train does this too)."""
+    from sentiment.config import load_config
+    from sentiment.prepare import prepare_data
+
+    with user_errors():
+        cfg = load_config(config, set_)
+        with console.status("tokenizing IMDB and loading GloVe (cached after the first time)…"):
+            data = prepare_data(cfg.data)
+    _print_prepare_stats(data.stats)
+
+
+def _print_prepare_stats(stats: dict[str, Any]) -> None:
+    s = stats
+    source = "cache" if s["corpus_from_cache"] else "tokenized now"
+    console.print(f"reviews: {s['reviews']:,} ({source}, {s['corpus_seconds']:.1f}s) → train {s['train']:,} · "
+                  f"valid {s['valid']:,} · test {s['test']:,}; vocab {s['vocab_size']:,}")
+    if s.get("invalid_utf8_files"):
+        console.print(f"[yellow]{s['invalid_utf8_files']} review files had invalid UTF-8 (decoded with replacement)[/]")
+    if "glove_vocab_coverage" in s:
+        console.print(f"GloVe covers {s['glove_vocab_coverage']:.1%} of the vocab and {s['glove_token_coverage']:.1%} "
+                      f"of training tokens ({s['glove_seconds']:.1f}s)")
+        if s.get("glove_skipped_lines"):
+            console.print(f"[yellow]{s['glove_skipped_lines']} malformed GloVe lines skipped[/]")
+
+
+# ---------------------------------------------------------------- train
+class RichReporter:
+    """Draws the training loop's progress: one live bar for the current epoch, a table row per finished epoch."""
+
+    def __init__(self) -> None:
+        self.progress: Progress | None = None
+        self.task: Any = None
+        self.header_done = False
+
+    def epoch_start(self, epoch: int, epochs: int, n_batches: int, done: int) -> None:
+        if self.progress is None:
+            self.progress = Progress(TextColumn("{task.description}"), BarColumn(), MofNCompleteColumn(),
+                                     TimeElapsedColumn(), TimeRemainingColumn(), TextColumn("{task.fields[stats]}"),
+                                     console=console, transient=True)
+            self.progress.start()
+        self.task = self.progress.add_task(f"epoch {epoch}/{epochs}", total=n_batches, completed=done, stats="")
+
+    def step(self, done: int, loss: float, accuracy: float, tokens_per_s: float) -> None:
+        self.progress.update(self.task, completed=done,
+                             stats=f"loss {loss:.4f} · acc {accuracy:.2%} · {tokens_per_s:,.0f} tok/s")
+
+    def epoch_end(self, row: dict[str, Any]) -> None:
+        self.progress.remove_task(self.task)
+        out = self.progress.console  # printing through the live display keeps the bar below the rows
+        if not self.header_done:
+            out.print(f"{'epoch':>5} {'train loss':>10} {'train acc':>9} {'valid loss':>10} {'valid acc':>9} "
+                      f"{'time':>7} {'tok/s':>9}")
+            self.header_done = True
+        mark = " [green]★ best[/]" if row.get("best") else ""
+        out.print(f"{row['epoch']:>5} {row['train_loss']:>10.4f} {row['train_accuracy']:>9.2%} "
+                  f"{row['valid_loss']:>10.4f} {row['valid_accuracy']:>9.2%} {row['seconds']:>6.0f}s "
+                  f"{row['tokens_per_s']:>9,.0f}{mark}")
+
+    def close(self) -> None:
+        if self.progress is not None:
+            self.progress.stop()
+            self.progress = None
+
+
+@app.command()
+def train(
+    config: Optional[Path] = ConfigOption,
+    set_: list[str] = SetOption,
+    run_dir: Optional[Path] = typer.Option(None, help="Output directory [default: runs/<config>-<time>]."),
+    resume: Optional[Path] = typer.Option(None, help="Continue the run in this directory from its last.pt."),
+    overwrite: bool = typer.Option(False, help="Replace --run-dir if it already exists."),
+    print_config: bool = typer.Option(False, "--print-config", help="Print the resolved config and exit."),
+) -> None:
+    """Train a classifier as a config says; the run directory gets config, vocab, metrics and checkpoints."""
+    from sentiment.config import dump_config, load_config
+    from sentiment.train import graceful_stop
+    from sentiment.train import train as train_run
+
+    with user_errors():
+        if resume is not None:
+            cfg, target = _resume_config(resume, config, set_)
+        else:
+            cfg = load_config(config, set_)
+            target = run_dir or Path(cfg.run.output_dir) / f"{cfg.run.name or 'run'}-{datetime.now():%Y%m%d-%H%M%S}"
+        if print_config:
+            console.print(dump_config(cfg), end="", markup=False, highlight=False)
+            return
+        if resume is None:
+            _claim_run_dir(target, overwrite)
+        console.print(f"run directory: [bold]{escape(str(target))}[/]", soft_wrap=True)
+        reporter = RichReporter()
+        try:
+            with graceful_stop() as stop:
+                results = train_run(cfg, target, resume=resume is not None, reporter=reporter, stop=stop)
+        finally:
+            reporter.close()
+    _print_results(results)
+
+
+def _claim_run_dir(path: Path, overwrite: bool) -> None:
+    if path.exists() and any(path.iterdir()):
+        if not overwrite:
+            raise SentimentError(f"run directory {path} already exists: pass --resume {path} to continue it, "
+                                 "--overwrite to replace it, or another --run-dir")
+        shutil.rmtree(path)
+    path.mkdir(parents=True, exist_ok=True)
+
+
+def _resume_config(run_dir: Path, config: Path | None, overrides: list[str]):
+    from sentiment.checkpoint import LAST, load_run
+    from sentiment.config import config_from_dict, load_config
+
+    saved, _ = load_run(run_dir)
+    if not (run_dir / LAST).exists():
+        raise SentimentError(f"{run_dir} has no last.pt to resume from (it never finished a step)")
+    if config is not None:
+        wanted = load_config(config, overrides)
+        wanted.run.name = saved.run.name
+    else:
+        from sentiment.config import apply_overrides
+
+        wanted = config_from_dict(apply_overrides(saved.to_dict(), overrides))
+    changed = _changed_keys(saved.to_dict(), wanted.to_dict())
+    allowed = {"train.epochs", "train.early_stopping_patience", "train.eval_batch_size", "run.device",
+               "run.threads", "run.eval_test", "run.output_dir", "data.data_dir", "data.workers"}
+    refused = [k for k in changed if k not in allowed]
+    if refused:
+        raise SentimentError(f"cannot resume {run_dir} with a changed config ({', '.join(refused)}): "
+                             "those keys change the model or its training; start a new run instead")
+    return wanted, run_dir
+
+
+def _changed_keys(a: dict, b: dict, prefix: str = "") -> list[str]:
+    keys = []
+    for k in a.keys() | b.keys():
+        if isinstance(a.get(k), dict) and isinstance(b.get(k), dict):
+            keys += _changed_keys(a[k], b[k], f"{prefix}{k}.")
+        elif a.get(k) != b.get(k):
+            keys.append(f"{prefix}{k}")
+    return sorted(keys)
+
+
+def _print_results(results: dict[str, Any]) -> None:
+    console.print(f"best epoch: {results['best_epoch']} of {results['epochs_run']}")
+    for split in ("valid", "test"):
+        if split in results:
+            m = results[split]
+            console.print(f"{split}: accuracy [bold]{m['accuracy']:.2%}[/] · loss {m['loss']:.4f} · F1 {m['f1']:.4f} "
+                          f"({m['n']:,} reviews)")
+
+
+# ---------------------------------------------------------------- eval
+@app.command("eval")
+def eval_(
+    run: Path = typer.Option(..., "--run", help="A run directory written by `sentiment train`."),
+    split: str = typer.Option("test", help="IMDB split to evaluate: test or valid."),
+    checkpoint: str = typer.Option("best", help="Which checkpoint: best or last."),
+    batch_size: Optional[int] = typer.Option(None, help="Evaluation batch size [default: the run's eval_batch_size]."),
+    device: Optional[str] = typer.Option(None, help="auto, cpu, cuda, mps [default: the run's]."),
+    as_json: bool = typer.Option(False, "--json", help="Print the metrics as JSON."),
+) -> None:
+    """Evaluate a run's checkpoint on the IMDB test (or valid) split."""
+    from sentiment.runtime import evaluate_run
+
+    with user_errors():
+        if split not in ("test", "valid"):
+            raise SentimentError(f"--split must be test or valid, got {split!r}")
+        if checkpoint not in ("best", "last"):
+            raise SentimentError(f"--checkpoint must be best or last, got {checkpoint!r}")
+        metrics = evaluate_run(run, split=split, checkpoint=checkpoint, batch_size=batch_size, device=device)
+    _print_metrics(metrics.to_dict(), f"IMDB {split} · {checkpoint}.pt", as_json)
+
+
+def _print_metrics(m: dict[str, Any], title: str, as_json: bool) -> None:
+    if as_json:
+        print(json.dumps(m))
+        return
+    table = Table(title=title, show_header=False)
+    for key, fmt in (("accuracy", "{:.2%}"), ("loss", "{:.4f}"), ("precision", "{:.4f}"), ("recall", "{:.4f}"),
+                     ("f1", "{:.4f}"), ("n", "{:,}")):
+        table.add_row(key, fmt.format(m[key]))
+    console.print(table)
+    cm = Table(title="confusion matrix", show_lines=False)
+    cm.add_column("")
+    cm.add_column("predicted negative", justify="right")
+    cm.add_column("predicted positive", justify="right")
+    cm.add_row("negative", f"{m['tn']:,}", f"{m['fp']:,}")
+    cm.add_row("positive", f"{m['fn']:,}", f"{m['tp']:,}")
+    console.print(cm)
+
+
+def main() -> None:
+    app()
+
+
+if __name__ == "__main__":
+    main()

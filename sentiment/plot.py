@@ -1,0 +1,31 @@
+"""The loss and accuracy curves of a run, as a PNG next to its metrics."""
+
+from __future__ import annotations
+
+from pathlib import Path
+from typing import Any
+
+from sentiment.atomic import atomic_write
+
+
+def plot_curves(rows: list[dict[str, Any]], path: Path) -> None:
+    if not rows:
+        return
+    import matplotlib
+
+    matplotlib.use("Agg")  # no display needed
+    import matplotlib.pyplot as plt
+
+    epochs = [r["epoch"] for r in rows]
+    fig, (ax_loss, ax_acc) = plt.subplots(1, 2, figsize=(10, 4))
+    for split in ("train", "valid"):
+        ax_loss.plot(epochs, [r[f"{split}_loss"] for r in rows], marker="o", label=split)
+        ax_acc.plot(epochs, [r[f"{split}_accuracy"] for r in rows], marker="o", label=split)
+    ax_loss.set(title="loss (BCE with logits)", xlabel="epoch")
+    ax_acc.set(title="binary accuracy", xlabel="epoch")
+    for ax in (ax_loss, ax_acc):
+        ax.grid(alpha=0.3)
+        ax.legend()
+    fig.tight_layout()
+    atomic_write(Path(path), lambda f: fig.savefig(f, format="png", dpi=100))
+    plt.close(fig)

@@ -1,0 +1,49 @@
+"""Using a finished run: load its model from the run directory alone, and evaluate it."""
+
+from __future__ import annotations
+
+from dataclasses import dataclass
+from pathlib import Path
+
+import torch
+
+from sentiment.checkpoint import BEST, LAST, load_checkpoint, load_run
+from sentiment.config import Config
+from sentiment.evaluate import Metrics, evaluate
+from sentiment.model import SentimentRNN
+from sentiment.train import build_model, resolve_device
+from sentiment.vocab import Vocab
+
+
+@dataclass
+class LoadedRun:
+    cfg: Config
+    vocab: Vocab
+    model: SentimentRNN
+    device: torch.device
+
+
+def load_trained(run_dir: Path, checkpoint: str = "best", device: str | None = None) -> LoadedRun:
+    cfg, vocab = load_run(run_dir)
+    dev = resolve_device(device or cfg.run.device)
+    state = load_checkpoint(Path(run_dir) / (BEST if checkpoint == "best" else LAST), vocab, map_location=dev)
+    model = build_model(cfg, len(vocab), vocab.pad_index)
+    try:
+        model.load_state_dict(state["model"])
+    except RuntimeError as e:
+        from sentiment.errors import SentimentError
+
+        raise SentimentError(f"checkpoint in {run_dir} does not fit the model its config describes: "
+                             f"{str(e).splitlines()[0]}") from None
+    model.to(dev).eval()
+    return LoadedRun(cfg, vocab, model, dev)
+
+
+def evaluate_run(run_dir: Path, *, split: str = "test", checkpoint: str = "best", batch_size: int | None = None,
+                 device: str | None = None) -> Metrics:
+    from sentiment.prepare import prepare_data
+
+    run = load_trained(run_dir, checkpoint, device)
+    data = prepare_data(run.cfg.data, run.vocab)
+    return evaluate(run.model, getattr(data, split), batch_size=batch_size or run.cfg.train.eval_batch_size,
+                    device=run.device, max_len=run.cfg.data.max_len, truncate=run.cfg.data.truncate)

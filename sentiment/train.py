@@ -1,0 +1,305 @@
+"""The training loop: config in, run directory out.
+
+Everything a resumed run needs is in last.pt: model, optimizer, scheduler, early-stopping state, the
+position inside the epoch (data order is a function of seed and epoch) and every RNG, so on CPU an
+interrupted-and-resumed run ends bitwise identical to an uninterrupted one.
+"""
+
+from __future__ import annotations
+
+import math
+import random
+import signal
+import time
+from contextlib import contextmanager
+from dataclasses import asdict, dataclass
+from pathlib import Path
+from typing import Any, Iterator, Protocol
+
+import numpy as np
+import torch
+import torch.nn as nn
+
+from sentiment.batching import BucketBatchSampler, collate
+from sentiment.checkpoint import (BEST, LAST, RESULTS, append_metrics, load_checkpoint, read_metrics,
+                                  save_checkpoint, truncate_metrics, write_run_files)
+from sentiment.atomic import atomic_write_text
+from sentiment.config import Config
+from sentiment.errors import SentimentError
+from sentiment.evaluate import Metrics, evaluate
+from sentiment.model import SentimentRNN
+from sentiment.prepare import PreparedData, prepare_data
+
+
+class TrainingInterrupted(SentimentError):
+    exit_code = 130
+
+
+class TrainingDiverged(SentimentError):
+    exit_code = 3
+
+
+class Reporter(Protocol):
+    """How the loop tells the outside world what it does (the CLI draws progress bars with it)."""
+
+    def epoch_start(self, epoch: int, epochs: int, n_batches: int, done: int) -> None: ...
+    def step(self, done: int, loss: float, accuracy: float, tokens_per_s: float) -> None: ...
+    def epoch_end(self, row: dict[str, Any]) -> None: ...
+
+
+class StopFlag:
+    """Set by SIGINT/SIGTERM; the loop checks it between steps and saves before leaving."""
+
+    def __init__(self) -> None:
+        self.signal: int | None = None
+
+    def __bool__(self) -> bool:
+        return self.signal is not None
+
+
+@contextmanager
+def graceful_stop() -> Iterator[StopFlag]:
+    """First Ctrl-C/SIGTERM asks the loop to stop after the current step; a second one stops at once."""
+    flag = StopFlag()
+
+    def handler(signum, frame):
+        if flag:
+            raise KeyboardInterrupt
+        flag.signal = signum
+
+    previous = {s: signal.signal(s, handler) for s in (signal.SIGINT, signal.SIGTERM)}
+    try:
+        yield flag
+    finally:
+        for s, h in previous.items():
+            signal.signal(s, h)
+
+
+@dataclass
+class LoopState:
+    epoch: int = 0  # epochs completed
+    step_in_epoch: int = 0  # batches completed in the current epoch
+    global_step: int = 0
+    best_valid_accuracy: float = -1.0
+    best_epoch: int = 0
+    epochs_without_gain: int = 0
+    # running sums of the current epoch, so a mid-epoch resume reports the same epoch metrics
+    loss_sum: float = 0.0
+    correct: int = 0
+    seen: int = 0
+    tokens: int = 0
+    seconds: float = 0.0
+
+
+def resolve_device(name: str) -> torch.device:
+    if name == "auto":
+        if torch.cuda.is_available():
+            return torch.device("cuda")
+        if getattr(torch.backends, "mps", None) is not None and torch.backends.mps.is_available():
+            return torch.device("mps")
+        return torch.device("cpu")
+    if name.startswith("cuda") and not torch.cuda.is_available():
+        raise SentimentError(f"run.device is {name!r} but CUDA is not available; use run.device=auto or cpu")
+    if name == "mps" and not (getattr(torch.backends, "mps", None) and torch.backends.mps.is_available()):
+        raise SentimentError("run.device is 'mps' but MPS is not available; use run.device=auto or cpu")
+    return torch.device(name)
+
+
+def seed_everything(seed: int) -> None:
+    random.seed(seed)
+    np.random.seed(seed % 2**32)
+    torch.manual_seed(seed)
+
+
+def rng_state() -> dict[str, Any]:
+    np_state = np.random.get_state()
+    state = {"python": random.getstate(), "numpy": [np_state[0], np_state[1].tolist(), *np_state[2:]],
+             "torch": torch.get_rng_state()}
+    if torch.cuda.is_available():
+        state["cuda"] = torch.cuda.get_rng_state_all()
+    return state
+
+
+def set_rng_state(state: dict[str, Any]) -> None:
+    random.setstate(_as_tuple(state["python"]))
+    name, keys, *rest = state["numpy"]
+    np.random.set_state((name, np.array(keys, dtype=np.uint32), *rest))
+    torch.set_rng_state(state["torch"])
+    if "cuda" in state and torch.cuda.is_available():
+        torch.cuda.set_rng_state_all(state["cuda"])
+
+
+def _as_tuple(x: Any) -> Any:
+    return tuple(_as_tuple(i) for i in x) if isinstance(x, (list, tuple)) else x
+
+
+def build_model(cfg: Config, vocab_size: int, pad_index: int = 0) -> SentimentRNN:
+    m = cfg.model
+    return SentimentRNN(
+        vocab_size=vocab_size, embed_dim=cfg.data.glove_dim or m.embed_dim, hidden_size=m.hidden_size,
+        num_layers=m.num_layers, rnn=m.rnn, bidirectional=m.bidirectional, dropout=m.dropout,
+        embed_dropout=m.embed_dropout, pooling=m.pooling, pad_index=pad_index, pack=m.pack,
+    )
+
+
+def lr_factor(cfg: Config, total_steps: int):
+    warmup, kind = cfg.train.warmup_steps, cfg.train.lr_schedule
+
+    def factor(step: int) -> float:
+        if step < warmup:
+            return (step + 1) / warmup
+        progress = min(1.0, (step - warmup) / max(1, total_steps - warmup))
+        if kind == "cosine":
+            return 0.5 * (1.0 + math.cos(math.pi * progress))
+        if kind == "linear":
+            return 1.0 - progress
+        return 1.0
+
+    return factor
+
+
+def _embeddings_trainable(cfg: Config, epoch: int) -> bool:
+    m = cfg.model
+    return not m.freeze_embeddings or (m.unfreeze_after is not None and epoch >= m.unfreeze_after)
+
+
+def train(cfg: Config, run_dir: Path, *, data: PreparedData | None = None, resume: bool = False,
+          reporter: Reporter | None = None, stop: StopFlag | None = None) -> dict[str, Any]:
+    """Train as `cfg` says into `run_dir` (created by the caller). Returns the final results."""
+    run_dir = Path(run_dir)
+    if cfg.run.threads:
+        torch.set_num_threads(cfg.run.threads)
+    device = resolve_device(cfg.run.device)
+    seed_everything(cfg.run.seed)
+
+    checkpoint = None
+    if resume:
+        from sentiment.checkpoint import load_run
+
+        _, vocab = load_run(run_dir)
+        checkpoint = load_checkpoint(run_dir / LAST, vocab)
+        data = data or prepare_data(cfg.data, vocab)
+    else:
+        data = data or prepare_data(cfg.data)
+        write_run_files(run_dir, cfg, data.vocab)
+
+    model = build_model(cfg, len(data.vocab), data.vocab.pad_index)
+    if data.embeddings is not None:
+        model.load_embeddings(data.embeddings)
+    model.to(device)
+    params = [p for p in model.parameters()]
+    optimizer = torch.optim.Adam(params, lr=cfg.train.lr, weight_decay=cfg.train.weight_decay)
+    sampler = BucketBatchSampler(data.train.lengths(cfg.data.max_len), cfg.train.batch_size, seed=cfg.run.seed,
+                                 bucket=cfg.train.bucket)
+    total_steps = len(sampler) * cfg.train.epochs
+    scheduler = torch.optim.lr_scheduler.LambdaLR(optimizer, lr_factor(cfg, total_steps))
+    use_amp = cfg.train.amp and device.type == "cuda"
+    amp_dtype = torch.bfloat16 if use_amp and torch.cuda.is_bf16_supported() else torch.float16
+    scaler = torch.amp.GradScaler("cuda", enabled=use_amp and amp_dtype == torch.float16)
+    loss_fn = nn.BCEWithLogitsLoss()
+
+    state = LoopState()
+    if checkpoint is not None:
+        model.load_state_dict(checkpoint["model"])
+        optimizer.load_state_dict(checkpoint["optimizer"])
+        scheduler.load_state_dict(checkpoint["scheduler"])
+        scaler.load_state_dict(checkpoint["scaler"])
+        state = LoopState(**checkpoint["loop"])
+        set_rng_state(checkpoint["rng"])
+        truncate_metrics(run_dir, state.epoch)
+
+    def snapshot() -> dict[str, Any]:
+        return {"model": model.state_dict(), "optimizer": optimizer.state_dict(), "scheduler": scheduler.state_dict(),
+                "scaler": scaler.state_dict(), "loop": asdict(state), "rng": rng_state(),
+                "vocab": data.vocab.itos, "config": cfg.to_dict()}
+
+    model.train()
+    for epoch in range(state.epoch, cfg.train.epochs):
+        model.set_embedding_trainable(_embeddings_trainable(cfg, epoch))
+        sampler.set_epoch(epoch)
+        batches = sampler.batches()
+        if reporter:
+            reporter.epoch_start(epoch + 1, cfg.train.epochs, len(batches), state.step_in_epoch)
+        started = time.perf_counter() - state.seconds
+        for indices in batches[state.step_in_epoch :]:
+            ids, lengths, labels = collate(data.train, indices, cfg.data.max_len, cfg.data.truncate, data.vocab.pad_index)
+            ids, lengths, labels = ids.to(device, non_blocking=True), lengths.to(device), labels.to(device)
+            with torch.autocast(device.type, dtype=amp_dtype, enabled=use_amp):
+                logits = model(ids, lengths)
+                loss = loss_fn(logits.float(), labels)
+            if not torch.isfinite(loss):
+                raise TrainingDiverged(
+                    f"loss became {loss.item()} at epoch {epoch + 1}, step {state.step_in_epoch + 1}; stopped. "
+                    f"{run_dir / LAST} holds the last good state (after epoch {state.epoch}); "
+                    "try a lower train.lr or set train.grad_clip")
+            optimizer.zero_grad(set_to_none=True)
+            scaler.scale(loss).backward()
+            if cfg.train.grad_clip:
+                scaler.unscale_(optimizer)
+                nn.utils.clip_grad_norm_(params, cfg.train.grad_clip)
+            scaler.step(optimizer)
+            scaler.update()
+            scheduler.step()
+
+            state.step_in_epoch += 1
+            state.global_step += 1
+            state.loss_sum += loss.item() * len(indices)
+            state.correct += int(((logits > 0).float() == labels).sum())
+            state.seen += len(indices)
+            state.tokens += int(lengths.sum())
+            state.seconds = time.perf_counter() - started
+            if reporter:
+                reporter.step(state.step_in_epoch, state.loss_sum / state.seen, state.correct / state.seen,
+                              state.tokens / max(state.seconds, 1e-9))
+            if stop:
+                save_checkpoint(run_dir / LAST, snapshot())
+                raise TrainingInterrupted(
+                    f"interrupted at epoch {epoch + 1}, step {state.step_in_epoch}; saved {run_dir / LAST}. "
+                    f"Resume with: sentiment train --resume {run_dir}")
+
+        valid = evaluate(model, data.valid, batch_size=cfg.train.eval_batch_size, device=device,
+                         max_len=cfg.data.max_len, truncate=cfg.data.truncate)
+        row = {"epoch": epoch + 1, "step": state.global_step,
+               "train_loss": state.loss_sum / max(state.seen, 1), "train_accuracy": state.correct / max(state.seen, 1),
+               "valid_loss": valid.loss, "valid_accuracy": valid.accuracy, "lr": scheduler.get_last_lr()[0],
+               "seconds": state.seconds, "tokens_per_s": state.tokens / max(state.seconds, 1e-9),
+               "valid_seconds": valid.seconds}
+        improved = valid.accuracy > state.best_valid_accuracy
+        state = LoopState(epoch=epoch + 1, global_step=state.global_step,
+                          best_valid_accuracy=max(valid.accuracy, state.best_valid_accuracy),
+                          best_epoch=epoch + 1 if improved else state.best_epoch,
+                          epochs_without_gain=0 if improved else state.epochs_without_gain + 1)
+        row["best"] = improved
+        append_metrics(run_dir, row)
+        if improved:
+            save_checkpoint(run_dir / BEST, snapshot())
+        save_checkpoint(run_dir / LAST, snapshot())
+        if reporter:
+            reporter.epoch_end(row)
+        patience = cfg.train.early_stopping_patience
+        if patience is not None and state.epochs_without_gain >= patience:
+            break
+
+    return finish(cfg, run_dir, data, device)
+
+
+def finish(cfg: Config, run_dir: Path, data: PreparedData, device: torch.device) -> dict[str, Any]:
+    """After training: the curves plot, and the best checkpoint's figures on valid (and test)."""
+    from sentiment.plot import plot_curves
+
+    rows = read_metrics(run_dir)
+    plot_curves(rows, run_dir / "curves.png")
+    best = load_checkpoint(run_dir / BEST, data.vocab, map_location=device)
+    model = build_model(cfg, len(data.vocab), data.vocab.pad_index).to(device)
+    model.load_state_dict(best["model"])
+    results: dict[str, Any] = {"best_epoch": best["loop"]["epoch"], "epochs_run": len(rows)}
+    splits = {"valid": data.valid} | ({"test": data.test} if cfg.run.eval_test else {})
+    for name, split in splits.items():
+        m: Metrics = evaluate(model, split, batch_size=cfg.train.eval_batch_size, device=device,
+                              max_len=cfg.data.max_len, truncate=cfg.data.truncate)
+        results[name] = m.to_dict()
+    results["train_seconds"] = sum(r["seconds"] for r in rows)
+    import json
+
+    atomic_write_text(run_dir / RESULTS, json.dumps(results, indent=2))
+    return results
