@@ -21,7 +21,7 @@ from pathlib import Path
 import numpy as np
 
 from sentiment.imdb import SPLIT_CODES, fingerprint, imdb_dir, list_reviews
-from sentiment.tokenize import clean_text, spacy_version, tokenize_chunks
+from sentiment.tokenize import clean_text, init_tokenizer, spacy_version, tokenize_chunks
 from sentiment.atomic import atomic_write_bytes
 
 CACHE_VERSION = 1
@@ -87,6 +87,7 @@ def _halves(items: list, parts: int) -> list[list]:
 def tokenize_files(paths: list[str], lowercase: bool = True, workers: int = 2) -> tuple[list[str], np.ndarray, np.ndarray, int]:
     """Tokenize review files into (token table, flat ids, offsets, invalid-UTF-8 count)."""
     workers = max(1, min(workers, os.cpu_count() or 1))
+    init_tokenizer()
     if workers == 1 or len(paths) < _PARALLEL_MIN_DOCS:
         parts = [_read_and_split(paths)]
         pool = None
@@ -136,11 +137,10 @@ def tokenize_files(paths: list[str], lowercase: bool = True, workers: int = 2) -
     return list(table), ids.astype(np.int32, copy=False), token_offsets, bad
 
 
-def _cache_key(files: list[tuple[str, int, int]], root: Path, lowercase: bool) -> str:
+def _cache_key(files: list[tuple[str, int, int]], lowercase: bool) -> str:
     h = hashlib.sha256()
     h.update(json.dumps({"v": CACHE_VERSION, "lowercase": lowercase, "spacy": spacy_version(), "clean": "br"}).encode())
-    for path, size, mtime in files:
-        h.update(f"{os.path.relpath(path, root)}\0{size}\0{mtime}\n".encode())
+    h.update("".join(f"{name}\0{size}\0{mtime}\n" for name, size, mtime in files).encode())
     return h.hexdigest()[:20]
 
 
@@ -190,7 +190,7 @@ def load_corpus(
     reviews = list_reviews(root, include_unsup=include_unsup)
     cache_path = None
     if cache_dir is not None:
-        key = _cache_key(fingerprint(reviews), root, lowercase)
+        key = _cache_key(fingerprint(reviews), lowercase)
         cache_path = Path(cache_dir) / f"corpus-{'unsup-' if include_unsup else ''}{key}.npz"
         if cache_path.exists():
             corpus = _load(cache_path)
@@ -204,7 +204,7 @@ def load_corpus(
         labels=np.array([r.label for r in reviews], dtype=np.int8),
         ratings=np.array([r.rating for r in reviews], dtype=np.int8),
         splits=np.array([SPLIT_CODES[r.split] for r in reviews], dtype=np.int8),
-        names=[os.path.relpath(r.path, root) for r in reviews],
+        names=[r.name for r in reviews],
         invalid_utf8=bad,
     )
     if cache_path is not None:

@@ -4,7 +4,7 @@ from __future__ import annotations
 
 import os
 import re
-from dataclasses import dataclass
+from typing import NamedTuple
 from pathlib import Path
 
 import numpy as np
@@ -16,9 +16,9 @@ SPLIT_CODES = {"train": 0, "test": 1, "unsup": 2}
 _NAME = re.compile(r"^(\d+)_(\d+)\.txt$")
 
 
-@dataclass(frozen=True)
-class ReviewFile:
+class ReviewFile(NamedTuple):  # a NamedTuple: 50,000 of them are made on every run
     path: str
+    name: str  # relative to the aclImdb directory, e.g. "train/pos/0_9.txt"
     split: str  # "train" | "test" | "unsup"
     label: int  # 1 positive, 0 negative, -1 unlabeled (unsup)
     rating: int  # stars from the file name: 1-4 negative, 7-10 positive, 0 for unsup
@@ -50,21 +50,22 @@ def list_reviews(root: Path, include_unsup: bool = False) -> list[ReviewFile]:
         for entry in os.scandir(directory):
             m = _NAME.match(entry.name)
             if m:
-                entries.append((int(m.group(1)), int(m.group(2)), entry.path))
+                entries.append((int(m.group(1)), int(m.group(2)), entry.name, entry.path))
         if not entries:
             raise DataMissingError(f"no reviews in {directory}: run `make download-data` again")
         entries.sort()
         name = "unsup" if folder == "unsup" else split
-        reviews.extend(ReviewFile(path, name, label, rating if label >= 0 else 0) for _, rating, path in entries)
+        reviews.extend(ReviewFile(path, f"{split}/{folder}/{file}", name, label, rating if label >= 0 else 0)
+                       for _, rating, file, path in entries)
     return reviews
 
 
 def fingerprint(reviews: list[ReviewFile]) -> list[tuple[str, int, int]]:
-    """(path, size, mtime) of each file: cheap to compute, and changes whenever a review's content does."""
+    """(name, size, mtime) of each file: cheap to compute, and changes whenever a review's content does."""
     out = []
     for r in reviews:
         st = os.stat(r.path)
-        out.append((r.path, st.st_size, st.st_mtime_ns))
+        out.append((r.name, st.st_size, st.st_mtime_ns))
     return out
 
 

@@ -7,6 +7,7 @@ from pathlib import Path
 
 DATA_DIR_ENV = "SENTIMENT_DATA_DIR"
 RUNS_DIR_ENV = "SENTIMENT_RUNS_DIR"
+CACHE_DIR_ENV = "SENTIMENT_CACHE_DIR"
 
 
 def default_data_dir() -> Path:
@@ -18,5 +19,6 @@ def default_runs_dir() -> Path:
 
 
 def cache_dir(data_dir: Path) -> Path:
-    """Derived artefacts (tokenized corpus, parsed GloVe) live beside the data they come from."""
-    return Path(data_dir) / "cache"
+    """Derived artefacts (tokenized corpus, parsed GloVe) live beside the data they come from, unless
+    $SENTIMENT_CACHE_DIR moves them (a read-only data directory, or a benchmark that wants a cold cache)."""
+    return Path(os.environ.get(CACHE_DIR_ENV) or Path(data_dir) / "cache")

@@ -27,18 +27,19 @@ class PreparedData:
     stats: dict = field(default_factory=dict)  # timings, cache hit, coverage: for the CLI to report
 
 
-def _positions(offsets: np.ndarray, docs: np.ndarray) -> tuple[np.ndarray, np.ndarray]:
-    """Flat positions of the given docs' tokens, and the new offsets of those docs laid end to end."""
-    starts, ends = offsets[docs], offsets[docs + 1]
-    lengths = ends - starts
-    new_offsets = np.concatenate([[0], np.cumsum(lengths)]).astype(np.int64)
-    pos = np.repeat(starts - new_offsets[:-1], lengths) + np.arange(new_offsets[-1])
-    return pos, new_offsets
+def gather_docs(ids: np.ndarray, offsets: np.ndarray, docs: np.ndarray) -> tuple[np.ndarray, np.ndarray]:
+    """The given docs' ids laid end to end, and their new offsets. Concatenating slices is ~10x faster
+    than building a flat index array for 13M tokens."""
+    starts, ends = offsets[docs].tolist(), offsets[docs + 1].tolist()
+    flat = np.concatenate([ids[a:b] for a, b in zip(starts, ends)]) if len(starts) else ids[:0]
+    new_offsets = np.zeros(len(starts) + 1, dtype=np.int64)
+    np.cumsum(offsets[docs + 1] - offsets[docs], out=new_offsets[1:])
+    return flat, new_offsets
 
 
 def encode_docs(corpus: TokenizedCorpus, docs: np.ndarray, table_to_vocab: np.ndarray) -> EncodedSplit:
-    pos, offsets = _positions(corpus.offsets, docs)
-    return EncodedSplit(ids=table_to_vocab[corpus.ids[pos]], offsets=offsets, labels=corpus.labels[docs].copy())
+    flat, offsets = gather_docs(corpus.ids, corpus.offsets, docs)
+    return EncodedSplit(ids=table_to_vocab[flat], offsets=offsets, labels=corpus.labels[docs].copy())
 
 
 def split_indices(corpus: TokenizedCorpus, cfg: DataConfig) -> dict[str, np.ndarray]:
@@ -61,8 +62,8 @@ def prepare_data(cfg: DataConfig, vocab: Vocab | None = None, *, with_embeddings
     new_vocab = vocab is None
     if new_vocab:
         # the vocab sees the training split only: validation and test words count as unknown
-        pos, _ = _positions(corpus.offsets, idx["train"])
-        counts = np.bincount(corpus.ids[pos], minlength=len(corpus.tokens))
+        train_ids, _ = gather_docs(corpus.ids, corpus.offsets, idx["train"])
+        counts = np.bincount(train_ids, minlength=len(corpus.tokens))
         vocab = build_vocab(corpus.tokens, counts, cfg.vocab_max_size, cfg.vocab_min_freq)
     table_to_vocab = table_to_vocab_ids(corpus.tokens, vocab)
     splits = {name: encode_docs(corpus, docs, table_to_vocab) for name, docs in idx.items()}

@@ -42,17 +42,41 @@ def split_chunks(text: str) -> list[str]:
     return clean_text(text).split()
 
 
+_GROUP = 64  # chunks per spaCy call: a Doc per chunk costs 3x more than the tokenizing itself
+
+
 def tokenize_chunks(chunks: Sequence[str], lowercase: bool = True) -> list[list[str]]:
     """Tokens of each chunk (a string without whitespace), with spaCy's English rules."""
     tokenizer = _tokenizer()
-    out: list[list[str]] = []
-    for chunk in chunks:
+    out: list[list[str] | None] = [None] * len(chunks)
+    pending = []
+    for i, chunk in enumerate(chunks):
         if chunk.isalpha() and chunk not in _special:
-            tokens = [chunk]
+            out[i] = [chunk.lower() if lowercase else chunk]
         else:
-            tokens = [t.text for t in tokenizer(chunk) if not t.is_space]
-        out.append([t.lower() for t in tokens] if lowercase else tokens)
-    return out
+            pending.append(i)
+    # Chunks are tokenized in groups joined by " \n ": each chunk is still a space-delimited span that spaCy
+    # tokenizes on its own, and the newline token between them stops spaCy's special-case matcher from
+    # reaching across chunks (with plain spaces, "a'' ''heart''" splits the second '' differently).
+    for start in range(0, len(pending), _GROUP):
+        group = pending[start : start + _GROUP]
+        parts: list[list[str]] = [[]]
+        for t in tokenizer(" \n ".join(chunks[i] for i in group)):
+            if t.is_space:
+                parts.append([])
+            else:
+                parts[-1].append(t.text.lower() if lowercase else t.text)
+        if len(parts) != len(group):  # never seen; stay exact anyway
+            parts = [[t.text.lower() if lowercase else t.text for t in tokenizer(chunks[i]) if not t.is_space]
+                     for i in group]
+        for i, tokens in zip(group, parts):
+            out[i] = tokens
+    return out  # type: ignore[return-value]
+
+
+def init_tokenizer() -> None:
+    """Load spaCy's rules now (before forking workers, so each one doesn't load them again)."""
+    _tokenizer()
 
 
 class Tokenizer:

@@ -1,0 +1,136 @@
+"""Training and evaluation throughput of our loop against the classic recipe's, in one run.
+
+    python scripts/bench_train.py --data-dir data [--batches 40] [--eval-reviews 25000]
+
+Same model size for all: the classic recipe (2-layer BiLSTM 256, embedding 50d here, batch 30).
+Training, in non-pad tokens per second over the same number of batches:
+  plain-random   nn.LSTM over random batches padded to the longest review, no packing (not exact)
+  plain-bucket   nn.LSTM over the classic recipe's length-bucketed batches, no packing (not exact)
+  packed-bucket  the classic recipe as written: bucketed + pack_padded_sequence (exact; a few batches)
+  ours           SentimentRNN: bucketed batches, exact per-direction layout, no packing
+Evaluation of the test reviews: the classic loop (no_grad, batch 30 bucketed, packed) against ours
+(inference_mode, batch 256 sorted by length, exact padded layout).
+"""
+
+from __future__ import annotations
+
+import argparse
+import resource
+import time
+
+import numpy as np
+import torch
+import torch.nn as nn
+from torch.nn.utils.rnn import pack_padded_sequence
+
+from sentiment.batching import BucketBatchSampler, collate
+from sentiment.config import DataConfig, load_config
+from sentiment.evaluate import predict_logits
+from sentiment.prepare import gather_docs, prepare_data
+from sentiment.train import build_model
+
+
+class ClassicLSTM(nn.Module):
+    """The tutorial model: Embedding -> Dropout -> nn.LSTM(2 layers, bidirectional) -> cat(h[-2], h[-1]) -> Linear."""
+
+    def __init__(self, vocab: int, dim: int, hidden: int = 256):
+        super().__init__()
+        self.embedding = nn.Embedding(vocab, dim, padding_idx=0)
+        self.rnn = nn.LSTM(dim, hidden, num_layers=2, bidirectional=True, dropout=0.5, batch_first=True)
+        self.dropout = nn.Dropout(0.5)
+        self.fc = nn.Linear(2 * hidden, 1)
+
+    def forward(self, ids: torch.Tensor, lengths: torch.Tensor, pack: bool) -> torch.Tensor:
+        x = self.dropout(self.embedding(ids))
+        if pack:
+            x = pack_padded_sequence(x, lengths, batch_first=True, enforce_sorted=False)
+        _, (h, _) = self.rnn(x)
+        return self.fc(self.dropout(torch.cat((h[-2], h[-1]), dim=1))).squeeze(1)
+
+
+def train_throughput(model, split, batches, pack=None) -> tuple[float, float]:
+    """(non-pad tokens/s, seconds) of forward+backward+Adam steps over `batches` (first one is warm-up)."""
+    opt = torch.optim.Adam(model.parameters(), lr=1e-3)
+    loss_fn = nn.BCEWithLogitsLoss()
+    model.train()
+    tokens, start = 0, None
+    for i, idx in enumerate(batches):
+        if i == 1:
+            start = time.perf_counter()
+        ids, lengths, labels = collate(split, idx)
+        logits = model(ids, lengths, pack) if pack is not None else model(ids, lengths)
+        loss = loss_fn(logits, labels)
+        opt.zero_grad()
+        loss.backward()
+        opt.step()
+        if i >= 1:
+            tokens += int(lengths.sum())
+    seconds = time.perf_counter() - start
+    return tokens / seconds, seconds
+
+
+@torch.no_grad()
+def classic_eval(model: ClassicLSTM, split, batch_size: int = 30) -> float:
+    model.eval()
+    start = time.perf_counter()
+    for idx in BucketBatchSampler(split.lengths(), batch_size, seed=0):
+        ids, lengths, _ = collate(split, idx)
+        model(ids, lengths, True)
+    return time.perf_counter() - start
+
+
+def main() -> None:
+    ap = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
+    ap.add_argument("--data-dir", default="data")
+    ap.add_argument("--batches", type=int, default=40, help="timed training batches per loop")
+    ap.add_argument("--packed-batches", type=int, default=4, help="timed batches for the packed loop (slow)")
+    ap.add_argument("--eval-reviews", type=int, default=25000, help="test reviews for the evaluation comparison")
+    ap.add_argument("--threads", type=int, default=2)
+    args = ap.parse_args()
+    torch.set_num_threads(args.threads)
+    torch.manual_seed(0)
+
+    cfg = load_config(None, ["data.vocab_max_size=10000", "data.max_len=null", "data.glove_dim=null",
+                             "model.embed_dim=50", "model.rnn=lstm", "model.hidden_size=256", "model.num_layers=2",
+                             "model.pooling=last", "model.pack=never", "train.batch_size=30",
+                             f"data.data_dir={args.data_dir}"])
+    data = prepare_data(cfg.data, with_embeddings=False)
+    train, test = data.train, data.test
+    lengths = train.lengths()
+    bucket = BucketBatchSampler(lengths, 30, seed=1).batches()
+    random = BucketBatchSampler(lengths, 30, seed=1, bucket=False).batches()
+    n = args.batches + 1
+
+    classic = ClassicLSTM(len(data.vocab), 50)
+    ours = build_model(cfg, len(data.vocab))
+    results = {}
+    results["plain-random"] = train_throughput(classic, train, random[:n], pack=False)
+    results["plain-bucket"] = train_throughput(classic, train, bucket[:n], pack=False)
+    results["packed-bucket"] = train_throughput(classic, train, bucket[: args.packed_batches + 1], pack=True)
+    results["ours"] = train_throughput(ours, train, bucket[:n])
+    print(f"training, classic-recipe model (2-layer BiLSTM 256, emb 50, batch 30), {args.threads} threads")
+    for name, (tps, secs) in results.items():
+        print(f"  {name:<14} {tps:>9,.0f} non-pad tokens/s  ({secs:.1f} s)")
+    ours_tps = results["ours"][0]
+    r1, r2 = ours_tps / results["plain-random"][0], ours_tps / results["plain-bucket"][0]
+    print(f"  ours / plain-random  = {r1:.2f}x  (target >= 2)  {'PASS' if r1 >= 2 else 'FAIL'}")
+    print(f"  ours / plain-bucket  = {r2:.2f}x  (target >= 1)  {'PASS' if r2 >= 1 else 'FAIL'}")
+    print(f"  ours / packed-bucket = {ours_tps / results['packed-bucket'][0]:.1f}x")
+
+    keep = np.arange(min(args.eval_reviews, len(test)))
+    ids, offsets = gather_docs(test.ids, test.offsets, keep)
+    subset = type(test)(ids=ids, offsets=offsets, labels=test.labels[keep])
+    t_classic = classic_eval(classic, subset)
+    start = time.perf_counter()
+    predict_logits(ours, subset, batch_size=256)
+    t_ours = time.perf_counter() - start
+    tokens = subset.n_tokens()
+    print(f"evaluation of {len(subset):,} test reviews ({tokens:,} tokens)")
+    print(f"  classic loop (no_grad, batch 30, packed)   {t_classic:7.1f} s  {tokens / t_classic:>9,.0f} tokens/s")
+    print(f"  ours (inference_mode, batch 256, sorted)   {t_ours:7.1f} s  {tokens / t_ours:>9,.0f} tokens/s")
+    print(f"  speed-up {t_classic / t_ours:.2f}x (target >= 2)  {'PASS' if t_classic / t_ours >= 2 else 'FAIL'}")
+    print(f"peak RSS {resource.getrusage(resource.RUSAGE_SELF).ru_maxrss / 1024:.0f} MB")
+
+
+if __name__ == "__main__":
+    main()
