@@ -80,7 +80,7 @@ def _tokenize_packed(args: tuple[list[str], bool]) -> str:
 
 
 def _halves(items: list, parts: int) -> list[list]:
-    size = -(-len(items) // parts)
+    size = max(1, -(-len(items) // parts))
     return [items[i : i + size] for i in range(0, len(items), size)] or [[]]
 
 

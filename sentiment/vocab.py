@@ -53,7 +53,7 @@ class Vocab:
             return cls(data["itos"], data.get("counts"))
         except FileNotFoundError:
             raise SentimentError(f"vocab file {path} not found") from None
-        except (ValueError, KeyError, TypeError) as e:
+        except (OSError, ValueError, KeyError, TypeError) as e:
             raise SentimentError(f"vocab file {path} is corrupt ({e})") from None
 
 

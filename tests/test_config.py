@@ -1,0 +1,378 @@
+"""sentiment.config: defaults, the shipped configs, `--set` overrides, and errors that name the key."""
+
+from __future__ import annotations
+
+import dataclasses
+import re
+from pathlib import Path
+
+import pytest
+import yaml
+
+from sentiment.config import (
+    Config,
+    DataConfig,
+    ModelConfig,
+    RunConfig,
+    TrainConfig,
+    apply_overrides,
+    config_from_dict,
+    dump_config,
+    load_config,
+    parse_override,
+)
+from sentiment.errors import SentimentError
+
+CONFIGS = Path(__file__).resolve().parent.parent / "configs"
+SHIPPED = sorted(CONFIGS.glob("*.yaml"))
+
+
+def write(tmp_path: Path, text: str, name: str = "exp.yaml") -> Path:
+    path = tmp_path / name
+    path.write_text(text, encoding="utf-8")
+    return path
+
+
+# --- defaults and shipped configs -------------------------------------------------------------------
+
+
+def test_defaults_load_and_equal_the_dataclass_defaults():
+    cfg = load_config(None)
+    assert cfg == Config()
+    assert cfg.run.name is None  # no file, so no name to default to
+    # the defaults are the CPU recipe the comments promise
+    assert (cfg.model.rnn, cfg.model.hidden_size, cfg.data.max_len, cfg.data.glove_dim) == ("gru", 128, 400, 50)
+
+
+def test_there_are_shipped_configs():
+    names = {p.name for p in SHIPPED}
+    assert {"imdb_bilstm.yaml", "imdb_bigru.yaml", "imdb_cpu.yaml"} <= names
+
+
+@pytest.mark.parametrize("path", SHIPPED, ids=lambda p: p.name)
+def test_every_shipped_config_loads(path: Path):
+    cfg = load_config(path)
+    assert isinstance(cfg, Config)
+    assert cfg.run.name == path.stem
+    # every key the file sets ends up in the config (none silently ignored)
+    raw = yaml.safe_load(path.read_text(encoding="utf-8"))
+    for section, values in raw.items():
+        for key, value in values.items():
+            got = getattr(getattr(cfg, section), key)
+            assert got == value, f"{section}.{key}"
+
+
+def test_cpu_config_is_the_builtin_defaults():
+    cfg = load_config(CONFIGS / "imdb_cpu.yaml")
+    cfg.run.name = None
+    assert cfg == Config()
+
+
+def test_bilstm_config_is_the_classic_recipe():
+    cfg = load_config(CONFIGS / "imdb_bilstm.yaml")
+    assert cfg.data.glove_dim == 100
+    assert cfg.data.vocab_max_size == 10000
+    assert cfg.data.max_len is None
+    assert cfg.model.rnn == "lstm"
+    assert cfg.model.hidden_size == 256
+    assert cfg.model.num_layers == 2
+    assert cfg.model.bidirectional is True
+    assert cfg.model.pooling == "last"
+    assert cfg.train.batch_size == 30
+    assert cfg.train.epochs == 10
+    assert cfg.train.grad_clip is None
+
+
+def test_bilstm_config_with_glove_50_override():
+    cfg = load_config(CONFIGS / "imdb_bilstm.yaml", ["data.glove_dim=50"])
+    assert cfg.data.glove_dim == 50
+    # the rest of the recipe is untouched
+    assert (cfg.model.rnn, cfg.model.hidden_size, cfg.train.batch_size) == ("lstm", 256, 30)
+
+
+def test_overrides_beat_the_file(tmp_path: Path):
+    path = write(tmp_path, "train:\n  epochs: 7\n  batch_size: 16\n")
+    cfg = load_config(path, ["train.epochs=2", "model.rnn=lstm"])
+    assert cfg.train.epochs == 2
+    assert cfg.train.batch_size == 16
+    assert cfg.model.rnn == "lstm"
+
+
+def test_empty_file_gives_defaults(tmp_path: Path):
+    path = write(tmp_path, "# nothing but a comment\n")
+    cfg = load_config(path)
+    cfg.run.name = None
+    assert cfg == Config()
+
+
+def test_int_given_for_float_is_a_float():
+    cfg = load_config(None, ["train.lr=1", "train.grad_clip=2"])
+    assert cfg.train.lr == 1.0 and isinstance(cfg.train.lr, float)
+    assert cfg.train.grad_clip == 2.0 and isinstance(cfg.train.grad_clip, float)
+
+
+# --- unknown keys -----------------------------------------------------------------------------------
+
+
+def test_unknown_key_names_the_dotted_path_and_suggests(tmp_path: Path):
+    path = write(tmp_path, "model:\n  hiden_size: 64\n")
+    with pytest.raises(SentimentError) as e:
+        load_config(path)
+    msg = str(e.value)
+    assert "model.hiden_size" in msg
+    assert "'hidden_size'" in msg
+
+
+def test_unknown_key_from_override_suggests():
+    with pytest.raises(SentimentError, match=r"train\.batchsize.*'batch_size'"):
+        load_config(None, ["train.batchsize=8"])
+
+
+def test_unknown_key_without_close_match_lists_valid_keys():
+    with pytest.raises(SentimentError) as e:
+        load_config(None, ["run.zzzzqqqq=1"])
+    msg = str(e.value)
+    assert "run.zzzzqqqq" in msg
+    for f in dataclasses.fields(RunConfig):
+        assert f.name in msg
+
+
+def test_unknown_section(tmp_path: Path):
+    path = write(tmp_path, "trian:\n  epochs: 3\n")
+    with pytest.raises(SentimentError) as e:
+        load_config(path)
+    msg = str(e.value)
+    assert "trian" in msg and "'train'" in msg
+
+
+def test_section_that_is_not_a_mapping():
+    with pytest.raises(SentimentError, match=r"config key data\b.*mapping"):
+        load_config(None, ["data=3"])
+
+
+# --- wrong types ------------------------------------------------------------------------------------
+
+
+@pytest.mark.parametrize(
+    "yaml_text, key",
+    [
+        ("train:\n  epochs: three\n", "train.epochs"),  # string for int
+        ("train:\n  epochs: true\n", "train.epochs"),  # bool for int
+        ("train:\n  epochs: 2.5\n", "train.epochs"),  # non-integral float for int
+        ("model:\n  hidden_size: '128'\n", "model.hidden_size"),  # quoted number is a string
+        ("data:\n  max_len: 2.5\n", "data.max_len"),  # Optional[int]
+        ("train:\n  lr: true\n", "train.lr"),  # bool for float
+        ("train:\n  lr: fast\n", "train.lr"),
+        ("model:\n  bidirectional: 1\n", "model.bidirectional"),  # int for bool
+        ("model:\n  bidirectional: 'yes please'\n", "model.bidirectional"),
+        ("model:\n  rnn: transformer\n", "model.rnn"),  # not one of the literals
+        ("data:\n  truncate: middle\n", "data.truncate"),
+        ("run:\n  device: [cpu]\n", "run.device"),  # list for str
+        ("run:\n  name: true\n", "run.name"),
+    ],
+)
+def test_wrong_type_names_the_key(tmp_path: Path, yaml_text: str, key: str):
+    path = write(tmp_path, yaml_text)
+    with pytest.raises(SentimentError) as e:
+        load_config(path)
+    assert f"config key {key}" in str(e.value)
+
+
+def test_wrong_type_message_says_what_was_expected():
+    with pytest.raises(SentimentError) as e:
+        load_config(None, ["train.epochs=2.5"])
+    assert "an integer" in str(e.value) and "2.5" in str(e.value)
+    with pytest.raises(SentimentError) as e:
+        load_config(None, ["model.rnn=transformer"])
+    assert "'lstm'" in str(e.value) and "'gru'" in str(e.value)
+
+
+# --- impossible values ------------------------------------------------------------------------------
+
+
+@pytest.mark.parametrize(
+    "override, key",
+    [
+        ("train.lr=-0.001", "train.lr"),
+        ("train.lr=0", "train.lr"),
+        ("model.dropout=1.0", "model.dropout"),
+        ("model.dropout=1.5", "model.dropout"),
+        ("model.embed_dropout=-0.1", "model.embed_dropout"),
+        ("model.hidden_size=0", "model.hidden_size"),
+        ("model.num_layers=0", "model.num_layers"),
+        ("data.valid_fraction=1.0", "data.valid_fraction"),
+        ("data.valid_fraction=-0.1", "data.valid_fraction"),
+        ("data.max_len=0", "data.max_len"),
+        ("data.glove_dim=64", "data.glove_dim"),
+        ("data.workers=0", "data.workers"),
+        ("train.epochs=0", "train.epochs"),
+        ("train.batch_size=0", "train.batch_size"),
+        ("train.grad_clip=0", "train.grad_clip"),
+        ("run.device=tpu", "run.device"),
+    ],
+)
+def test_impossible_value_names_the_key(override: str, key: str):
+    with pytest.raises(SentimentError) as e:
+        load_config(None, [override])
+    assert f"config key {key}" in str(e.value)
+
+
+def test_embed_dim_required_without_glove():
+    with pytest.raises(SentimentError, match=r"model\.embed_dim"):
+        load_config(None, ["data.glove_dim=null"])
+    cfg = load_config(None, ["data.glove_dim=null", "model.embed_dim=32"])
+    assert cfg.data.glove_dim is None and cfg.model.embed_dim == 32
+
+
+def test_boundary_values_are_accepted():
+    cfg = load_config(None, ["data.valid_fraction=0", "model.dropout=0", "data.max_len=null",
+                             "data.vocab_max_size=null", "train.grad_clip=null"])
+    assert cfg.data.valid_fraction == 0.0 and cfg.model.dropout == 0.0
+    assert cfg.data.max_len is None and cfg.data.vocab_max_size is None and cfg.train.grad_clip is None
+
+
+# --- --set parsing ----------------------------------------------------------------------------------
+
+
+@pytest.mark.parametrize(
+    "text, parts, value",
+    [
+        ("model.rnn=gru", ["model", "rnn"], "gru"),
+        ("train.epochs=3", ["train", "epochs"], 3),
+        ("train.lr=0.5", ["train", "lr"], 0.5),
+        ("model.bidirectional=true", ["model", "bidirectional"], True),
+        ("model.bidirectional=false", ["model", "bidirectional"], False),
+        ("train.grad_clip=null", ["train", "grad_clip"], None),
+        ("train.grad_clip=", ["train", "grad_clip"], None),  # empty value is null
+        ("run.name=a=b", ["run", "name"], "a=b"),  # only the first '=' splits
+        (" train.epochs =4", ["train", "epochs"], 4),
+        ("a.b.c.d=x", ["a", "b", "c", "d"], "x"),
+        ("run.name=[oops", ["run", "name"], "[oops"),  # not valid YAML: kept as the raw string
+    ],
+)
+def test_parse_override(text: str, parts: list[str], value):
+    got_parts, got_value = parse_override(text)
+    assert got_parts == parts
+    assert got_value == value
+    assert type(got_value) is type(value)
+
+
+def test_exponent_without_dot_is_a_float(tmp_path):
+    # YAML 1.1 reads 1e-3 as a string; a float key must still take it, from --set and from a file
+    assert load_config(None, ["train.lr=1e-3"]).train.lr == pytest.approx(1e-3)
+    path = tmp_path / "c.yaml"
+    path.write_text("train:\n  lr: 1e-3\n")
+    assert load_config(path).train.lr == pytest.approx(1e-3)
+    with pytest.raises(SentimentError, match="train.lr"):
+        load_config(None, ["train.lr=fast"])
+
+
+def test_exponent_with_dot_is_a_float():
+    assert load_config(None, ["train.lr=1.0e-3"]).train.lr == pytest.approx(1e-3)
+
+
+def test_missing_equals():
+    with pytest.raises(SentimentError, match="KEY=VALUE"):
+        parse_override("train.epochs")
+
+
+@pytest.mark.parametrize("text", ["=3", " =3", "a..b=1", ".a=1", "a.=1"])
+def test_malformed_key(text: str):
+    with pytest.raises(SentimentError, match="empty or malformed"):
+        parse_override(text)
+
+
+def test_apply_overrides_creates_nested_sections():
+    raw = apply_overrides({"train": {"epochs": 5}}, ["train.batch_size=8", "model.rnn=lstm"])
+    assert raw == {"train": {"epochs": 5, "batch_size": 8}, "model": {"rnn": "lstm"}}
+
+
+def test_apply_overrides_refuses_to_descend_into_a_value():
+    with pytest.raises(SentimentError, match="epochs is not a section"):
+        apply_overrides({"train": {"epochs": 5}}, ["train.epochs.x=1"])
+
+
+def test_later_override_wins():
+    assert load_config(None, ["train.epochs=2", "train.epochs=6"]).train.epochs == 6
+
+
+# --- files ------------------------------------------------------------------------------------------
+
+
+def test_yaml_syntax_error_names_the_line(tmp_path: Path):
+    path = write(tmp_path, "train:\n  epochs: 3\n  lr: [0.1\nmodel:\n  rnn: gru\n")
+    with pytest.raises(SentimentError) as e:
+        load_config(path)
+    msg = str(e.value)
+    assert str(path) in msg
+    assert "YAML syntax error" in msg
+    # the unclosed `[` on line 3 swallows the newline; the parser fails at the ':' of `model:` on line 4
+    assert re.search(r"\bline 4\b", msg)
+
+
+def test_yaml_syntax_error_mapping_in_value_names_the_line(tmp_path: Path):
+    path = write(tmp_path, "data:\n  max_len: 10\n\n\ntrain:\n  lr: a: b\n")
+    with pytest.raises(SentimentError, match=r"line 6\b"):
+        load_config(path)
+
+
+def test_yaml_syntax_error_bad_indentation_line(tmp_path: Path):
+    path = write(tmp_path, "train:\n  epochs: 3\n batch_size: 4\n")
+    with pytest.raises(SentimentError, match=r"line 3\b"):
+        load_config(path)
+
+
+def test_missing_config_file(tmp_path: Path):
+    path = tmp_path / "nope.yaml"
+    with pytest.raises(SentimentError, match="not found") as e:
+        load_config(path)
+    assert str(path) in str(e.value)
+
+
+def test_config_file_that_is_a_list(tmp_path: Path):
+    path = write(tmp_path, "- train\n- model\n")
+    with pytest.raises(SentimentError, match="expected a mapping") as e:
+        load_config(path)
+    assert "list" in str(e.value)
+
+
+def test_config_file_that_is_a_scalar(tmp_path: Path):
+    with pytest.raises(SentimentError, match="expected a mapping"):
+        load_config(write(tmp_path, "just a string\n"))
+
+
+def test_config_file_not_utf8(tmp_path: Path):
+    path = tmp_path / "bad.yaml"
+    path.write_bytes(b"train:\n  epochs: \xff\xfe\n")
+    with pytest.raises(SentimentError, match="cannot read config file"):
+        load_config(path)
+
+
+def test_run_name_defaults_to_file_stem(tmp_path: Path):
+    cfg = load_config(write(tmp_path, "train:\n  epochs: 2\n", name="my_experiment.yaml"))
+    assert cfg.run.name == "my_experiment"
+
+
+def test_explicit_run_name_is_kept(tmp_path: Path):
+    path = write(tmp_path, "run:\n  name: chosen\n", name="file.yaml")
+    assert load_config(path).run.name == "chosen"
+    assert load_config(path, ["run.name=other"]).run.name == "other"
+
+
+# --- dump/load roundtrip ----------------------------------------------------------------------------
+
+
+@pytest.mark.parametrize("path", SHIPPED, ids=lambda p: p.name)
+def test_dump_load_roundtrip(tmp_path: Path, path: Path):
+    cfg = load_config(path, ["train.lr=0.003", "data.max_len=123", "model.unfreeze_after=2"])
+    text = dump_config(cfg)
+    dumped = write(tmp_path, text, name="dumped.yaml")
+    again = load_config(dumped)
+    assert again == cfg
+    assert again.run.name == path.stem  # the dumped name, not the dumped file's stem
+    assert config_from_dict(yaml.safe_load(text)) == cfg
+
+
+def test_dump_of_defaults_roundtrips_through_dict():
+    cfg = Config(data=DataConfig(glove_dim=None), model=ModelConfig(embed_dim=16), train=TrainConfig(epochs=1))
+    assert config_from_dict(yaml.safe_load(dump_config(cfg))) == cfg
