@@ -1,0 +1,200 @@
+"""The classifier: Embedding -> Dropout -> (bi)directional LSTM/GRU/RNN stack -> pooling -> Linear.
+
+Padding never changes a review's output. The classic recipe gets that from pack_padded_sequence,
+but on CPU its backward is quadratic in sequence length (every per-step slice's gradient allocates
+and zero-fills the whole packed tensor; pytorch/pytorch#149194): a bidirectional GRU(128) at
+batch 64, length 400 spends ~10 s in backward packed against ~0.3 s padded. So the stack is built
+from one unidirectional single-layer module per direction per layer, and padding is handled by hand:
+
+- forward direction: run on the right-padded batch as is. The recurrence is causal, so outputs at
+  positions < length never see padding; the final state is the output at position length-1.
+- backward direction: reverse each review *within its true length* (padding stays at the end), run
+  the same forward-style module, take its output at length-1 as the final backward state, and
+  reverse the outputs back so position t lines up with the forward direction's position t.
+
+Garbage computed at padded positions never reaches a valid position, and pooling masks it out.
+cuDNN runs packed sequences natively and fast, so pack="auto" packs on CUDA only; both paths use
+the same modules, so a checkpoint trained on one loads into the other.
+"""
+
+from __future__ import annotations
+
+import numpy as np
+import torch
+import torch.nn as nn
+from torch.nn.utils.rnn import pack_padded_sequence, pad_packed_sequence
+
+from sentiment.errors import SentimentError
+
+RNN_TYPES = {"lstm": nn.LSTM, "gru": nn.GRU, "rnn": nn.RNN}
+POOLINGS = ("last", "max", "mean", "max+mean")
+PACK_MODES = ("auto", "always", "never")
+
+
+class SentimentRNN(nn.Module):
+    def __init__(
+        self,
+        vocab_size: int,
+        embed_dim: int,
+        hidden_size: int = 256,
+        num_layers: int = 2,
+        rnn: str = "lstm",
+        bidirectional: bool = True,
+        dropout: float = 0.5,
+        embed_dropout: float = 0.5,
+        output_dropout: float = 0.0,
+        pooling: str = "last",
+        pad_index: int = 0,
+        pack: str = "auto",
+    ) -> None:
+        super().__init__()
+        if rnn not in RNN_TYPES:
+            raise ValueError(f"rnn must be one of {sorted(RNN_TYPES)}, got {rnn!r}")
+        if pooling not in POOLINGS:
+            raise ValueError(f"pooling must be one of {list(POOLINGS)}, got {pooling!r}")
+        if pack not in PACK_MODES:
+            raise ValueError(f"pack must be one of {list(PACK_MODES)}, got {pack!r}")
+        for name, value in (("vocab_size", vocab_size), ("embed_dim", embed_dim),
+                            ("hidden_size", hidden_size), ("num_layers", num_layers)):
+            if isinstance(value, bool) or not isinstance(value, int) or value < 1:
+                raise ValueError(f"{name} must be an integer >= 1, got {value!r}")
+        for name, value in (("dropout", dropout), ("embed_dropout", embed_dropout),
+                            ("output_dropout", output_dropout)):
+            if not 0.0 <= value < 1.0:
+                raise ValueError(f"{name} must be in [0, 1), got {value!r}")
+        if not 0 <= pad_index < vocab_size:
+            raise ValueError(f"pad_index must be in [0, vocab_size={vocab_size}), got {pad_index!r}")
+
+        self.rnn_type = rnn
+        self.hidden_size = hidden_size
+        self.num_layers = num_layers
+        self.bidirectional = bidirectional
+        self.pooling = pooling
+        self.pad_index = pad_index
+        self.pack = pack
+        num_dirs = 2 if bidirectional else 1
+
+        self.embedding = nn.Embedding(vocab_size, embed_dim, padding_idx=pad_index)
+        self.embed_dropout = nn.Dropout(embed_dropout)
+        # layers[l][d]: layer l, direction d (0 forward, 1 backward). Each is a single-layer,
+        # unidirectional, batch-first module, so its weights map one-to-one onto a stacked
+        # nn.LSTM's weight_*_l{l} (d=0) and weight_*_l{l}_reverse (d=1).
+        cls = RNN_TYPES[rnn]
+        self.layers = nn.ModuleList()
+        for layer in range(num_layers):
+            in_size = embed_dim if layer == 0 else hidden_size * num_dirs
+            self.layers.append(nn.ModuleList(
+                cls(in_size, hidden_size, num_layers=1, batch_first=True) for _ in range(num_dirs)
+            ))
+        # Between recurrent layers only, as nn.LSTM(dropout=...) does: none after the top layer.
+        self.layer_dropout = nn.Dropout(dropout)
+        # on the pooled features, as the classic recipe does (its one dropout module serves both ends)
+        self.output_dropout = nn.Dropout(output_dropout)
+        self.fc = nn.Linear(self.output_features, 1)
+
+    @property
+    def output_features(self) -> int:
+        """Width of the pooled feature vector, i.e. the input size of the final Linear."""
+        width = self.hidden_size * (2 if self.bidirectional else 1)
+        return 2 * width if self.pooling == "max+mean" else width
+
+    def forward(self, ids: torch.Tensor, lengths: torch.Tensor) -> torch.Tensor:
+        """ids [B, T] right-padded with pad_index, lengths [B] (each in 1..T) -> logits [B]."""
+        return self.fc(self.output_dropout(self.features(ids, lengths))).squeeze(-1)
+
+    def features(self, ids: torch.Tensor, lengths: torch.Tensor) -> torch.Tensor:
+        """The pooled features [B, output_features] that the final Linear reads."""
+        if ids.dim() != 2 or lengths.shape != ids.shape[:1]:
+            raise ValueError(f"expected ids [B, T] and lengths [B], got {tuple(ids.shape)} and "
+                             f"{tuple(lengths.shape)}")
+        batch, seq_len = ids.shape
+        if not lengths.is_cuda:
+            # Free on CPU; on CUDA it would cost a host sync per batch, so it is skipped there.
+            if batch and (int(lengths.min()) < 1 or int(lengths.max()) > seq_len):
+                raise ValueError(f"lengths must be in 1..{seq_len}, got min {int(lengths.min())} "
+                                 f"max {int(lengths.max())}")
+        lengths = lengths.to(ids.device, torch.long)
+        use_pack = self.pack == "always" or (self.pack == "auto" and ids.is_cuda)
+        # pack_padded_sequence wants lengths on the CPU; one copy per forward, not per layer.
+        cpu_lengths = lengths.cpu() if use_pack else None
+
+        # Index plumbing, computed once per forward and shared by every layer: rows of the
+        # [B*T, F] view. last_rows picks each review's position length-1; rev_rows reverses
+        # positions 0..length-1 of each review and leaves its padding where it is. Reversal is
+        # its own inverse, so the same index turns backward outputs back into forward order.
+        positions = torch.arange(seq_len, device=ids.device)
+        row_base = torch.arange(batch, device=ids.device) * seq_len
+        last_rows = row_base + lengths - 1
+        rev_rows = None
+        if self.bidirectional:
+            valid = positions[None, :] < lengths[:, None]
+            rev = torch.where(valid, lengths[:, None] - 1 - positions[None, :], positions[None, :])
+            rev_rows = (rev + row_base[:, None]).reshape(-1)
+
+        def reverse(x: torch.Tensor) -> torch.Tensor:
+            return x.reshape(batch * seq_len, -1).index_select(0, rev_rows).view(batch, seq_len, -1)
+
+        def run(module: nn.Module, x: torch.Tensor) -> tuple[torch.Tensor, torch.Tensor]:
+            """One direction over x [B, T, F] -> (outputs [B, T, H], final state at length-1 [B, H])."""
+            if use_pack:
+                packed = pack_padded_sequence(x, cpu_lengths, batch_first=True, enforce_sorted=False)
+                out, h_n = module(packed)
+                out, _ = pad_packed_sequence(out, batch_first=True, total_length=seq_len)
+                h_n = h_n[0] if isinstance(h_n, tuple) else h_n  # LSTM: (h, c)
+                return out, h_n[-1]  # already back in batch order (enforce_sorted=False)
+            out, _ = module(x)
+            final = out.reshape(batch * seq_len, -1).index_select(0, last_rows)
+            return out, final
+
+        x = self.embed_dropout(self.embedding(ids))
+        top = len(self.layers) - 1
+        for i, directions in enumerate(self.layers):
+            if i > 0:
+                x = self.layer_dropout(x)
+            out_fwd, last_fwd = run(directions[0], x)
+            if self.bidirectional:
+                out_bwd_rev, last_bwd = run(directions[1], reverse(x))
+                last = torch.cat((last_fwd, last_bwd), dim=1)
+                outs = [out_fwd, out_bwd_rev]
+                if i < top:
+                    x = torch.cat((out_fwd, reverse(out_bwd_rev)), dim=2)
+            else:
+                x, last, outs = out_fwd, last_fwd, [out_fwd]
+
+        if self.pooling == "last":
+            return last
+        # Pool the top layer's per-position outputs. Max and mean over a review's positions don't care
+        # about their order, so the backward direction is pooled in its reversed layout (valid positions
+        # are 0..length-1 there too): no un-reversing and no concatenation of [B, T, H] tensors, and the
+        # features come out in the order cat-then-pool would give. Positions >= length hold garbage (never
+        # path) or zeros (packed path): masked_fill hides them and blocks their gradient.
+        pad = (positions[None, :] >= lengths[:, None]).unsqueeze(-1)
+        pooled = []
+        if self.pooling in ("max", "max+mean"):
+            pooled += [o.masked_fill(pad, float("-inf")).amax(dim=1) for o in outs]
+        if self.pooling in ("mean", "max+mean"):
+            pooled += [o.masked_fill(pad, 0.0).sum(dim=1) / lengths[:, None].to(o.dtype) for o in outs]
+        return torch.cat(pooled, dim=1)
+
+    @torch.no_grad()
+    def load_embeddings(self, matrix: np.ndarray | torch.Tensor) -> None:
+        """Copy pretrained vectors [vocab_size, embed_dim] into the embedding; the pad row is zeroed.
+
+        The pad row is zeroed so that padding stays the zero vector nn.Embedding starts it as,
+        whatever the matrix holds there (padding_idx keeps it from ever being trained).
+        """
+        weight = self.embedding.weight
+        matrix = torch.as_tensor(matrix)
+        if matrix.dim() != 2 or matrix.shape[0] != weight.shape[0]:
+            raise ValueError(f"embedding matrix must be [{weight.shape[0]}, {weight.shape[1]}], "
+                             f"got {list(matrix.shape)}")
+        if matrix.shape[1] != weight.shape[1]:
+            raise SentimentError(f"pretrained vectors have {matrix.shape[1]} dimensions but the "
+                                 f"model's embed_dim is {weight.shape[1]}; set embed_dim to "
+                                 f"{matrix.shape[1]}")
+        weight.copy_(matrix.to(device=weight.device, dtype=weight.dtype))
+        weight[self.pad_index].zero_()
+
+    def set_embedding_trainable(self, trainable: bool) -> None:
+        """Freeze (False) or unfreeze (True) the embedding, e.g. to fine-tune GloVe after warm-up."""
+        self.embedding.weight.requires_grad_(trainable)
