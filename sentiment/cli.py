@@ -6,6 +6,7 @@ from __future__ import annotations
 import json
 import os
 import shutil
+import sys
 import time
 from contextlib import contextmanager
 from datetime import datetime
@@ -54,7 +55,7 @@ def user_errors() -> Iterator[None]:
 
 
 DataDirOption = typer.Option(None, "--data-dir", envvar="SENTIMENT_DATA_DIR",
-                             help="Data directory [default: data/, or $SENTIMENT_DATA_DIR].")
+                             help="Data directory (default: data/, or $SENTIMENT_DATA_DIR).")
 
 
 # ---------------------------------------------------------------- download
@@ -177,14 +178,15 @@ class RichReporter:
 def train(
     config: Optional[Path] = ConfigOption,
     set_: list[str] = SetOption,
-    run_dir: Optional[Path] = typer.Option(None, help="Output directory [default: runs/<config>-<time>]."),
+    run_dir: Optional[Path] = typer.Option(None, help="Output directory (default: runs/<config>-<time>)."),
     resume: Optional[Path] = typer.Option(None, help="Continue the run in this directory from its last.pt."),
     overwrite: bool = typer.Option(False, help="Replace --run-dir if it already exists."),
     print_config: bool = typer.Option(False, "--print-config", help="Print the resolved config and exit."),
 ) -> None:
     """Train a classifier as a config says; the run directory gets config, vocab, metrics and checkpoints."""
     from sentiment.config import dump_config, load_config
-    from sentiment.train import graceful_stop
+    from sentiment.prepare import prepare_data
+    from sentiment.train import graceful_stop, resolve_device
     from sentiment.train import train as train_run
 
     with user_errors():
@@ -196,25 +198,39 @@ def train(
         if print_config:
             console.print(dump_config(cfg), end="", markup=False, highlight=False)
             return
+        data = None
         if resume is None:
+            # everything that can fail on bad input (run dir, device, data, GloVe) is checked before the run
+            # directory is created, or an --overwrite'n one deleted
+            _claim_run_dir(target, overwrite, check_only=True)
+            resolve_device(cfg.run.device)
+            data = prepare_data(cfg.data)
             _claim_run_dir(target, overwrite)
         console.print(f"run directory: [bold]{escape(str(target))}[/]", soft_wrap=True)
         reporter = RichReporter()
         try:
             with graceful_stop() as stop:
-                results = train_run(cfg, target, resume=resume is not None, reporter=reporter, stop=stop)
+                results = train_run(cfg, target, data=data, resume=resume is not None, reporter=reporter, stop=stop)
         finally:
             reporter.close()
     _print_results(results)
 
 
-def _claim_run_dir(path: Path, overwrite: bool) -> None:
+def _claim_run_dir(path: Path, overwrite: bool, check_only: bool = False) -> None:
+    if path.exists() and not path.is_dir():
+        raise SentimentError(f"run directory {path} is a file: choose another --run-dir")
     if path.exists() and any(path.iterdir()):
         if not overwrite:
             raise SentimentError(f"run directory {path} already exists: pass --resume {path} to continue it, "
                                  "--overwrite to replace it, or another --run-dir")
+        if check_only:
+            return
         shutil.rmtree(path)
-    path.mkdir(parents=True, exist_ok=True)
+    if not check_only:
+        try:
+            path.mkdir(parents=True, exist_ok=True)
+        except OSError as e:
+            raise SentimentError(f"cannot create run directory {path}: {e.strerror or e}") from None
 
 
 def _resume_config(run_dir: Path, config: Path | None, overrides: list[str]):
@@ -266,20 +282,46 @@ def eval_(
     run: Path = typer.Option(..., "--run", help="A run directory written by `sentiment train`."),
     split: str = typer.Option("test", help="IMDB split to evaluate: test or valid."),
     checkpoint: str = typer.Option("best", help="Which checkpoint: best or last."),
-    batch_size: Optional[int] = typer.Option(None, help="Evaluation batch size [default: the run's eval_batch_size]."),
-    device: Optional[str] = typer.Option(None, help="auto, cpu, cuda, mps [default: the run's]."),
+    batch_size: Optional[int] = typer.Option(None, help="Evaluation batch size (default: the run's eval_batch_size)."),
+    device: Optional[str] = typer.Option(None, help="auto, cpu, cuda, mps (default: the run's)."),
     as_json: bool = typer.Option(False, "--json", help="Print the metrics as JSON."),
+    data: Optional[Path] = typer.Option(None, "--data", help="Evaluate on your own labeled reviews instead of "
+                                        "IMDB: a .csv, .tsv or .jsonl file, or a directory with pos/ and neg/ "
+                                        "folders of .txt reviews (the aclImdb layout)."),
+    text_column: str = typer.Option("text", help="Column (CSV/TSV) or field (JSONL) of --data holding the text."),
+    label_column: str = typer.Option("label", help="Column or field of --data holding the label: 1/0, pos/neg, "
+                                     "positive/negative or true/false."),
 ) -> None:
-    """Evaluate a run's checkpoint on the IMDB test (or valid) split."""
+    """Evaluate a run's checkpoint on the IMDB test (or valid) split, or on labeled reviews (--data)."""
+    from sentiment.labeled import evaluate_labeled
     from sentiment.runtime import evaluate_run
 
     with user_errors():
         if split not in ("test", "valid"):
             raise SentimentError(f"--split must be test or valid, got {split!r}")
-        if checkpoint not in ("best", "last"):
-            raise SentimentError(f"--checkpoint must be best or last, got {checkpoint!r}")
-        metrics = evaluate_run(run, split=split, checkpoint=checkpoint, batch_size=batch_size, device=device)
-    _print_metrics(metrics.to_dict(), f"IMDB {split} · {checkpoint}.pt", as_json)
+        _check_checkpoint(checkpoint)
+        if batch_size is not None and batch_size < 1:
+            raise SentimentError(f"--batch-size must be >= 1, got {batch_size}")
+        if data is not None:
+            metrics, skipped = evaluate_labeled(run, data, text_column=text_column, label_column=label_column,
+                                                checkpoint=checkpoint, device=device, batch_size=batch_size)
+            title = f"{data} · {checkpoint}.pt"
+        else:
+            metrics = evaluate_run(run, split=split, checkpoint=checkpoint, batch_size=batch_size, device=device)
+            skipped, title = 0, f"IMDB {split} · {checkpoint}.pt"
+    _note_skipped(skipped)
+    _print_metrics(metrics.to_dict(), title, as_json)
+
+
+def _check_checkpoint(checkpoint: str) -> None:
+    if checkpoint not in ("best", "last"):
+        raise SentimentError(f"--checkpoint must be best or last, got {checkpoint!r}")
+
+
+def _note_skipped(skipped: int) -> None:
+    if skipped:
+        err_console.print(f"[yellow]note:[/] skipped {skipped:,} empty review{'s' if skipped != 1 else ''} "
+                          "(no text)", soft_wrap=True)
 
 
 def _print_metrics(m: dict[str, Any], title: str, as_json: bool) -> None:
@@ -298,6 +340,84 @@ def _print_metrics(m: dict[str, Any], title: str, as_json: bool) -> None:
     cm.add_row("negative", f"{m['tn']:,}", f"{m['fp']:,}")
     cm.add_row("positive", f"{m['fn']:,}", f"{m['tp']:,}")
     console.print(cm)
+
+
+# ---------------------------------------------------------------- predict
+@app.command()
+def predict(
+    texts: Optional[list[str]] = typer.Argument(None, help="Reviews to classify (default: --file, else standard "
+                                                "input, one review per line)."),
+    run: Path = typer.Option(..., "--run", help="A run directory written by `sentiment train`."),
+    file: Optional[Path] = typer.Option(None, "--file", "-f", help="Reviews from a file: plain text one per line, "
+                                        ".csv/.tsv with a header, or .jsonl (see --text-column); - for stdin."),
+    text_column: str = typer.Option("text", help="Column (CSV/TSV) or field (JSONL) of --file holding the text."),
+    threshold: float = typer.Option(0.5, help="Probability of positive from which a review is labeled positive."),
+    checkpoint: str = typer.Option("best", help="Which checkpoint: best or last."),
+    batch_size: Optional[int] = typer.Option(None, help="Batch size (default: the run's eval_batch_size)."),
+    device: Optional[str] = typer.Option(None, help="auto, cpu, cuda, mps (default: the run's)."),
+    as_json: Optional[bool] = typer.Option(None, "--json/--table", help="JSON lines or a table (default: a table "
+                                           "on a terminal, JSON lines when piped)."),
+) -> None:
+    """Label reviews positive or negative with a trained run, with the probability of positive.
+
+    Reviews are tokenized and cut to data.max_len tokens as the run's training did (5,000 tokens if the
+    run kept whole reviews); empty reviews are skipped and counted.
+    """
+    from sentiment.predict import predict_texts, prediction_rows, read_stream, read_texts
+
+    with user_errors():
+        if not 0.0 <= threshold <= 1.0:
+            raise SentimentError(f"--threshold must be between 0 and 1, got {threshold}")
+        _check_checkpoint(checkpoint)
+        if batch_size is not None and batch_size < 1:
+            raise SentimentError(f"--batch-size must be >= 1, got {batch_size}")
+        if texts and file is not None:
+            raise SentimentError("give reviews as arguments or with --file, not both")
+        if texts:
+            inputs = list(texts)
+        elif file is not None and str(file) != "-":
+            inputs = read_texts(file, text_column)
+        else:
+            if sys.stdin.isatty():
+                err_console.print("reading reviews from standard input, one per line (Ctrl-D to finish)…")
+            inputs = read_stream(sys.stdin.buffer.read())
+        probs = predict_texts(run, inputs, checkpoint=checkpoint, device=device, batch_size=batch_size)
+        rows = prediction_rows(probs, threshold)
+    _note_skipped(sum("error" in r for r in rows))
+    if as_json if as_json is not None else not sys.stdout.isatty():
+        _write_jsonl(rows)
+    else:
+        _print_predictions(inputs, rows)
+
+
+def _write_jsonl(rows: list[dict[str, Any]]) -> None:
+    try:
+        sys.stdout.write("".join(json.dumps(r) + "\n" for r in rows))
+        sys.stdout.flush()
+    except BrokenPipeError:
+        # the reader went away (`| head`): no traceback; the Python docs' recipe for a quiet exit
+        os.dup2(os.open(os.devnull, os.O_WRONLY), sys.stdout.fileno())
+        raise typer.Exit(1) from None
+
+
+def _print_predictions(texts: list[str], rows: list[dict[str, Any]]) -> None:
+    from rich.text import Text
+
+    table = Table()
+    # on a narrow terminal only the review preview shrinks
+    table.add_column("#", justify="right", min_width=len(str(len(rows))))
+    table.add_column("review", max_width=60)
+    table.add_column("label", min_width=8)
+    table.add_column("P(positive)", justify="right", min_width=11)
+    for i, (text, row) in enumerate(zip(texts, rows), 1):
+        # one line per review, cut with an ellipsis (the table shows 60 characters at most)
+        preview = Text(" ".join(text[:200].split()), no_wrap=True, overflow="ellipsis")
+        if "error" in row:
+            table.add_row(str(i), preview, "[dim]skipped[/]", "[dim]empty[/]")
+        else:
+            color = "green" if row["label"] == "positive" else "red"
+            table.add_row(str(i), preview, f"[{color}]{row['label']}[/]", f"{row['probability']:.4f}")
+    console.print(table)
 
 
 def main() -> None:

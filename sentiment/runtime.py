@@ -9,6 +9,7 @@ import torch
 
 from sentiment.checkpoint import BEST, LAST, load_checkpoint, load_run
 from sentiment.config import Config
+from sentiment.errors import SentimentError
 from sentiment.evaluate import Metrics, evaluate
 from sentiment.model import SentimentRNN
 from sentiment.train import build_model, resolve_device
@@ -25,16 +26,19 @@ class LoadedRun:
 
 def load_trained(run_dir: Path, checkpoint: str = "best", device: str | None = None) -> LoadedRun:
     cfg, vocab = load_run(run_dir)
+    if cfg.run.threads:
+        torch.set_num_threads(cfg.run.threads)
     dev = resolve_device(device or cfg.run.device)
+    if checkpoint not in ("best", "last"):
+        raise SentimentError(f"checkpoint must be best or last, got {checkpoint!r}")
     state = load_checkpoint(Path(run_dir) / (BEST if checkpoint == "best" else LAST), vocab, map_location=dev)
     model = build_model(cfg, len(vocab), vocab.pad_index)
     try:
         model.load_state_dict(state["model"])
     except RuntimeError as e:
-        from sentiment.errors import SentimentError
-
+        lines = [line.strip() for line in str(e).splitlines() if line.strip()]  # the first mismatch, not the header
         raise SentimentError(f"checkpoint in {run_dir} does not fit the model its config describes: "
-                             f"{str(e).splitlines()[0]}") from None
+                             f"{lines[1] if len(lines) > 1 else lines[0]}") from None
     model.to(dev).eval()
     return LoadedRun(cfg, vocab, model, dev)
 
