@@ -12,22 +12,39 @@ from collections.abc import Callable
 from pathlib import Path
 from typing import BinaryIO
 
+from sentiment.errors import SentimentError
+
+
+def _umask() -> int:
+    mask = os.umask(0)
+    os.umask(mask)
+    return mask
+
+
+_FILE_MODE = 0o666 & ~_umask()  # mkstemp makes 0600 files; ours get the usual permissions
+
 
 def atomic_write(path: Path, write: Callable[[BinaryIO], None]) -> None:
     path = Path(path)
-    path.parent.mkdir(parents=True, exist_ok=True)
-    fd, tmp = tempfile.mkstemp(dir=path.parent, prefix=f".{path.name}.", suffix=".tmp")
     try:
+        path.parent.mkdir(parents=True, exist_ok=True)
+        fd, tmp = tempfile.mkstemp(dir=path.parent, prefix=f".{path.name}.", suffix=".tmp")
+    except OSError as e:
+        raise SentimentError(f"cannot write {path}: {e.strerror or e}") from e
+    try:
+        os.fchmod(fd, _FILE_MODE)
         with os.fdopen(fd, "wb") as f:
             write(f)
             f.flush()
             os.fsync(f.fileno())
         os.replace(tmp, path)
-    except BaseException:
+    except BaseException as e:
         try:
             os.unlink(tmp)
         except FileNotFoundError:
             pass
+        if isinstance(e, OSError):  # disk full, permissions: the old file is still there, whole
+            raise SentimentError(f"cannot write {path}: {e.strerror or e}; the previous version is intact") from e
         raise
 
 

@@ -48,6 +48,7 @@ class ModelConfig:
     bidirectional: bool = True
     dropout: float = 0.5  # between recurrent layers
     embed_dropout: float = 0.5
+    output_dropout: float = 0.5  # on the pooled features before the final Linear
     pooling: Literal["last", "max", "mean", "max+mean"] = "max+mean"
     freeze_embeddings: bool = False
     unfreeze_after: Optional[int] = None  # epochs after which frozen embeddings start training
@@ -77,6 +78,7 @@ class RunConfig:
     output_dir: str = field(default_factory=lambda: str(default_runs_dir()))
     name: Optional[str] = None  # default: the config file's name
     eval_test: bool = True  # evaluate the best checkpoint on the test split when training ends
+    checkpoint_minutes: float = 10.0  # also write last.pt mid-epoch this often (0: after every step)
 
 
 @dataclass
@@ -144,7 +146,7 @@ def _build(cls: type, values: Any, prefix: str) -> Any:
     if values is None:
         values = {}
     if not isinstance(values, dict):
-        raise SentimentError(f"config key {prefix or '<root>'}: expected a mapping, got {values!r}")
+        raise SentimentError(f"config key {prefix.rstrip('.') or '<root>'}: expected a mapping, got {values!r}")
     hints = typing.get_type_hints(cls)
     names = [f.name for f in dataclasses.fields(cls)]
     kwargs = {}
@@ -175,6 +177,7 @@ def validate(cfg: Config) -> None:
         ("model.num_layers", cfg.model.num_layers >= 1, "must be >= 1"),
         ("model.dropout", 0 <= cfg.model.dropout < 1, "must be in [0, 1)"),
         ("model.embed_dropout", 0 <= cfg.model.embed_dropout < 1, "must be in [0, 1)"),
+        ("model.output_dropout", 0 <= cfg.model.output_dropout < 1, "must be in [0, 1)"),
         ("model.unfreeze_after", cfg.model.unfreeze_after is None or cfg.model.unfreeze_after >= 0, "must be >= 0 or null"),
         ("train.epochs", cfg.train.epochs >= 1, "must be >= 1"),
         ("train.batch_size", cfg.train.batch_size >= 1, "must be >= 1"),
@@ -186,6 +189,7 @@ def validate(cfg: Config) -> None:
         ("train.early_stopping_patience", cfg.train.early_stopping_patience is None
          or cfg.train.early_stopping_patience >= 1, "must be >= 1 or null"),
         ("run.threads", cfg.run.threads is None or cfg.run.threads >= 1, "must be >= 1 or null"),
+        ("run.checkpoint_minutes", cfg.run.checkpoint_minutes >= 0, "must be >= 0"),
         ("run.device", cfg.run.device in ("auto", "cpu", "mps") or cfg.run.device.startswith("cuda"),
          "must be auto, cpu, cuda, cuda:N or mps"),
     ]

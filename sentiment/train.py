@@ -138,7 +138,8 @@ def build_model(cfg: Config, vocab_size: int, pad_index: int = 0) -> SentimentRN
     return SentimentRNN(
         vocab_size=vocab_size, embed_dim=cfg.data.glove_dim or m.embed_dim, hidden_size=m.hidden_size,
         num_layers=m.num_layers, rnn=m.rnn, bidirectional=m.bidirectional, dropout=m.dropout,
-        embed_dropout=m.embed_dropout, pooling=m.pooling, pad_index=pad_index, pack=m.pack,
+        embed_dropout=m.embed_dropout, output_dropout=m.output_dropout, pooling=m.pooling,
+        pad_index=pad_index, pack=m.pack,
     )
 
 
@@ -214,6 +215,7 @@ def train(cfg: Config, run_dir: Path, *, data: PreparedData | None = None, resum
                 "vocab": data.vocab.itos, "config": cfg.to_dict()}
 
     model.train()
+    last_saved = time.monotonic()
     for epoch in range(state.epoch, cfg.train.epochs):
         model.set_embedding_trainable(_embeddings_trainable(cfg, epoch))
         sampler.set_epoch(epoch)
@@ -228,10 +230,11 @@ def train(cfg: Config, run_dir: Path, *, data: PreparedData | None = None, resum
                 logits = model(ids, lengths)
                 loss = loss_fn(logits.float(), labels)
             if not torch.isfinite(loss):
+                kept = (f"{run_dir / LAST} holds the last good state" if (run_dir / LAST).exists()
+                        else "no checkpoint was written before it")
                 raise TrainingDiverged(
                     f"loss became {loss.item()} at epoch {epoch + 1}, step {state.step_in_epoch + 1}; stopped. "
-                    f"{run_dir / LAST} holds the last good state (after epoch {state.epoch}); "
-                    "try a lower train.lr or set train.grad_clip")
+                    f"{kept}; try a lower train.lr or set train.grad_clip")
             optimizer.zero_grad(set_to_none=True)
             scaler.scale(loss).backward()
             if cfg.train.grad_clip:
@@ -256,6 +259,10 @@ def train(cfg: Config, run_dir: Path, *, data: PreparedData | None = None, resum
                 raise TrainingInterrupted(
                     f"interrupted at epoch {epoch + 1}, step {state.step_in_epoch}; saved {run_dir / LAST}. "
                     f"Resume with: sentiment train --resume {run_dir}")
+            if time.monotonic() - last_saved >= 60 * cfg.run.checkpoint_minutes:
+                # a kill -9 or a crash loses at most this much work
+                save_checkpoint(run_dir / LAST, snapshot())
+                last_saved = time.monotonic()
 
         valid = evaluate(model, data.valid, batch_size=cfg.train.eval_batch_size, device=device,
                          max_len=cfg.data.max_len, truncate=cfg.data.truncate)
@@ -274,6 +281,7 @@ def train(cfg: Config, run_dir: Path, *, data: PreparedData | None = None, resum
         if improved:
             save_checkpoint(run_dir / BEST, snapshot())
         save_checkpoint(run_dir / LAST, snapshot())
+        last_saved = time.monotonic()
         if reporter:
             reporter.epoch_end(row)
         patience = cfg.train.early_stopping_patience
