@@ -1,0 +1,154 @@
+"""Benchmark GloVe loading on a real file: first load (parse + write cache) and cached load.
+
+    python scripts/bench_glove.py --source ../shared/data/glove.6B.50d.zip   # or a glove.*.txt
+
+Each measurement runs in a fresh child process (so its peak RSS is its own and a cached load starts
+cold, as in a new training run), against a fresh temporary cache directory: one first load, then three
+cached loads (median reported). As a same-run baseline it times a naive pure-Python parse
+(`[float(x) for x in parts]` per line) of the same file, and checks all three give identical vectors.
+Exits 1 if a target (first load <= 5 s, cached load <= 0.5 s) is missed.
+"""
+
+from __future__ import annotations
+
+import argparse
+import hashlib
+import io
+import json
+import os
+import resource
+import statistics
+import subprocess
+import sys
+import tempfile
+import time
+import zipfile
+from pathlib import Path
+
+import numpy as np
+
+FIRST_TARGET_S = 5.0
+CACHED_TARGET_S = 0.5
+
+
+def naive_parse(source: Path, member: str | None) -> tuple[list[str], np.ndarray]:
+    """What a first implementation would do: split every line and float() every value in Python."""
+    with open_text(source, member) as f:
+        words, rows = [], []
+        for line in f:
+            parts = line.rstrip().split(" ")
+            words.append(parts[0])
+            rows.append([float(x) for x in parts[1:]])
+    return words, np.array(rows, dtype=np.float32)
+
+
+def open_text(source: Path, member: str | None) -> io.TextIOBase:
+    if member is None:
+        return open(source, encoding="utf-8", errors="replace", newline="\n")
+    zf = zipfile.ZipFile(source)
+    return io.TextIOWrapper(zf.open(member), encoding="utf-8", errors="replace", newline="\n")
+
+
+def zip_member(source: Path) -> str | None:
+    if source.suffix.lower() != ".zip":
+        return None
+    with zipfile.ZipFile(source) as zf:
+        names = [n for n in zf.namelist() if n.rsplit("/", 1)[-1].startswith("glove") and n.endswith(".txt")]
+    if len(names) != 1:
+        sys.exit(f"{source} holds {len(names)} glove*.txt members; this benchmark needs exactly one")
+    return names[0]
+
+
+def run_phase(phase: str, source: Path, cache: Path) -> dict:
+    """Child process: one timed load; prints a JSON line."""
+    if phase == "naive":
+        t = time.perf_counter()
+        words, vectors = naive_parse(source, zip_member(source))
+        wall = time.perf_counter() - t
+        skipped = 0
+    else:
+        from sentiment.glove import load_glove
+
+        t = time.perf_counter()
+        glove = load_glove(source, cache)
+        wall = time.perf_counter() - t
+        words, vectors, skipped = glove.words, glove.vectors, glove.skipped_lines
+    rss_mb = resource.getrusage(resource.RUSAGE_SELF).ru_maxrss / 1024  # Linux reports KiB; before hashing
+    digest = hashlib.sha256(np.ascontiguousarray(vectors).data)
+    digest.update("\n".join(words).encode())
+    return {"wall": wall, "rss_mb": rss_mb, "words": len(words), "dim": int(vectors.shape[1]),
+            "skipped": skipped, "digest": digest.hexdigest()[:16]}
+
+
+def cpu_busy_share(seconds: float = 1.0) -> float | None:
+    """Share of all CPUs busy over the next `seconds` (Linux /proc/stat), to show the machine was quiet."""
+
+    def sample() -> tuple[int, int]:
+        with open("/proc/stat") as f:
+            ticks = [int(x) for x in f.readline().split()[1:]]
+        return sum(ticks), ticks[3] + ticks[4]  # total, idle + iowait
+
+    try:
+        total0, idle0 = sample()
+        time.sleep(seconds)
+        total1, idle1 = sample()
+    except (OSError, ValueError, IndexError):
+        return None
+    return 1 - (idle1 - idle0) / max(total1 - total0, 1)
+
+
+def child(phase: str, source: Path, cache: Path) -> dict:
+    cmd = [sys.executable, __file__, "--source", str(source), "--phase", phase, "--cache", str(cache)]
+    env = dict(os.environ, OMP_NUM_THREADS=os.environ.get("OMP_NUM_THREADS", "1"))
+    out = subprocess.run(cmd, check=True, capture_output=True, text=True, env=env)
+    return json.loads(out.stdout.strip().splitlines()[-1])
+
+
+def main() -> int:
+    ap = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
+    ap.add_argument("--source", type=Path, required=True, help="glove.*.txt or a .zip holding one")
+    ap.add_argument("--phase", choices=["first", "cached", "naive"], help=argparse.SUPPRESS)
+    ap.add_argument("--cache", type=Path, help=argparse.SUPPRESS)
+    args = ap.parse_args()
+    source = args.source.resolve()
+    if args.phase:
+        print(json.dumps(run_phase(args.phase, source, args.cache)))
+        return 0
+    if not source.is_file():
+        sys.exit(f"no such file: {source}")
+
+    load = "load average " + " ".join(f"{x:.2f}" for x in os.getloadavg()) + " (1/5/15 min)"
+    busy = cpu_busy_share()
+    load += f", CPUs {busy:.0%} busy over 1 s" if busy is not None else ""
+    member = zip_member(source)
+    print(f"source: {args.source} ({source.stat().st_size:,} bytes{f', member {member}' if member else ''})")
+    print(f"machine: {os.cpu_count()} CPUs; at start {load}; "
+          f"python {sys.version.split()[0]}, numpy {np.__version__}")
+    with tempfile.TemporaryDirectory(prefix="bench-glove-") as tmp:
+        cache = Path(tmp) / "cache"
+        first = child("first", source, cache)
+        cached = [child("cached", source, cache) for _ in range(3)]
+        naive = child("naive", source, cache)
+        cache_mb = sum(p.stat().st_size for p in cache.iterdir()) / 2**20
+
+    cached_wall = statistics.median(r["wall"] for r in cached)
+    same = first["digest"] == naive["digest"] and all(r["digest"] == first["digest"] for r in cached)
+    print(f"{first['words']:,} words, dim {first['dim']}, {first['skipped']} skipped lines; cache {cache_mb:.0f} MB; "
+          f"first, cached and naive results identical: {'yes' if same else 'NO'}")
+
+    def row(name: str, wall: float, target: float | None, rss: float, extra: str = "") -> bool:
+        ok = target is None or wall <= target
+        verdict = "" if target is None else f"target <= {target:g} s  {'PASS' if ok else 'FAIL'}"
+        print(f"{name:<38} {wall:7.3f} s  {verdict:<22} peak RSS {rss:6.0f} MB{extra}")
+        return ok
+
+    ok = row("first load (parse + write cache)", first["wall"], FIRST_TARGET_S, first["rss_mb"])
+    ok &= row("cached load (median of 3)", cached_wall, CACHED_TARGET_S, max(r["rss_mb"] for r in cached),
+              "  runs: " + " ".join(f"{r['wall']:.3f}" for r in cached))
+    row("baseline: naive pure-Python parse", naive["wall"], None, naive["rss_mb"],
+        f"  ({naive['wall'] / first['wall']:.1f}x the first load, {naive['wall'] / cached_wall:.0f}x the cached load)")
+    return 0 if ok and same else 1
+
+
+if __name__ == "__main__":
+    sys.exit(main())
