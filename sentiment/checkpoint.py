@@ -10,15 +10,16 @@ from __future__ import annotations
 import io
 import json
 import pickle
+import re
+import warnings
 import zipfile
 from pathlib import Path
 from typing import Any
 
 import torch
-import yaml
 
 from sentiment.atomic import atomic_write, atomic_write_text
-from sentiment.config import Config, config_from_dict, dump_config
+from sentiment.config import Config, config_from_dict, dump_config, read_yaml
 from sentiment.errors import SentimentError
 from sentiment.vocab import Vocab
 
@@ -39,8 +40,16 @@ def load_checkpoint(path: Path, vocab: Vocab | None = None, map_location: str | 
     if not path.is_file():
         raise SentimentError(f"checkpoint {path} not found")
     try:
-        state = torch.load(path, map_location=map_location, weights_only=True)
-    except (RuntimeError, EOFError, pickle.UnpicklingError, zipfile.BadZipFile, ValueError, OSError) as e:
+        with warnings.catch_warnings():  # torch's advice on a file that is not a torch checkpoint at all
+            warnings.filterwarnings("ignore", message="Detected pickle protocol")
+            state = torch.load(path, map_location=map_location, weights_only=True)
+    except pickle.UnpicklingError as e:
+        code = re.search(r"GLOBAL (\S+)", str(e))  # a class or function: unpickling it would run code
+        if code:
+            raise SentimentError(f"checkpoint {path} refers to Python code ({code.group(1)}), not only tensors: "
+                                 "refused to load it (that code would run); use a checkpoint you trust") from None
+        raise SentimentError(f"checkpoint {path} is corrupt or truncated ({_last_line(e)[:200]})") from None
+    except (RuntimeError, EOFError, zipfile.BadZipFile, ValueError, OSError) as e:
         first = str(e).strip().splitlines()[0] if str(e).strip() else type(e).__name__
         raise SentimentError(f"checkpoint {path} is corrupt or truncated ({first[:200]})") from None
     if not isinstance(state, dict) or state.get("format") != CHECKPOINT_FORMAT or "model" not in state:
@@ -48,6 +57,13 @@ def load_checkpoint(path: Path, vocab: Vocab | None = None, map_location: str | 
     if vocab is not None and state.get("vocab") != vocab.itos:
         raise SentimentError(f"checkpoint {path} belongs to another vocab than {path.parent / VOCAB_FILE}")
     return state
+
+
+def _last_line(error: BaseException) -> str:
+    """The gist of torch's weights-only errors, which put advice first and the cause last."""
+    lines = [l.strip() for l in re.sub(r"\x1b\[[0-9;]*m", "", str(error)).splitlines() if l.strip()]
+    lines = [l for l in lines if not l.startswith("Check the documentation")]
+    return lines[-1] if lines else type(error).__name__
 
 
 def write_run_files(run_dir: Path, cfg: Config, vocab: Vocab) -> None:
@@ -61,11 +77,7 @@ def load_run(run_dir: Path) -> tuple[Config, Vocab]:
         raise SentimentError(f"run directory {run_dir} not found")
     if not (run_dir / CONFIG_FILE).is_file() or not (run_dir / VOCAB_FILE).is_file():
         raise SentimentError(f"{run_dir} is not a run directory (no {CONFIG_FILE} and {VOCAB_FILE})")
-    try:
-        raw = yaml.safe_load((run_dir / CONFIG_FILE).read_text(encoding="utf-8"))
-    except yaml.YAMLError as e:
-        raise SentimentError(f"{run_dir / CONFIG_FILE} is not valid YAML: {e}") from None
-    cfg = config_from_dict(raw or {})
+    cfg = config_from_dict(read_yaml(run_dir / CONFIG_FILE))  # one-line errors, safe_load: no Python tags
     return cfg, Vocab.load(run_dir / VOCAB_FILE)
 
 

@@ -249,7 +249,8 @@ def _resume_config(run_dir: Path, config: Path | None, overrides: list[str]):
         wanted = config_from_dict(apply_overrides(saved.to_dict(), overrides))
     changed = _changed_keys(saved.to_dict(), wanted.to_dict())
     allowed = {"train.epochs", "train.early_stopping_patience", "train.eval_batch_size", "run.device",
-               "run.threads", "run.eval_test", "run.output_dir", "data.data_dir", "data.workers"}
+               "run.threads", "run.eval_test", "run.output_dir", "run.checkpoint_minutes", "data.data_dir",
+               "data.workers"}
     refused = [k for k in changed if k not in allowed]
     if refused:
         raise SentimentError(f"cannot resume {run_dir} with a changed config ({', '.join(refused)}): "

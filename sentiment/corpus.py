@@ -23,8 +23,9 @@ import numpy as np
 from sentiment.imdb import SPLIT_CODES, fingerprint, imdb_dir, list_reviews
 from sentiment.tokenize import clean_text, init_tokenizer, spacy_version, tokenize_chunks
 from sentiment.atomic import atomic_write_bytes
+from sentiment.errors import SentimentError
 
-CACHE_VERSION = 1
+CACHE_VERSION = 2
 _PARALLEL_MIN_DOCS = 2000  # below this, starting worker processes costs more than it saves
 
 
@@ -57,8 +58,11 @@ def _read_and_split(paths: list[str]) -> tuple[list[str], np.ndarray, np.ndarray
     the distinct chunks and each review as int32 indices into them."""
     chunked, bad = [], 0
     for path in paths:
-        with open(path, "rb") as f:
-            raw = f.read()
+        try:
+            with open(path, "rb") as f:
+                raw = f.read()
+        except OSError as e:  # a directory or an unreadable file where a review should be
+            raise SentimentError(f"cannot read review file {path}: {e.strerror or e}") from None
         try:
             text = raw.decode("utf-8")
         except UnicodeDecodeError:

@@ -86,11 +86,16 @@ class _Interrupted(Exception):
 
 class _CorruptArchiveError(SentimentError):
     def __init__(self, archive: Path, error: BaseException):
-        self.detail = str(error) or type(error).__name__
+        self.detail = _one_line(error)
         super().__init__(
             f"{archive} is truncated or corrupt ({self.detail}); "
             "delete it and run make download-data again."
         )
+
+
+def _one_line(error: BaseException) -> str:
+    """An exception's message on one line (tarfile lists each method it tried on a line of its own)."""
+    return " ".join(str(error).split()) or type(error).__name__
 
 
 _CORRUPT = (tarfile.TarError, EOFError, zlib.error, gzip.BadGzipFile, lzma.LZMAError, zipfile.BadZipFile)
@@ -110,9 +115,9 @@ def download_imdb(
     """Put the IMDB reviews at data_dir/aclImdb from the official URL or `source`."""
     data_dir = Path(data_dir)
     final = data_dir / "aclImdb"
+    _make_data_dir(data_dir)
     if not force and (hit := _already_present(data_dir, "imdb", final)):
         return hit
-    data_dir.mkdir(parents=True, exist_ok=True)
     kind, where = ("url", IMDB_URL) if source is None else _classify(source, "--imdb-source")
 
     if kind == "dir":
@@ -167,9 +172,9 @@ def download_glove(
     data_dir = Path(data_dir)
     name = f"glove.6B.{dim}d"
     final = data_dir / "glove" / f"{name}.txt"
+    _make_data_dir(data_dir)
     if not force and (hit := _already_present(data_dir, name, final)):
         return hit
-    data_dir.mkdir(parents=True, exist_ok=True)
     checks = {"sha256": sha256} if sha256 else {}
 
     if source is None:
@@ -488,7 +493,7 @@ def _corrupt_archive(archive: Path, downloaded: bool, flag: str) -> Iterator[Non
     try:
         yield
     except (_CorruptArchiveError, *_CORRUPT) as e:
-        detail = e.detail if isinstance(e, _CorruptArchiveError) else str(e) or type(e).__name__
+        detail = e.detail if isinstance(e, _CorruptArchiveError) else _one_line(e)
         if downloaded:
             archive.unlink(missing_ok=True)
             raise SentimentError(
@@ -593,6 +598,15 @@ def _verify_local(path: Path, algo: str, want: str | None, got: str, flag: str) 
             f"{path} has the wrong {algo}: expected {want.lower()}, got {got}; "
             f"use the right file or another {flag}."
         )
+
+
+def _make_data_dir(data_dir: Path) -> None:
+    if data_dir.exists() and not data_dir.is_dir():
+        raise SentimentError(f"data directory {data_dir} is a file; use another --data-dir.")
+    try:
+        data_dir.mkdir(parents=True, exist_ok=True)
+    except OSError as e:
+        raise SentimentError(f"cannot create data directory {data_dir}: {e.strerror or e}.") from None
 
 
 def _already_present(data_dir: Path, name: str, path: Path) -> FetchResult | None:

@@ -58,6 +58,10 @@ def prepare_data(cfg: DataConfig, vocab: Vocab | None = None, *, with_embeddings
     idx = split_indices(corpus, cfg)
     if len(idx["train"]) == 0:
         raise SentimentError("the training split is empty: check data.valid_fraction and the data directory")
+    if len(idx["valid"]) == 0:  # else every epoch scores 0% on nothing and the first one is kept as the best
+        raise SentimentError(f"the validation split is empty: data.valid_fraction={cfg.valid_fraction} of "
+                             f"{len(idx['train'])} training reviews is none, and the best epoch is chosen on it; "
+                             "raise data.valid_fraction")
 
     new_vocab = vocab is None
     if new_vocab:

@@ -178,6 +178,8 @@ def train(cfg: Config, run_dir: Path, *, data: PreparedData | None = None, resum
         from sentiment.checkpoint import load_run
 
         _, vocab = load_run(run_dir)
+        for stray in run_dir.glob(".*.tmp"):  # a write cut short by kill -9: never loaded, only disk space
+            stray.unlink(missing_ok=True)
         checkpoint = load_checkpoint(run_dir / LAST, vocab)
         data = data or prepare_data(cfg.data, vocab)
     else:

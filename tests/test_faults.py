@@ -1,0 +1,426 @@
+"""Bad input and injected faults through the real command line.
+
+Every case must end with a non-zero exit, exactly one `error:` line, no traceback, and the data and run
+directories as they were (file names, sizes and mtimes), or, where training had started, resumable.
+"""
+
+from __future__ import annotations
+
+import errno
+import json
+import os
+import shutil
+import tarfile
+from pathlib import Path
+from types import SimpleNamespace
+from typing import Callable
+
+import pytest
+import torch
+from typer.testing import CliRunner
+
+from sentiment import checkpoint as checkpoint_mod
+from sentiment import train as train_mod
+from sentiment.checkpoint import BEST, LAST, load_checkpoint, read_metrics
+from sentiment.cli import app
+
+runner = CliRunner()
+STEPS_PER_EPOCH = 5  # 40 reviews a class, 10% kept for validation: 72 in batches of 16
+TINY = ["--set", "train.epochs=2", "--set", "train.batch_size=16", "--set", "train.lr=0.01",
+        "--set", "model.hidden_size=16", "--set", "model.embed_dropout=0.1"]
+FAST = TINY + ["--set", "run.checkpoint_minutes=0"]  # last.pt after every step
+
+
+def run(*args, input: str | None = None) -> tuple[int, str]:
+    result = runner.invoke(app, [str(a) for a in args], input=input)
+    return result.exit_code, result.output  # stdout and stderr together
+
+
+def one_line_error(code: int, text: str, *needles: str) -> str:
+    assert code != 0, text
+    assert "Traceback" not in text, text
+    errors = [line for line in text.splitlines() if line.startswith("error:")]
+    assert len(errors) == 1, text
+    assert text.rstrip().splitlines()[-1] == errors[0], text  # the message is one line, and the last
+    for needle in needles:
+        assert needle in errors[0], errors[0]
+    return errors[0]
+
+
+def snapshot(*roots: Path) -> dict[str, object]:
+    """Every path under roots: (size, mtime) of files, the target of links, 'dir' for directories."""
+    out: dict[str, object] = {}
+    for root in roots:
+        if not root.exists():
+            out[str(root)] = "missing"
+            continue
+        for dirpath, dirnames, filenames in os.walk(root):
+            for name in dirnames + filenames:
+                p = Path(dirpath, name)
+                if p.is_symlink():
+                    out[str(p)] = ("link", os.readlink(p))
+                elif p.is_dir():
+                    out[str(p)] = "dir"
+                else:
+                    st = p.stat()
+                    out[str(p)] = (st.st_size, st.st_mtime_ns)
+    return out
+
+
+def timing_free(rows: list[dict]) -> list[dict]:
+    return [{k: v for k, v in r.items() if k not in ("seconds", "tokens_per_s", "valid_seconds")} for r in rows]
+
+
+def same_weights(a: Path, b: Path) -> bool:
+    x, y = load_checkpoint(a)["model"], load_checkpoint(b)["model"]
+    return x.keys() == y.keys() and all(torch.equal(x[k], y[k]) for k in x)
+
+
+@pytest.fixture(scope="module")
+def world(tmp_path_factory) -> SimpleNamespace:
+    """A tiny dataset (its caches filled) and a finished two-epoch run trained on it."""
+    from conftest import make_imdb
+
+    base = tmp_path_factory.mktemp("faults")
+    data = make_imdb(base / "data", n_per_class=40)
+    runs = base / "runs"
+    code, text = run("train", "--set", f"data.data_dir={data}", *FAST, "--run-dir", runs / "run")
+    assert code == 0, text
+    return SimpleNamespace(base=base, data=data, runs=runs, run=runs / "run")
+
+
+# ---------------------------------------------------------------- helpers that set up one case
+def write(path: Path, content: str | bytes) -> Path:
+    path.parent.mkdir(parents=True, exist_ok=True)
+    if isinstance(content, bytes):
+        path.write_bytes(content)
+    else:
+        path.write_text(content, encoding="utf-8")
+    return path
+
+
+def dl_dir(tmp: Path) -> Path:
+    """An existing, empty data directory to download into."""
+    (tmp / "dl").mkdir(exist_ok=True)
+    return tmp / "dl"
+
+
+def copy_run(w: SimpleNamespace, tmp: Path) -> Path:
+    return Path(shutil.copytree(w.run, tmp / "run"))
+
+
+def small_data(tmp: Path) -> Path:
+    from conftest import make_imdb
+
+    return make_imdb(tmp / "data", n_per_class=3)
+
+
+def imdb_archive(tmp: Path, extra: list[tuple[tarfile.TarInfo, bytes | None]] = ()) -> Path:
+    """A gzipped tar of a small aclImdb (plus extra members), like aclImdb_v1.tar.gz."""
+    import io
+
+    src = small_data(tmp / "src")
+    path = tmp / "aclImdb_v1.tar.gz"
+    with tarfile.open(path, "w:gz") as tar:
+        tar.add(src / "aclImdb", arcname="aclImdb")
+        for info, payload in extra:
+            if payload is not None:
+                info.size = len(payload)
+            tar.addfile(info, io.BytesIO(payload) if payload is not None else None)
+    shutil.rmtree(tmp / "src")
+    return path
+
+
+def truncated_archive(tmp: Path) -> Path:
+    path = imdb_archive(tmp)
+    blob = path.read_bytes()
+    path.write_bytes(blob[: len(blob) // 2])
+    return path
+
+
+def truncate_file(path: Path) -> Path:
+    blob = path.read_bytes()
+    path.write_bytes(blob[: len(blob) // 2])
+    return path
+
+
+def swap_vocab(run_dir: Path) -> Path:
+    vocab = json.loads((run_dir / "vocab.json").read_text())
+    vocab["itos"][5], vocab["itos"][6] = vocab["itos"][6], vocab["itos"][5]
+    (run_dir / "vocab.json").write_text(json.dumps(vocab))
+    return run_dir
+
+
+def edit_config(run_dir: Path, old: str, new: str) -> Path:
+    text = (run_dir / "config.yaml").read_text()
+    assert old in text
+    (run_dir / "config.yaml").write_text(text.replace(old, new))
+    return run_dir
+
+
+def data_without(tmp: Path, folder: str) -> Path:
+    data = small_data(tmp)
+    shutil.rmtree(data / "aclImdb" / folder)
+    return data
+
+
+def data_with_directory_as_review(tmp: Path) -> Path:
+    data = small_data(tmp)
+    (data / "aclImdb" / "train" / "pos" / "99_9.txt").mkdir()
+    return data
+
+
+def data_with_empty_folder(tmp: Path) -> Path:
+    data = small_data(tmp)
+    for f in (data / "aclImdb" / "train" / "neg").iterdir():
+        f.unlink()
+    return data
+
+
+def data_with_cache_file(tmp: Path) -> Path:
+    data = small_data(tmp)
+    write(data / "cache", "not a directory")
+    return data
+
+
+def foreign_checkpoint(run_dir: Path) -> Path:
+    torch.save({"weights": torch.zeros(3)}, run_dir / BEST)
+    return run_dir
+
+
+D = "data.data_dir"
+NEW = "new-run"  # a --run-dir that a failed `train` must not create
+
+# (id, args built from the world and the case's tmp dir, needles in the error line, exit code)
+CASES: list[tuple[str, Callable[[SimpleNamespace, Path], list], list[str], int]] = [
+    # ---- the config
+    ("yaml-syntax", lambda w, t: ["train", "--config", write(t / "c.yaml", "model:\n  rnn: gru\n  hidden_size: [128\n")],
+     ["c.yaml", "YAML syntax error at line"], 1),
+    ("unknown-key", lambda w, t: ["train", "--config", write(t / "c.yaml", "model:\n  rnnn: gru\n")],
+     ["model.rnnn", "did you mean 'rnn'"], 1),
+    ("unknown-section", lambda w, t: ["train", "--set", "modle.rnn=gru"], ["modle"], 1),
+    ("wrong-type", lambda w, t: ["train", "--config", write(t / "c.yaml", "model:\n  hidden_size: big\n")],
+     ["model.hidden_size", "integer", "'big'"], 1),
+    ("section-is-scalar", lambda w, t: ["train", "--set", "model=3"], ["model", "mapping"], 1),
+    ("value-is-mapping", lambda w, t: ["train", "--set", "train.epochs.x=1"], ["train.epochs", "integer"], 1),
+    ("out-of-range-lr", lambda w, t: ["train", "--set", "train.lr=-1"], ["train.lr", "> 0"], 1),
+    ("out-of-range-dropout", lambda w, t: ["train", "--set", "model.dropout=1.5"], ["model.dropout"], 1),
+    ("glove-dim-unknown", lambda w, t: ["train", "--set", "data.glove_dim=64"], ["data.glove_dim"], 1),
+    ("config-missing", lambda w, t: ["train", "--config", t / "nope.yaml"], ["nope.yaml", "not found"], 1),
+    ("config-is-a-directory", lambda w, t: ["train", "--config", t], ["cannot read config file"], 1),
+    ("config-not-a-mapping", lambda w, t: ["train", "--config", write(t / "c.yaml", "- model\n- train\n")],
+     ["expected a mapping"], 1),
+    ("config-not-utf8", lambda w, t: ["train", "--config", write(t / "c.yaml", b"model:\n  rnn: \xff\xfe\n")],
+     ["cannot read config file"], 1),
+    ("set-without-equals", lambda w, t: ["train", "--set", "epochs"], ["KEY=VALUE"], 1),
+    ("set-empty-key", lambda w, t: ["train", "--set", "=3"], ["key is empty"], 1),
+    ("set-empty-part", lambda w, t: ["train", "--set", "model..rnn=gru"], ["malformed"], 1),
+    # ---- the data
+    ("data-missing", lambda w, t: ["train", "--set", f"{D}={t / 'none'}", "--run-dir", t / NEW],
+     ["not found", "make download-data"], 2),
+    ("data-partial", lambda w, t: ["train", "--set", f"{D}={data_without(t, 'test/neg')}", "--run-dir", t / NEW],
+     ["incomplete", "test/neg"], 2),
+    ("data-folder-without-reviews", lambda w, t: ["train", "--set", f"{D}={data_with_empty_folder(t)}",
+                                                  "--run-dir", t / NEW], ["no reviews in", "neg"], 2),
+    # tests run as root, so chmod 000 blocks nothing: a directory where a review file should be is unreadable
+    ("review-unreadable", lambda w, t: ["train", "--set", f"{D}={data_with_directory_as_review(t)}",
+                                        "--run-dir", t / NEW], ["99_9.txt", "directory"], 1),
+    ("cache-dir-is-a-file", lambda w, t: ["prepare", "--set", f"{D}={data_with_cache_file(t)}"],
+     ["cannot write"], 1),
+    ("glove-dim-not-on-disk", lambda w, t: ["train", "--set", f"{D}={w.data}", "--set", "data.glove_dim=100",
+                                            "--run-dir", t / NEW], ["100d", "on disk: 50d"], 2),
+    ("no-training-reviews-left", lambda w, t: ["train", "--set", f"{D}={w.data}", "--set", "data.valid_fraction=0.999",
+                                               "--run-dir", t / NEW], ["training split is empty"], 1),
+    ("no-validation-reviews-left", lambda w, t: ["train", "--set", f"{D}={w.data}", "--set", "data.valid_fraction=0.01",
+                                                 "--run-dir", t / NEW], ["validation split is empty"], 1),
+    # ---- download
+    ("archive-truncated", lambda w, t: ["download", "--imdb-source", truncated_archive(t), "--data-dir", dl_dir(t),
+                                        "--skip-glove"], ["truncated or corrupt"], 1),
+    ("archive-not-imdb", lambda w, t: ["download", "--imdb-source", write(t / "x.txt", "hello"),
+                                       "--data-dir", dl_dir(t), "--skip-glove"], ["truncated or corrupt"], 1),
+    ("checksum-mismatch", lambda w, t: ["download", "--imdb-source", imdb_archive(t), "--imdb-sha256", "0" * 64,
+                                        "--data-dir", dl_dir(t), "--skip-glove"], ["sha256", "0" * 64], 1),
+    ("download-source-missing", lambda w, t: ["download", "--imdb-source", t / "nope.tar.gz", "--data-dir", dl_dir(t),
+                                              "--skip-glove"], ["nope.tar.gz", "does not exist"], 1),
+    ("download-data-dir-is-a-file", lambda w, t: ["download", "--imdb-source", imdb_archive(t),
+                                                  "--data-dir", write(t / "dl", "x"), "--skip-glove"], ["dl"], 1),
+    # ---- run directories and resuming
+    ("run-dir-exists", lambda w, t: ["train", "--set", f"{D}={w.data}", "--run-dir", w.run],
+     ["already exists", "--resume", "--overwrite"], 1),
+    ("run-dir-is-a-file", lambda w, t: ["train", "--set", f"{D}={w.data}", "--run-dir", write(t / "f", "x")],
+     ["is a file"], 1),
+    # --overwrite must not delete the old run when the new one cannot start
+    ("overwrite-with-missing-data", lambda w, t: ["train", "--set", f"{D}={t / 'none'}", "--run-dir", copy_run(w, t),
+                                                  "--overwrite"], ["not found"], 2),
+    ("resume-not-a-run", lambda w, t: ["train", "--resume", write(t / "d" / "notes.txt", "x").parent],
+     ["not a run directory"], 1),
+    ("resume-missing", lambda w, t: ["train", "--resume", t / "nope"], ["not found"], 1),
+    ("resume-without-last", lambda w, t: ["train", "--resume", _unlink(copy_run(w, t), LAST)], ["no last.pt"], 1),
+    ("resume-changed-model", lambda w, t: ["train", "--resume", copy_run(w, t), "--set", "model.hidden_size=64",
+                                           "--set", "model.rnn=lstm"], ["model.hidden_size", "model.rnn"], 1),
+    ("resume-changed-config-file", lambda w, t: ["train", "--resume", copy_run(w, t), "--config",
+                                                 write(t / "c.yaml", "model:\n  rnn: lstm\n")], ["model.rnn"], 1),
+    ("resume-corrupt-last", lambda w, t: ["train", "--resume", _corrupt(copy_run(w, t), LAST)],
+     ["last.pt", "corrupt"], 1),
+    ("resume-other-vocab", lambda w, t: ["train", "--resume", swap_vocab(copy_run(w, t))], ["another vocab"], 1),
+    ("resume-data-missing", lambda w, t: ["train", "--resume", copy_run(w, t), "--set", f"{D}={t / 'none'}"],
+     ["not found"], 2),
+    # ---- eval
+    ("eval-other-vocab", lambda w, t: ["eval", "--run", swap_vocab(copy_run(w, t))], ["another vocab"], 1),
+    ("eval-truncated-checkpoint", lambda w, t: ["eval", "--run", _corrupt(copy_run(w, t), BEST)],
+     ["best.pt", "corrupt"], 1),
+    ("eval-garbage-checkpoint", lambda w, t: ["eval", "--run", _garbage(copy_run(w, t), BEST)], ["corrupt"], 1),
+    ("eval-foreign-checkpoint", lambda w, t: ["eval", "--run", foreign_checkpoint(copy_run(w, t))],
+     ["not a checkpoint written by"], 1),
+    ("eval-checkpoint-of-other-model", lambda w, t: ["eval", "--run", edit_config(copy_run(w, t), "hidden_size: 16",
+                                                                                  "hidden_size: 32")],
+     ["does not fit"], 1),
+    ("eval-config-invalid-yaml", lambda w, t: ["eval", "--run", _overwrite(copy_run(w, t), "config.yaml", "data: [\n")],
+     ["config.yaml", "YAML syntax error"], 1),
+    ("eval-vocab-corrupt", lambda w, t: ["eval", "--run", _overwrite(copy_run(w, t), "vocab.json", '{"itos": [')],
+     ["vocab.json", "corrupt"], 1),
+    ("eval-split-bad", lambda w, t: ["eval", "--run", w.run, "--split", "dev"], ["--split", "'dev'"], 1),
+    ("eval-checkpoint-bad", lambda w, t: ["eval", "--run", w.run, "--checkpoint", "middle"], ["--checkpoint"], 1),
+    ("eval-batch-size-zero", lambda w, t: ["eval", "--run", w.run, "--batch-size", "0"], ["--batch-size"], 1),
+    ("eval-data-unknown-label", lambda w, t: ["eval", "--run", w.run, "--data",
+                                              write(t / "l.csv", "text,label\ngreat,pos\nmeh,maybe\n")],
+     ["row 2", "unknown label 'maybe'"], 1),
+    ("eval-data-missing-column", lambda w, t: ["eval", "--run", w.run, "--data",
+                                               write(t / "l.jsonl", '{"text": "great", "stars": 9}\n')],
+     ["no field 'label'"], 1),
+    ("eval-data-all-empty", lambda w, t: ["eval", "--run", w.run, "--data",
+                                          write(t / "l.csv", "text,label\n,pos\n<br />,neg\n")],
+     ["every review is empty"], 1),
+    # ---- predict
+    ("predict-empty-text", lambda w, t: ["predict", "--run", w.run, ""], ["empty"], 1),
+    ("predict-only-markup", lambda w, t: ["predict", "--run", w.run, "<br /><br />", "  "], ["every review is empty"], 1),
+    ("predict-binary-file", lambda w, t: ["predict", "--run", w.run, "--file",
+                                          write(t / "junk.txt", b"great\n\x00\x01\x02\xff\x00")], ["NUL", "binary"], 1),
+    ("predict-missing-file", lambda w, t: ["predict", "--run", w.run, "--file", t / "nope.txt"], ["not found"], 1),
+    ("predict-file-is-directory", lambda w, t: ["predict", "--run", w.run, "--file", t], ["is a directory"], 1),
+    ("predict-threshold", lambda w, t: ["predict", "--run", w.run, "--threshold", "2", "great"], ["--threshold"], 1),
+]
+
+
+def _unlink(run_dir: Path, name: str) -> Path:
+    (run_dir / name).unlink()
+    return run_dir
+
+
+def _corrupt(run_dir: Path, name: str) -> Path:
+    truncate_file(run_dir / name)
+    return run_dir
+
+
+def _garbage(run_dir: Path, name: str) -> Path:
+    (run_dir / name).write_bytes(b"\x80\x04not a checkpoint at all" * 20)
+    return run_dir
+
+
+def _overwrite(run_dir: Path, name: str, text: str) -> Path:
+    (run_dir / name).write_text(text)
+    return run_dir
+
+
+@pytest.mark.parametrize("build, needles, exit_code", [c[1:] for c in CASES], ids=[c[0] for c in CASES])
+def test_bad_input_is_one_line_and_changes_nothing(world, tmp_path, build, needles, exit_code):
+    args = build(world, tmp_path)
+    before = snapshot(world.data, world.runs, tmp_path)
+    code, text = run(*args)
+    one_line_error(code, text, *needles)
+    assert code == exit_code, text
+    assert snapshot(world.data, world.runs, tmp_path) == before
+
+
+def test_stdin_with_nul_bytes(world):
+    one_line_error(*run("predict", "--run", world.run, input="great film\n\x00\x00junk\n"), "NUL")
+
+
+def test_the_matrix_is_large_enough():
+    assert len(CASES) >= 25
+
+
+# ---------------------------------------------------------------- faults while training
+def test_disk_full_while_writing_a_checkpoint_keeps_the_previous_one(world, tmp_path, monkeypatch):
+    real = checkpoint_mod.atomic_write
+    saves = {"last": 0}
+
+    def filling_disk(path, write):
+        if Path(path).name == LAST:
+            saves["last"] += 1
+            if saves["last"] == 4:  # epoch 1, step 4: half the bytes reach the disk, then it is full
+
+                class Full:
+                    def __init__(self, f):
+                        self.f = f
+
+                    def write(self, b):
+                        self.f.write(bytes(b)[: len(b) // 2])
+                        raise OSError(errno.ENOSPC, os.strerror(errno.ENOSPC))
+
+                return real(path, lambda f: write(Full(f)))
+        return real(path, write)
+
+    monkeypatch.setattr(checkpoint_mod, "atomic_write", filling_disk)
+    run_dir = tmp_path / "full"
+    code, text = run("train", "--set", f"data.data_dir={world.data}", *FAST, "--run-dir", run_dir)
+    one_line_error(code, text, "cannot write", "last.pt", "No space left on device", "previous version is intact")
+    assert saves["last"] == 4
+    assert not [p.name for p in run_dir.iterdir() if p.name.endswith(".tmp")]
+    state = load_checkpoint(run_dir / LAST)  # the previous last.pt, whole
+    assert (state["loop"]["epoch"], state["loop"]["step_in_epoch"]) == (0, 3)
+
+    monkeypatch.setattr(checkpoint_mod, "atomic_write", real)  # space freed: resume ends where a clean run does
+    code, text = run("train", "--resume", run_dir)
+    assert code == 0, text
+    assert same_weights(run_dir / LAST, world.run / LAST) and same_weights(run_dir / BEST, world.run / BEST)
+    assert timing_free(read_metrics(run_dir)) == timing_free(read_metrics(world.run))
+
+
+def poison_loss(monkeypatch, after_calls: int) -> None:
+    real = train_mod.nn.BCEWithLogitsLoss
+    calls = {"n": 0}
+
+    class PoisonedLoss(real):
+        def forward(self, logits, labels):
+            calls["n"] += 1
+            loss = super().forward(logits, labels)
+            return loss * float("nan") if calls["n"] > after_calls else loss
+
+    monkeypatch.setattr(train_mod.nn, "BCEWithLogitsLoss", PoisonedLoss)
+
+
+def test_nan_loss_names_epoch_and_step_and_keeps_last_good(world, tmp_path, monkeypatch):
+    poison_loss(monkeypatch, STEPS_PER_EPOCH + 2)  # epoch 2, step 3
+    run_dir = tmp_path / "nan"
+    code, text = run("train", "--set", f"data.data_dir={world.data}", *TINY, "--run-dir", run_dir)  # last.pt: epoch ends
+    one_line_error(code, text, "epoch 2, step 3", "last.pt holds the last good state")
+    assert code == 3
+    last = load_checkpoint(run_dir / LAST)
+    assert (last["loop"]["epoch"], last["loop"]["step_in_epoch"]) == (1, 0)
+    assert all(torch.isfinite(t).all() for t in last["model"].values())
+    assert same_weights(run_dir / BEST, run_dir / LAST)
+
+
+def test_nan_loss_before_any_checkpoint_says_so(world, tmp_path, monkeypatch):
+    poison_loss(monkeypatch, 1)  # epoch 1, step 2; last.pt is written at the end of an epoch
+    run_dir = tmp_path / "nan"
+    code, text = run("train", "--set", f"data.data_dir={world.data}", *TINY, "--run-dir", run_dir)
+    one_line_error(code, text, "epoch 1, step 2", "no checkpoint was written")
+    assert not (run_dir / LAST).exists()
+
+
+def test_non_utf8_review_files_are_decoded_and_counted(tmp_path):
+    from conftest import make_imdb
+
+    data = make_imdb(tmp_path / "data", n_per_class=12)
+    for folder in ("train/pos", "train/neg", "test/pos"):  # Latin-1 and stray bytes: not UTF-8
+        path = sorted((data / "aclImdb" / folder).iterdir())[0]
+        path.write_bytes(b"Un film g\xe9nial, great fun! \xff\xfe " + path.read_bytes())
+    code, text = run("prepare", "--set", f"data.data_dir={data}")
+    assert code == 0, text
+    assert "3 review files had invalid UTF-8" in text
+    code, text = run("train", "--set", f"data.data_dir={data}", *FAST, "--set", "train.epochs=1",
+                     "--run-dir", tmp_path / "run")
+    assert code == 0, text
+    assert (tmp_path / "run" / BEST).is_file()
