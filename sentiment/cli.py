@@ -361,7 +361,7 @@ def predict(
 ) -> None:
     """Label reviews positive or negative with a trained run, with the probability of positive.
 
-    Reviews are tokenized and cut to data.max_len tokens as the run's training did (5,000 tokens if the
+    Reviews are tokenized as the run's training did and cut to data.eval_max_len tokens (5,000 tokens if the
     run kept whole reviews); empty reviews are skipped and counted.
     """
     from sentiment.predict import predict_texts, prediction_rows, read_stream, read_texts

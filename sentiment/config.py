@@ -30,8 +30,11 @@ class DataConfig:
     valid_fraction: float = 0.1  # carved from train, label-balanced; model selection uses it
     split_seed: int = 42  # separate from run.seed so runs with different seeds share one split
     lowercase: bool = True  # GloVe 6B is uncased
-    max_len: Optional[int] = 400  # truncate reviews to this many tokens (null: keep all)
+    max_len: Optional[int] = 400  # truncate training reviews to this many tokens (null: keep all)
     truncate: Literal["head", "tail", "head+tail"] = "head+tail"
+    # Evaluation and prediction read this many tokens (null: whole reviews). Truncating training
+    # batches saves time; at test time the pooled model gains from the rest (+0.25 points on IMDB).
+    eval_max_len: Optional[int] = None
     vocab_max_size: Optional[int] = 25_000  # most frequent training tokens, plus <pad> and <unk>
     vocab_min_freq: int = 1
     glove_dim: Optional[int] = 50  # null: no pretrained vectors (embedding sized by model.embed_dim)
@@ -57,14 +60,14 @@ class ModelConfig:
 
 @dataclass
 class TrainConfig:
-    epochs: int = 4
+    epochs: int = 3
     batch_size: int = 64
     eval_batch_size: int = 256
-    lr: float = 1e-3
+    lr: float = 2e-3
     weight_decay: float = 0.0
     grad_clip: Optional[float] = 5.0  # max gradient norm (the cure for exploding gradients); null: off
-    lr_schedule: Literal["constant", "cosine", "linear"] = "constant"
-    warmup_steps: int = 0
+    lr_schedule: Literal["constant", "cosine", "linear"] = "cosine"  # decay to 0 over all steps
+    warmup_steps: int = 100
     bucket: bool = True  # length-bucketed batches
     early_stopping_patience: Optional[int] = None  # epochs without valid-accuracy gain before stopping
     amp: bool = True  # mixed precision, used on CUDA only
@@ -167,6 +170,7 @@ def validate(cfg: Config) -> None:
     checks = [
         ("data.valid_fraction", 0 <= cfg.data.valid_fraction < 1, "must be in [0, 1)"),
         ("data.max_len", cfg.data.max_len is None or cfg.data.max_len >= 1, "must be >= 1 or null"),
+        ("data.eval_max_len", cfg.data.eval_max_len is None or cfg.data.eval_max_len >= 1, "must be >= 1 or null"),
         ("data.vocab_max_size", cfg.data.vocab_max_size is None or cfg.data.vocab_max_size >= 1, "must be >= 1 or null"),
         ("data.vocab_min_freq", cfg.data.vocab_min_freq >= 1, "must be >= 1"),
         ("data.glove_dim", cfg.data.glove_dim in (None, 50, 100, 200, 300), "must be 50, 100, 200, 300 or null"),

@@ -3,7 +3,7 @@ run's training corpus was tokenized, and score them in length-sorted batches, ou
 
 Files: plain text (one review per line), CSV/TSV with a header (a text column), or JSONL (one object
 per line with a text field); the format comes from the suffix. Reviews are truncated to the run's
-data.max_len the way training truncated them; a run without max_len is capped at UNCAPPED_MAX_LEN.
+data.eval_max_len as evaluation does; a run without one (whole reviews) is capped at UNCAPPED_MAX_LEN.
 """
 
 from __future__ import annotations
@@ -27,7 +27,7 @@ from sentiment.errors import SentimentError
 from sentiment.tokenize import split_chunks, tokenize_chunks
 from sentiment.vocab import Vocab
 
-# A run trained without data.max_len keeps whole reviews, but at prediction time one pasted book would
+# A run evaluated on whole reviews (no data.eval_max_len) keeps them whole, but one pasted book would
 # cost unbounded memory and time. IMDB's longest review has about 3,000 tokens, so this cap never changes
 # a prediction on IMDB-like text.
 UNCAPPED_MAX_LEN = 5000
@@ -169,7 +169,7 @@ class Encoding:
 
     vocab: Vocab
     lowercase: bool
-    max_len: int  # the run's data.max_len, or UNCAPPED_MAX_LEN
+    max_len: int  # the run's data.eval_max_len, or UNCAPPED_MAX_LEN
     truncate: str
     workers: int = 2
 
@@ -177,7 +177,7 @@ class Encoding:
 def encoding_of(run: Any) -> Encoding:
     """The Encoding of a runtime.LoadedRun."""
     d = run.cfg.data
-    return Encoding(run.vocab, d.lowercase, d.max_len or UNCAPPED_MAX_LEN, d.truncate, d.workers)
+    return Encoding(run.vocab, d.lowercase, d.eval_max_len or UNCAPPED_MAX_LEN, d.truncate, d.workers)
 
 
 _job: tuple[Sequence[str], Encoding, dict[str, list[int]]] | None = None  # forked workers inherit it

@@ -50,4 +50,4 @@ def evaluate_run(run_dir: Path, *, split: str = "test", checkpoint: str = "best"
     run = load_trained(run_dir, checkpoint, device)
     data = prepare_data(run.cfg.data, run.vocab)
     return evaluate(run.model, getattr(data, split), batch_size=batch_size or run.cfg.train.eval_batch_size,
-                    device=run.device, max_len=run.cfg.data.max_len, truncate=run.cfg.data.truncate)
+                    device=run.device, max_len=run.cfg.data.eval_max_len, truncate=run.cfg.data.truncate)

@@ -267,7 +267,7 @@ def train(cfg: Config, run_dir: Path, *, data: PreparedData | None = None, resum
                 last_saved = time.monotonic()
 
         valid = evaluate(model, data.valid, batch_size=cfg.train.eval_batch_size, device=device,
-                         max_len=cfg.data.max_len, truncate=cfg.data.truncate)
+                         max_len=cfg.data.eval_max_len, truncate=cfg.data.truncate)
         row = {"epoch": epoch + 1, "step": state.global_step,
                "train_loss": state.loss_sum / max(state.seen, 1), "train_accuracy": state.correct / max(state.seen, 1),
                "valid_loss": valid.loss, "valid_accuracy": valid.accuracy, "lr": scheduler.get_last_lr()[0],
@@ -306,7 +306,7 @@ def finish(cfg: Config, run_dir: Path, data: PreparedData, device: torch.device)
     splits = {"valid": data.valid} | ({"test": data.test} if cfg.run.eval_test else {})
     for name, split in splits.items():
         m: Metrics = evaluate(model, split, batch_size=cfg.train.eval_batch_size, device=device,
-                              max_len=cfg.data.max_len, truncate=cfg.data.truncate)
+                              max_len=cfg.data.eval_max_len, truncate=cfg.data.truncate)
         results[name] = m.to_dict()
     results["train_seconds"] = sum(r["seconds"] for r in rows)
     import json

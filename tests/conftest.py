@@ -16,6 +16,16 @@ NEUTRAL = ["the", "movie", "film", "plot", "actor", "scene", "story", "it", "was
            "director", "cast", "ending", "music", "really", "quite", "very", "with"]
 
 
+# Training settings that learn the tiny dataset in seconds: constant learning rate, no warmup, light dropout.
+TINY_TRAINING = ["train.batch_size=16", "train.lr=0.01", "train.lr_schedule=constant", "train.warmup_steps=0",
+                 "model.hidden_size=16", "model.embed_dropout=0.1", "model.output_dropout=0.0"]
+
+
+def set_args(settings: list[str]) -> list[str]:
+    """["a=1", "b=2"] -> ["--set", "a=1", "--set", "b=2"] for the command line."""
+    return [arg for s in settings for arg in ("--set", s)]
+
+
 def review(rng: random.Random, positive: bool) -> str:
     words = [rng.choice(NEUTRAL) for _ in range(rng.randint(8, 60))]
     cue = POSITIVE if positive else NEGATIVE

@@ -9,11 +9,11 @@ import pytest
 from typer.testing import CliRunner
 
 from sentiment.cli import app
+from conftest import TINY_TRAINING, set_args
 
 runner = CliRunner()
 CONFIGS = Path(__file__).resolve().parents[1] / "configs"
-FAST = ["--set", "train.epochs=2", "--set", "train.batch_size=16", "--set", "train.lr=0.01",
-        "--set", "model.hidden_size=16", "--set", "model.embed_dropout=0.1"]
+FAST = set_args(["train.epochs=2", *TINY_TRAINING])
 
 
 def run(*args: str):

@@ -23,11 +23,11 @@ from sentiment import checkpoint as checkpoint_mod
 from sentiment import train as train_mod
 from sentiment.checkpoint import BEST, LAST, load_checkpoint, read_metrics
 from sentiment.cli import app
+from conftest import TINY_TRAINING, set_args
 
 runner = CliRunner()
 STEPS_PER_EPOCH = 5  # 40 reviews a class, 10% kept for validation: 72 in batches of 16
-TINY = ["--set", "train.epochs=2", "--set", "train.batch_size=16", "--set", "train.lr=0.01",
-        "--set", "model.hidden_size=16", "--set", "model.embed_dropout=0.1"]
+TINY = set_args(["train.epochs=2", *TINY_TRAINING])
 FAST = TINY + ["--set", "run.checkpoint_minutes=0"]  # last.pt after every step
 
 

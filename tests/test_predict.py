@@ -17,12 +17,12 @@ from sentiment.cli import app
 from sentiment.errors import SentimentError
 from sentiment.labeled import parse_label, read_labeled
 from sentiment.predict import UNCAPPED_MAX_LEN, Encoding, encode_texts
+from conftest import TINY_TRAINING, set_args
 
 runner = CliRunner()
 # a little more data and one more epoch than test_cli's run, so that the model is clearly better than chance
 # and the accuracies compared below are not all-one-class coincidences
-TRAIN = ["--set", "train.epochs=3", "--set", "train.batch_size=16", "--set", "train.lr=0.01",
-         "--set", "model.hidden_size=16", "--set", "model.embed_dropout=0.1"]
+TRAIN = set_args(["train.epochs=3", *TINY_TRAINING])
 
 # very different lengths, deliberately not sorted, with commas, quotes and a tab for the CSV/TSV writers
 SAMPLE = [

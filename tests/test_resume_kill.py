@@ -16,11 +16,11 @@ import pytest
 import torch
 
 from sentiment.checkpoint import BEST, LAST, load_checkpoint, read_metrics
+from conftest import TINY_TRAINING, set_args
 
 STEPS_PER_EPOCH = 27  # 60 reviews a class, 10% kept for validation: 108 in batches of 4
-ARGS = ["--set", "train.epochs=2", "--set", "train.batch_size=4", "--set", "train.lr=0.01",
-        "--set", "model.hidden_size=16", "--set", "model.embed_dropout=0.1", "--set", "run.eval_test=false",
-        "--set", "run.checkpoint_minutes=0", "--set", "run.threads=1", "--set", "data.workers=1"]
+ARGS = set_args(["train.epochs=2", *TINY_TRAINING, "train.batch_size=4", "run.eval_test=false",
+                 "run.checkpoint_minutes=0", "run.threads=1", "data.workers=1"])
 ENV = {**os.environ, "OMP_NUM_THREADS": "1", "MKL_NUM_THREADS": "1"}
 TIMEOUT = 60.0  # seconds for any one process; a hang fails the test instead of blocking it
 

@@ -13,10 +13,10 @@ from sentiment.checkpoint import BEST, LAST, load_checkpoint, read_metrics
 from sentiment.config import load_config
 from sentiment.runtime import evaluate_run
 from sentiment.train import StopFlag, TrainingDiverged, TrainingInterrupted, train
+from conftest import TINY_TRAINING
 
 STEPS_PER_EPOCH = 17  # 150 reviews a class, 10% kept for validation: 270 in batches of 16
-FAST = ["train.epochs=3", "train.batch_size=16", "train.lr=0.01", "model.hidden_size=16",
-        "model.embed_dropout=0.1", "run.eval_test=true"]
+FAST = ["train.epochs=3", *TINY_TRAINING, "run.eval_test=true"]
 
 
 def tiny_config(data_dir: Path, *extra: str):
