@@ -9,7 +9,7 @@ import numpy as np
 import torch
 import torch.nn as nn
 
-from sentiment.batching import BucketBatchSampler, EncodedSplit, collate
+from sentiment.batching import EncodedSplit, collate
 
 
 @dataclass
@@ -43,15 +43,32 @@ def metrics_from(probs: np.ndarray, labels: np.ndarray, loss: float, threshold: 
     return Metrics(loss, (tp + tn) / n if n else 0.0, precision, recall, f1, tp, fp, tn, fn, n)
 
 
+EVAL_TOKENS_PER_BATCH = 65_536  # padded positions per evaluation batch
+
+
+def token_budget_batches(lengths: np.ndarray, batch_size: int, max_tokens: int = EVAL_TOKENS_PER_BATCH) -> list[np.ndarray]:
+    """Indices sorted by length, cut into batches of at most batch_size reviews and max_tokens padded
+    positions: short reviews go in big batches, the longest in small ones, so activation memory stays
+    bounded (256 reviews of 2,500 tokens would be a 1.3 GB tensor per layer) and stays in cache."""
+    order = np.argsort(lengths, kind="stable")
+    batches, start, n = [], 0, len(order)
+    while start < n:
+        end = start + 1
+        while end < n and end - start < batch_size and (end + 1 - start) * int(lengths[order[end]]) <= max_tokens:
+            end += 1
+        batches.append(order[start:end])
+        start = end
+    return batches
+
+
 @torch.inference_mode()
 def predict_logits(model: nn.Module, split: EncodedSplit, *, batch_size: int = 256, device: torch.device | str = "cpu",
                    max_len: int | None = None, truncate: str = "head+tail") -> np.ndarray:
     """Logits in the split's order. Batches are sorted by length so that padding stays minimal."""
     was_training = model.training
     model.eval()
-    sampler = BucketBatchSampler(split.lengths(max_len), batch_size, shuffle=False)
     logits = np.zeros(len(split), dtype=np.float32)
-    for indices in sampler:
+    for indices in token_budget_batches(split.lengths(max_len), batch_size):
         ids, lengths, _ = collate(split, indices, max_len, truncate)
         out = model(ids.to(device, non_blocking=True), lengths.to(device))
         logits[indices] = out.float().cpu().numpy()

@@ -14,7 +14,9 @@ from __future__ import annotations
 import re
 from collections.abc import Iterable, Sequence
 
+import numpy as np
 import spacy
+from spacy.attrs import IS_SPACE, LOWER, ORTH
 
 _BREAK = re.compile(r"<br\s*/?>", re.IGNORECASE)
 
@@ -43,12 +45,14 @@ def split_chunks(text: str) -> list[str]:
     return clean_text(text).split()
 
 
-_GROUP = 64  # chunks per spaCy call: a Doc per chunk costs 3x more than the tokenizing itself
+_GROUP = 256  # chunks per spaCy call: a Doc per chunk costs 3x more than the tokenizing itself
 
 
 def tokenize_chunks(chunks: Sequence[str], lowercase: bool = True) -> list[list[str]]:
     """Tokens of each chunk (a string without whitespace), with spaCy's English rules."""
     tokenizer = _tokenizer()
+    strings = _nlp.vocab.strings
+    attr = LOWER if lowercase else ORTH  # spaCy's LOWER is str.lower() of the token text
     out: list[list[str] | None] = [None] * len(chunks)
     pending = []
     for i, chunk in enumerate(chunks):
@@ -59,19 +63,25 @@ def tokenize_chunks(chunks: Sequence[str], lowercase: bool = True) -> list[list[
     # Chunks are tokenized in groups joined by " \n ": each chunk is still a space-delimited span that spaCy
     # tokenizes on its own, and the newline token between them stops spaCy's special-case matcher from
     # reaching across chunks (with plain spaces, "a'' ''heart''" splits the second '' differently).
+    # Tokens come back as string hashes in one array (Token objects would cost more than tokenizing).
+    text_of: dict[int, str] = {}
     for start in range(0, len(pending), _GROUP):
         group = pending[start : start + _GROUP]
-        parts: list[list[str]] = [[]]
-        for t in tokenizer(" \n ".join(chunks[i] for i in group)):
-            if t.is_space:
-                parts.append([])
-            else:
-                parts[-1].append(t.text.lower() if lowercase else t.text)
-        if len(parts) != len(group):  # never seen; stay exact anyway
-            parts = [[t.text.lower() if lowercase else t.text for t in tokenizer(chunks[i]) if not t.is_space]
-                     for i in group]
-        for i, tokens in zip(group, parts):
-            out[i] = tokens
+        arr = tokenizer(" \n ".join(chunks[i] for i in group)).to_array([attr, IS_SPACE])
+        space = arr[:, 1].astype(bool)
+        owner = np.cumsum(space)[~space]  # each separator starts the next chunk
+        hashes = arr[~space, 0].tolist()
+        if int(space.sum()) != len(group) - 1:  # never seen; stay exact anyway
+            for i in group:
+                out[i] = [t.lower_ if lowercase else t.text for t in tokenizer(chunks[i]) if not t.is_space]
+            continue
+        for h in set(hashes).difference(text_of):
+            text_of[h] = strings[h]
+        tokens = [text_of[h] for h in hashes]
+        pos = 0
+        for i, n in zip(group, np.bincount(owner, minlength=len(group)).tolist()):
+            out[i] = tokens[pos : pos + n]
+            pos += n
     return out  # type: ignore[return-value]
 
 
