@@ -26,6 +26,18 @@ def set_args(settings: list[str]) -> list[str]:
     return [arg for s in settings for arg in ("--set", s)]
 
 
+def one_line_error(code: int, text: str, *needles: str) -> str:
+    """Assert a command failed with exactly one `error:` line, last in the output, and no traceback."""
+    assert code != 0, text
+    assert "Traceback" not in text, text
+    errors = [line for line in text.splitlines() if line.startswith("error:")]
+    assert len(errors) == 1, text
+    assert text.rstrip().splitlines()[-1] == errors[0], text  # the message is one line, and the last
+    for needle in needles:
+        assert needle in errors[0], errors[0]
+    return errors[0]
+
+
 def review(rng: random.Random, positive: bool) -> str:
     words = [rng.choice(NEUTRAL) for _ in range(rng.randint(8, 60))]
     cue = POSITIVE if positive else NEGATIVE

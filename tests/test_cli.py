@@ -9,7 +9,7 @@ import pytest
 from typer.testing import CliRunner
 
 from sentiment.cli import app
-from conftest import TINY_TRAINING, set_args
+from conftest import TINY_TRAINING, one_line_error, set_args
 
 runner = CliRunner()
 CONFIGS = Path(__file__).resolve().parents[1] / "configs"
@@ -19,15 +19,6 @@ FAST = set_args(["train.epochs=2", *TINY_TRAINING])
 def run(*args: str):
     result = runner.invoke(app, list(args))
     return result.exit_code, result.output  # stdout and stderr together
-
-
-def one_line_error(code: int, text: str, *needles: str) -> None:
-    assert code != 0
-    assert "Traceback" not in text
-    errors = [line for line in text.splitlines() if line.startswith("error:")]
-    assert len(errors) == 1, text
-    for needle in needles:
-        assert needle in errors[0], errors[0]
 
 
 @pytest.fixture(scope="module")

@@ -23,7 +23,7 @@ from sentiment import checkpoint as checkpoint_mod
 from sentiment import train as train_mod
 from sentiment.checkpoint import BEST, LAST, load_checkpoint, read_metrics
 from sentiment.cli import app
-from conftest import TINY_TRAINING, set_args
+from conftest import TINY_TRAINING, one_line_error, set_args
 
 runner = CliRunner()
 STEPS_PER_EPOCH = 5  # 40 reviews a class, 10% kept for validation: 72 in batches of 16
@@ -34,17 +34,6 @@ FAST = TINY + ["--set", "run.checkpoint_minutes=0"]  # last.pt after every step
 def run(*args, input: str | None = None) -> tuple[int, str]:
     result = runner.invoke(app, [str(a) for a in args], input=input)
     return result.exit_code, result.output  # stdout and stderr together
-
-
-def one_line_error(code: int, text: str, *needles: str) -> str:
-    assert code != 0, text
-    assert "Traceback" not in text, text
-    errors = [line for line in text.splitlines() if line.startswith("error:")]
-    assert len(errors) == 1, text
-    assert text.rstrip().splitlines()[-1] == errors[0], text  # the message is one line, and the last
-    for needle in needles:
-        assert needle in errors[0], errors[0]
-    return errors[0]
 
 
 def snapshot(*roots: Path) -> dict[str, object]:

@@ -17,7 +17,7 @@ from sentiment.cli import app
 from sentiment.errors import SentimentError
 from sentiment.labeled import parse_label, read_labeled
 from sentiment.predict import UNCAPPED_MAX_LEN, Encoding, encode_texts
-from conftest import TINY_TRAINING, set_args
+from conftest import TINY_TRAINING, one_line_error, set_args
 
 runner = CliRunner()
 # a little more data and one more epoch than test_cli's run, so that the model is clearly better than chance
@@ -48,15 +48,6 @@ def jsonl(text: str) -> list[dict]:
 def probabilities(code: int, text: str) -> list[float]:
     assert code == 0, text
     return [row["probability"] for row in jsonl(text)]
-
-
-def one_line_error(code: int, text: str, *needles: str) -> None:
-    assert code != 0
-    assert "Traceback" not in text
-    errors = [line for line in text.splitlines() if line.startswith("error:")]
-    assert len(errors) == 1, text
-    for needle in needles:
-        assert needle in errors[0], errors[0]
 
 
 @pytest.fixture(scope="module")

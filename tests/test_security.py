@@ -15,6 +15,7 @@ from sentiment.checkpoint import BEST, LAST, load_checkpoint
 from sentiment.cli import app
 from sentiment.config import load_config
 from sentiment.errors import SentimentError
+from conftest import one_line_error
 
 runner = CliRunner()
 FAST = ["--set", "train.epochs=1", "--set", "train.batch_size=16", "--set", "model.hidden_size=8"]
@@ -23,17 +24,6 @@ FAST = ["--set", "train.epochs=1", "--set", "train.batch_size=16", "--set", "mod
 def run(*args, input: str | None = None) -> tuple[int, str]:
     result = runner.invoke(app, [str(a) for a in args], input=input)
     return result.exit_code, result.output
-
-
-def one_line_error(code: int, text: str, *needles: str) -> str:
-    assert code != 0, text
-    assert "Traceback" not in text, text
-    errors = [line for line in text.splitlines() if line.startswith("error:")]
-    assert len(errors) == 1, text
-    assert text.rstrip().splitlines()[-1] == errors[0], text  # the message is one line, and the last
-    for needle in needles:
-        assert needle in errors[0], errors[0]
-    return errors[0]
 
 
 class Payload:
