@@ -411,8 +411,10 @@ def safe_extract_tar(
                         last = done
 
             # The data filter (3.11.4+) repeats the checks above inside tarfile itself.
-            extra = {"filter": "data"} if hasattr(tarfile, "data_filter") else {}
-            tar.extractall(target, members=reporting(), **extra)
+            if hasattr(tarfile, "data_filter"):
+                tar.extractall(target, members=reporting(), filter="data")
+            else:
+                tar.extractall(target, members=reporting())  # safe: every member was checked above
     except getattr(tarfile, "FilterError", ()) as e:
         raise _unsafe(archive, e.tarinfo.name, str(e)) from None
     except _CORRUPT as e:
