@@ -12,7 +12,6 @@ from __future__ import annotations
 import argparse
 import json
 import os
-import resource
 import subprocess
 import sys
 import tempfile
@@ -51,7 +50,8 @@ def spacy_baseline(data_dir: Path) -> float:
     texts = [clean_text(Path(r.path).read_text(encoding="utf-8", errors="replace")) for r in reviews]
     nlp = spacy.blank("en")
     t = time.perf_counter()
-    n = sum(len(doc) for doc in nlp.tokenizer.pipe(texts, batch_size=1000))
+    for _ in nlp.tokenizer.pipe(texts, batch_size=1000):
+        pass
     return time.perf_counter() - t
 
 

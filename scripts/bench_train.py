@@ -24,7 +24,7 @@ import torch.nn as nn
 from torch.nn.utils.rnn import pack_padded_sequence
 
 from sentiment.batching import BucketBatchSampler, collate
-from sentiment.config import DataConfig, load_config
+from sentiment.config import load_config
 from sentiment.evaluate import predict_logits
 from sentiment.prepare import gather_docs, prepare_data
 from sentiment.train import build_model

@@ -7,7 +7,6 @@ import json
 import os
 import shutil
 import sys
-import time
 from contextlib import contextmanager
 from datetime import datetime
 from pathlib import Path

@@ -9,12 +9,10 @@ from __future__ import annotations
 
 import hashlib
 import json
-import os
 import re
-import tempfile
 import zipfile
 import zlib
-from collections.abc import Callable, Collection, Iterator, Sequence
+from collections.abc import Collection, Iterator, Sequence
 from contextlib import contextmanager, suppress
 from dataclasses import dataclass, field
 from fnmatch import fnmatch
@@ -23,6 +21,7 @@ from typing import BinaryIO
 
 import numpy as np
 
+from sentiment.atomic import atomic_write
 from sentiment.errors import DataMissingError, SentimentError
 
 # Bump when the cache layout or parsing rules change, so old caches are not trusted.
@@ -436,13 +435,12 @@ def _write_cache(cache_dir: Path, stem: str, glove: GloVe) -> None:
     meta = {"format": _CACHE_FORMAT, "n_words": len(glove.words), "dim": glove.dim,
             "skipped_lines": glove.skipped_lines}
     try:
-        cache_dir.mkdir(parents=True, exist_ok=True)
-        # Each file appears under its final name only when complete (os.replace is atomic), and the meta
-        # file, which marks the cache as usable, comes last.
-        _atomic_write(npy, lambda f: np.save(f, glove.vectors, allow_pickle=False))
-        _atomic_write(txt, lambda f: f.write("\n".join(glove.words).encode("utf-8")))
-        _atomic_write(meta_path, lambda f: f.write(json.dumps(meta).encode()))
-    except OSError:
+        # Each file appears under its final name only when complete, and the meta file, which marks the
+        # cache as usable, comes last.
+        atomic_write(npy, lambda f: np.save(f, glove.vectors, allow_pickle=False))
+        atomic_write(txt, lambda f: f.write("\n".join(glove.words).encode("utf-8")))
+        atomic_write(meta_path, lambda f: f.write(json.dumps(meta).encode()))
+    except SentimentError:  # atomic_write's form of an OSError
         return
     # Older versions of the same source are dead weight (tens to hundreds of MB each), and so are temp
     # files of killed writers (unlinking one still being written only makes that writer skip caching).
@@ -452,13 +450,3 @@ def _write_cache(cache_dir: Path, stem: str, glove: GloVe) -> None:
             if not p.name.startswith(stem + "."):
                 p.unlink(missing_ok=True)
 
-
-def _atomic_write(target: Path, write: Callable[[BinaryIO], object]) -> None:
-    fd, tmp = tempfile.mkstemp(dir=target.parent, prefix=f".{target.name}.", suffix=".tmp")
-    try:
-        with os.fdopen(fd, "wb") as f:
-            write(f)
-        os.replace(tmp, target)
-    except BaseException:
-        Path(tmp).unlink(missing_ok=True)
-        raise

@@ -190,7 +190,7 @@ def train(cfg: Config, run_dir: Path, *, data: PreparedData | None = None, resum
     if data.embeddings is not None:
         model.load_embeddings(data.embeddings)
     model.to(device)
-    params = [p for p in model.parameters()]
+    params = list(model.parameters())
     optimizer = torch.optim.Adam(params, lr=cfg.train.lr, weight_decay=cfg.train.weight_decay)
     sampler = BucketBatchSampler(data.train.lengths(cfg.data.max_len), cfg.train.batch_size, seed=cfg.run.seed,
                                  bucket=cfg.train.bucket)
