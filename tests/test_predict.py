@@ -17,7 +17,7 @@ from sentiment.cli import app
 from sentiment.errors import SentimentError
 from sentiment.labeled import parse_label, read_labeled
 from sentiment.predict import UNCAPPED_MAX_LEN, Encoding, encode_texts
-from conftest import TINY_TRAINING, one_line_error, set_args
+from conftest import BATCH_TOL, TINY_TRAINING, one_line_error, set_args
 
 runner = CliRunner()
 # a little more data and one more epoch than test_cli's run, so that the model is clearly better than chance
@@ -104,7 +104,7 @@ def test_outputs_keep_the_input_order(trained, sample_probs):
     assert len({round(p, 3) for p in sample_probs}) > 3  # distinct enough that a shuffle would show
     for text, p in zip(SAMPLE, sample_probs):
         alone = probabilities(*run("predict", "--run", str(trained[0]), "--json", text))
-        assert alone == pytest.approx([p], abs=1e-6)
+        assert alone == pytest.approx([p], abs=BATCH_TOL)
 
 
 def test_json_lines_have_label_and_probability(trained, sample_probs):
@@ -143,7 +143,7 @@ def test_empty_rows_are_skipped_and_counted(trained, sample_probs, tmp_path):
     assert code == 0, text
     rows = jsonl(text)
     assert len(rows) == 5 and all("error" in r for r in rows[1:4])
-    assert [rows[0]["probability"], rows[4]["probability"]] == pytest.approx(sample_probs[:2], abs=1e-6)
+    assert [rows[0]["probability"], rows[4]["probability"]] == pytest.approx(sample_probs[:2], abs=BATCH_TOL)
     assert "skipped 3 empty reviews" in text
 
     txt = tmp_path / "gaps.txt"
@@ -221,7 +221,7 @@ def test_eval_on_a_labeled_file_matches_eval_on_imdb(trained, tmp_path):
     counts = ("accuracy", "tp", "fp", "tn", "fn", "n")
     for other in (from_dir, from_csv, from_jsonl):
         assert {k: other[k] for k in counts} == {k: imdb[k] for k in counts}
-        assert other["loss"] == pytest.approx(imdb["loss"], abs=1e-6)
+        assert other["loss"] == pytest.approx(imdb["loss"], abs=BATCH_TOL)
     assert from_dir["loss"] == imdb["loss"]  # same reviews in the same order: the very same batches
 
     code, text = run("eval", "--run", run_dir, "--data", str(csv_file), "--text-column", "review",

@@ -13,7 +13,7 @@ from sentiment.checkpoint import BEST, LAST, load_checkpoint, read_metrics
 from sentiment.config import load_config
 from sentiment.runtime import evaluate_run
 from sentiment.train import StopFlag, TrainingDiverged, TrainingInterrupted, train
-from conftest import TINY_TRAINING
+from conftest import BATCH_TOL, TINY_TRAINING
 
 STEPS_PER_EPOCH = 17  # 150 reviews a class, 10% kept for validation: 270 in batches of 16
 FAST = ["train.epochs=3", *TINY_TRAINING, "run.eval_test=true"]
@@ -47,7 +47,7 @@ def test_learns_the_label_and_eval_reproduces_it(trained):
     assert len(read_metrics(run_dir)) == 3
     again = evaluate_run(run_dir, split="test")
     assert again.accuracy == results["test"]["accuracy"]
-    assert again.loss == pytest.approx(results["test"]["loss"], abs=1e-6)
+    assert again.loss == pytest.approx(results["test"]["loss"], abs=BATCH_TOL)
     assert json.loads((run_dir / "results.json").read_text())["test"]["accuracy"] == results["test"]["accuracy"]
 
 
