@@ -76,11 +76,17 @@ def _read_and_split(paths: list[str]) -> tuple[list[str], np.ndarray, np.ndarray
     return list(index), ids, lengths, bad
 
 
-def _tokenize_packed(args: tuple[list[str], bool]) -> str:
-    """Worker: tokens of each chunk, packed into one string (' ' between tokens, '\\n' between chunks),
-    which pickles far smaller and faster than lists of lists."""
+def _tokenize_to_ids(args: tuple[list[str], bool]) -> tuple[str, np.ndarray, np.ndarray]:
+    """Worker: tokens of each chunk as ids into a table local to this worker. Returns the table packed
+    into one string ('\\n' between tokens, which never hold whitespace), each chunk's token count, and
+    the flat ids: the main process then only merges two small tables instead of handling every token."""
     chunks, lowercase = args
-    return "\n".join(" ".join(toks) for toks in tokenize_chunks(chunks, lowercase))
+    per_chunk = tokenize_chunks(chunks, lowercase)
+    n_tok = np.fromiter(map(len, per_chunk), dtype=np.int64, count=len(per_chunk))
+    flat = list(chain.from_iterable(per_chunk))
+    table = {t: i for i, t in enumerate(dict.fromkeys(flat))}
+    ids = np.fromiter(map(table.__getitem__, flat), dtype=np.int32, count=len(flat))
+    return "\n".join(table), n_tok, ids
 
 
 def _halves(items: list, parts: int) -> list[list]:
@@ -116,18 +122,24 @@ def tokenize_files(paths: list[str], lowercase: bool = True, workers: int = 2) -
         del chunk_index, parts
 
         jobs = [(part, lowercase) for part in _halves(chunks, workers if pool else 1)]
-        packed = pool.map(_tokenize_packed, jobs) if pool else [_tokenize_packed(j) for j in jobs]
+        results = pool.map(_tokenize_to_ids, jobs) if pool else [_tokenize_to_ids(j) for j in jobs]
     finally:
         if pool is not None:
             pool.close()
             pool.join()
 
-    # token table and each chunk's token ids (CSR layout)
-    per_chunk = "\n".join(p for p in packed if p or len(packed) == 1).split("\n") if chunks else []
-    n_tok = np.fromiter((s.count(" ") + 1 if s else 0 for s in per_chunk), dtype=np.int64, count=len(per_chunk))
-    flat_tokens = " ".join(s for s in per_chunk if s).split(" ") if n_tok.sum() else []
-    table = {t: i for i, t in enumerate(dict.fromkeys(flat_tokens))}
-    chunk_tokens = np.fromiter(map(table.__getitem__, flat_tokens), dtype=np.int32, count=len(flat_tokens))
+    # one token table (first appearance in chunk order, as the workers' halves are in chunk order) and
+    # each chunk's token ids (CSR layout: n_tok per chunk, chunk_tokens flat)
+    table: dict[str, int] = {}
+    token_parts, count_parts = [], []
+    for packed, counts, local_ids in results:
+        local = packed.split("\n") if local_ids.size else []
+        setdefault = table.setdefault
+        local_to_global = np.fromiter((setdefault(t, len(table)) for t in local), dtype=np.int32, count=len(local))
+        token_parts.append(local_to_global[local_ids])
+        count_parts.append(counts)
+    chunk_tokens = np.concatenate(token_parts) if token_parts else np.zeros(0, np.int32)
+    n_tok = np.concatenate(count_parts) if count_parts else np.zeros(0, np.int64)
     chunk_start = np.concatenate([[0], np.cumsum(n_tok)])[:-1]
 
     # expand every review's chunks into token ids, vectorised
