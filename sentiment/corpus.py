@@ -24,6 +24,7 @@ from sentiment.imdb import SPLIT_CODES, fingerprint, imdb_dir, list_reviews
 from sentiment.tokenize import clean_text, init_tokenizer, spacy_version, tokenize_chunks
 from sentiment.atomic import atomic_write_bytes
 from sentiment.errors import SentimentError
+from sentiment.workers import run_in_workers
 
 CACHE_VERSION = 2
 _PARALLEL_MIN_DOCS = 2000  # below this, starting worker processes costs more than it saves
@@ -98,35 +99,33 @@ def tokenize_files(paths: list[str], lowercase: bool = True, workers: int = 2) -
     """Tokenize review files into (token table, flat ids, offsets, invalid-UTF-8 count)."""
     workers = max(1, min(workers, os.cpu_count() or 1))
     init_tokenizer()
-    if workers == 1 or len(paths) < _PARALLEL_MIN_DOCS:
-        parts = [_read_and_split(paths)]
-        pool = None
+    parallel = workers > 1 and len(paths) >= _PARALLEL_MIN_DOCS
+    # fork: workers inherit the loaded modules (spaCy's rules included), so they start in milliseconds
+    method = "fork" if "fork" in multiprocessing.get_all_start_methods() else "spawn"
+    if parallel:
+        parts = run_in_workers(_read_and_split, _halves(paths, workers), workers, method)
     else:
-        # fork: workers inherit the loaded modules, so they start in milliseconds
-        method = "fork" if "fork" in multiprocessing.get_all_start_methods() else "spawn"
-        pool = multiprocessing.get_context(method).Pool(workers)
-        parts = pool.map(_read_and_split, _halves(paths, workers))
-    try:
-        # merge the workers' distinct chunks into one global numbering
-        chunk_index: dict[str, int] = {}
-        flat_parts, length_parts, bad = [], [], 0
-        for uniq, ids, lengths, n_bad in parts:
-            setdefault = chunk_index.setdefault
-            local_to_global = np.fromiter((setdefault(c, len(chunk_index)) for c in uniq), dtype=np.int32, count=len(uniq))
-            flat_parts.append(local_to_global[ids])
-            length_parts.append(lengths)
-            bad += n_bad
-        chunk_ids = np.concatenate(flat_parts) if flat_parts else np.zeros(0, np.int32)
-        doc_chunks = np.concatenate(length_parts)
-        chunks = list(chunk_index)
-        del chunk_index, parts
+        parts = [_read_and_split(paths)]
 
-        jobs = [(part, lowercase) for part in _halves(chunks, workers if pool else 1)]
-        results = pool.map(_tokenize_to_ids, jobs) if pool else [_tokenize_to_ids(j) for j in jobs]
-    finally:
-        if pool is not None:
-            pool.close()
-            pool.join()
+    # merge the workers' distinct chunks into one global numbering
+    chunk_index: dict[str, int] = {}
+    flat_parts, length_parts, bad = [], [], 0
+    for uniq, ids, lengths, n_bad in parts:
+        setdefault = chunk_index.setdefault
+        local_to_global = np.fromiter((setdefault(c, len(chunk_index)) for c in uniq), dtype=np.int32, count=len(uniq))
+        flat_parts.append(local_to_global[ids])
+        length_parts.append(lengths)
+        bad += n_bad
+    chunk_ids = np.concatenate(flat_parts) if flat_parts else np.zeros(0, np.int32)
+    doc_chunks = np.concatenate(length_parts)
+    chunks = list(chunk_index)
+    del chunk_index, parts
+
+    jobs = [(part, lowercase) for part in _halves(chunks, workers if parallel else 1)]
+    if parallel:
+        results = run_in_workers(_tokenize_to_ids, jobs, workers, method)
+    else:
+        results = [_tokenize_to_ids(j) for j in jobs]
 
     # one token table (first appearance in chunk order, as the workers' halves are in chunk order) and
     # each chunk's token ids (CSR layout: n_tok per chunk, chunk_tokens flat)

@@ -11,6 +11,7 @@ import torch
 import torch.nn as nn
 
 from sentiment.batching import EncodedSplit, collate
+from sentiment.workers import run_in_workers
 
 
 @dataclass
@@ -104,8 +105,9 @@ def scoring_workers(device: torch.device | str) -> int:
 
 @torch.inference_mode()
 def predict_logits(model: nn.Module, split: EncodedSplit, *, batch_size: int = 256, device: torch.device | str = "cpu",
-                   max_len: int | None = None, truncate: str = "head+tail") -> np.ndarray:
-    """Logits in the split's order. Batches are sorted by length so that padding stays minimal."""
+                   max_len: int | None = None, truncate: str = "head+tail", workers: int | None = None) -> np.ndarray:
+    """Logits in the split's order. Batches are sorted by length so that padding stays minimal.
+    workers: scoring processes (default: scoring_workers(device)); 1 scores in this process."""
     global _scoring_job
     was_training = model.training
     model.eval()
@@ -113,13 +115,12 @@ def predict_logits(model: nn.Module, split: EncodedSplit, *, batch_size: int = 2
     lengths_all = split.lengths(max_len)
     batches = token_budget_batches(lengths_all, batch_size)
     costs = [len(b) * int(lengths_all[b[-1]]) for b in batches]  # padded positions (sorted: last is longest)
-    workers = min(scoring_workers(device), len(batches))
+    workers = min(scoring_workers(device) if workers is None else workers, len(batches))
     try:
         if workers > 1 and sum(costs) >= _PARALLEL_MIN_TOKENS:
             _scoring_job = (model, split, batches, max_len, truncate)
-            with multiprocessing.get_context("fork").Pool(workers) as pool:
-                for indices, out in pool.map(_score_batches, _deal(costs, workers), chunksize=1):
-                    logits[indices] = out
+            for indices, out in run_in_workers(_score_batches, _deal(costs, workers), workers):
+                logits[indices] = out
         else:
             for indices in batches:
                 ids, lengths, _ = collate(split, indices, max_len, truncate)
@@ -132,9 +133,10 @@ def predict_logits(model: nn.Module, split: EncodedSplit, *, batch_size: int = 2
 
 
 def evaluate(model: nn.Module, split: EncodedSplit, *, batch_size: int = 256, device: torch.device | str = "cpu",
-             max_len: int | None = None, truncate: str = "head+tail") -> Metrics:
+             max_len: int | None = None, truncate: str = "head+tail", workers: int | None = None) -> Metrics:
     start = time.perf_counter()
-    logits = predict_logits(model, split, batch_size=batch_size, device=device, max_len=max_len, truncate=truncate)
+    logits = predict_logits(model, split, batch_size=batch_size, device=device, max_len=max_len, truncate=truncate,
+                            workers=workers)
     labels = split.labels.astype(np.float32)
     loss = float(nn.functional.binary_cross_entropy_with_logits(torch.from_numpy(logits), torch.from_numpy(labels)))
     metrics = metrics_from(1.0 / (1.0 + np.exp(-logits.astype(np.float64))), labels, loss)

@@ -26,6 +26,7 @@ from sentiment.batching import EncodedSplit, truncate
 from sentiment.errors import SentimentError
 from sentiment.tokenize import split_chunks, tokenize_chunks
 from sentiment.vocab import Vocab
+from sentiment.workers import run_in_workers
 
 # A run evaluated on whole reviews (no data.eval_max_len) keeps them whole, but one pasted book would
 # cost unbounded memory and time. IMDB's longest review has about 3,000 tokens, so this cap never changes
@@ -212,8 +213,7 @@ def encode_texts(texts: Sequence[str], enc: Encoding, labels: np.ndarray | None 
     _job = (texts, enc, {})
     try:
         if parallel:
-            with multiprocessing.get_context("fork").Pool(workers) as pool:
-                parts = pool.map(_encode_range, tasks, chunksize=1)
+            parts = run_in_workers(_encode_range, tasks, workers)
         else:
             parts = [_encode_range(t) for t in tasks]
     finally:

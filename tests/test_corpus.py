@@ -255,8 +255,9 @@ def test_tokenize_files_parallel_equals_serial(tmp_path: Path, monkeypatch: pyte
     monkeypatch.setattr(corpus_mod.multiprocessing, "get_context", spy)
     par = tokenize_files(paths, lowercase=True, workers=2)
     assert calls, "workers=2 did not start a pool"
+    pools = len(calls)  # one per phase: reading and splitting, then tokenizing distinct chunks
     ser = tokenize_files(paths, lowercase=True, workers=1)
-    assert len(calls) == 1
+    assert len(calls) == pools, "workers=1 started a pool"
 
     assert par[0] == ser[0]
     assert np.array_equal(par[1], ser[1]) and par[1].dtype == ser[1].dtype == np.int32

@@ -1,0 +1,36 @@
+"""Worker processes for the CPU-heavy steps (tokenizing, scoring), and how they meet signals."""
+
+from __future__ import annotations
+
+import multiprocessing
+import signal
+from collections.abc import Callable, Sequence
+from typing import Any
+
+from sentiment.errors import SentimentError
+
+
+def _worker_init() -> None:
+    # Ctrl-C reaches the whole foreground process group. The main process decides what it means (training:
+    # stop after this step; anything else: stop now, which ends the workers); workers that raised
+    # KeyboardInterrupt too would each print a traceback.
+    signal.signal(signal.SIGINT, signal.SIG_IGN)
+
+
+def run_in_workers(fn: Callable[[Any], Any], tasks: Sequence[Any], processes: int, method: str = "fork") -> list:
+    """fn over tasks in `processes` worker processes, results in task order. A worker killed from outside
+    (the OOM killer, SIGTERM to the process group) is an error at once, not a wait for a result that will
+    never come (which is what multiprocessing.Pool.map does)."""
+    before = set(multiprocessing.active_children())
+    with multiprocessing.get_context(method).Pool(processes, initializer=_worker_init) as pool:
+        workers = [p for p in multiprocessing.active_children() if p not in before]
+        result = pool.map_async(fn, tasks, chunksize=1)
+        while not result.ready():
+            result.wait(0.1)
+            dead = next((p for p in workers if p.exitcode is not None), None)
+            if dead is not None and not result.ready():
+                code = dead.exitcode
+                how = f"killed by signal {-code}" if code < 0 else f"exit code {code}"
+                raise SentimentError(f"a worker process died ({how}: out of memory, or stopped from outside); "
+                                     "nothing from this step was kept")
+        return result.get()
