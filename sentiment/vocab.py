@@ -64,8 +64,14 @@ def build_vocab(tokens: Sequence[str], counts: np.ndarray, max_size: int | None 
     """
     counts = np.asarray(counts)
     keep = np.flatnonzero(counts >= max(min_freq, 1))
+    if max_size is not None and len(keep) > max_size:
+        # only tokens at least as frequent as the max_size-th most frequent can make the cut (ties included,
+        # as the token string breaks them): sorting those instead of all of IMDB's ~80k types saves ~0.15 s
+        threshold = np.partition(counts[keep], len(keep) - max_size)[len(keep) - max_size]
+        keep = keep[counts[keep] >= threshold]
     # sort by count descending, then by token
-    order = sorted(keep.tolist(), key=lambda i: (-int(counts[i]), tokens[i]))
+    freq = counts.tolist()
+    order = sorted(keep.tolist(), key=lambda i: (-freq[i], tokens[i]))
     if max_size is not None:
         order = order[:max_size]
     specials = {PAD, UNK}

@@ -169,3 +169,11 @@ def test_table_to_vocab_ids():
 def test_table_to_vocab_ids_empty():
     lookup = table_to_vocab_ids([], build_vocab(TOKENS, COUNTS))
     assert lookup.shape == (0,) and lookup.dtype == np.int32
+
+
+def test_max_size_cuts_through_a_tie_by_token_string():
+    tokens = ["a", "d", "b", "c", "e", "f"]
+    counts = np.array([5, 3, 3, 3, 1, 3])
+    assert build_vocab(tokens, counts, max_size=2).itos[2:] == ["a", "b"]
+    assert build_vocab(tokens, counts, max_size=4).itos[2:] == ["a", "b", "c", "d"]
+    assert build_vocab(tokens, counts, max_size=6).itos[2:] == ["a", "b", "c", "d", "f", "e"]
