@@ -121,25 +121,32 @@ def tokenize_files(paths: list[str], lowercase: bool = True, workers: int = 2) -
     chunks = list(chunk_index)
     del chunk_index, parts
 
-    jobs = [(part, lowercase) for part in _halves(chunks, workers if parallel else 1)]
+    # Worker k tokenizes chunks k, k+W, k+2W...: chunks come in order of first appearance, so contiguous
+    # halves would give the second worker most of the rare chunks, the ones spaCy must split (7.5 s
+    # against 6.3 s); strided, both get the same mix.
+    stride = workers if parallel else 1
+    jobs = [(chunks[k::stride], lowercase) for k in range(stride)]
     if parallel:
         results = run_in_workers(_tokenize_to_ids, jobs, workers, method)
     else:
         results = [_tokenize_to_ids(j) for j in jobs]
 
-    # one token table (first appearance in chunk order, as the workers' halves are in chunk order) and
-    # each chunk's token ids (CSR layout: n_tok per chunk, chunk_tokens flat)
+    # one token table, and each chunk's tokens as a (start, count) slice of chunk_tokens, which holds the
+    # workers' token ids one worker after the other
     table: dict[str, int] = {}
-    token_parts, count_parts = [], []
-    for packed, counts, local_ids in results:
+    token_parts = []
+    n_tok = np.zeros(len(chunks), np.int64)
+    chunk_start = np.zeros(len(chunks), np.int64)
+    base = 0
+    for k, (packed, counts, local_ids) in enumerate(results):
         local = packed.split("\n") if local_ids.size else []
         setdefault = table.setdefault
         local_to_global = np.fromiter((setdefault(t, len(table)) for t in local), dtype=np.int32, count=len(local))
         token_parts.append(local_to_global[local_ids])
-        count_parts.append(counts)
+        n_tok[k::stride] = counts
+        chunk_start[k::stride] = base + np.cumsum(counts) - counts
+        base += len(local_ids)
     chunk_tokens = np.concatenate(token_parts) if token_parts else np.zeros(0, np.int32)
-    n_tok = np.concatenate(count_parts) if count_parts else np.zeros(0, np.int64)
-    chunk_start = np.concatenate([[0], np.cumsum(n_tok)])[:-1]
 
     # expand every review's chunks into token ids, vectorised
     per_pos = n_tok[chunk_ids]

@@ -259,8 +259,10 @@ def test_tokenize_files_parallel_equals_serial(tmp_path: Path, monkeypatch: pyte
     ser = tokenize_files(paths, lowercase=True, workers=1)
     assert len(calls) == pools, "workers=1 started a pool"
 
-    assert par[0] == ser[0]
-    assert np.array_equal(par[1], ser[1]) and par[1].dtype == ser[1].dtype == np.int32
+    # the token table's numbering depends on how chunks were dealt to workers; the reviews' tokens don't
+    assert sorted(par[0]) == sorted(ser[0]) and len(set(par[0])) == len(par[0])
+    assert par[1].dtype == ser[1].dtype == np.int32
+    assert [par[0][t] for t in par[1]] == [ser[0][t] for t in ser[1]]
     assert np.array_equal(par[2], ser[2]) and par[2].dtype == ser[2].dtype == np.int64
     assert par[3] == ser[3] == 1
 
