@@ -148,11 +148,14 @@ def tokenize_files(paths: list[str], lowercase: bool = True, workers: int = 2) -
         base += len(local_ids)
     chunk_tokens = np.concatenate(token_parts) if token_parts else np.zeros(0, np.int32)
 
-    # expand every review's chunks into token ids, vectorised
-    per_pos = n_tok[chunk_ids]
-    ends = np.cumsum(per_pos)
-    total = int(ends[-1]) if len(ends) else 0
-    gather = np.repeat(chunk_start[chunk_ids] - (ends - per_pos), per_pos) + np.arange(total)
+    # expand every review's chunks into token ids, vectorised; in int32 while positions fit (IMDB has 13M
+    # tokens), which halves the memory traffic of these 11-13M-element arrays (1.28 s -> ~0.7 s here)
+    total = int(np.dot(np.bincount(chunk_ids, minlength=len(chunks)), n_tok)) if len(chunk_ids) else 0
+    index = np.int32 if total < 2**31 else np.int64
+    per_pos = n_tok.astype(index)[chunk_ids]
+    ends = np.cumsum(per_pos, dtype=index)
+    gather = np.repeat(chunk_start.astype(index)[chunk_ids] - (ends - per_pos), per_pos)
+    gather += np.arange(total, dtype=index)
     ids = chunk_tokens[gather] if total else np.zeros(0, np.int32)
     chunk_offsets = np.concatenate([[0], np.cumsum(doc_chunks)])
     token_offsets = np.concatenate([[0], ends])[chunk_offsets].astype(np.int64)
