@@ -2,7 +2,7 @@
 
     python scripts/bench_prepare.py --data-dir data
 
-Prints, from one run: cold and warm prepare times (each in a fresh child process, so the peak RSS
+Prints, from one run: cold and warm (median of three) prepare times (each in a fresh child process, so the peak RSS
 is the prepare step's own), the single-process spaCy baseline on the same 50,000 reviews, the GloVe
 first and cached loads, and the padding share of a bucketed epoch against random batches (batch 64).
 """
@@ -94,7 +94,9 @@ def main() -> None:
     data_dir = Path(args.data_dir)
     with tempfile.TemporaryDirectory() as cache:
         cold = child_prepare(str(data_dir), cache)
-        warm = child_prepare(str(data_dir), cache)
+        # warm is short enough for one busy second on this shared machine to decide it: median of three
+        warms = sorted((child_prepare(str(data_dir), cache) for _ in range(3)), key=lambda r: r["wall"])
+        warm = warms[1]
         base = spacy_baseline(data_dir)
         glove = glove_times(data_dir, args.glove_dim, cache)
         bucketed, random = padding(data_dir, cache)
@@ -107,7 +109,9 @@ def main() -> None:
     line("baseline: spaCy nlp.tokenizer.pipe, 1 process", f"{base:6.2f} s")
     line("cold prepare (read+tokenize+vocab+encode), target <= 15 s", f"{cold['wall']:6.2f} s  "
          f"({base / cold['wall']:.1f}x faster than the baseline's tokenization alone)", cold["wall"] <= 15)
-    line("warm prepare (cached), target <= 1 s", f"{warm['wall']:6.2f} s", warm["wall"] <= 1 and warm["from_cache"])
+    runs = ", ".join(f"{r['wall']:.2f}" for r in warms)
+    line("warm prepare (cached, median of 3), target <= 1 s", f"{warm['wall']:6.2f} s  (runs: {runs})",
+         warm["wall"] <= 1 and all(r["from_cache"] for r in warms))
     rss = cold["self_rss_mb"] + cold["workers_rss_mb"]
     line("peak RSS cold prepare (main + largest worker), <= 2 GB", f"{rss:6.0f} MB (main {cold['self_rss_mb']:.0f}, "
          f"worker {cold['workers_rss_mb']:.0f})", rss <= 2048)

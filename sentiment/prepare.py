@@ -37,9 +37,6 @@ def gather_docs(ids: np.ndarray, offsets: np.ndarray, docs: np.ndarray) -> tuple
     return flat, new_offsets
 
 
-def encode_docs(corpus: TokenizedCorpus, docs: np.ndarray, table_to_vocab: np.ndarray) -> EncodedSplit:
-    flat, offsets = gather_docs(corpus.ids, corpus.offsets, docs)
-    return EncodedSplit(ids=table_to_vocab[flat], offsets=offsets, labels=corpus.labels[docs].copy())
 
 
 def split_indices(corpus: TokenizedCorpus, cfg: DataConfig) -> dict[str, np.ndarray]:
@@ -63,14 +60,15 @@ def prepare_data(cfg: DataConfig, vocab: Vocab | None = None, *, with_embeddings
                              f"{len(idx['train'])} training reviews is none, and the best epoch is chosen on it; "
                              "raise data.valid_fraction")
 
+    gathered = {name: gather_docs(corpus.ids, corpus.offsets, docs) for name, docs in idx.items()}
     new_vocab = vocab is None
     if new_vocab:
         # the vocab sees the training split only: validation and test words count as unknown
-        train_ids, _ = gather_docs(corpus.ids, corpus.offsets, idx["train"])
-        counts = np.bincount(train_ids, minlength=len(corpus.tokens))
+        counts = np.bincount(gathered["train"][0], minlength=len(corpus.tokens))
         vocab = build_vocab(corpus.tokens, counts, cfg.vocab_max_size, cfg.vocab_min_freq)
     table_to_vocab = table_to_vocab_ids(corpus.tokens, vocab)
-    splits = {name: encode_docs(corpus, docs, table_to_vocab) for name, docs in idx.items()}
+    splits = {name: EncodedSplit(ids=table_to_vocab[flat], offsets=offsets, labels=corpus.labels[idx[name]].copy())
+              for name, (flat, offsets) in gathered.items()}
     stats = {
         "corpus_from_cache": from_cache, "corpus_seconds": t_corpus, "reviews": len(corpus),
         "invalid_utf8_files": corpus.invalid_utf8, "vocab_size": len(vocab),
