@@ -77,3 +77,19 @@ def make_imdb(data_dir: Path, n_per_class: int = 60, seed: int = 0, with_glove: 
 @pytest.fixture
 def tiny_data(tmp_path: Path) -> Path:
     return make_imdb(tmp_path / "data")
+
+
+def poison_loss(monkeypatch, after_calls: int) -> None:
+    """Make the training loss NaN from call after_calls + 1 on (call n is step n of the run)."""
+    from sentiment import train as train_mod
+
+    real = train_mod.nn.BCEWithLogitsLoss
+    calls = {"n": 0}
+
+    class PoisonedLoss(real):
+        def forward(self, logits, labels):
+            calls["n"] += 1
+            loss = super().forward(logits, labels)
+            return loss * float("nan") if calls["n"] > after_calls else loss
+
+    monkeypatch.setattr(train_mod.nn, "BCEWithLogitsLoss", PoisonedLoss)

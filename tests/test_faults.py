@@ -20,10 +20,9 @@ import torch
 from typer.testing import CliRunner
 
 from sentiment import checkpoint as checkpoint_mod
-from sentiment import train as train_mod
 from sentiment.checkpoint import BEST, LAST, load_checkpoint, read_metrics
 from sentiment.cli import app
-from conftest import TINY_TRAINING, one_line_error, set_args
+from conftest import TINY_TRAINING, one_line_error, poison_loss, set_args
 
 runner = CliRunner()
 STEPS_PER_EPOCH = 5  # 40 reviews a class, 10% kept for validation: 72 in batches of 16
@@ -364,19 +363,6 @@ def test_disk_full_while_writing_a_checkpoint_keeps_the_previous_one(world, tmp_
     assert code == 0, text
     assert same_weights(run_dir / LAST, world.run / LAST) and same_weights(run_dir / BEST, world.run / BEST)
     assert timing_free(read_metrics(run_dir)) == timing_free(read_metrics(world.run))
-
-
-def poison_loss(monkeypatch, after_calls: int) -> None:
-    real = train_mod.nn.BCEWithLogitsLoss
-    calls = {"n": 0}
-
-    class PoisonedLoss(real):
-        def forward(self, logits, labels):
-            calls["n"] += 1
-            loss = super().forward(logits, labels)
-            return loss * float("nan") if calls["n"] > after_calls else loss
-
-    monkeypatch.setattr(train_mod.nn, "BCEWithLogitsLoss", PoisonedLoss)
 
 
 def test_nan_loss_names_epoch_and_step_and_keeps_last_good(world, tmp_path, monkeypatch):

@@ -8,12 +8,11 @@ from pathlib import Path
 import pytest
 import torch
 
-from sentiment import train as train_mod
 from sentiment.checkpoint import BEST, LAST, load_checkpoint, read_metrics
 from sentiment.config import load_config
 from sentiment.runtime import evaluate_run
 from sentiment.train import StopFlag, TrainingDiverged, TrainingInterrupted, train
-from conftest import BATCH_TOL, TINY_TRAINING
+from conftest import BATCH_TOL, TINY_TRAINING, poison_loss
 
 STEPS_PER_EPOCH = 17  # 150 reviews a class, 10% kept for validation: 270 in batches of 16
 FAST = ["train.epochs=3", *TINY_TRAINING, "run.eval_test=true"]
@@ -98,16 +97,7 @@ def test_interrupt_mid_epoch_then_resume_matches_uninterrupted_run(trained, tmp_
 
 def test_nan_loss_stops_naming_epoch_and_step_and_keeps_last_good(trained, tmp_path, monkeypatch):
     _, _, data = trained
-    real = train_mod.nn.BCEWithLogitsLoss
-    calls = {"n": 0}
-
-    class PoisonedLoss(real):
-        def forward(self, logits, labels):
-            calls["n"] += 1
-            loss = super().forward(logits, labels)
-            return loss * float("nan") if calls["n"] > STEPS_PER_EPOCH + 2 else loss  # epoch 2, step 3
-
-    monkeypatch.setattr(train_mod.nn, "BCEWithLogitsLoss", PoisonedLoss)
+    poison_loss(monkeypatch, STEPS_PER_EPOCH + 2)  # epoch 2, step 3
     run_dir = tmp_path / "nan"
     run_dir.mkdir()
     with pytest.raises(TrainingDiverged, match=r"epoch 2, step 3"):
