@@ -77,7 +77,10 @@ def load_run(run_dir: Path) -> tuple[Config, Vocab]:
         raise SentimentError(f"run directory {run_dir} not found")
     if not (run_dir / CONFIG_FILE).is_file() or not (run_dir / VOCAB_FILE).is_file():
         raise SentimentError(f"{run_dir} is not a run directory (no {CONFIG_FILE} and {VOCAB_FILE})")
-    cfg = config_from_dict(read_yaml(run_dir / CONFIG_FILE))  # one-line errors, safe_load: no Python tags
+    raw = read_yaml(run_dir / CONFIG_FILE)  # one-line errors, safe_load: no Python tags
+    if isinstance(raw.get("data"), dict):
+        raw["data"].setdefault("valid_split", "random")  # runs written before the movie split carved at random
+    cfg = config_from_dict(raw)
     return cfg, Vocab.load(run_dir / VOCAB_FILE)
 
 

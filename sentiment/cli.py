@@ -116,7 +116,7 @@ def prepare(config: Optional[Path] = ConfigOption, set_: list[str] = SetOption) 
     with user_errors():
         cfg = load_config(config, set_)
         with console.status("tokenizing IMDB and loading GloVe (cached after the first time)…"):
-            data = prepare_data(cfg.data)
+            data = prepare_data(cfg.data, embedding_seed=cfg.run.seed)
     _print_prepare_stats(data.stats)
 
 
@@ -125,6 +125,9 @@ def _print_prepare_stats(stats: dict[str, Any]) -> None:
     source = "cache" if s["corpus_from_cache"] else "tokenized now"
     console.print(f"reviews: {s['reviews']:,} ({source}, {s['corpus_seconds']:.1f}s) → train {s['train']:,} · "
                   f"valid {s['valid']:,} · test {s['test']:,}; vocab {s['vocab_size']:,}")
+    split = s.get("valid_split", "random")
+    style = "[yellow]" if split.startswith("random (") else ""
+    console.print(f"{style}validation: {split} split, {s.get('valid_positive_share', 0.5):.1%} positive{'[/]' if style else ''}")
     if s.get("invalid_utf8_files"):
         console.print(f"[yellow]{s['invalid_utf8_files']} review files had invalid UTF-8 (decoded with replacement)[/]")
     if "glove_vocab_coverage" in s:
@@ -203,7 +206,7 @@ def train(
             # directory is created, or an --overwrite'n one deleted
             _claim_run_dir(target, overwrite, check_only=True)
             resolve_device(cfg.run.device)
-            data = prepare_data(cfg.data)
+            data = prepare_data(cfg.data, embedding_seed=cfg.run.seed)
             _claim_run_dir(target, overwrite)
         console.print(f"run directory: [bold]{escape(str(target))}[/]", soft_wrap=True)
         reporter = RichReporter()

@@ -28,6 +28,10 @@ from sentiment.paths import default_data_dir, default_runs_dir
 class DataConfig:
     data_dir: str = field(default_factory=lambda: str(default_data_dir()))
     valid_fraction: float = 0.1  # carved from train, label-balanced; model selection uses it
+    # movie: no movie has reviews in both train and valid (IMDB's train and test share no movies, so
+    # validation then predicts test); random: reviews drawn at random. movie needs train/urls_*.txt
+    # and falls back to random, saying so, without them.
+    valid_split: Literal["movie", "random"] = "movie"
     split_seed: int = 42  # separate from run.seed so runs with different seeds share one split
     lowercase: bool = True  # GloVe 6B is uncased
     max_len: Optional[int] = 400  # truncate training reviews to this many tokens (null: keep all)

@@ -12,7 +12,7 @@ from sentiment.batching import EncodedSplit
 from sentiment.config import DataConfig
 from sentiment.corpus import TokenizedCorpus, load_corpus
 from sentiment.errors import SentimentError
-from sentiment.imdb import validation_split
+from sentiment.imdb import imdb_dir, movie_ids, movie_validation_split, validation_split
 from sentiment.paths import cache_dir
 from sentiment.vocab import Vocab, build_vocab, table_to_vocab_ids
 
@@ -39,20 +39,36 @@ def gather_docs(ids: np.ndarray, offsets: np.ndarray, docs: np.ndarray) -> tuple
 
 
 
-def split_indices(corpus: TokenizedCorpus, cfg: DataConfig) -> dict[str, np.ndarray]:
+def split_indices(corpus: TokenizedCorpus, cfg: DataConfig) -> tuple[dict[str, np.ndarray], str]:
+    """Corpus rows of train, valid and test, and how valid was carved ("movie" or "random", with the
+    reason when a movie split was asked for and could not be made)."""
     train_all = corpus.select("train")
-    train_rel, valid_rel = validation_split(corpus.labels[train_all], cfg.valid_fraction, cfg.split_seed)
-    return {"train": train_all[train_rel], "valid": train_all[valid_rel], "test": corpus.select("test")}
+    labels = corpus.labels[train_all]
+    method = "random"
+    if cfg.valid_split == "movie":
+        movies = movie_ids(imdb_dir(Path(cfg.data_dir)), [corpus.names[i] for i in train_all])
+        if movies is None:
+            method = "random (movie split asked for, but train/urls_pos.txt or urls_neg.txt is missing)"
+        else:
+            method = "movie"
+    if method == "movie":
+        train_rel, valid_rel = movie_validation_split(labels, movies, cfg.valid_fraction, cfg.split_seed)
+    else:
+        train_rel, valid_rel = validation_split(labels, cfg.valid_fraction, cfg.split_seed)
+    return {"train": train_all[train_rel], "valid": train_all[valid_rel], "test": corpus.select("test")}, method
 
 
-def prepare_data(cfg: DataConfig, vocab: Vocab | None = None, *, with_embeddings: bool = True) -> PreparedData:
+def prepare_data(cfg: DataConfig, vocab: Vocab | None = None, *, with_embeddings: bool = True,
+                 embedding_seed: int = 0) -> PreparedData:
     """Everything training needs. Pass the run's `vocab` to encode with it instead of building one
-    (evaluation, resume); embeddings are only loaded for a new vocab."""
+    (evaluation, resume); embeddings are only loaded for a new vocab. `embedding_seed` draws the
+    random rows of words GloVe lacks: training passes run.seed, so they vary with the run's seed
+    while the split (split_seed) stays put."""
     t0 = time.perf_counter()
     data_dir = Path(cfg.data_dir)
     corpus, from_cache = load_corpus(data_dir, lowercase=cfg.lowercase, workers=cfg.workers, cache_dir=cache_dir(data_dir))
     t_corpus = time.perf_counter() - t0
-    idx = split_indices(corpus, cfg)
+    idx, split_method = split_indices(corpus, cfg)
     if len(idx["train"]) == 0:
         raise SentimentError("the training split is empty: check data.valid_fraction and the data directory")
     if len(idx["valid"]) == 0:  # else every epoch scores 0% on nothing and the first one is kept as the best
@@ -73,6 +89,7 @@ def prepare_data(cfg: DataConfig, vocab: Vocab | None = None, *, with_embeddings
         "corpus_from_cache": from_cache, "corpus_seconds": t_corpus, "reviews": len(corpus),
         "invalid_utf8_files": corpus.invalid_utf8, "vocab_size": len(vocab),
         "train": len(idx["train"]), "valid": len(idx["valid"]), "test": len(idx["test"]),
+        "valid_split": split_method, "valid_positive_share": float(splits["valid"].labels.mean()),
     }
     embeddings = None
     if new_vocab and with_embeddings and cfg.glove_dim is not None:
@@ -81,7 +98,7 @@ def prepare_data(cfg: DataConfig, vocab: Vocab | None = None, *, with_embeddings
         t1 = time.perf_counter()
         glove = load_glove(glove_file(data_dir, cfg.glove_dim), cache_dir(data_dir))
         embeddings, coverage = build_embedding_matrix(
-            vocab.itos, glove, pad_index=vocab.pad_index, unk_init=cfg.glove_unk_init, seed=cfg.split_seed,
+            vocab.itos, glove, pad_index=vocab.pad_index, unk_init=cfg.glove_unk_init, seed=embedding_seed,
             token_counts=vocab.counts, specials=(vocab.pad_index, vocab.unk_index),
         )
         stats.update(glove_seconds=time.perf_counter() - t1, glove_vocab_coverage=coverage.vocab_share,

@@ -183,7 +183,7 @@ def train(cfg: Config, run_dir: Path, *, data: PreparedData | None = None, resum
         checkpoint = load_checkpoint(run_dir / LAST, vocab)
         data = data or prepare_data(cfg.data, vocab)
     else:
-        data = data or prepare_data(cfg.data)
+        data = data or prepare_data(cfg.data, embedding_seed=cfg.run.seed)
         write_run_files(run_dir, cfg, data.vocab)
 
     model = build_model(cfg, len(data.vocab), data.vocab.pad_index)

@@ -9,7 +9,8 @@ import numpy as np
 import pytest
 
 from sentiment.errors import DataMissingError, SentimentError
-from sentiment.imdb import fingerprint, imdb_dir, list_reviews, validation_split
+from sentiment.imdb import (fingerprint, imdb_dir, list_reviews, movie_ids, movie_validation_split,
+                           validation_split)
 
 
 def make_tree(root: Path, files: dict[str, str]) -> Path:
@@ -205,3 +206,55 @@ def test_validation_split_rounds_per_label():
 def test_validation_split_fraction_out_of_range(fraction: float):
     with pytest.raises(SentimentError, match="valid_fraction"):
         validation_split(LABELS, fraction, seed=0)
+
+
+# --- movie_validation_split ----------------------------------------------------------------------------
+
+
+def movie_world(seed: int = 0) -> tuple[np.ndarray, list[str]]:
+    """600 reviews of 150 movies with 1-9 reviews each; some movies have one polarity only."""
+    rng = np.random.default_rng(seed)
+    labels, movies = [], []
+    for m in range(150):
+        share = rng.choice([0.0, 1.0, 0.5])
+        for _ in range(int(rng.integers(1, 10))):
+            labels.append(int(rng.random() < share) if share not in (0.0, 1.0) else int(share))
+            movies.append(f"tt{m:07d}")
+    return np.array(labels), movies
+
+
+def test_movie_split_keeps_every_movie_on_one_side():
+    labels, movies = movie_world()
+    train, valid = movie_validation_split(labels, movies, 0.1, seed=3)
+    assert len(valid) > 0
+    assert not {movies[i] for i in train} & {movies[i] for i in valid}
+    assert sorted(np.concatenate([train, valid]).tolist()) == list(range(len(labels)))
+
+
+def test_movie_split_fills_each_label_quota_without_exceeding_it():
+    labels, movies = movie_world()
+    _, valid = movie_validation_split(labels, movies, 0.2, seed=3)
+    for c in (0, 1):
+        quota = round(0.2 * (labels == c).sum())
+        taken = (labels[valid] == c).sum()
+        assert quota - 3 <= taken <= quota  # whole movies: close to the quota, never over it
+
+
+def test_movie_split_is_seeded():
+    labels, movies = movie_world()
+    a = movie_validation_split(labels, movies, 0.1, seed=1)[1]
+    assert a.tolist() == movie_validation_split(labels, list(movies), 0.1, seed=1)[1].tolist()
+    assert a.tolist() != movie_validation_split(labels, movies, 0.1, seed=2)[1].tolist()
+
+
+def test_movie_ids_read_urls_by_review_id(tmp_path):
+    root = tmp_path / "aclImdb"
+    (root / "train").mkdir(parents=True)
+    (root / "train" / "urls_pos.txt").write_text("http://www.imdb.com/title/tt0000001/usercomments\n"
+                                                 "http://www.imdb.com/title/tt0000002/usercomments\n")
+    (root / "train" / "urls_neg.txt").write_text("http://www.imdb.com/title/tt0000003/usercomments\n")
+    names = ["train/pos/1_9.txt", "train/pos/0_7.txt", "train/neg/0_2.txt"]
+    assert movie_ids(root, names) == ["tt0000002", "tt0000001", "tt0000003"]
+    assert movie_ids(root, ["train/neg/5_2.txt"]) is None  # no line for review 5
+    (root / "train" / "urls_neg.txt").unlink()
+    assert movie_ids(root, names) is None

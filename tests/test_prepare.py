@@ -1,0 +1,46 @@
+"""sentiment.prepare: the validation split it carves and the embedding rows it draws."""
+
+from __future__ import annotations
+
+from pathlib import Path
+
+import numpy as np
+
+from sentiment.config import load_config
+from sentiment.prepare import prepare_data
+
+
+def write_urls(data_dir: Path, reviews_per_movie: int = 3) -> None:
+    """urls_pos.txt / urls_neg.txt for a make_imdb tree: review i of each folder is about movie i // k."""
+    root = data_dir / "aclImdb" / "train"
+    for folder in ("pos", "neg"):
+        n = len(list((root / folder).glob("*.txt")))
+        lines = [f"http://www.imdb.com/title/tt{folder == 'pos'}{i // reviews_per_movie:06d}/usercomments"
+                 for i in range(n)]
+        (root / f"urls_{folder}.txt").write_text("\n".join(lines) + "\n")
+
+
+def test_prepare_carves_validation_by_movie_and_falls_back_without_urls(tiny_data):
+    cfg = load_config(None, [f"data.data_dir={tiny_data}", "data.valid_fraction=0.2"]).data
+    without = prepare_data(cfg, with_embeddings=False)
+    assert without.stats["valid_split"].startswith("random (movie split asked for")
+    write_urls(tiny_data)
+    movie = prepare_data(cfg, with_embeddings=False)
+    assert movie.stats["valid_split"] == "movie"
+    assert movie.stats["valid"] == 24 and movie.stats["valid_positive_share"] == 0.5  # 12 + 12 of 60 + 60
+    random = prepare_data(load_config(None, [f"data.data_dir={tiny_data}", "data.valid_fraction=0.2",
+                                             "data.valid_split=random"]).data, with_embeddings=False)
+    assert random.stats["valid_split"] == "random"
+    assert not np.array_equal(random.valid.offsets, movie.valid.offsets) or \
+        not np.array_equal(random.valid.ids, movie.valid.ids)
+
+
+def test_random_rows_for_words_glove_lacks_follow_the_run_seed(tiny_data):
+    cfg = load_config(None, [f"data.data_dir={tiny_data}"]).data
+    a, b = prepare_data(cfg, embedding_seed=1), prepare_data(cfg, embedding_seed=2)
+    assert a.vocab.itos == b.vocab.itos and np.array_equal(a.valid.ids, b.valid.ids)  # same split and vocab
+    missing = a.vocab.stoi["excellent"]  # a cue word make_imdb's GloVe file leaves out
+    found = a.vocab.stoi["movie"]
+    assert not np.array_equal(a.embeddings[missing], b.embeddings[missing])
+    assert np.array_equal(a.embeddings[found], b.embeddings[found])
+    assert np.array_equal(a.embeddings[missing], prepare_data(cfg, embedding_seed=1).embeddings[missing])
