@@ -188,6 +188,7 @@ def train(
     """Train a classifier as a config says; the run directory gets config, vocab, metrics and checkpoints."""
     from sentiment.config import dump_config, load_config
     from sentiment.prepare import prepare_data
+    from sentiment.floats import flush_denormals
     from sentiment.train import graceful_stop, resolve_device
     from sentiment.train import train as train_run
 
@@ -200,6 +201,7 @@ def train(
         if print_config:
             console.print(dump_config(cfg), end="", markup=False, highlight=False)
             return
+        flush_denormals(cfg.run.flush_denormal)  # before any torch work starts its worker threads
         data = None
         if resume is None:
             # everything that can fail on bad input (run dir, device, data, GloVe) is checked before the run
@@ -251,7 +253,7 @@ def _resume_config(run_dir: Path, config: Path | None, overrides: list[str]):
         wanted = config_from_dict(apply_overrides(saved.to_dict(), overrides))
     changed = _changed_keys(saved.to_dict(), wanted.to_dict())
     allowed = {"train.epochs", "train.early_stopping_patience", "train.eval_batch_size", "run.device",
-               "run.threads", "run.eval_test", "run.output_dir", "run.checkpoint_minutes", "data.data_dir",
+               "run.threads", "run.eval_test", "run.output_dir", "run.checkpoint_minutes", "run.flush_denormal", "data.data_dir",
                "data.workers"}
     refused = [k for k in changed if k not in allowed]
     if refused:

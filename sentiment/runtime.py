@@ -11,6 +11,7 @@ from sentiment.checkpoint import BEST, LAST, load_checkpoint, load_run
 from sentiment.config import Config
 from sentiment.errors import SentimentError
 from sentiment.evaluate import Metrics, evaluate
+from sentiment.floats import flush_denormals
 from sentiment.model import SentimentRNN
 from sentiment.train import build_model, resolve_device
 from sentiment.vocab import Vocab
@@ -26,6 +27,7 @@ class LoadedRun:
 
 def load_trained(run_dir: Path, checkpoint: str = "best", device: str | None = None) -> LoadedRun:
     cfg, vocab = load_run(run_dir)
+    flush_denormals(cfg.run.flush_denormal)  # before torch starts its threads, which copy the flag
     if cfg.run.threads:
         torch.set_num_threads(cfg.run.threads)
     dev = resolve_device(device or cfg.run.device)

@@ -27,6 +27,7 @@ from sentiment.atomic import atomic_write_text
 from sentiment.config import Config
 from sentiment.errors import SentimentError
 from sentiment.evaluate import Metrics, evaluate
+from sentiment.floats import flush_denormals
 from sentiment.model import SentimentRNN
 from sentiment.prepare import PreparedData, prepare_data
 
@@ -168,6 +169,7 @@ def train(cfg: Config, run_dir: Path, *, data: PreparedData | None = None, resum
           reporter: Reporter | None = None, stop: StopFlag | None = None) -> dict[str, Any]:
     """Train as `cfg` says into `run_dir` (created by the caller). Returns the final results."""
     run_dir = Path(run_dir)
+    flush_denormals(cfg.run.flush_denormal)  # effective on torch's threads if nothing computed before us
     if cfg.run.threads:
         torch.set_num_threads(cfg.run.threads)
     device = resolve_device(cfg.run.device)
