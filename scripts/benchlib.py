@@ -1,0 +1,133 @@
+"""Helpers shared by the benchmark scripts: the machine header, denormal flushing, length-stratified batch
+samples, and the figures file that scripts/bench.py collects. Not a benchmark itself."""
+
+from __future__ import annotations
+
+import datetime
+import json
+import os
+import platform
+import sys
+from pathlib import Path
+
+import numpy as np
+
+ROOT = Path(__file__).resolve().parents[1]
+if str(ROOT) not in sys.path:  # run straight from a checkout without installing the package
+    sys.path.insert(0, str(ROOT))
+
+
+def cpu_model() -> str:
+    try:
+        with open("/proc/cpuinfo", encoding="utf-8", errors="replace") as f:
+            for line in f:
+                if line.lower().startswith("model name"):
+                    return line.split(":", 1)[1].strip()
+    except OSError:
+        pass
+    return platform.processor() or platform.machine() or "unknown"
+
+
+def usable_cores() -> int:
+    try:
+        return len(os.sched_getaffinity(0))
+    except (AttributeError, OSError):
+        return os.cpu_count() or 1
+
+
+def machine_lines(threads: int | None = None) -> list[str]:
+    """Who measured what, where and when: date, cores, CPU model, library versions, thread count, load."""
+    lines = [f"date: {datetime.datetime.now().astimezone().isoformat(timespec='seconds')}",
+             f"machine: {cpu_model()}; os.cpu_count() {os.cpu_count()}, usable cores (affinity) {usable_cores()}"]
+    versions = [f"python {platform.python_version()}", f"numpy {np.__version__}"]
+    try:
+        import torch
+
+        versions.append(f"torch {torch.__version__}")
+        threads = threads if threads is not None else torch.get_num_threads()
+    except ImportError:
+        pass
+    if threads is not None:
+        versions.append(f"torch threads {threads}")
+    lines.append("software: " + ", ".join(versions))
+    try:
+        lines.append("load average at start: " + " ".join(f"{x:.2f}" for x in os.getloadavg()) + " (1/5/15 min)")
+    except OSError:
+        pass
+    return lines
+
+
+def print_header(title: str, threads: int | None = None) -> None:
+    print(title)
+    for line in machine_lines(threads):
+        print("  " + line)
+
+
+def set_flush_denormal(enabled: bool) -> str:
+    """Flush denormal floats to zero (or not) in this thread. Call it before torch starts its thread pool:
+    worker threads copy the floating-point mode of the thread that creates them, so switching later leaves
+    them as they were. Returns a phrase for the output."""
+    import torch
+
+    supported = torch.set_flush_denormal(enabled)
+    if not supported:
+        return "flush_denormal: not supported on this CPU (denormals kept)"
+    return f"flush_denormal: {'on' if enabled else 'OFF'} (set at process start, before any torch thread pool)"
+
+
+def stratified(keys: np.ndarray, n: int) -> np.ndarray:
+    """Positions of n items spread over the distribution of keys: sort by key, cut into n strata of equal
+    count, take the middle item of each. Every stratum of lengths is represented once, from the shortest
+    to the longest; the single most extreme item is not (it is the edge of the last stratum)."""
+    keys = np.asarray(keys)
+    order = np.argsort(keys, kind="stable")
+    n = max(1, min(n, len(order)))
+    picks = ((np.arange(n) + 0.5) * len(order) / n).astype(np.int64)
+    return order[np.unique(np.minimum(picks, len(order) - 1))]
+
+
+def describe(values) -> str:
+    """min / median / max of integer values (lengths), for naming what a sample covered."""
+    v = np.asarray(values)
+    if not len(v):
+        return "none"
+    return f"min {int(v.min()):,} / median {int(np.median(v)):,} / max {int(v.max()):,}"
+
+
+def bootstrap_ratio(base_seconds: np.ndarray, ours_seconds: np.ndarray, reps: int = 2000,
+                    seed: int = 0) -> tuple[float, float]:
+    """90% interval of sum(base)/sum(ours) over batches resampled with replacement (paired: same batches)."""
+    base, ours = np.asarray(base_seconds, float), np.asarray(ours_seconds, float)
+    if len(base) < 2:
+        r = float(base.sum() / ours.sum())
+        return r, r
+    rng = np.random.default_rng(seed)
+    idx = rng.integers(0, len(base), size=(reps, len(base)))
+    ratios = base[idx].sum(axis=1) / ours[idx].sum(axis=1)
+    return float(np.percentile(ratios, 5)), float(np.percentile(ratios, 95))
+
+
+class Figures:
+    """The figures a script reports, for scripts/bench.py's summary (written with --json FILE)."""
+
+    def __init__(self, script: str):
+        self.script = script
+        self.rows: list[dict] = []
+        self.notes: list[str] = []
+
+    def add(self, figure: str, ours: float, baseline_name: str, baseline: float, unit: str, *,
+            higher_is_better: bool = True, sample: str = "", headline: bool = False) -> float:
+        """One figure with its same-run baseline; returns the speed-up (> 1: ours is faster)."""
+        ratio = (ours / baseline if higher_is_better else baseline / ours) if ours and baseline else float("nan")
+        self.rows.append({"figure": figure, "ours": ours, "baseline_name": baseline_name, "baseline": baseline,
+                          "unit": unit, "ratio": ratio, "higher_is_better": higher_is_better, "sample": sample,
+                          "headline": headline})
+        return ratio
+
+    def note(self, text: str) -> None:
+        self.notes.append(text)
+
+    def write(self, path: str | Path | None) -> None:
+        if path:
+            Path(path).write_text(json.dumps({"script": self.script, "rows": self.rows, "notes": self.notes},
+                                             indent=1), encoding="utf-8")
