@@ -1,11 +1,22 @@
-"""How fast can the classic model be scored on this CPU at all? One thread, random inputs.
+"""Scoring speed of the classic model against a MEASURED upper bound: this machine's matmul rate.
 
-    python scripts/bench_lstm_ceiling.py [--batch 256] [--length 230]
+    python scripts/bench_lstm_ceiling.py [--batch 256] [--length 230] [--reps 2] [--threads 2]
 
-Times, in one process: our SentimentRNN (classic recipe: 2-layer BiLSTM 256 on 50d embeddings, exact
-padded layout) against the bare minimum of the same work, four single-layer unidirectional nn.LSTM calls
-on ready-made inputs (no embedding, no reversal, no padding logic). The bare figure times the number of
-cores bounds what any fp32 PyTorch evaluation of this model can reach here.
+The bound: the classic model (2-layer BiLSTM 256 on 50d embeddings) needs at least F floating-point
+operations per token in matrix products, F = sum over layers and directions of 2 x 4 x hidden x
+(input + hidden) (= 4.40 MFLOP; the embedding lookup, gate nonlinearities and final Linear are left out,
+which can only raise the bound). No fp32 evaluation can do matrix products faster than a large, square
+sgemm (torch.mm of n x n float32 matrices, the best case for every BLAS), measured here with the same
+threads, best of a few runs. So tokens/s <= sgemm FLOP/s / F: the "matmul bound". For all cores the bound
+uses the larger of the N-thread sgemm and N x the one-thread sgemm.
+
+Measured against it, in one process, on random token ids of one length (no padding):
+  ours, 1 thread     SentimentRNN (exact padded layout), inference_mode, one batch at a time
+  bare, 1 thread     four single-layer unidirectional nn.LSTM calls on ready inputs (no embedding, no
+                     reversal, no padding logic): a reference for the cost of our layout, not a bound
+  ours, all threads  sentiment.evaluate.predict_logits (one single-threaded process per thread), on
+                     --threads batches of that size
+Each is printed as a fraction of the bound. (The file keeps its old name; it measured no bound before.)
 """
 
 from __future__ import annotations
@@ -13,10 +24,41 @@ from __future__ import annotations
 import argparse
 import time
 
+import benchlib
+import numpy as np
 import torch
 from torch import nn
 
-from sentiment.model import SentimentRNN
+
+def flops_per_token(model) -> int:
+    """Matrix-product FLOPs per token of the recurrent stack: 2 x gates x hidden x (input + hidden) per module."""
+    gates = {"LSTM": 4, "GRU": 3, "RNN": 1}
+    total = 0
+    for module in model.modules():
+        if isinstance(module, nn.RNNBase):
+            dirs = 2 if module.bidirectional else 1
+            for layer in range(module.num_layers):
+                inp = module.input_size if layer == 0 else module.hidden_size * dirs
+                total += dirs * 2 * gates[type(module).__name__] * module.hidden_size * (inp + module.hidden_size)
+    return total
+
+
+def sgemm_flops(threads: int, sizes=(512, 1024, 2048), seconds: float = 1.0) -> tuple[float, int]:
+    """Best FLOP/s of torch.mm on n x n float32 matrices with `threads` threads, and the n that gave it."""
+    torch.set_num_threads(threads)
+    best, best_n = 0.0, sizes[0]
+    for n in sizes:
+        a, b = torch.randn(n, n), torch.randn(n, n)
+        torch.mm(a, b)  # warm-up
+        spent = 0.0
+        while spent < seconds:
+            start = time.perf_counter()
+            torch.mm(a, b)
+            dt = time.perf_counter() - start
+            spent += dt
+            if 2 * n**3 / dt > best:
+                best, best_n = 2 * n**3 / dt, n
+    return best, best_n
 
 
 def tokens_per_s(fn, tokens: int, reps: int) -> float:
@@ -33,20 +75,69 @@ def main() -> None:
     ap.add_argument("--batch", type=int, default=256)
     ap.add_argument("--length", type=int, default=230, help="tokens per review (IMDB's mean is ~265)")
     ap.add_argument("--reps", type=int, default=2)
+    ap.add_argument("--threads", type=int, default=benchlib.usable_cores(), help="for the all-threads rows")
+    ap.add_argument("--gemm-seconds", type=float, default=1.0, help="time spent on each sgemm size")
+    ap.add_argument("--json", help="also write the figures to this file (for scripts/bench.py)")
     args = ap.parse_args()
+    flush = benchlib.set_flush_denormal(True)  # before torch starts any thread, as bench_train does
     torch.set_num_threads(1)
+    from sentiment.batching import EncodedSplit
+    from sentiment.evaluate import predict_logits
+    from sentiment.model import SentimentRNN
+
+    benchlib.print_header("== bench_lstm_ceiling: classic-model scoring vs the measured matmul bound ==", args.threads)
+    print(f"  {flush}")
     torch.manual_seed(0)
-    B, T, V = args.batch, args.length, 10_002
+    B, T, V, N = args.batch, args.length, 10_002, args.threads
     ours = SentimentRNN(V, 50, 256, 2, "lstm", True, 0.5, 0.5, 0.0, "last", 0, "never").eval()
+    F = flops_per_token(ours)
+    # the bound is the machine's best: measured before and again after the model runs, the higher kept
+    gemm = [sgemm_flops(1, seconds=args.gemm_seconds), sgemm_flops(N, seconds=args.gemm_seconds)]
+    torch.set_num_threads(1)
+
     layer1, layer2 = nn.LSTM(50, 256, batch_first=True).eval(), nn.LSTM(512, 256, batch_first=True).eval()
     ids, lengths = torch.randint(2, V, (B, T)), torch.full((B,), T)
     x1, x2 = torch.randn(B, T, 50), torch.randn(B, T, 512)
     ours_tps = tokens_per_s(lambda: ours(ids, lengths), B * T, args.reps)
     bare_tps = tokens_per_s(lambda: (layer1(x1), layer1(x1), layer2(x2), layer2(x2)), B * T, args.reps)
-    print(f"one thread, batch {B}, length {T}")
-    print(f"  ours (exact, classic recipe)      {ours_tps:>9,.0f} tokens/s")
-    print(f"  four bare nn.LSTM calls           {bare_tps:>9,.0f} tokens/s  (ours is {ours_tps / bare_tps:.2f}x of it)")
-    print(f"  ceiling with one such process per core: {bare_tps * torch.multiprocessing.cpu_count():,.0f} tokens/s")
+    # all threads: N batches of B reviews of length T, scored as `sentiment eval` scores (a process per thread)
+    n_docs = N * B
+    split = EncodedSplit(ids=np.random.default_rng(0).integers(2, V, n_docs * T).astype(np.int32),
+                         offsets=np.arange(n_docs + 1, dtype=np.int64) * T, labels=np.zeros(n_docs, np.int8))
+    torch.set_num_threads(N)
+    predict_logits(ours, split, batch_size=B)  # warm-up
+    start = time.perf_counter()
+    for _ in range(args.reps):
+        predict_logits(ours, split, batch_size=B)
+    all_tps = n_docs * T * args.reps / (time.perf_counter() - start)
+    after = [sgemm_flops(1, seconds=args.gemm_seconds), sgemm_flops(N, seconds=args.gemm_seconds)]
+    (gemm1, n1), (gemmN, nN) = (max(b, a) for b, a in zip(gemm, after))
+    bound1, boundN = gemm1 / F, max(gemmN, N * gemm1) / F
+    print(f"classic model: {F / 1e6:.2f} MFLOP per token in matrix products (2-layer BiLSTM 256 on 50d)")
+    print(f"sgemm fp32 (n x n torch.mm, n in 512/1024/2048, {args.gemm_seconds:g} s each, before and after the "
+          f"model runs), best: 1 thread {gemm1 / 1e9:.1f} GFLOP/s (n={n1}; before {gemm[0][0] / 1e9:.1f}, after "
+          f"{after[0][0] / 1e9:.1f}); {N} threads {gemmN / 1e9:.1f} GFLOP/s (n={nN}; before {gemm[1][0] / 1e9:.1f}, "
+          f"after {after[1][0] / 1e9:.1f})")
+
+    figures = benchlib.Figures("bench_lstm_ceiling")
+    print(f"random ids, batch {B}, length {T} (no padding), inference, {args.reps} timed reps after a warm-up")
+    print(f"  matmul bound, 1 thread:  {bound1:>9,.0f} tokens/s  (= {gemm1 / 1e9:.1f} GFLOP/s / {F / 1e6:.2f} MFLOP)")
+    print(f"    ours, 1 thread                        {ours_tps:>9,.0f} tokens/s = {ours_tps / bound1:6.1%} of the bound"
+          f"  ({ours_tps * F / 1e9:.1f} GFLOP/s)")
+    print(f"    four bare nn.LSTM calls, 1 thread     {bare_tps:>9,.0f} tokens/s = {bare_tps / bound1:6.1%} of the bound"
+          f"  (ours is {ours_tps / bare_tps:.2f}x of it)")
+    print(f"  matmul bound, {N} threads: {boundN:>9,.0f} tokens/s  (= max({N}-thread sgemm, {N} x 1-thread sgemm) / "
+          f"{F / 1e6:.2f} MFLOP)")
+    print(f"    ours, {N} single-thread processes       {all_tps:>9,.0f} tokens/s = {all_tps / boundN:6.1%} of the bound"
+          f"  ({all_tps * F / 1e9:.1f} GFLOP/s)")
+    if max(ours_tps / bound1, bare_tps / bound1, all_tps / boundN) > 1:
+        print("  WARNING: a row is above its bound, so the sgemm measurement was disturbed (a busy machine): rerun")
+    sample = f"batch {B} x length {T}, {args.reps} reps"
+    figures.add("scoring, classic model, 1 thread: ours as a fraction of the matmul bound", ours_tps,
+                "matmul bound (1-thread sgemm / FLOP per token)", bound1, "tokens/s", sample=sample)
+    figures.add(f"scoring, classic model, {N} threads: ours as a fraction of the matmul bound", all_tps,
+                f"matmul bound ({N}-thread sgemm / FLOP per token)", boundN, "tokens/s", sample=sample, headline=True)
+    figures.write(args.json)
 
 
 if __name__ == "__main__":
