@@ -167,10 +167,11 @@ def main() -> None:
     print(f"{cold['reviews']:,} reviews, {cold['tokens']:,} tokens (ours); spaCy on whole texts: {base_tokens:,} "
           f"non-space tokens")
     figures = benchlib.Figures("bench_prepare")
-    line(f"baseline: list + read + spaCy tokenizer.pipe, {procs} processes", f"{base:6.2f} s")
+    on_procs = benchlib.plural(procs, "process", "es")
+    line(f"baseline: list + read + spaCy tokenizer.pipe, {on_procs}", f"{base:6.2f} s")
     what = "cold prepare" if len(colds) == 1 else f"cold prepare (median of {len(colds)})"
-    ratio = figures.add(f"{what}, {args.workers} workers, vs spaCy tokenizing the same files on {procs} processes",
-                        cold["wall"], f"list + read + spaCy tokenizer.pipe, {procs} processes", base, "s",
+    ratio = figures.add(f"{what}, {benchlib.plural(args.workers, 'worker')}, vs spaCy tokenizing the same files on {on_procs}",
+                        cold["wall"], f"list + read + spaCy tokenizer.pipe, {on_procs}", base, "s",
                         higher_is_better=False, headline=True, sample=f"{cold['reviews']:,} reviews, all of them")
     cold_walls = ", ".join(f"{r['wall']:.2f}" for r in colds)
     runs = "" if len(colds) == 1 else f"; runs: {cold_walls}"
@@ -178,7 +179,7 @@ def main() -> None:
          f"({ratio:.1f}x faster than the baseline, which builds no vocab and no ids{runs})", cold["wall"] <= 15)
     runs = ", ".join(f"{r['wall']:.2f}" for r in warms)
     ratio = figures.add("warm prepare (from the cache), median of 3, vs the same spaCy baseline", warm["wall"],
-                        f"list + read + spaCy tokenizer.pipe, {procs} processes (no cache)", base, "s",
+                        f"list + read + spaCy tokenizer.pipe, {on_procs} (no cache)", base, "s",
                         higher_is_better=False, sample="3 runs, median")
     line("warm prepare (cached), median of 3 runs, target <= 1 s", f"{warm['wall']:6.2f} s  (runs: {runs}; "
          f"{ratio:.0f}x faster than the baseline, which has no cache)",

@@ -57,6 +57,24 @@ def machine_lines(threads: int | None = None) -> list[str]:
     return lines
 
 
+def cpu_busy_share(seconds: float = 1.0) -> float | None:
+    """Share of all CPUs busy over the next `seconds` (Linux /proc/stat): is anything else running?"""
+    import time
+
+    def sample() -> tuple[int, int]:
+        with open("/proc/stat") as f:
+            ticks = [int(x) for x in f.readline().split()[1:]]
+        return sum(ticks), ticks[3] + ticks[4]  # total, idle + iowait
+
+    try:
+        total0, idle0 = sample()
+        time.sleep(seconds)
+        total1, idle1 = sample()
+    except (OSError, ValueError, IndexError):
+        return None
+    return 1 - (idle1 - idle0) / max(total1 - total0, 1)
+
+
 def print_header(title: str, threads: int | None = None) -> None:
     print(title)
     for line in machine_lines(threads):
@@ -84,6 +102,10 @@ def stratified(keys: np.ndarray, n: int) -> np.ndarray:
     n = max(1, min(n, len(order)))
     picks = ((np.arange(n) + 0.5) * len(order) / n).astype(np.int64)
     return order[np.unique(np.minimum(picks, len(order) - 1))]
+
+
+def plural(n: int, word: str, suffix: str = "s") -> str:
+    return f"{n:,} {word}{'' if n == 1 else suffix}"
 
 
 def describe(values) -> str:

@@ -1,0 +1,164 @@
+"""Every speed figure in one command: the benchmark scripts one after the other (never two at once), each
+figure against a baseline timed in the same run, then one summary table.
+
+    python scripts/bench.py [--data-dir data] [--run runs/NAME] [--threads 2] [--quick]      # or: make bench
+
+Runs, in this order (each script's own --help says what it measures and against what):
+  bench_prepare       prepare cold / warm (median of 3) vs spaCy listing+reading+tokenizing the same files
+                      on as many processes
+  bench_glove         GloVe first / cached load vs a naive Python parse
+  bench_rnn_padding   our padded layout vs pack_padded_sequence, forward+backward (BiGRU 128, length 400)
+  bench_lstm_ceiling  classic-model scoring as a fraction of the measured matmul bound (sgemm / FLOPs)
+  bench_train         HEADLINE: training ours vs the classic loop (bucketed, no packing), interleaved,
+                      over length-stratified batches; random/packed/denormal rows; evaluation vs the
+                      faster classic loop
+  bench_predict       `sentiment predict` end to end vs one review at a time (same length limit)
+
+Defaults take about 10 minutes on 2 cores; --quick about 4. Every sample size can be set on its own (they
+are printed before the runs and in the summary). Without --run, predict is timed with the newest
+runs/*/best.pt, else with an untrained run of configs/imdb_cpu.yaml (speed only; it says so).
+"""
+
+from __future__ import annotations
+
+import argparse
+import fcntl
+import json
+import math
+import os
+import subprocess
+import sys
+import tempfile
+import time
+from pathlib import Path
+
+import benchlib
+
+HERE = Path(__file__).resolve().parent
+ROOT = benchlib.ROOT
+SCRIPTS = ("prepare", "glove", "rnn_padding", "lstm_ceiling", "train", "predict")
+FULL = dict(train_batches=40, random_batches=12, packed_batches=6, denormal_batches=4, eval_reviews=2000,
+            predict_reviews=25000, predict_baseline=1000, ceiling_batch=256, ceiling_length=230, ceiling_reps=2,
+            padding_length=400, padding_reps=3, cold_runs=1)
+QUICK = dict(train_batches=16, random_batches=6, packed_batches=3, denormal_batches=2, eval_reviews=800,
+             predict_reviews=5000, predict_baseline=300, ceiling_batch=128, ceiling_length=230, ceiling_reps=1,
+             padding_length=400, padding_reps=1, cold_runs=1)
+
+
+def newest_run() -> Path | None:
+    runs_dir = Path(os.environ.get("SENTIMENT_RUNS_DIR", ROOT / "runs"))
+    found = sorted(runs_dir.glob("*/best.pt"), key=lambda p: p.stat().st_mtime) if runs_dir.is_dir() else []
+    return found[-1].parent if found else None
+
+
+def commands(args, s: dict, run: Path | None) -> dict[str, list[str]]:
+    py, t = [sys.executable], str(args.threads)
+    glove = Path(args.data_dir) / "glove" / f"glove.6B.{args.glove_dim}d.txt"
+    cmds = {
+        "prepare": [str(HERE / "bench_prepare.py"), "--data-dir", args.data_dir, "--workers", t,
+                    "--cold-runs", str(s["cold_runs"]), "--glove-dim", str(args.glove_dim)],
+        "glove": [str(HERE / "bench_glove.py"), "--source", str(glove)],
+        "rnn_padding": [str(HERE / "bench_rnn_padding.py"), "--threads", t, "--length", str(s["padding_length"]),
+                        "--reps", str(s["padding_reps"])],
+        "lstm_ceiling": [str(HERE / "bench_lstm_ceiling.py"), "--threads", t, "--batch", str(s["ceiling_batch"]),
+                         "--length", str(s["ceiling_length"]), "--reps", str(s["ceiling_reps"])],
+        "train": [str(HERE / "bench_train.py"), "--data-dir", args.data_dir, "--threads", t,
+                  "--batches", str(s["train_batches"]), "--random-batches", str(s["random_batches"]),
+                  "--packed-batches", str(s["packed_batches"]), "--denormal-batches", str(s["denormal_batches"]),
+                  "--eval-reviews", str(s["eval_reviews"])] + (["--no-flush-denormal"] if args.no_flush_denormal else []),
+        "predict": [str(HERE / "bench_predict.py"), "--data-dir", args.data_dir, "--reviews", str(s["predict_reviews"]),
+                    "--baseline", str(s["predict_baseline"])] + (["--run", str(run)] if run else []),
+    }
+    if not glove.is_file():
+        cmds.pop("glove")
+    return {name: py + cmd for name, cmd in cmds.items()}
+
+
+def fmt(value: float, unit: str) -> str:
+    if value is None or (isinstance(value, float) and math.isnan(value)):
+        return "n/a"
+    if unit == "s":
+        return f"{value:.3f} s" if value < 1 else f"{value:.2f} s"
+    return f"{value:,.0f} {unit}"
+
+
+def main() -> int:
+    ap = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
+    ap.add_argument("--data-dir", default=os.environ.get("SENTIMENT_DATA_DIR", "data"))
+    ap.add_argument("--run", type=Path, help="run directory for the predict benchmark (default: the newest runs/*/best.pt)")
+    ap.add_argument("--threads", type=int, default=benchlib.usable_cores(),
+                    help="torch threads / worker processes for ours and the baselines alike (default: usable cores)")
+    ap.add_argument("--glove-dim", type=int, default=50)
+    ap.add_argument("--quick", action="store_true", help="smaller samples: about 4 minutes on 2 cores")
+    ap.add_argument("--only", nargs="+", choices=SCRIPTS, help="run only these benchmarks")
+    ap.add_argument("--skip", nargs="+", choices=SCRIPTS, default=[], help="leave these out")
+    ap.add_argument("--no-flush-denormal", action="store_true", help="bench_train keeps denormal floats")
+    sizes = ap.add_argument_group("sample sizes (default: the full set; --quick: the quick set)")
+    for key, value in FULL.items():
+        sizes.add_argument(f"--{key.replace('_', '-')}", type=int, default=None,
+                           help=f"full {value}, quick {QUICK[key]}")
+    args = ap.parse_args()
+    s = {k: (getattr(args, k) if getattr(args, k) is not None else (QUICK if args.quick else FULL)[k]) for k in FULL}
+
+    # one benchmark at a time on this machine, even across two `make bench`
+    lock = open(Path(tempfile.gettempdir()) / "sentiment-bench.lock", "w")
+    try:
+        fcntl.flock(lock, fcntl.LOCK_EX | fcntl.LOCK_NB)
+    except OSError:
+        sys.exit("another scripts/bench.py is running on this machine; benchmarks must not overlap")
+
+    run = args.run or newest_run()
+    selected = [n for n in (args.only or SCRIPTS) if n not in args.skip]
+    cmds = {n: c for n, c in commands(args, s, run).items() if n in selected}
+    header = benchlib.machine_lines(args.threads)
+    print("== make bench: speed figures, each against a baseline timed in the same command ==")
+    for line in header:
+        print("  " + line)
+    busy = benchlib.cpu_busy_share()
+    if busy is not None:
+        header.append(f"CPUs {busy:.0%} busy over 1 s before the first benchmark"
+                      + ("  WARNING: something else is running; figures will be noisy, and torch with several "
+                         "threads slows down badly on busy cores" if busy > 0.25 else ""))
+        print("  " + header[-1])
+    print(f"  threads / worker processes for ours and the baselines: {args.threads}")
+    print("  sample sizes: " + ", ".join(f"{k.replace('_', '-')} {v}" for k, v in s.items())
+          + (" (quick set)" if args.quick else ""))
+    print(f"  predict run: {run if run else 'none found: an untrained run of configs/imdb_cpu.yaml (speed only)'}")
+    if "glove" in selected and "glove" not in cmds:
+        print(f"  bench_glove skipped: no GloVe {args.glove_dim}d text file under {args.data_dir}/glove")
+
+    results, start = [], time.perf_counter()
+    with tempfile.TemporaryDirectory(prefix="bench-") as tmp:
+        for name, cmd in cmds.items():
+            out = Path(tmp) / f"{name}.json"
+            print(f"\n\n######## bench_{name}: {' '.join(Path(c).name if c.endswith('.py') else c for c in cmd[1:])}",
+                  flush=True)
+            t0 = time.perf_counter()
+            rc = subprocess.run(cmd + ["--json", str(out)], cwd=ROOT).returncode
+            wall = time.perf_counter() - t0
+            data = json.loads(out.read_text()) if out.exists() else {"rows": [], "notes": []}
+            results.append((name, rc, wall, data))
+    total = time.perf_counter() - start
+
+    print("\n\n== summary ==")
+    for line in header:
+        print("  " + line)
+    print(f"  threads {args.threads}; total {total / 60:.1f} min; ratio = how many times faster ours is than the "
+          "baseline timed in the same run (for a bound: the fraction of it reached); * = headline")
+    for name, rc, wall, data in results:
+        # a script that wrote its figures and exits 1 missed a target (bench_glove); without figures it failed
+        status = "" if rc == 0 else f"  [exit code {rc}: {'a target missed' if data['rows'] else 'FAILED, no figures'}]"
+        print(f"\nbench_{name} ({wall:.0f} s){status}")
+        for r in data["rows"]:
+            bound = "bound" in r["baseline_name"]
+            ratio = f"{r['ratio']:.2f}x" if not math.isnan(r["ratio"]) else "n/a"
+            print(f" {'*' if r['headline'] else ' '} {ratio:>7}{' of' if bound else '   '}  {r['figure']}")
+            print(f"{'':13}ours {fmt(r['ours'], r['unit'])}  |  {r['baseline_name']}: {fmt(r['baseline'], r['unit'])}"
+                  f"  |  sample: {r['sample']}")
+        for note in data.get("notes", []):
+            print(f"{'':13}{note}")
+    return 0 if all(data["rows"] for _, _, _, data in results) else 1
+
+
+if __name__ == "__main__":
+    sys.exit(main())
