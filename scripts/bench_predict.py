@@ -129,7 +129,15 @@ def main() -> None:
     args = parser.parse_args()
     imdb_test = args.imdb_test or Path(args.data_dir) / "aclImdb" / "test"
 
+    # as `sentiment predict` does (run.flush_denormal, default on), before any torch work starts its threads
+    flush = True
+    if args.run is not None:
+        from sentiment.checkpoint import load_run
+
+        flush = getattr(load_run(args.run)[0].run, "flush_denormal", True)
+    flush_note = benchlib.set_flush_denormal(flush)
     benchlib.print_header("== bench_predict: `sentiment predict` end to end vs one review at a time ==")
+    print(f"  {flush_note} (the run's run.flush_denormal, as predict sets it)")
     texts, labels, total = pick_reviews(imdb_test, args.reviews)
     with tempfile.TemporaryDirectory() as tmp:
         tmp = Path(tmp)
