@@ -90,6 +90,7 @@ class LoopState:
     seen: int = 0
     tokens: int = 0
     seconds: float = 0.0
+    schedule_steps: int = 0  # the steps the LR schedule spans, fixed when the run starts
 
 
 def resolve_device(name: str) -> torch.device:
@@ -160,6 +161,29 @@ def lr_factor(cfg: Config, total_steps: int):
     return factor
 
 
+def _diverged(run_dir: Path, loss: torch.Tensor, grad_norm: torch.Tensor | None, epoch: int,
+              step_in_epoch: int) -> TrainingDiverged:
+    kept = (f"{run_dir / LAST} holds the last good state" if (run_dir / LAST).exists()
+            else "no checkpoint was written before it")
+    what = (f"loss became {loss.item()}" if not torch.isfinite(loss)
+            else f"gradient norm became {grad_norm.item()} (loss {loss.item():.4f})")
+    return TrainingDiverged(f"{what} at epoch {epoch + 1}, step {step_in_epoch + 1}; stopped. "
+                            f"{kept}; try a lower train.lr or set train.grad_clip")
+
+
+def _resumed_schedule_steps(cfg: Config, checkpoint: dict[str, Any], total_steps: int) -> int:
+    """The LR schedule of a resumed run spans the steps it was started with. A decaying schedule cannot
+    stretch to a changed train.epochs without changing the learning rates already used, so that is refused."""
+    saved = checkpoint["loop"].get("schedule_steps")
+    saved_epochs = checkpoint.get("config", {}).get("train", {}).get("epochs", cfg.train.epochs)
+    if saved_epochs != cfg.train.epochs and cfg.train.lr_schedule != "constant":
+        raise SentimentError(
+            f"cannot resume with train.epochs={cfg.train.epochs}: this run's {cfg.train.lr_schedule} learning-rate "
+            f"schedule decays over its {saved_epochs} epochs. Resume with train.epochs={saved_epochs}, or start a "
+            "new run (a constant schedule can be resumed with more or fewer epochs)")
+    return int(saved) if saved else total_steps
+
+
 def _embeddings_trainable(cfg: Config, epoch: int) -> bool:
     m = cfg.model
     return not m.freeze_embeddings or (m.unfreeze_after is not None and epoch >= m.unfreeze_after)
@@ -197,30 +221,37 @@ def train(cfg: Config, run_dir: Path, *, data: PreparedData | None = None, resum
     sampler = BucketBatchSampler(data.train.lengths(cfg.data.max_len), cfg.train.batch_size, seed=cfg.run.seed,
                                  bucket=cfg.train.bucket)
     total_steps = len(sampler) * cfg.train.epochs
+    if checkpoint is not None:
+        total_steps = _resumed_schedule_steps(cfg, checkpoint, total_steps)
     scheduler = torch.optim.lr_scheduler.LambdaLR(optimizer, lr_factor(cfg, total_steps))
     use_amp = cfg.train.amp and device.type == "cuda"
     amp_dtype = torch.bfloat16 if use_amp and torch.cuda.is_bf16_supported() else torch.float16
     scaler = torch.amp.GradScaler("cuda", enabled=use_amp and amp_dtype == torch.float16)
     loss_fn = nn.BCEWithLogitsLoss()
 
-    state = LoopState()
+    state = LoopState(schedule_steps=total_steps)
     if checkpoint is not None:
         model.load_state_dict(checkpoint["model"])
         optimizer.load_state_dict(checkpoint["optimizer"])
         scheduler.load_state_dict(checkpoint["scheduler"])
         scaler.load_state_dict(checkpoint["scaler"])
-        state = LoopState(**checkpoint["loop"])
+        state = LoopState(**{"schedule_steps": total_steps, **checkpoint["loop"]})
         set_rng_state(checkpoint["rng"])
         truncate_metrics(run_dir, state.epoch)
 
     def snapshot() -> dict[str, Any]:
+        if not all(bool(torch.isfinite(p).all()) for p in params):  # not reachable through the checks above
+            raise TrainingDiverged(f"the weights are not finite at epoch {state.epoch + 1}; nothing was saved over "
+                                   f"{run_dir / LAST}")
         return {"model": model.state_dict(), "optimizer": optimizer.state_dict(), "scheduler": scheduler.state_dict(),
                 "scaler": scaler.state_dict(), "loop": asdict(state), "rng": rng_state(),
                 "vocab": data.vocab.itos, "config": cfg.to_dict()}
 
     model.train()
     last_saved = time.monotonic()
-    for epoch in range(state.epoch, cfg.train.epochs):
+    patience = cfg.train.early_stopping_patience
+    stopped_early = patience is not None and state.epochs_without_gain >= patience  # a resumed, finished run
+    for epoch in range(state.epoch, cfg.train.epochs if not stopped_early else state.epoch):
         model.set_embedding_trainable(_embeddings_trainable(cfg, epoch))
         sampler.set_epoch(epoch)
         batches = sampler.batches()
@@ -229,21 +260,25 @@ def train(cfg: Config, run_dir: Path, *, data: PreparedData | None = None, resum
         started = time.perf_counter() - state.seconds
         for indices in batches[state.step_in_epoch :]:
             ids, lengths, labels = collate(data.train, indices, cfg.data.max_len, cfg.data.truncate, data.vocab.pad_index)
-            ids, lengths, labels = ids.to(device, non_blocking=True), lengths.to(device), labels.to(device)
+            # lengths stay on the CPU: the model checks them there and packing needs them there
+            ids, labels = ids.to(device, non_blocking=True), labels.to(device, non_blocking=True)
             with torch.autocast(device.type, dtype=amp_dtype, enabled=use_amp):
                 logits = model(ids, lengths)
                 loss = loss_fn(logits.float(), labels)
-            if not torch.isfinite(loss):
-                kept = (f"{run_dir / LAST} holds the last good state" if (run_dir / LAST).exists()
-                        else "no checkpoint was written before it")
-                raise TrainingDiverged(
-                    f"loss became {loss.item()} at epoch {epoch + 1}, step {state.step_in_epoch + 1}; stopped. "
-                    f"{kept}; try a lower train.lr or set train.grad_clip")
             optimizer.zero_grad(set_to_none=True)
             scaler.scale(loss).backward()
+            grad_norm = None
             if cfg.train.grad_clip:
                 scaler.unscale_(optimizer)
-                nn.utils.clip_grad_norm_(params, cfg.train.grad_clip)
+                grad_norm = nn.utils.clip_grad_norm_(params, cfg.train.grad_clip)
+            elif not scaler.is_enabled():
+                grad_norm = nn.utils.get_total_norm([p.grad for p in params if p.grad is not None])
+            # A finite loss can still give an infinite or NaN gradient, and one step on it turns every weight
+            # into NaN. Checked before stepping, in one read with the loss. fp16's grad scaler skips such
+            # steps itself (an overflow there is routine), so only its loss is checked.
+            finite = torch.isfinite(loss if grad_norm is None or scaler.is_enabled() else loss + grad_norm)
+            if not finite:
+                raise _diverged(run_dir, loss, grad_norm, epoch, state.step_in_epoch)
             scaler.step(optimizer)
             scaler.update()
             scheduler.step()
@@ -278,7 +313,7 @@ def train(cfg: Config, run_dir: Path, *, data: PreparedData | None = None, resum
                "seconds": state.seconds, "tokens_per_s": state.tokens / max(state.seconds, 1e-9),
                "valid_seconds": valid.seconds}
         improved = valid.accuracy > state.best_valid_accuracy
-        state = LoopState(epoch=epoch + 1, global_step=state.global_step,
+        state = LoopState(epoch=epoch + 1, global_step=state.global_step, schedule_steps=state.schedule_steps,
                           best_valid_accuracy=max(valid.accuracy, state.best_valid_accuracy),
                           best_epoch=epoch + 1 if improved else state.best_epoch,
                           epochs_without_gain=0 if improved else state.epochs_without_gain + 1)
@@ -290,7 +325,6 @@ def train(cfg: Config, run_dir: Path, *, data: PreparedData | None = None, resum
         last_saved = time.monotonic()
         if reporter:
             reporter.epoch_end(row)
-        patience = cfg.train.early_stopping_patience
         if patience is not None and state.epochs_without_gain >= patience:
             break
 

@@ -93,3 +93,29 @@ def poison_loss(monkeypatch, after_calls: int) -> None:
             return loss * float("nan") if calls["n"] > after_calls else loss
 
     monkeypatch.setattr(train_mod.nn, "BCEWithLogitsLoss", PoisonedLoss)
+
+
+def poison_gradient(monkeypatch, after_calls: int) -> None:
+    """From call after_calls + 1 on, the training loss keeps its finite value but back-propagates NaN:
+    a finite loss with a non-finite gradient (call n is step n of the run)."""
+    from sentiment import train as train_mod
+
+    real = train_mod.nn.BCEWithLogitsLoss
+    calls = {"n": 0}
+
+    class NaNGradient(torch.autograd.Function):
+        @staticmethod
+        def forward(ctx, x):
+            return x.clone()
+
+        @staticmethod
+        def backward(ctx, grad):
+            return grad * float("nan")
+
+    class PoisonedGradient(real):
+        def forward(self, logits, labels):
+            calls["n"] += 1
+            loss = super().forward(logits, labels)
+            return NaNGradient.apply(loss) if calls["n"] > after_calls else loss
+
+    monkeypatch.setattr(train_mod.nn, "BCEWithLogitsLoss", PoisonedGradient)

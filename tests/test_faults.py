@@ -22,7 +22,7 @@ from typer.testing import CliRunner
 from sentiment import checkpoint as checkpoint_mod
 from sentiment.checkpoint import BEST, LAST, load_checkpoint, read_metrics
 from sentiment.cli import app
-from conftest import TINY_TRAINING, one_line_error, poison_loss, set_args
+from conftest import TINY_TRAINING, one_line_error, poison_gradient, poison_loss, set_args
 
 runner = CliRunner()
 STEPS_PER_EPOCH = 5  # 40 reviews a class, 10% kept for validation: 72 in batches of 16
@@ -324,10 +324,6 @@ def test_stdin_with_nul_bytes(world):
     one_line_error(*run("predict", "--run", world.run, input="great film\n\x00\x00junk\n"), "NUL")
 
 
-def test_the_matrix_is_large_enough():
-    assert len(CASES) >= 25
-
-
 # ---------------------------------------------------------------- faults while training
 def test_disk_full_while_writing_a_checkpoint_keeps_the_previous_one(world, tmp_path, monkeypatch):
     real = checkpoint_mod.atomic_write
@@ -375,6 +371,21 @@ def test_nan_loss_names_epoch_and_step_and_keeps_last_good(world, tmp_path, monk
     assert (last["loop"]["epoch"], last["loop"]["step_in_epoch"]) == (1, 0)
     assert all(torch.isfinite(t).all() for t in last["model"].values())
     assert same_weights(run_dir / BEST, run_dir / LAST)
+
+
+@pytest.mark.parametrize("clip", ["5.0", "null"])
+def test_nan_gradient_with_a_finite_loss_never_reaches_the_weights(world, tmp_path, monkeypatch, clip):
+    # last.pt after every step: a step taken on the NaN gradient would be saved as "the last good state"
+    poison_gradient(monkeypatch, STEPS_PER_EPOCH + 2)  # epoch 2, step 3
+    run_dir = tmp_path / "nan-grad"
+    code, text = run("train", "--set", f"data.data_dir={world.data}", *FAST, "--set", f"train.grad_clip={clip}",
+                     "--run-dir", run_dir)
+    one_line_error(code, text, "gradient norm became nan", "epoch 2, step 3", "last.pt holds the last good state")
+    assert code == 3
+    last = load_checkpoint(run_dir / LAST)
+    assert (last["loop"]["epoch"], last["loop"]["step_in_epoch"]) == (1, 2)
+    assert all(torch.isfinite(t).all() for t in last["model"].values())
+    assert all(torch.isfinite(t).all() for s in last["optimizer"]["state"].values() for t in s.values())
 
 
 def test_nan_loss_before_any_checkpoint_says_so(world, tmp_path, monkeypatch):
