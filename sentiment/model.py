@@ -108,15 +108,20 @@ class SentimentRNN(nn.Module):
             raise ValueError(f"expected ids [B, T] and lengths [B], got {tuple(ids.shape)} and "
                              f"{tuple(lengths.shape)}")
         batch, seq_len = ids.shape
-        if not lengths.is_cuda:
-            # Free on CPU; on CUDA it would cost a host sync per batch, so it is skipped there.
+        use_pack = self.pack == "always" or (self.pack == "auto" and ids.is_cuda)
+        # A length outside 1..T would read another review's state (0 picks the row before it). Lengths
+        # come from collate on the CPU, where checking them is free; callers on CUDA should pass them
+        # so (the copy to the GPU is then asynchronous, and packing reuses the CPU copy). Lengths
+        # already on the GPU are checked there, without waiting for the result.
+        if lengths.device.type == "cpu":
             if batch and (int(lengths.min()) < 1 or int(lengths.max()) > seq_len):
                 raise ValueError(f"lengths must be in 1..{seq_len}, got min {int(lengths.min())} "
                                  f"max {int(lengths.max())}")
-        lengths = lengths.to(ids.device, torch.long)
-        use_pack = self.pack == "always" or (self.pack == "auto" and ids.is_cuda)
-        # pack_padded_sequence wants lengths on the CPU; one copy per forward, not per layer.
-        cpu_lengths = lengths.cpu() if use_pack else None
+            cpu_lengths = lengths.to(torch.long) if use_pack else None
+        else:
+            torch._assert_async(((lengths >= 1) & (lengths <= seq_len)).all(), f"lengths must be in 1..{seq_len}")
+            cpu_lengths = lengths.cpu() if use_pack else None
+        lengths = lengths.to(ids.device, torch.long, non_blocking=True)
 
         # Index plumbing, computed once per forward and shared by every layer: rows of the
         # [B*T, F] view. last_rows picks each review's position length-1; rev_rows reverses
@@ -173,7 +178,10 @@ class SentimentRNN(nn.Module):
         if self.pooling in ("max", "max+mean"):
             pooled += [o.masked_fill(pad, float("-inf")).amax(dim=1) for o in outs]
         if self.pooling in ("mean", "max+mean"):
-            pooled += [o.masked_fill(pad, 0.0).sum(dim=1) / lengths[:, None].to(o.dtype) for o in outs]
+            # in float32: a half-precision length (or sum) of a long review rounds (bf16 holds integers exactly
+            # only up to 256, fp16 up to 2048)
+            pooled += [(o.masked_fill(pad, 0.0).sum(dim=1, dtype=torch.float32) / lengths[:, None]).to(o.dtype)
+                       for o in outs]
         return torch.cat(pooled, dim=1)
 
     @torch.no_grad()

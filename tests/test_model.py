@@ -229,3 +229,35 @@ def test_dropout_is_between_layers_only_and_eval_is_deterministic():
     assert not torch.allclose(model(ids, lengths), model(ids, lengths))
     model.eval()
     torch.testing.assert_close(model(ids, lengths), model(ids, lengths))
+
+
+@pytest.mark.parametrize("length", [263, 1003])
+def test_mean_pooling_of_long_reviews_is_exact_in_bfloat16(length):
+    # Every output is tanh(bias) = 0.75 (zero weights, one plain RNN layer), so the mean is 0.75 whatever the
+    # length. bf16 holds 263 as 264 and 1003 as 1004: dividing by the length in bf16 gave 0.7461.
+    model = SentimentRNN(vocab_size=5, embed_dim=4, hidden_size=3, num_layers=1, rnn="rnn", bidirectional=False,
+                         pooling="mean", dropout=0.0, embed_dropout=0.0)
+    rnn = model.layers[0][0]
+    with torch.no_grad():
+        for p in rnn.parameters():
+            p.zero_()
+        rnn.bias_ih_l0.fill_(float(np.arctanh(0.75)))
+    model = model.to(torch.bfloat16).eval()
+    ids = torch.ones(2, length, dtype=torch.long)
+    features = model.features(ids, torch.tensor([length, length - 7]))
+    assert features.dtype == torch.bfloat16
+    assert torch.equal(features.float(), torch.full((2, 3), 0.75))
+
+
+@pytest.mark.skipif(not torch.cuda.is_available(), reason="needs CUDA")
+def test_cuda_lengths_outside_the_batch_are_refused_without_a_host_sync():
+    import subprocess
+    import sys
+
+    # a device-side assert poisons the CUDA context, so it runs in its own process
+    code = ("import torch; from sentiment.model import SentimentRNN\n"
+            "m = SentimentRNN(vocab_size=5, embed_dim=4, hidden_size=3, pack='never').cuda().eval()\n"
+            "out = m(torch.ones(2, 6, dtype=torch.long, device='cuda'), torch.tensor([0, 6], device='cuda'))\n"
+            "torch.cuda.synchronize()\n")
+    done = subprocess.run([sys.executable, "-c", code], capture_output=True, text=True, timeout=120)
+    assert done.returncode != 0 and "lengths must be in 1..6" in done.stderr
