@@ -25,6 +25,7 @@ class PreparedData:
     test: EncodedSplit
     embeddings: np.ndarray | None = None  # [len(vocab), dim] initial embedding rows, from GloVe
     stats: dict = field(default_factory=dict)  # timings, cache hit, coverage: for the CLI to report
+    extra: dict[str, EncodedSplit] = field(default_factory=dict)  # further named splits a caller asked for
 
 
 def gather_docs(ids: np.ndarray, offsets: np.ndarray, docs: np.ndarray) -> tuple[np.ndarray, np.ndarray]:
@@ -59,16 +60,17 @@ def split_indices(corpus: TokenizedCorpus, cfg: DataConfig) -> tuple[dict[str, n
 
 
 def prepare_data(cfg: DataConfig, vocab: Vocab | None = None, *, with_embeddings: bool = True,
-                 embedding_seed: int = 0) -> PreparedData:
+                 embedding_seed: int = 0, indices: dict[str, np.ndarray] | None = None) -> PreparedData:
     """Everything training needs. Pass the run's `vocab` to encode with it instead of building one
     (evaluation, resume); embeddings are only loaded for a new vocab. `embedding_seed` draws the
     random rows of words GloVe lacks: training passes run.seed, so they vary with the run's seed
-    while the split (split_seed) stays put."""
+    while the split (split_seed) stays put. `indices` (corpus rows of "train", "valid", "test" and any
+    further names, which land in `extra`) replaces the configured split, for studies of splits."""
     t0 = time.perf_counter()
     data_dir = Path(cfg.data_dir)
     corpus, from_cache = load_corpus(data_dir, lowercase=cfg.lowercase, workers=cfg.workers, cache_dir=cache_dir(data_dir))
     t_corpus = time.perf_counter() - t0
-    idx, split_method = split_indices(corpus, cfg)
+    idx, split_method = split_indices(corpus, cfg) if indices is None else (indices, "given")
     if len(idx["train"]) == 0:
         raise SentimentError("the training split is empty: check data.valid_fraction and the data directory")
     if len(idx["valid"]) == 0:  # else every epoch scores 0% on nothing and the first one is kept as the best
@@ -104,4 +106,5 @@ def prepare_data(cfg: DataConfig, vocab: Vocab | None = None, *, with_embeddings
         stats.update(glove_seconds=time.perf_counter() - t1, glove_vocab_coverage=coverage.vocab_share,
                      glove_token_coverage=coverage.token_share, glove_skipped_lines=glove.skipped_lines)
     stats["prepare_seconds"] = time.perf_counter() - t0
-    return PreparedData(vocab, splits["train"], splits["valid"], splits["test"], embeddings, stats)
+    extra = {name: split for name, split in splits.items() if name not in ("train", "valid", "test")}
+    return PreparedData(vocab, splits["train"], splits["valid"], splits["test"], embeddings, stats, extra)
