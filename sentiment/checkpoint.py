@@ -66,6 +66,26 @@ def _last_line(error: BaseException) -> str:
     return lines[-1] if lines else type(error).__name__
 
 
+def code_version() -> str:
+    """The git commit this package was loaded from ("+dirty" with uncommitted changes to tracked files),
+    or the package version outside a git checkout."""
+    import subprocess
+
+    from sentiment import __version__
+
+    here = Path(__file__).resolve().parent
+    try:
+        commit = subprocess.run(["git", "-C", str(here), "rev-parse", "HEAD"], capture_output=True, text=True,
+                                timeout=10)
+        if commit.returncode != 0:
+            raise OSError(commit.stderr)
+        dirty = subprocess.run(["git", "-C", str(here), "status", "--porcelain", "--untracked-files=no"],
+                               capture_output=True, text=True, timeout=10).stdout.strip()
+    except (OSError, subprocess.SubprocessError):
+        return f"sentiment {__version__}"
+    return commit.stdout.strip() + ("+dirty" if dirty else "")
+
+
 def write_run_files(run_dir: Path, cfg: Config, vocab: Vocab) -> None:
     atomic_write_text(run_dir / CONFIG_FILE, dump_config(cfg))
     vocab.save(run_dir / VOCAB_FILE)

@@ -21,7 +21,7 @@ import torch
 import torch.nn as nn
 
 from sentiment.batching import BucketBatchSampler, collate
-from sentiment.checkpoint import (BEST, LAST, RESULTS, append_metrics, load_checkpoint, read_metrics,
+from sentiment.checkpoint import (BEST, LAST, RESULTS, append_metrics, code_version, load_checkpoint, read_metrics,
                                   save_checkpoint, truncate_metrics, write_run_files)
 from sentiment.atomic import atomic_write_text
 from sentiment.config import Config
@@ -340,7 +340,11 @@ def finish(cfg: Config, run_dir: Path, data: PreparedData, device: torch.device)
     best = load_checkpoint(run_dir / BEST, data.vocab, map_location=device)
     model = build_model(cfg, len(data.vocab), data.vocab.pad_index).to(device)
     model.load_state_dict(best["model"])
-    results: dict[str, Any] = {"best_epoch": best["loop"]["epoch"], "epochs_run": len(rows)}
+    # what a reader needs to reproduce the figures: the code, the seeds and how validation was carved
+    results: dict[str, Any] = {"best_epoch": best["loop"]["epoch"], "epochs_run": len(rows),
+                               "commit": code_version(), "seed": cfg.run.seed, "split_seed": cfg.data.split_seed,
+                               "valid_split": data.stats.get("valid_split", cfg.data.valid_split),
+                               "selected_on": "valid"}
     splits = {"valid": data.valid} | ({"test": data.test} if cfg.run.eval_test else {})
     for name, split in splits.items():
         m: Metrics = evaluate(model, split, batch_size=cfg.train.eval_batch_size, device=device,

@@ -1,0 +1,32 @@
+"""sentiment.checkpoint: what a finished run records about how it was made."""
+
+from __future__ import annotations
+
+import json
+import subprocess
+from pathlib import Path
+
+from sentiment.checkpoint import code_version
+from sentiment.config import load_config
+from sentiment.train import train
+from conftest import TINY_TRAINING
+
+
+def test_code_version_is_this_checkout_commit():
+    repo = Path(__file__).resolve().parents[1]
+    head = subprocess.run(["git", "-C", str(repo), "rev-parse", "HEAD"], capture_output=True, text=True)
+    if head.returncode != 0:
+        assert code_version().startswith("sentiment ")
+    else:
+        assert code_version().split("+")[0] == head.stdout.strip()
+
+
+def test_results_record_commit_seeds_and_split_method(tiny_data, tmp_path):
+    cfg = load_config(None, [f"data.data_dir={tiny_data}", *TINY_TRAINING, "train.epochs=1", "run.seed=7",
+                             "data.split_seed=3"])
+    train(cfg, tmp_path)
+    results = json.loads((tmp_path / "results.json").read_text())
+    assert results["seed"] == 7 and results["split_seed"] == 3
+    assert results["valid_split"].startswith("random (movie split asked for")  # make_imdb writes no urls files
+    assert results["commit"] == code_version()
+    assert results["selected_on"] == "valid" and "test" in results
