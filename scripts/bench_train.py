@@ -16,7 +16,8 @@ Secondary rows, labelled as such:
   packed   the classic loop with pack_padded_sequence (exact; its CPU backward is quadratic in length, so
            fewer batches), against ours on the same batches
   denormal the headline pair in two child processes, one flushing denormals and one keeping them,
-           stepped in turns on a few of the headline batches (the mode is the only difference)
+           stepped in turns on a few of the headline batches, the longest among them (the mode is the
+           only difference); per-batch seconds are printed, shortest first
 
 Every sample of batches is drawn across the real length distribution: the batches are sorted by padded
 length, cut into N strata of equal count, and the middle batch of each stratum is taken; they run in a
@@ -158,7 +159,8 @@ def main() -> None:
     ap.add_argument("--packed-batches", type=int, default=6,
                     help="packed row: this many of the headline batches, spread over their lengths (0: skip)")
     ap.add_argument("--denormal-batches", type=int, default=4,
-                    help="flush_denormal on/off row: this many of the headline batches, two child processes (0: skip)")
+                    help="flush_denormal on/off row: this many of the headline batches (one per stratum, the "
+                    "longest always among them), two child processes (0: skip)")
     ap.add_argument("--eval-reviews", type=int, default=2000, help="evenly spaced test reviews to score (0: skip)")
     ap.add_argument("--no-flush-denormal", action="store_true",
                     help="keep denormal floats (torch's default) instead of flushing them to zero")
@@ -265,8 +267,10 @@ def compare_training(args, figures, classic, ours, train, lengths, bucket, rando
                         "classic loop, bucketed, packed", ptok / s_packed, "tokens/s",
                         sample=f"{len(sub)} bucketed batches, padded length {benchlib.describe(pad_b[sub])}")
         print(f"    ours / packed loop = {r:.2f}x on the same batches")
-    sub = head[benchlib.stratified(pad_b[head], args.denormal_batches)] if args.denormal_batches > 0 else []
-    if len(sub):
+    sub = head[benchlib.stratified(pad_b[head], args.denormal_batches - 1)] if args.denormal_batches > 1 else head[:0]
+    if args.denormal_batches > 0:  # and the sample's longest batch, where denormals would show first
+        sub = np.unique(np.append(sub, head[-1]))
+        sub = sub[np.argsort(pad_b[sub], kind="stable")]
         denormal_row(args, figures, sub, lengths, bucket, pad_b)
 
 
@@ -288,7 +292,8 @@ def denormal_row(args, figures, positions, lengths, bucket, pad_b) -> None:
         return proc.stdout.readline()
 
     print(f"  [denormal] the headline pair in two child processes, flush_denormal ON in one and OFF in the other, "
-          f"stepped in turns on {len(positions)} of the headline batches, padded length {benchlib.describe(pad_b[positions])}")
+          f"stepped in turns on {len(positions)} of the headline batches (one per stratum and the longest), padded "
+          f"length {benchlib.describe(pad_b[positions])}")
     procs = {}
     try:
         procs = {"on": start(True), "off": start(False)}
@@ -296,7 +301,7 @@ def denormal_row(args, figures, positions, lengths, bucket, pad_b) -> None:
         for proc in procs.values():
             ask(proc, f"warm {int(warm)}")
         seconds = {"on": [], "off": []}
-        for k, p in enumerate(shuffled(np.asarray(positions), seed=1)):
+        for k, p in enumerate(shuffled(np.asarray(positions), seed=1)):  # the order used below too
             for mode in (("on", "off") if k % 2 == 0 else ("off", "on")):
                 seconds[mode].append(json.loads(ask(procs[mode], str(p))))
     except (RuntimeError, OSError, ValueError) as e:
@@ -307,6 +312,12 @@ def denormal_row(args, figures, positions, lengths, bucket, pad_b) -> None:
             proc.stdin.close()
             proc.wait()
     tok = real_tokens(lengths, bucket, positions)
+    order = shuffled(np.asarray(positions), seed=1)
+    for p in positions:  # per batch, shortest first: a length-dependent effect shows here
+        k = order.index(int(p))
+        on, off = seconds["on"][k], seconds["off"][k]
+        print(f"    padded length {int(pad_b[p]):>5,}: flush on / off seconds  classic loop {on['plain']:.2f} / "
+              f"{off['plain']:.2f}, ours {on['ours']:.2f} / {off['ours']:.2f}")
     for name, key in (("classic loop", "plain"), ("ours", "ours")):
         on, off = (sum(r[key] for r in seconds[m]) for m in ("on", "off"))
         print(f"    {name:<14} flush on {tok / on:>8,.0f} tokens/s ({on:.1f} s); flush off {tok / off:>8,.0f} tokens/s "
