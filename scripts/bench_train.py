@@ -296,7 +296,8 @@ def denormal_row(args, figures, positions, lengths, bucket, pad_b) -> None:
           f"length {benchlib.describe(pad_b[positions])}")
     procs = {}
     try:
-        procs = {"on": start(True), "off": start(False)}
+        for mode in ("on", "off"):
+            procs[mode] = start(mode == "on")
         warm = min(positions, key=lambda p: pad_b[p])
         for proc in procs.values():
             ask(proc, f"warm {int(warm)}")
