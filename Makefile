@@ -39,7 +39,7 @@ clean:
 	rm -rf data/cache .pytest_cache
 
 # Every speed figure against a baseline timed in the same command, one benchmark at a time, with a summary
-# (~10 min on 2 cores; BENCH_ARGS=--quick for ~4). RUN=runs/NAME times predict with that run.
+# (~10-12 min on 2 cores; BENCH_ARGS=--quick for about half). RUN=runs/NAME times predict with that run.
 .PHONY: bench
 bench:
 	$(BIN)/python scripts/bench.py --data-dir $(DATA_DIR) $(if $(RUN),--run $(RUN)) $(BENCH_ARGS)

@@ -14,7 +14,8 @@ Runs, in this order (each script's own --help says what it measures and against 
                       faster classic loop
   bench_predict       `sentiment predict` end to end vs one review at a time (same length limit)
 
-Defaults take about 10 minutes on 2 cores; --quick about 4. Every sample size can be set on its own (they
+The default sample sizes are meant to fit in about 10-12 minutes on 2 quiet cores, --quick in about half
+(estimated from the pieces; the packed-loop row grows with the square of its batches' length). Every sample size can be set on its own (they
 are printed before the runs and in the summary). Without --run, predict is timed with the newest
 runs/*/best.pt, else with an untrained run of configs/imdb_cpu.yaml (speed only; it says so).
 """
@@ -89,7 +90,7 @@ def main() -> int:
     ap.add_argument("--threads", type=int, default=benchlib.usable_cores(),
                     help="torch threads / worker processes for ours and the baselines alike (default: usable cores)")
     ap.add_argument("--glove-dim", type=int, default=50)
-    ap.add_argument("--quick", action="store_true", help="smaller samples: about 4 minutes on 2 cores")
+    ap.add_argument("--quick", action="store_true", help="smaller samples: about half the time")
     ap.add_argument("--only", nargs="+", choices=SCRIPTS, help="run only these benchmarks")
     ap.add_argument("--skip", nargs="+", choices=SCRIPTS, default=[], help="leave these out")
     ap.add_argument("--no-flush-denormal", action="store_true", help="bench_train keeps denormal floats")
