@@ -177,3 +177,45 @@ def test_max_size_cuts_through_a_tie_by_token_string():
     assert build_vocab(tokens, counts, max_size=2).itos[2:] == ["a", "b"]
     assert build_vocab(tokens, counts, max_size=4).itos[2:] == ["a", "b", "c", "d"]
     assert build_vocab(tokens, counts, max_size=6).itos[2:] == ["a", "b", "c", "d", "f", "e"]
+
+
+# --- the vocab a prepared run gets: training reviews only --------------------------------------------
+
+
+def test_prepared_vocab_counts_the_training_split_only(tmp_path: Path):
+    # A token that occurs only in a review the validation split takes, or only in a test review, is
+    # unknown to the run; the same kind of token in a training review is in the vocab; and every count
+    # is the token's count over the training reviews alone.
+    from conftest import make_imdb
+    from sentiment.config import load_config
+    from sentiment.corpus import load_corpus
+    from sentiment.prepare import prepare_data, split_indices
+
+    data_dir = make_imdb(tmp_path / "data")
+    cfg = load_config(None, [f"data.data_dir={data_dir}", "data.workers=1", "data.glove_dim=null",
+                             "model.embed_dim=8"]).data
+    corpus, _ = load_corpus(data_dir, workers=1)
+    idx, _ = split_indices(corpus, cfg)
+    planted = {"train": "zztrainonly", "valid": "zzvalidonly", "test": "zztestonly"}
+    rows = {name: int(idx[name][3]) for name in planted}  # the 4th review of each split
+    for name, row in rows.items():
+        path = data_dir / "aclImdb" / corpus.names[row]
+        path.write_text(path.read_text(encoding="utf-8") + f" {planted[name]}", encoding="utf-8")
+
+    data = prepare_data(cfg, with_embeddings=False)
+    vocab = data.vocab
+    assert planted["train"] in vocab.stoi
+    assert planted["valid"] not in vocab.stoi and planted["test"] not in vocab.stoi
+    for name, split in (("train", data.train), ("valid", data.valid), ("test", data.test)):
+        last_token = int(split.ids[split.offsets[4] - 1])  # the planted word ends review 3 of the split
+        assert last_token == (vocab.stoi[planted["train"]] if name == "train" else vocab.unk_index), name
+
+    # counts: the corpus ids of the training reviews alone (the planted files are now longer by one token)
+    corpus, _ = load_corpus(data_dir, workers=1)
+    train_ids = np.concatenate([corpus.ids[corpus.offsets[r]:corpus.offsets[r + 1]] for r in idx["train"]])
+    everywhere = np.bincount(corpus.ids, minlength=len(corpus.tokens))
+    in_train = np.bincount(train_ids, minlength=len(corpus.tokens))
+    for token, count in zip(vocab.itos[2:], vocab.counts[2:]):
+        assert count == in_train[corpus.tokens.index(token)], token
+    assert any(everywhere[corpus.tokens.index(t)] > c for t, c in zip(vocab.itos[2:], vocab.counts[2:]))
+    assert sum(vocab.counts) == len(train_ids)  # no vocab cut here (25k > this corpus): every train token counted
