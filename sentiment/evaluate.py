@@ -66,7 +66,13 @@ def token_budget_batches(lengths: np.ndarray, batch_size: int, max_tokens: int =
 # Scoring on CPU forks one process per torch thread, each running the model single-threaded on its share of
 # the batches. A recurrent layer is a chain of small matrix products, one per position, that two threads
 # split poorly: on two cores the CPU recipe's BiGRU(128) scored IMDB test reviews 1.46x faster as two
-# one-thread processes than as one two-thread process, with identical logits.
+# one-thread processes than as one two-thread process.
+# The logits are bitwise those of scoring in one process: the workers run the very batches the in-process
+# path runs (token_budget_batches of the same lengths), so each review meets the same kernels with the same
+# shapes. Against one single-threaded process that holds by construction; against one two-thread process it
+# held for every model we tried (MKL's matrix products split rows, not sums, between threads here), which
+# MKL does not promise for every CPU. tests/test_evaluate.py checks both with np.array_equal. A review
+# scored in a different batch (alone, say) rounds differently, by ~1e-7.
 _PARALLEL_MIN_TOKENS = 100_000  # below this (one review, a small validation split), forking isn't worth it
 _scoring_job: tuple | None = None  # (model, split, batches, max_len, truncate): forked workers inherit it
 
