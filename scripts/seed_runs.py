@@ -1,0 +1,78 @@
+"""Train one config over several values of run.seed and print validation and test accuracy as
+mean ± sample standard deviation: the form every accuracy claim in the README takes.
+
+Each seed is a plain `sentiment train` run (its own run directory, model chosen on validation, test
+read once at the end). Already finished run directories are read, not retrained, so the summary can
+be printed again, or completed after an interruption.
+
+    .venv/bin/python scripts/seed_runs.py --config configs/imdb_cpu.yaml --seeds 1 2 3 [--set KEY=VALUE ...]
+"""
+
+from __future__ import annotations
+
+import argparse
+import json
+import os
+import statistics
+import subprocess
+import sys
+import time
+from datetime import datetime
+from pathlib import Path
+
+ROOT = Path(__file__).resolve().parents[1]
+
+
+def run_seed(config: Path, seed: int, run_dir: Path, overrides: list[str], threads: int | None) -> float:
+    cmd = [sys.executable, "-m", "sentiment", "train", "--config", str(config), "--run-dir", str(run_dir),
+           "--set", f"run.seed={seed}"]
+    if threads:
+        cmd += ["--set", f"run.threads={threads}"]
+    for o in overrides:
+        cmd += ["--set", o]
+    started = time.perf_counter()
+    done = subprocess.run(cmd, cwd=ROOT, stdout=subprocess.DEVNULL, stderr=subprocess.PIPE, text=True)
+    if done.returncode != 0:
+        raise SystemExit(f"seed {seed} failed ({' '.join(cmd)}): {done.stderr.strip().splitlines()[-1:]}")
+    return time.perf_counter() - started
+
+
+def mean_sd(values: list[float]) -> str:
+    sd = statistics.stdev(values) if len(values) > 1 else float("nan")
+    return f"{100 * statistics.mean(values):.2f} ± {100 * sd:.2f}"
+
+
+def main() -> None:
+    parser = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
+    parser.add_argument("--config", type=Path, required=True)
+    parser.add_argument("--seeds", type=int, nargs="+", default=[1, 2, 3])
+    parser.add_argument("--set", dest="overrides", action="append", default=[], help="config override, repeatable")
+    parser.add_argument("--out", type=Path, default=None, help="parent of the run directories (default: runs/seeds-<config>)")
+    parser.add_argument("--threads", type=int, default=None, help="run.threads for each run (default: the config's)")
+    args = parser.parse_args()
+    out = args.out or ROOT / "runs" / f"seeds-{args.config.stem}"
+    rows = []
+    for seed in args.seeds:
+        run_dir = out / f"seed{seed}"
+        wall = None
+        if not (run_dir / "results.json").is_file():
+            if run_dir.exists():
+                raise SystemExit(f"{run_dir} exists without results.json: resume it (sentiment train --resume "
+                                 f"{run_dir}) or remove it")
+            print(f"[{datetime.now():%H:%M:%S}] seed {seed} -> {run_dir}", flush=True)
+            wall = run_seed(args.config, seed, run_dir, args.overrides, args.threads)
+        results = json.loads((run_dir / "results.json").read_text())
+        rows.append((seed, results, wall))
+    print(f"\n{args.config} {' '.join(args.overrides)} · {len(rows)} seeds · {datetime.now():%Y-%m-%d} · "
+          f"{os.cpu_count()} cores · commit {rows[0][1].get('commit', '?')} · split {rows[0][1].get('valid_split', '?')}")
+    print(f"{'seed':>6} {'best epoch':>10} {'valid':>8} {'test':>8} {'train s':>8} {'wall s':>8}")
+    for seed, r, wall in rows:
+        print(f"{seed:>6} {r['best_epoch']:>10} {r['valid']['accuracy']:>8.2%} {r['test']['accuracy']:>8.2%} "
+              f"{r['train_seconds']:>8.0f} {wall if wall is not None else float('nan'):>8.0f}")
+    valid = [r["valid"]["accuracy"] for _, r, _ in rows]
+    test = [r["test"]["accuracy"] for _, r, _ in rows]
+    print(f"{'mean ± sd':>17} {mean_sd(valid):>8} (valid) {mean_sd(test)} (test), n = {len(rows)}")
+
+
+if __name__ == "__main__":
+    main()
