@@ -54,7 +54,10 @@ def test_learns_the_label_and_eval_reproduces_it(trained):
     assert len(read_metrics(run_dir)) == 3
     again = evaluate_run(run_dir, split="test")
     assert again.accuracy == results["test"]["accuracy"]
-    assert again.loss == pytest.approx(results["test"]["loss"], abs=BATCH_TOL)
+    if torch.cuda.is_available():  # cuDNN may pick another algorithm for the same shapes
+        assert again.loss == pytest.approx(results["test"]["loss"], abs=BATCH_TOL)
+    else:  # the same batches through the same kernels
+        assert again.loss == results["test"]["loss"]
     assert json.loads((run_dir / "results.json").read_text())["test"]["accuracy"] == results["test"]["accuracy"]
 
 
