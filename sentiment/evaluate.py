@@ -130,7 +130,7 @@ def predict_logits(model: nn.Module, split: EncodedSplit, *, batch_size: int = 2
         else:
             for indices in batches:
                 ids, lengths, _ = collate(split, indices, max_len, truncate)
-                out = model(ids.to(device, non_blocking=True), lengths.to(device))
+                out = model(ids.to(device, non_blocking=True), lengths)  # lengths stay on the CPU: checked there
                 logits[indices] = out.float().cpu().numpy()
     finally:
         _scoring_job = None
