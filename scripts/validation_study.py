@@ -48,6 +48,7 @@ CONFIGS: dict[str, list[str]] = {
     "recipe": [],
     "max_len_200": ["data.max_len=200"],
     "max_len_100": ["data.max_len=100"],
+    "max_len_50": ["data.max_len=50"],
     "epochs_1": ["train.epochs=1"],
     "constant_lr_no_output_dropout": ["train.lr=0.001", "train.lr_schedule=constant", "train.warmup_steps=0",
                                       "model.output_dropout=0.0"],
