@@ -27,6 +27,9 @@ from pathlib import Path
 
 import numpy as np
 
+sys.path.insert(0, str(Path(__file__).resolve().parent))
+from benchlib import cpu_busy_share  # noqa: E402
+
 FIRST_TARGET_S = 5.0
 CACHED_TARGET_S = 0.5
 
@@ -78,23 +81,6 @@ def run_phase(phase: str, source: Path, cache: Path) -> dict:
     digest.update("\n".join(words).encode())
     return {"wall": wall, "rss_mb": rss_mb, "words": len(words), "dim": int(vectors.shape[1]),
             "skipped": skipped, "digest": digest.hexdigest()[:16]}
-
-
-def cpu_busy_share(seconds: float = 1.0) -> float | None:
-    """Share of all CPUs busy over the next `seconds` (Linux /proc/stat), to show the machine was quiet."""
-
-    def sample() -> tuple[int, int]:
-        with open("/proc/stat") as f:
-            ticks = [int(x) for x in f.readline().split()[1:]]
-        return sum(ticks), ticks[3] + ticks[4]  # total, idle + iowait
-
-    try:
-        total0, idle0 = sample()
-        time.sleep(seconds)
-        total1, idle1 = sample()
-    except (OSError, ValueError, IndexError):
-        return None
-    return 1 - (idle1 - idle0) / max(total1 - total0, 1)
 
 
 def child(phase: str, source: Path, cache: Path) -> dict:

@@ -8,6 +8,8 @@ from pathlib import Path
 import pytest
 import torch
 
+from sentiment.train import StopFlag
+
 torch.set_num_threads(1)  # tests are small; more threads only contend on a shared CI machine
 
 POSITIVE = ["great", "wonderful", "superb", "loved", "brilliant", "excellent", "moving", "fun"]
@@ -119,3 +121,15 @@ def poison_gradient(monkeypatch, after_calls: int) -> None:
             return NaNGradient.apply(loss) if calls["n"] > after_calls else loss
 
     monkeypatch.setattr(train_mod.nn, "BCEWithLogitsLoss", PoisonedGradient)
+
+
+class StopAfter(StopFlag):
+    """A training stop flag that asks to stop once the loop has checked it `n` times (once per step)."""
+
+    def __init__(self, n: int):
+        super().__init__()
+        self.n = n
+
+    def __bool__(self) -> bool:
+        self.n -= 1
+        return self.n < 0

@@ -18,9 +18,9 @@ from sentiment.evaluate import evaluate
 from sentiment.model import SentimentRNN
 from sentiment.prepare import PreparedData, prepare_data
 from sentiment.runtime import evaluate_run
-from sentiment.train import StopFlag, TrainingDiverged, TrainingInterrupted, build_model, lr_factor, train
+from sentiment.train import TrainingDiverged, TrainingInterrupted, build_model, lr_factor, train
 from sentiment.vocab import PAD, UNK, Vocab
-from conftest import BATCH_TOL, TINY_TRAINING, poison_loss
+from conftest import BATCH_TOL, TINY_TRAINING, StopAfter, poison_loss
 
 STEPS_PER_EPOCH = 17  # 150 reviews a class, 10% kept for validation: 270 in batches of 16
 FAST = ["train.epochs=3", *TINY_TRAINING, "run.eval_test=true"]
@@ -77,18 +77,6 @@ def test_same_seed_gives_identical_runs(trained, tmp_path):
     assert timing_free(read_metrics(other)) == timing_free(read_metrics(run_dir))
     a, b = load_checkpoint(run_dir / LAST)["model"], load_checkpoint(other / LAST)["model"]
     assert all(torch.equal(a[k], b[k]) for k in a)
-
-
-class StopAfter(StopFlag):
-    """Asks to stop once the loop has checked it `n` times (once per step)."""
-
-    def __init__(self, n: int):
-        super().__init__()
-        self.n = n
-
-    def __bool__(self) -> bool:
-        self.n -= 1
-        return self.n < 0
 
 
 def test_interrupt_mid_epoch_then_resume_matches_uninterrupted_run(trained, tmp_path):

@@ -9,20 +9,8 @@ import pytest
 from sentiment.checkpoint import LAST, load_checkpoint, read_metrics
 from sentiment.config import load_config
 from sentiment.errors import SentimentError
-from sentiment.train import StopFlag, TrainingInterrupted, lr_factor, train
-from conftest import TINY_TRAINING, make_imdb
-
-
-class StopAfter(StopFlag):
-    """Asks to stop once the loop has checked it `n` times (once per step)."""
-
-    def __init__(self, n: int):
-        super().__init__()
-        self.n = n
-
-    def __bool__(self) -> bool:
-        self.n -= 1
-        return self.n < 0
+from sentiment.train import TrainingInterrupted, lr_factor, train
+from conftest import TINY_TRAINING, StopAfter, make_imdb
 
 
 @pytest.fixture(scope="module")
