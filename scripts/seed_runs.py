@@ -49,6 +49,10 @@ def main() -> None:
     parser.add_argument("--set", dest="overrides", action="append", default=[], help="config override, repeatable")
     parser.add_argument("--out", type=Path, default=None, help="parent of the run directories (default: runs/seeds-<config>)")
     parser.add_argument("--threads", type=int, default=None, help="run.threads for each run (default: the config's)")
+    parser.add_argument("--rescore-max-len", type=int, default=None, metavar="N",
+                        help="also score each run's best.pt reading at most N tokens per review (head+tail as "
+                             "configured), on valid and test: what a run with data.eval_max_len=N would report for "
+                             "the same checkpoint (its best epoch was still chosen as the run was configured)")
     args = parser.parse_args()
     out = args.out or ROOT / "runs" / f"seeds-{args.config.stem}"
     rows = []
@@ -72,6 +76,27 @@ def main() -> None:
     valid = [r["valid"]["accuracy"] for _, r, _ in rows]
     test = [r["test"]["accuracy"] for _, r, _ in rows]
     print(f"{'mean ± sd':>17} {mean_sd(valid):>8} (valid) {mean_sd(test)} (test), n = {len(rows)}")
+    if args.rescore_max_len:
+        rescore(out, [seed for seed, _, _ in rows], args.rescore_max_len)
+
+
+def rescore(out: Path, seeds: list[int], max_len: int) -> None:
+    sys.path.insert(0, str(ROOT))
+    from sentiment.evaluate import evaluate
+    from sentiment.prepare import prepare_data
+    from sentiment.runtime import load_trained
+
+    print(f"\nbest.pt of each run, reading at most {max_len} tokens per review")
+    valid, test = [], []
+    for seed in seeds:
+        run = load_trained(out / f"seed{seed}", "best")
+        data = prepare_data(run.cfg.data, run.vocab)
+        figures = [evaluate(run.model, split, batch_size=run.cfg.train.eval_batch_size, device=run.device,
+                            max_len=max_len, truncate=run.cfg.data.truncate).accuracy for split in (data.valid, data.test)]
+        valid.append(figures[0])
+        test.append(figures[1])
+        print(f"{seed:>6} {'':>10} {figures[0]:>8.2%} {figures[1]:>8.2%}")
+    print(f"{'mean ± sd':>17} {mean_sd(valid):>8} (valid) {mean_sd(test)} (test), n = {len(seeds)}")
 
 
 if __name__ == "__main__":
