@@ -87,7 +87,7 @@ class RunConfig:
     name: Optional[str] = None  # default: the config file's name
     eval_test: bool = True  # evaluate the best checkpoint on the test split when training ends
     checkpoint_minutes: float = 10.0  # also write last.pt mid-epoch this often (0: after every step)
-    # Flush denormal floats to zero on CPU. Off, `pooling: last` models train up to ~9x slower on CPU
+    # Flush denormal floats to zero on CPU. Off, `pooling: last` models were reported ~9x slower on CPU
     # (gradients decay into denormals through long reviews); the rounding it adds is below 1e-38.
     flush_denormal: bool = True
 

@@ -2,8 +2,8 @@
 
 When a loss reaches a recurrence only through its last state (`pooling: last`), gradients shrink
 step by step through hundreds of positions into denormal numbers, which x86 CPUs handle on a slow
-microcode path: a 2-layer BiLSTM(256) training step on 300-token reviews took 9.0 s with them and
-1.04 s flushed (oneDNN#561; the Transformers trainer has the same switch). Flush-to-zero is a
+microcode path: a 2-layer BiLSTM(256) training step on 300-token reviews was reported at 9.0 s with
+them and 1.04 s flushed (oneDNN#561; the Transformers trainer has the same switch). Flush-to-zero is a
 per-thread CPU flag, and torch's worker threads copy it from the thread that starts them, when the
 first parallel operation runs: so this must run before any torch computation in the process.
 """
