@@ -368,7 +368,8 @@ def predict(
     Reviews are tokenized as the run's training did and cut to data.eval_max_len tokens (5,000 tokens if the
     run kept whole reviews); empty reviews are skipped and counted.
     """
-    from sentiment.predict import predict_texts, prediction_rows, read_stream, read_texts
+    from sentiment.predict import predict_texts, prediction_rows
+    from sentiment.readers import read_stream, read_texts
 
     with user_errors():
         if not 0.0 <= threshold <= 1.0:

@@ -25,7 +25,7 @@ def parse_label(value: str | None, where: str) -> int:
 
 def read_labeled(path: Path, text_column: str = "text", label_column: str = "label") -> tuple[list[str], np.ndarray]:
     """(texts, labels 1/0) from a labeled file or a pos/neg directory."""
-    from sentiment.predict import read_records
+    from sentiment.readers import read_records
 
     path = Path(path)
     if path.is_dir():
