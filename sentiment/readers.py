@@ -139,3 +139,20 @@ def read_stream(raw: bytes, name: str = "standard input") -> list[str]:
     if not text.strip():
         raise SentimentError(f"no reviews: {name} is empty")
     return split_lines(text)
+
+
+@dataclass
+class Table:
+    """Rows of a labeled (or unlabeled) file: the text of each row, its label as written in the file
+    (None when no label column was asked for), and where each row is, for messages."""
+
+    texts: list[str]  # "" where a row has no text (callers skip those and count them)
+    labels: list[str] | None  # the label column's values as strings, never empty
+    lines: list[int]  # 1-based line of each row in the file (row number for Parquet/datasets), for messages
+    source: str  # the file (or dataset) name, for messages
+
+    def __len__(self) -> int:
+        return len(self.texts)
+
+    def where(self, i: int) -> str:
+        return f"{self.source}: line {self.lines[i]}"
