@@ -1,0 +1,265 @@
+"""read_table: every supported file gives texts, labels as strings and the line each row starts on; every
+problem a user can cause is one SentimentError line that names the file (and the line, where there is one)."""
+
+from __future__ import annotations
+
+import json
+import sys
+from collections import Counter
+from pathlib import Path
+
+import pytest
+
+from sentiment import readers
+from sentiment.errors import SentimentError
+from sentiment.readers import read_table, read_texts
+
+AIRLINE = Path(__file__).resolve().parents[2] / "shared" / "data" / "airline_tweets.csv"
+
+
+def write(path: Path, content: str | bytes) -> Path:
+    if isinstance(content, str):
+        content = content.encode("utf-8")
+    path.write_bytes(content)
+    return path
+
+
+def error(path: Path, *needles: str, **kwargs) -> str:
+    """The message read_table raises for path: one line, naming the file and each needle."""
+    with pytest.raises(SentimentError) as info:
+        read_table(path, **kwargs)
+    message = str(info.value)
+    assert "\n" not in message, message
+    assert str(path) in message, message
+    for needle in needles:
+        assert needle in message, message
+    return message
+
+
+def write_jsonl(path: Path, rows: list) -> Path:
+    return write(path, "".join(json.dumps(r) + "\n" for r in rows))
+
+
+def write_parquet(path: Path, columns: dict) -> Path:
+    pa = pytest.importorskip("pyarrow")
+    pq = pytest.importorskip("pyarrow.parquet")
+    pq.write_table(pa.table(columns), path)
+    return path
+
+
+# ---------------------------------------------------------------- what is read
+def test_quoted_csv_fields_with_commas_and_newlines_and_the_line_each_row_starts_on(tmp_path):
+    path = write(tmp_path / "data.csv", 'id,text,label\n'
+                                        '1,"good, really good",pos\n'
+                                        '2,"first line\nsecond ""quoted"" line\nthird",neg\n'
+                                        '3,plain,pos\n')
+    table = read_table(path)
+    assert table.texts == ["good, really good", 'first line\nsecond "quoted" line\nthird', "plain"]
+    assert table.labels == ["pos", "neg", "pos"]
+    assert table.lines == [2, 3, 6]  # the header is line 1; row 2 takes lines 3-5
+    assert table.source == str(path) and len(table) == 3
+    assert table.where(2) == f"{path}: line 6"
+
+
+def test_tsv_and_crlf_line_ends(tmp_path):
+    path = write(tmp_path / "data.tsv", 'label\ttext\r\npos\t"a, b"\r\n\r\nneg\tc\r\n')
+    table = read_table(path)
+    assert (table.texts, table.labels, table.lines) == (["a, b", "c"], ["pos", "neg"], [2, 4])
+
+
+@pytest.mark.skipif(not AIRLINE.exists(), reason=f"{AIRLINE} is not here")
+def test_the_airline_tweets_with_their_multi_line_quoted_tweets():
+    table = read_table(AIRLINE, text_column="text", label_column="airline_sentiment")
+    assert len(table) == 14_640 == len(table.labels) == len(table.lines)
+    assert Counter(table.labels) == {"negative": 9_178, "neutral": 3_099, "positive": 2_363}
+    assert table.lines[0] == 2 and table.lines[-1] > 14_641  # some tweets span lines
+    assert any("\n" in t for t in table.texts)
+
+
+def test_unlabeled_needs_no_label_column(tmp_path):
+    path = write(tmp_path / "data.csv", "text\nfirst\nsecond\n")
+    table = read_table(path, label_column=None)
+    assert table.texts == ["first", "second"] and table.labels is None and table.lines == [2, 3]
+    jsonl = write_jsonl(tmp_path / "data.jsonl", [{"text": "a"}, {"text": "b", "label": None}])
+    assert read_table(jsonl, label_column=None).labels is None
+
+
+def test_blank_lines_are_not_rows(tmp_path):
+    csv_path = write(tmp_path / "data.csv", "\ntext,label\n\na,pos\n   \n\nb,neg\n\n")
+    table = read_table(csv_path)
+    assert (table.texts, table.labels, table.lines) == (["a", "b"], ["pos", "neg"], [4, 7])
+    jsonl = write(tmp_path / "data.jsonl", '\n{"text": "a", "label": 1}\n  \n\r\n{"text": "b", "label": 0}\n\n')
+    table = read_table(jsonl)
+    assert (table.texts, table.labels, table.lines) == (["a", "b"], ["1", "0"], [2, 5])
+
+
+def test_a_bom_at_the_start_is_dropped(tmp_path):
+    table = read_table(write(tmp_path / "data.csv", b"\xef\xbb\xbftext,label\nhi,pos\n"))
+    assert table.texts == ["hi"] and table.labels == ["pos"]
+    table = read_table(write(tmp_path / "data.jsonl", b'\xef\xbb\xbf{"text": "hi", "label": "neg"}\n'))
+    assert table.texts == ["hi"] and table.labels == ["neg"]
+
+
+def test_rows_without_text_are_kept_as_empty_strings(tmp_path):
+    path = write(tmp_path / "data.csv", 'text,label\n"",pos\nhi,neg\n,pos\n')
+    assert read_table(path).texts == ["", "hi", ""]
+    path = write(tmp_path / "data.csv", "label,text\npos,a\nneg\n")  # a short row
+    assert read_table(path).texts == ["a", ""]
+    path = write_jsonl(tmp_path / "data.jsonl", [{"text": None, "label": 1}, {"label": 0}, {"text": "x", "label": 1}])
+    table = read_table(path)
+    assert table.texts == ["", "", "x"] and table.labels == ["1", "0", "1"] and table.lines == [1, 2, 3]
+
+
+def test_rows_without_text_still_need_a_label(tmp_path):
+    error(write(tmp_path / "data.csv", "text,label\nhi,pos\n,\n"), "line 3: empty label in column 'label'")
+    error(write_jsonl(tmp_path / "data.jsonl", [{"text": "a", "label": 1}, {"text": "", "label": ""}]),
+          "line 2: empty label in column 'label'")
+
+
+def test_labels_are_strings_as_they_read(tmp_path):
+    rows = [{"text": "a", "label": 1}, {"text": "b", "label": 0}, {"text": "c", "label": True},
+            {"text": "d", "label": False}, {"text": "e", "label": 1.0}, {"text": "f", "label": 0.5},
+            {"text": 7, "label": "pos"}]
+    table = read_table(write_jsonl(tmp_path / "data.jsonl", rows))
+    assert table.labels == ["1", "0", "true", "false", "1", "0.5", "pos"]
+    assert table.texts == ["a", "b", "c", "d", "e", "f", "7"]
+
+
+def test_parquet_labels_are_strings_too(tmp_path):
+    texts = ["a", None, "c"]
+    for values, expected in (([1, 0, 1], ["1", "0", "1"]), ([True, False, True], ["true", "false", "true"]),
+                             ([1.0, 0.0, 1.0], ["1", "0", "1"]), (["pos", "neg", "pos"], ["pos", "neg", "pos"])):
+        table = read_table(write_parquet(tmp_path / "data.parquet", {"text": texts, "label": values}))
+        assert (table.texts, table.labels, table.lines) == (["a", "", "c"], expected, [1, 2, 3])
+        assert table.source == str(tmp_path / "data.parquet")
+
+
+def test_parquet_reads_only_the_columns_it_needs(tmp_path, monkeypatch):
+    pq = pytest.importorskip("pyarrow.parquet")
+    path = write_parquet(tmp_path / "data.parquet", {"id": [1, 2], "text": ["a", "b"], "y": [1, 0], "extra": [0, 0]})
+    asked = []
+    real = pq.read_table
+    monkeypatch.setattr(pq, "read_table", lambda *a, **k: asked.append(k.get("columns")) or real(*a, **k))
+    table = read_table(path, label_column="y")
+    assert asked == [["text", "y"]] and table.labels == ["1", "0"]
+    assert read_table(path, label_column=None).labels is None and asked[-1] == ["text"]
+
+
+def test_parquet_without_pyarrow_says_how_to_get_it(tmp_path, monkeypatch):
+    path = write(tmp_path / "data.parquet", b"PAR1 whatever")
+    monkeypatch.setitem(sys.modules, "pyarrow", None)  # makes `import pyarrow` fail
+    monkeypatch.setitem(sys.modules, "pyarrow.parquet", None)
+    error(path, "pip install pyarrow")
+
+
+def test_a_pos_neg_directory_in_natural_order(tmp_path):
+    for folder, names in (("pos", ["10_7.txt", "9_8.txt", "2_9.txt"]), ("neg", ["1_1.txt", "0_2.txt"])):
+        (tmp_path / folder).mkdir()
+        for name in names:
+            write(tmp_path / folder / name, f"{folder} {name}")
+    write(tmp_path / "pos" / "notes.md", "not a review")
+    write(tmp_path / "neg" / "1_1.txt", b"bad \xff byte")  # replaced, as IMDB training does
+    table = read_table(tmp_path)
+    assert table.texts == ["pos 2_9.txt", "pos 9_8.txt", "pos 10_7.txt", "neg 0_2.txt", "bad \ufffd byte"]
+    assert table.labels == ["pos"] * 3 + ["neg"] * 2
+    assert table.lines == [1, 2, 3, 4, 5] and table.source == str(tmp_path)
+    assert read_table(tmp_path, label_column=None).labels is None
+
+
+# ---------------------------------------------------------------- errors
+def test_a_directory_without_pos_and_neg(tmp_path):
+    error(tmp_path, "without pos/ and neg/")
+    (tmp_path / "pos").mkdir()
+    (tmp_path / "neg").mkdir()
+    error(tmp_path, "no .txt reviews")
+
+
+def test_missing_file_and_unknown_suffix(tmp_path):
+    error(tmp_path / "nope.csv", "not found")
+    error(write(tmp_path / "data.txt", "text,label\na,pos\n"), "unknown format .txt", ".parquet")
+    error(write(tmp_path / "data", "text,label\na,pos\n"), "unknown format (no suffix)")
+
+
+@pytest.mark.parametrize("name", ["data.csv", "data.tsv", "data.jsonl", "data.parquet"])
+@pytest.mark.parametrize("content", [b"", b"  \n\n \r\n\t", b"\xef\xbb\xbf"])
+def test_empty_files(tmp_path, name, content):
+    if name.endswith(".parquet") and content:
+        pytest.skip("a Parquet file of whitespace is simply not Parquet (tested below)")
+    error(write(tmp_path / name, content), "is empty")
+
+
+def test_a_header_but_no_rows(tmp_path):
+    error(write(tmp_path / "data.csv", "text,label\n\n\n"), "has a header but no rows")
+    error(write_parquet(tmp_path / "data.parquet", {"text": [], "label": []}), "has no rows")
+
+
+def test_a_missing_column_names_the_columns_there_are(tmp_path):
+    error(write(tmp_path / "data.csv", "review,label\na,pos\n"), "no column 'text'", "'review', 'label'")
+    error(write(tmp_path / "data.csv", "text,stars\na,5\n"), "no column 'label'", "'text', 'stars'")
+    error(write_jsonl(tmp_path / "data.jsonl", [{"text": "a", "label": 1}, {"text": "b", "stars": 5}]),
+          "line 2 has no field 'label'", "'text', 'stars'")
+    error(write_jsonl(tmp_path / "data.jsonl", [{"review": "a", "label": 1}]),
+          "no line has a field 'text'", "'review', 'label'")
+    path = write_parquet(tmp_path / "data.parquet", {"review": ["a"], "label": [1]})
+    error(path, "no column 'text'", "'review', 'label'")
+
+
+def test_an_empty_or_missing_label_names_the_line(tmp_path):
+    # line 7, after a row spread over lines 3-5, and a blank line 6
+    path = write(tmp_path / "data.csv", 'text,label\na,pos\n"b\n\nb",neg\n\nc,\nd,pos\n')
+    assert error(path) == f"{path}: line 7: empty label in column 'label'"
+    error(write(tmp_path / "data.csv", "text,label\na,pos\nb,  \n"), "line 3: empty label")
+    error(write(tmp_path / "data.csv", "text,label,id\na,pos,1\nb\n"), "line 3: empty label")  # a short row
+    error(write(tmp_path / "data.csv", "text,label\na,pos\nb\n"), "line 3: empty label")
+    error(write_jsonl(tmp_path / "data.jsonl", [{"text": "a", "label": 1}, {"text": "b", "label": None}]),
+          "line 2: empty label in column 'label'")
+    error(write_jsonl(tmp_path / "data.jsonl", [{"text": "a", "label": float("nan")}]), "line 1: empty label")
+    error(write_parquet(tmp_path / "data.parquet", {"text": ["a", "b", "c"], "label": ["pos", "neg", None]}),
+          "row 3: empty label in column 'label'")
+
+
+def test_bytes_that_are_not_utf8_name_their_line(tmp_path):
+    path = write(tmp_path / "data.csv", b"text,label\na,pos\nb,neg\ncaf\xe9,pos\n")
+    assert error(path, "line 4", "not valid UTF-8", "0xe9")
+    error(write(tmp_path / "data.jsonl", b'{"text": "a", "label": 1}\n{"text": "\xc3(", "label": 1}\n'),
+          "line 2", "not valid UTF-8")
+    # far past the first chunk the streaming decoder reads, and after a BOM
+    path = write(tmp_path / "big.csv", b"\xef\xbb\xbftext,label\n" + b"a,pos\n" * 100_000 + b"\xff,neg\n")
+    error(path, "line 100002", "0xff")
+
+
+def test_predict_keeps_replacing_bad_bytes(tmp_path):
+    # read_table is strict; reading reviews to predict stays forgiving
+    assert read_texts(write(tmp_path / "data.csv", b"text\ncaf\xe9\n")) == ["caf\ufffd"]
+
+
+def test_malformed_jsonl(tmp_path):
+    error(write(tmp_path / "data.jsonl", '{"text": "a", "label": 1}\n\n{"text": "b", label: 1}\n'),
+          "line 3 is not valid JSON")
+    error(write(tmp_path / "data.jsonl", '{"text": "a", "label": 1}\n["b", 1]\n'), "line 2 is a JSON list, not an object")
+
+
+def test_an_unclosed_quote(tmp_path):
+    path = write(tmp_path / "data.csv", 'text,label\na,pos\n"never closed,neg\nc,pos\nd,neg\n')
+    error(path, "line 3", "never closed")
+
+
+def test_nul_bytes_mean_a_binary_file(tmp_path):
+    error(write(tmp_path / "data.csv", b"text,label\na,pos\nb\0,neg\n"), "line 3 has a NUL byte")
+    error(write(tmp_path / "data.jsonl", "\ufeff{\"text\": \"a\"}\n".encode("utf-16")), "NUL byte")
+
+
+def test_not_a_parquet_file(tmp_path):
+    pytest.importorskip("pyarrow")
+    error(write(tmp_path / "data.parquet", "text,label\na,pos\n"), "not a readable Parquet file")
+
+
+# ---------------------------------------------------------------- speed
+def test_csv_rows_are_plain_lists_not_records(tmp_path, monkeypatch):
+    """A million-row file goes through one loop of list appends: no per-row objects."""
+    def no_records(*args, **kwargs):
+        raise AssertionError("read_table built a Record")
+
+    monkeypatch.setattr(readers, "Record", no_records)
+    path = write(tmp_path / "data.csv", "text,label\n" + "a review,pos\n" * 1000)
+    assert len(read_table(path)) == 1000
