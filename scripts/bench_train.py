@@ -87,7 +87,7 @@ class TrainLoop:
         start = time.perf_counter()
         ids, lengths, labels = collate(self.split, indices)
         logits = self.model(ids, lengths, self.pack) if self.pack is not None else self.model(ids, lengths)
-        loss = self.loss_fn(logits, labels)
+        loss = self.loss_fn(logits, labels.float())
         self.opt.zero_grad()
         loss.backward()
         self.opt.step()

@@ -22,7 +22,7 @@ class EncodedSplit:
 
     ids: np.ndarray  # int32
     offsets: np.ndarray  # int64 [n + 1]
-    labels: np.ndarray  # int8 (1 pos, 0 neg)
+    labels: np.ndarray  # class index of each review (IMDB: 1 positive, 0 negative)
 
     def __len__(self) -> int:
         return len(self.labels)
@@ -51,13 +51,13 @@ def truncate(ids: np.ndarray, max_len: int | None, mode: str = "head+tail") -> n
 
 def collate(split: EncodedSplit, indices: list[int] | np.ndarray, max_len: int | None = None,
             mode: str = "head+tail", pad_index: int = 0) -> tuple[torch.Tensor, torch.Tensor, torch.Tensor]:
-    """(ids [B, T] right-padded with pad_index, true lengths [B], float labels [B])."""
+    """(ids [B, T] right-padded with pad_index, true lengths [B], class indices [B])."""
     rows = [truncate(split.ids[split.offsets[i] : split.offsets[i + 1]], max_len, mode) for i in indices]
     lengths = np.fromiter((max(len(r), 1) for r in rows), dtype=np.int64, count=len(rows))
     batch = np.full((len(rows), int(lengths.max()) if len(rows) else 0), pad_index, dtype=np.int64)
     for b, row in enumerate(rows):
         batch[b, : len(row)] = row
-    labels = split.labels[np.asarray(indices, dtype=np.int64)].astype(np.float32)
+    labels = split.labels[np.asarray(indices, dtype=np.int64)].astype(np.int64)
     return torch.from_numpy(batch), torch.from_numpy(lengths), torch.from_numpy(labels)
 
 

@@ -1,8 +1,8 @@
 """Run directories and checkpoints.
 
 A run directory holds everything needed to evaluate, resume or serve a model without the config file
-it came from: config.yaml (resolved), vocab.json, metrics.jsonl, best.pt, last.pt, curves.png and
-results.json. Checkpoints are written atomically and loaded with weights_only=True (no pickle code).
+it came from: config.yaml (resolved), vocab.json, labels.json (class names), splits.npz (which source rows
+went to train, valid and test), metrics.jsonl, best.pt, last.pt, curves.png and results.json. Checkpoints are written atomically and loaded with weights_only=True (no pickle code).
 """
 
 from __future__ import annotations
@@ -16,15 +16,18 @@ import zipfile
 from pathlib import Path
 from typing import Any
 
+import numpy as np
 import torch
 
-from sentiment.atomic import atomic_write, atomic_write_text
+from sentiment.atomic import atomic_write, atomic_write_bytes, atomic_write_text
 from sentiment.config import Config, config_from_dict, dump_config, read_yaml
 from sentiment.errors import SentimentError
+from sentiment.labels import IMDB_LABELS, LabelSpace
 from sentiment.vocab import Vocab
 
 CHECKPOINT_FORMAT = 1
 CONFIG_FILE, VOCAB_FILE, METRICS_FILE = "config.yaml", "vocab.json", "metrics.jsonl"
+LABELS_FILE, SPLITS_FILE = "labels.json", "splits.npz"
 BEST, LAST, RESULTS, CURVES = "best.pt", "last.pt", "results.json", "curves.png"
 
 
@@ -86,9 +89,31 @@ def code_version() -> str:
     return commit.stdout.strip() + ("+dirty" if dirty else "")
 
 
-def write_run_files(run_dir: Path, cfg: Config, vocab: Vocab) -> None:
+def write_run_files(run_dir: Path, cfg: Config, vocab: Vocab, label_space: LabelSpace | None = None,
+                    membership: dict[str, np.ndarray] | None = None) -> None:
+    """What inference needs besides a checkpoint (config, vocab, label names), and which source rows went
+    to train, valid and test (for audits and for baselines that must use the same split)."""
     atomic_write_text(run_dir / CONFIG_FILE, dump_config(cfg))
     vocab.save(run_dir / VOCAB_FILE)
+    (label_space or LabelSpace(IMDB_LABELS)).save(run_dir / LABELS_FILE)
+    if membership:
+        buf = io.BytesIO()
+        np.savez_compressed(buf, **{name: np.asarray(rows, dtype=np.int64) for name, rows in membership.items()})
+        atomic_write_bytes(run_dir / SPLITS_FILE, buf.getvalue())
+
+
+def load_labels(run_dir: Path) -> LabelSpace:
+    """The run's label space (runs written before labels.json: IMDB's negative/positive)."""
+    return LabelSpace.load(Path(run_dir) / LABELS_FILE)
+
+
+def load_split_membership(run_dir: Path) -> dict[str, np.ndarray]:
+    """Rows of each split, numbered as in the source they came from (data rows from 0)."""
+    path = Path(run_dir) / SPLITS_FILE
+    if not path.is_file():
+        raise SentimentError(f"{run_dir} has no {SPLITS_FILE} (written by runs since label spaces exist)")
+    with np.load(path) as z:
+        return {name: z[name] for name in z.files}
 
 
 def load_run(run_dir: Path) -> tuple[Config, Vocab]:

@@ -22,7 +22,7 @@ from rich.table import Table
 from sentiment.errors import SentimentError
 
 app = typer.Typer(
-    help="Train and evaluate recurrent sentiment classifiers (BiLSTM/BiGRU + GloVe) on IMDB.",
+    help="Train, evaluate and serve recurrent text classifiers (BiLSTM/BiGRU + GloVe) on IMDB or your own labeled text (CSV, TSV, JSONL, Parquet, Hugging Face datasets), with two or more classes.",
     no_args_is_help=True, add_completion=False, pretty_exceptions_enable=False,
 )
 console = Console()
@@ -30,8 +30,23 @@ err_console = Console(stderr=True)
 _debug = False
 
 
+def _print_version(value: bool) -> None:
+    if value:
+        import platform
+
+        import torch
+
+        from sentiment import __version__
+
+        console.print(f"sentiment {__version__} (torch {torch.__version__}, Python {platform.python_version()})",
+                      highlight=False)
+        raise typer.Exit()
+
+
 @app.callback()
-def _root(debug: bool = typer.Option(False, "--debug", help="Show full tracebacks instead of one-line errors.")) -> None:
+def _root(debug: bool = typer.Option(False, "--debug", help="Show full tracebacks instead of one-line errors."),
+          version: bool = typer.Option(False, "--version", callback=_print_version, is_eager=True,
+                                       help="Print the version (and torch's) and exit.")) -> None:
     global _debug
     _debug = debug
 
@@ -109,13 +124,14 @@ SetOption = typer.Option([], "--set", help="Override a config key, e.g. --set mo
 
 @app.command()
 def prepare(config: Optional[Path] = ConfigOption, set_: list[str] = SetOption) -> None:
-    """Tokenize IMDB, build the vocab and load GloVe for a config, filling the caches (train does this too)."""
+    """Tokenize the config's data, split it, build the vocab and load GloVe, filling the caches (train does this
+    too): shows each split's classes and GloVe's coverage."""
     from sentiment.config import load_config
     from sentiment.prepare import prepare_data
 
     with user_errors():
         cfg = load_config(config, set_)
-        with console.status("tokenizing IMDB and loading GloVe (cached after the first time)…"):
+        with console.status("tokenizing and loading GloVe (cached after the first time)…"):
             data = prepare_data(cfg.data, embedding_seed=cfg.run.seed)
     _print_prepare_stats(data.stats)
 
@@ -123,11 +139,28 @@ def prepare(config: Optional[Path] = ConfigOption, set_: list[str] = SetOption) 
 def _print_prepare_stats(stats: dict[str, Any]) -> None:
     s = stats
     source = "cache" if s["corpus_from_cache"] else "tokenized now"
-    console.print(f"reviews: {s['reviews']:,} ({source}, {s['corpus_seconds']:.1f}s) → train {s['train']:,} · "
-                  f"valid {s['valid']:,} · test {s['test']:,}; vocab {s['vocab_size']:,}")
+    console.print(f"{escape(str(s.get('source', 'IMDB')))}: {s['reviews']:,} rows ({source}, {s['corpus_seconds']:.1f}s) → "
+                  f"train {s['train']:,} · valid {s['valid']:,} · test {s['test']:,}; vocab {s['vocab_size']:,}",
+                  soft_wrap=True)
     split = s.get("valid_split", "random")
     style = "[yellow]" if split.startswith("random (") else ""
-    console.print(f"{style}validation: {split} split, {s.get('valid_positive_share', 0.5):.1%} positive{'[/]' if style else ''}")
+    console.print(f"{style}validation: {split} split{'[/]' if style else ''}")
+    if s.get("empty_texts_skipped"):
+        console.print(f"[yellow]skipped {s['empty_texts_skipped']:,} rows with empty text[/]")
+    if s.get("duplicate_texts"):
+        kept = "kept on one side of each carve"
+        console.print(f"{s['duplicate_texts']:,} rows repeat an earlier row's exact text ({kept}"
+                      + (f"; {s['duplicates_across_splits']:,} texts are in more than one of your split files"
+                         if s.get("duplicates_across_splits") else "") + ")")
+    if "class_counts" in s:
+        table = Table(title="classes per split", title_justify="left")
+        table.add_column("split")
+        for name in s["labels"]:
+            table.add_column(escape(name), justify="right")
+        for split_name, counts in s["class_counts"].items():
+            total = max(sum(counts), 1)
+            table.add_row(split_name, *(f"{c:,} ({c / total:.0%})" for c in counts))
+        console.print(table)
     if s.get("invalid_utf8_files"):
         console.print(f"[yellow]{s['invalid_utf8_files']} review files had invalid UTF-8 (decoded with replacement)[/]")
     if "glove_vocab_coverage" in s:
@@ -189,7 +222,8 @@ def train(
     from sentiment.config import dump_config, load_config
     from sentiment.prepare import prepare_data
     from sentiment.floats import flush_denormals
-    from sentiment.train import graceful_stop, resolve_device
+    from sentiment.device import resolve_device
+    from sentiment.train import graceful_stop
     from sentiment.train import train as train_run
 
     with user_errors():
@@ -277,27 +311,31 @@ def _print_results(results: dict[str, Any]) -> None:
     for split in ("valid", "test"):
         if split in results:
             m = results[split]
-            console.print(f"{split}: accuracy [bold]{m['accuracy']:.2%}[/] · loss {m['loss']:.4f} · F1 {m['f1']:.4f} "
-                          f"({m['n']:,} reviews)")
+            f1 = f"F1 {m['f1']:.4f}" if "f1" in m else f"macro-F1 {m['macro_f1']:.4f}"
+            console.print(f"{split}: accuracy [bold]{m['accuracy']:.2%}[/] · loss {m['loss']:.4f} · {f1} "
+                          f"({m['n']:,} rows)")
 
 
 # ---------------------------------------------------------------- eval
 @app.command("eval")
 def eval_(
     run: Path = typer.Option(..., "--run", help="A run directory written by `sentiment train`."),
-    split: str = typer.Option("test", help="IMDB split to evaluate: test or valid."),
+    split: str = typer.Option("test", help="Split of the run's own data to evaluate: test or valid."),
     checkpoint: str = typer.Option("best", help="Which checkpoint: best or last."),
     batch_size: Optional[int] = typer.Option(None, help="Evaluation batch size (default: the run's eval_batch_size)."),
     device: Optional[str] = typer.Option(None, help="auto, cpu, cuda, mps (default: the run's)."),
     as_json: bool = typer.Option(False, "--json", help="Print the metrics as JSON."),
-    data: Optional[Path] = typer.Option(None, "--data", help="Evaluate on your own labeled reviews instead of "
-                                        "IMDB: a .csv, .tsv or .jsonl file, or a directory with pos/ and neg/ "
-                                        "folders of .txt reviews (the aclImdb layout)."),
-    text_column: str = typer.Option("text", help="Column (CSV/TSV) or field (JSONL) of --data holding the text."),
-    label_column: str = typer.Option("label", help="Column or field of --data holding the label: 1/0, pos/neg, "
-                                     "positive/negative or true/false."),
+    data: Optional[Path] = typer.Option(None, "--data", help="Evaluate on other labeled texts instead: a .csv, "
+                                        ".tsv, .jsonl or .parquet file, or a directory with pos/ and neg/ folders "
+                                        "of .txt reviews (the aclImdb layout)."),
+    text_column: Optional[str] = typer.Option(None, help="Column (CSV/TSV/Parquet) or field (JSONL) of --data "
+                                              "holding the text (default: the run's data.text_column)."),
+    label_column: Optional[str] = typer.Option(None, help="Column or field of --data holding the label (default: "
+                                               "the run's data.label_column): the run's label names; two-class "
+                                               "runs also take 1/0, pos/neg, positive/negative, true/false."),
 ) -> None:
-    """Evaluate a run's checkpoint on the IMDB test (or valid) split, or on labeled reviews (--data)."""
+    """Evaluate a run's checkpoint on its test (or valid) split, or on labeled texts (--data): accuracy,
+    macro-F1, per-class precision/recall/F1 and the confusion matrix."""
     from sentiment.labeled import evaluate_labeled
     from sentiment.runtime import evaluate_run
 
@@ -313,7 +351,7 @@ def eval_(
             title = f"{data} · {checkpoint}.pt"
         else:
             metrics = evaluate_run(run, split=split, checkpoint=checkpoint, batch_size=batch_size, device=device)
-            skipped, title = 0, f"IMDB {split} · {checkpoint}.pt"
+            skipped, title = 0, f"{split} split · {checkpoint}.pt"
     _note_skipped(skipped)
     _print_metrics(metrics.to_dict(), title, as_json)
 
@@ -334,16 +372,25 @@ def _print_metrics(m: dict[str, Any], title: str, as_json: bool) -> None:
         print(json.dumps(m))
         return
     table = Table(title=title, show_header=False)
-    for key, fmt in (("accuracy", "{:.2%}"), ("loss", "{:.4f}"), ("precision", "{:.4f}"), ("recall", "{:.4f}"),
-                     ("f1", "{:.4f}"), ("n", "{:,}")):
-        table.add_row(key, fmt.format(m[key]))
+    rows = [("accuracy", "{:.2%}"), ("macro-F1", "{:.4f}"), ("loss", "{:.4f}")]
+    if "f1" in m:  # two classes: the positive class's figures, as before
+        rows += [("precision", "{:.4f}"), ("recall", "{:.4f}"), ("f1", "{:.4f}")]
+    for key, fmt in rows + [("n", "{:,}")]:
+        table.add_row(key, fmt.format(m["macro_f1" if key == "macro-F1" else key]))
     console.print(table)
-    cm = Table(title="confusion matrix", show_lines=False)
+    per_class = Table(title="per class")
+    for column in ("label", "precision", "recall", "F1", "support"):
+        per_class.add_column(column, justify="left" if column == "label" else "right")
+    for c in m["per_class"]:
+        per_class.add_row(escape(c["label"]), f"{c['precision']:.4f}", f"{c['recall']:.4f}", f"{c['f1']:.4f}",
+                          f"{c['support']:,}")
+    console.print(per_class)
+    cm = Table(title="confusion matrix (rows: true, columns: predicted)")
     cm.add_column("")
-    cm.add_column("predicted negative", justify="right")
-    cm.add_column("predicted positive", justify="right")
-    cm.add_row("negative", f"{m['tn']:,}", f"{m['fp']:,}")
-    cm.add_row("positive", f"{m['fn']:,}", f"{m['tp']:,}")
+    for name in m["labels"]:
+        cm.add_column(f"predicted {escape(name)}", justify="right")
+    for name, row in zip(m["labels"], m["confusion"]):
+        cm.add_row(escape(name), *(f"{v:,}" for v in row))
     console.print(cm)
 
 
@@ -356,14 +403,17 @@ def predict(
     file: Optional[Path] = typer.Option(None, "--file", "-f", help="Reviews from a file: plain text one per line, "
                                         ".csv/.tsv with a header, or .jsonl (see --text-column); - for stdin."),
     text_column: str = typer.Option("text", help="Column (CSV/TSV) or field (JSONL) of --file holding the text."),
-    threshold: float = typer.Option(0.5, help="Probability of positive from which a review is labeled positive."),
+    threshold: Optional[float] = typer.Option(None, help="Two-class runs only: the probability of the positive "
+                                              "class from which a text gets it (default 0.5). Runs with more "
+                                              "classes predict the most probable one."),
     checkpoint: str = typer.Option("best", help="Which checkpoint: best or last."),
     batch_size: Optional[int] = typer.Option(None, help="Batch size (default: the run's eval_batch_size)."),
     device: Optional[str] = typer.Option(None, help="auto, cpu, cuda, mps (default: the run's)."),
     as_json: Optional[bool] = typer.Option(None, "--json/--table", help="JSON lines or a table (default: a table "
                                            "on a terminal, JSON lines when piped)."),
 ) -> None:
-    """Label reviews positive or negative with a trained run, with the probability of positive.
+    """Label texts with a trained run, with every class's probability (JSON: label, probs, and for two
+    classes probability, of the positive one).
 
     Reviews are tokenized as the run's training did and cut to data.eval_max_len tokens (5,000 tokens if the
     run kept whole reviews); empty reviews are skipped and counted.
@@ -372,7 +422,7 @@ def predict(
     from sentiment.readers import read_stream, read_texts
 
     with user_errors():
-        if not 0.0 <= threshold <= 1.0:
+        if threshold is not None and not 0.0 <= threshold <= 1.0:
             raise SentimentError(f"--threshold must be between 0 and 1, got {threshold}")
         _check_checkpoint(checkpoint)
         if batch_size is not None and batch_size < 1:
@@ -387,13 +437,13 @@ def predict(
             if sys.stdin.isatty():
                 err_console.print("reading reviews from standard input, one per line (Ctrl-D to finish)…")
             inputs = read_stream(sys.stdin.buffer.read())
-        probs = predict_texts(run, inputs, checkpoint=checkpoint, device=device, batch_size=batch_size)
-        rows = prediction_rows(probs, threshold)
+        probs, space = predict_texts(run, inputs, checkpoint=checkpoint, device=device, batch_size=batch_size)
+        rows = prediction_rows(probs, space, threshold)
     _note_skipped(sum("error" in r for r in rows))
     if as_json if as_json is not None else not sys.stdout.isatty():
         _write_jsonl(rows)
     else:
-        _print_predictions(inputs, rows)
+        _print_predictions(inputs, rows, space)
 
 
 def _write_jsonl(rows: list[dict[str, Any]]) -> None:
@@ -406,23 +456,27 @@ def _write_jsonl(rows: list[dict[str, Any]]) -> None:
         raise typer.Exit(1) from None
 
 
-def _print_predictions(texts: list[str], rows: list[dict[str, Any]]) -> None:
+def _print_predictions(texts: list[str], rows: list[dict[str, Any]], space: Any) -> None:
     from rich.text import Text
 
     table = Table()
     # on a narrow terminal only the review preview shrinks
     table.add_column("#", justify="right", min_width=len(str(len(rows))))
-    table.add_column("review", max_width=60)
+    table.add_column("text", max_width=60)
     table.add_column("label", min_width=8)
-    table.add_column("P(positive)", justify="right", min_width=11)
+    heading = f"P({space.names[1]})" if space.binary else "P(label)"
+    table.add_column(escape(heading), justify="right", min_width=len(heading))
+    colors = {space.names[0]: "red", space.names[-1]: "green"} if space.binary else {}
     for i, (text, row) in enumerate(zip(texts, rows), 1):
-        # one line per review, cut with an ellipsis (the table shows 60 characters at most)
+        # one line per text, cut with an ellipsis (the table shows 60 characters at most)
         preview = Text(" ".join(text[:200].split()), no_wrap=True, overflow="ellipsis")
         if "error" in row:
             table.add_row(str(i), preview, "[dim]skipped[/]", "[dim]empty[/]")
         else:
-            color = "green" if row["label"] == "positive" else "red"
-            table.add_row(str(i), preview, f"[{color}]{row['label']}[/]", f"{row['probability']:.4f}")
+            label = escape(row["label"])
+            shown = row["probability"] if space.binary else row["probs"][row["label"]]
+            color = colors.get(row["label"])
+            table.add_row(str(i), preview, f"[{color}]{label}[/]" if color else label, f"{shown:.4f}")
     console.print(table)
 
 

@@ -26,7 +26,24 @@ from sentiment.paths import default_data_dir, default_runs_dir
 
 @dataclass
 class DataConfig:
-    data_dir: str = field(default_factory=lambda: str(default_data_dir()))
+    # imdb: the aclImdb reviews in data_dir; files: your own train_file (valid_file, test_file); hf: a Hugging
+    # Face dataset (hf_dataset: a hub name, or a directory written by save_to_disk)
+    dataset: Literal["imdb", "files", "hf"] = "imdb"
+    data_dir: str = field(default_factory=lambda: str(default_data_dir()))  # IMDB, GloVe and the caches
+    train_file: Optional[str] = None  # .csv, .tsv, .jsonl, .parquet, or a directory with pos/ and neg/ folders
+    valid_file: Optional[str] = None  # null: carve valid_fraction from train (stratified, seeded)
+    test_file: Optional[str] = None  # null: carve test_fraction from train first (0: no test split)
+    test_fraction: float = 0.1  # files and hf only: IMDB has its own test split
+    text_column: str = "text"
+    label_column: str = "label"
+    labels: Optional[list[str]] = None  # null: the training labels, sorted; or the classes, in order
+    hf_dataset: Optional[str] = None  # dataset: hf: a hub name (stanfordnlp/imdb) or a save_to_disk directory
+    hf_config: Optional[str] = None
+    hf_train_split: str = "train"
+    hf_valid_split: Optional[str] = None  # null: carve valid_fraction from the train split
+    hf_test_split: Optional[str] = None  # null: carve test_fraction from the train split
+    placeholders: bool = False  # URLs -> xxurl, @mentions -> xxuser (short social-media text)
+    html_breaks: Optional[bool] = None  # `<br />` as whitespace; null: for IMDB only
     valid_fraction: float = 0.1  # carved from train, label-balanced; model selection uses it
     # movie: no movie has reviews in both train and valid (IMDB's train and test share no movies, so
     # validation then predicts test); random: reviews drawn at random. movie needs train/urls_*.txt
@@ -44,7 +61,12 @@ class DataConfig:
     vocab_min_freq: int = 1
     glove_dim: Optional[int] = 50  # null: no pretrained vectors (embedding sized by model.embed_dim)
     glove_unk_init: Literal["random", "zeros"] = "random"  # rows for words GloVe lacks
-    workers: int = 2  # processes for tokenization
+    workers: Optional[int] = None  # processes for tokenization (null: every core)
+
+    def resolved_workers(self) -> int:
+        import os
+
+        return self.workers or os.cpu_count() or 1
 
 
 @dataclass
@@ -76,6 +98,7 @@ class TrainConfig:
     bucket: bool = True  # length-bucketed batches
     early_stopping_patience: Optional[int] = None  # epochs without valid-accuracy gain before stopping
     amp: bool = True  # mixed precision, used on CUDA only
+    class_weights: Optional[Literal["balanced"]] = None  # balanced: weight classes by n / (K * n_class)
 
 
 @dataclass
@@ -109,6 +132,8 @@ def _type_name(tp: Any) -> str:
         return "one of " + ", ".join(repr(a) for a in typing.get_args(tp))
     if origin in (typing.Union, types.UnionType):
         return " or ".join(_type_name(a) for a in typing.get_args(tp))
+    if origin is list:
+        return "a list of " + _type_name(typing.get_args(tp)[0]).removeprefix("a ") + "s"
     return {int: "an integer", float: "a number", bool: "true/false", str: "a string", type(None): "null"}.get(tp, str(tp))
 
 
@@ -128,6 +153,10 @@ def _coerce(value: Any, tp: Any, key: str) -> Any:
     elif origin is Literal:
         if value in typing.get_args(tp):
             return value
+    elif origin is list:
+        if isinstance(value, list):
+            (item,) = typing.get_args(tp)
+            return [_coerce(v, item, f"{key}[{i}]") for i, v in enumerate(value)]
     elif tp is bool:
         if isinstance(value, bool):
             return value
@@ -182,7 +211,18 @@ def validate(cfg: Config) -> None:
         ("data.vocab_max_size", cfg.data.vocab_max_size is None or cfg.data.vocab_max_size >= 1, "must be >= 1 or null"),
         ("data.vocab_min_freq", cfg.data.vocab_min_freq >= 1, "must be >= 1"),
         ("data.glove_dim", cfg.data.glove_dim in (None, 50, 100, 200, 300), "must be 50, 100, 200, 300 or null"),
-        ("data.workers", cfg.data.workers >= 1, "must be >= 1"),
+        ("data.workers", cfg.data.workers is None or cfg.data.workers >= 1, "must be >= 1 or null"),
+        ("data.test_fraction", 0 <= cfg.data.test_fraction < 1, "must be in [0, 1)"),
+        ("data.train_file", cfg.data.dataset != "files" or bool(cfg.data.train_file),
+         "must name your training file when data.dataset is files"),
+        ("data.hf_dataset", cfg.data.dataset != "hf" or bool(cfg.data.hf_dataset),
+         "must name a Hugging Face dataset (or a save_to_disk directory) when data.dataset is hf"),
+        ("data.labels", cfg.data.labels is None or (len(cfg.data.labels) >= 2
+         and len(set(cfg.data.labels)) == len(cfg.data.labels) and all(cfg.data.labels)),
+         "must list at least two distinct, non-empty label names, or be null"),
+        ("data.valid_fraction", cfg.data.dataset == "imdb" or cfg.data.valid_fraction > 0
+         or bool(cfg.data.valid_file if cfg.data.dataset == "files" else cfg.data.hf_valid_split),
+         "must be > 0 when no validation file or split is given"),
         ("model.embed_dim", cfg.data.glove_dim is not None or (cfg.model.embed_dim or 0) >= 1,
          "must be >= 1 when data.glove_dim is null"),
         ("model.hidden_size", cfg.model.hidden_size >= 1, "must be >= 1"),

@@ -21,7 +21,7 @@ from pathlib import Path
 import numpy as np
 
 from sentiment.imdb import SPLIT_CODES, fingerprint, imdb_dir, list_reviews
-from sentiment.tokenize import clean_text, init_tokenizer, spacy_version, tokenize_chunks
+from sentiment.tokenize import IMDB_CLEANING, Cleaning, clean_text, init_tokenizer, spacy_version, tokenize_chunks
 from sentiment.atomic import atomic_write_bytes
 from sentiment.errors import SentimentError
 from sentiment.workers import run_in_workers
@@ -95,6 +95,46 @@ def _halves(items: list, parts: int) -> list[list]:
     return [items[i : i + size] for i in range(0, len(items), size)] or [[]]
 
 
+def _split_texts(bounds: tuple[int, int]) -> tuple[list[str], np.ndarray, np.ndarray, np.ndarray]:
+    """Worker: texts[start:end] (inherited through fork) cleaned and split into whitespace chunks, sent back
+    as distinct chunks, each text as int32 indices into them, and an 8-byte hash of each raw text (exact
+    duplicates are kept on one side of a split)."""
+    texts, cleaning = _texts_job
+    chunked = [cleaning(t).split() for t in texts[bounds[0] : bounds[1]]]
+    hashes = np.fromiter((int.from_bytes(hashlib.blake2b(t.encode("utf-8", "surrogatepass"), digest_size=8).digest(),
+                                         "little") for t in texts[bounds[0] : bounds[1]]), dtype=np.uint64,
+                         count=bounds[1] - bounds[0])
+    lengths = np.fromiter(map(len, chunked), dtype=np.int64, count=len(chunked))
+    flat = list(chain.from_iterable(chunked))
+    index = {c: i for i, c in enumerate(dict.fromkeys(flat))}
+    ids = np.fromiter(map(index.__getitem__, flat), dtype=np.int32, count=len(flat))
+    return list(index), ids, lengths, hashes
+
+
+_texts_job: tuple[list[str], Cleaning] | None = None  # forked workers inherit it
+_TEXT_BLOCK = 50_000  # texts per worker task: bounds what one task holds and sends back
+
+
+def tokenize_texts(texts: list[str], lowercase: bool = True, workers: int = 2,
+                   cleaning: Cleaning = IMDB_CLEANING) -> tuple[list[str], np.ndarray, np.ndarray, np.ndarray]:
+    """Tokenize in-memory texts into (token table, flat ids, offsets, 8-byte hash of each text), as
+    tokenize_files does for files: each distinct chunk is tokenized once, on `workers` processes."""
+    global _texts_job
+    workers = max(1, min(workers, os.cpu_count() or 1))
+    init_tokenizer()
+    method = "fork" if "fork" in multiprocessing.get_all_start_methods() else None
+    parallel = workers > 1 and method is not None and len(texts) >= _PARALLEL_MIN_DOCS
+    blocks = [(i, min(i + _TEXT_BLOCK, len(texts))) for i in range(0, len(texts), _TEXT_BLOCK)] or [(0, 0)]
+    _texts_job = (texts, cleaning)
+    try:
+        parts = run_in_workers(_split_texts, blocks, workers, method) if parallel else [_split_texts(b) for b in blocks]
+    finally:
+        _texts_job = None
+    hashes = np.concatenate([p[3] for p in parts])
+    tokens, ids, offsets = _tokenize_parts([p[:3] for p in parts], lowercase, workers, parallel, method or "spawn")
+    return tokens, ids, offsets, hashes
+
+
 def tokenize_files(paths: list[str], lowercase: bool = True, workers: int = 2) -> tuple[list[str], np.ndarray, np.ndarray, int]:
     """Tokenize review files into (token table, flat ids, offsets, invalid-UTF-8 count)."""
     workers = max(1, min(workers, os.cpu_count() or 1))
@@ -106,16 +146,22 @@ def tokenize_files(paths: list[str], lowercase: bool = True, workers: int = 2) -
         parts = run_in_workers(_read_and_split, _halves(paths, workers), workers, method)
     else:
         parts = [_read_and_split(paths)]
+    bad = sum(p[3] for p in parts)
+    tokens, ids, offsets = _tokenize_parts([p[:3] for p in parts], lowercase, workers, parallel, method)
+    return tokens, ids, offsets, bad
 
+
+def _tokenize_parts(parts: list, lowercase: bool, workers: int, parallel: bool,
+                    method: str) -> tuple[list[str], np.ndarray, np.ndarray]:
+    """From the workers' (distinct chunks, chunk ids, chunks per doc) to (token table, ids, offsets)."""
     # merge the workers' distinct chunks into one global numbering
     chunk_index: dict[str, int] = {}
-    flat_parts, length_parts, bad = [], [], 0
-    for uniq, ids, lengths, n_bad in parts:
+    flat_parts, length_parts = [], []
+    for uniq, ids, lengths in parts:
         setdefault = chunk_index.setdefault
         local_to_global = np.fromiter((setdefault(c, len(chunk_index)) for c in uniq), dtype=np.int32, count=len(uniq))
         flat_parts.append(local_to_global[ids])
         length_parts.append(lengths)
-        bad += n_bad
     chunk_ids = np.concatenate(flat_parts) if flat_parts else np.zeros(0, np.int32)
     doc_chunks = np.concatenate(length_parts)
     chunks = list(chunk_index)
@@ -159,7 +205,7 @@ def tokenize_files(paths: list[str], lowercase: bool = True, workers: int = 2) -
     ids = chunk_tokens[gather] if total else np.zeros(0, np.int32)
     chunk_offsets = np.concatenate([[0], np.cumsum(doc_chunks)])
     token_offsets = np.concatenate([[0], ends])[chunk_offsets].astype(np.int64)
-    return list(table), ids.astype(np.int32, copy=False), token_offsets, bad
+    return list(table), ids.astype(np.int32, copy=False), token_offsets
 
 
 def _cache_key(files: list[tuple[str, int, int]], lowercase: bool) -> str:

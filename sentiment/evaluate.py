@@ -1,48 +1,73 @@
-"""Evaluation: loss, accuracy, precision, recall, F1 and the confusion matrix over a split."""
+"""Evaluation: loss, accuracy, macro-F1, per-class precision/recall/F1 and the confusion matrix over a split."""
 
 from __future__ import annotations
 
 import multiprocessing
 import time
-from dataclasses import asdict, dataclass
+from dataclasses import asdict, dataclass, field
 
 import numpy as np
 import torch
 import torch.nn as nn
 
 from sentiment.batching import EncodedSplit, collate
+from sentiment.labels import IMDB_LABELS, LabelSpace
 from sentiment.workers import run_in_workers
 
 
 @dataclass
 class Metrics:
+    """Figures over a split. Every run has accuracy, macro-F1, per-class precision/recall/F1 and the
+    confusion matrix (rows: true class, columns: predicted). Two-class runs also keep precision, recall,
+    F1 and tp/fp/tn/fn of the positive class (labels[1]), as before label spaces existed."""
+
     loss: float
     accuracy: float
-    precision: float
-    recall: float
-    f1: float
-    tp: int
-    fp: int
-    tn: int
-    fn: int
+    macro_f1: float
     n: int
+    labels: list[str] = field(default_factory=list)
+    per_class: list[dict] = field(default_factory=list)  # {label, precision, recall, f1, support}
+    confusion: list[list[int]] = field(default_factory=list)
+    precision: float | None = None
+    recall: float | None = None
+    f1: float | None = None
+    tp: int | None = None
+    fp: int | None = None
+    tn: int | None = None
+    fn: int | None = None
     seconds: float = 0.0
     tokens: int = 0
 
     def to_dict(self) -> dict:
-        return asdict(self)
+        d = asdict(self)
+        return {k: v for k, v in d.items() if v is not None}
 
 
-def metrics_from(probs: np.ndarray, labels: np.ndarray, loss: float, threshold: float = 0.5) -> Metrics:
-    pred = probs >= threshold
-    gold = labels.astype(bool)
-    tp, fp = int((pred & gold).sum()), int((pred & ~gold).sum())
-    tn, fn = int((~pred & ~gold).sum()), int((~pred & gold).sum())
-    n = len(labels)
-    precision = tp / (tp + fp) if tp + fp else 0.0
-    recall = tp / (tp + fn) if tp + fn else 0.0
-    f1 = 2 * precision * recall / (precision + recall) if precision + recall else 0.0
-    return Metrics(loss, (tp + tn) / n if n else 0.0, precision, recall, f1, tp, fp, tn, fn, n)
+def _ratio(a: int, b: int) -> float:
+    return a / b if b else 0.0
+
+
+def metrics_from(pred: np.ndarray, labels: np.ndarray, loss: float, names: list[str] | tuple[str, ...]) -> Metrics:
+    """Metrics of predicted class indices against true ones."""
+    k = len(names)
+    pred, gold = np.asarray(pred, dtype=np.int64), np.asarray(labels, dtype=np.int64)
+    confusion = np.bincount(gold * k + pred, minlength=k * k).reshape(k, k)
+    n = int(confusion.sum())
+    per_class = []
+    for c in range(k):
+        tp, predicted, support = int(confusion[c, c]), int(confusion[:, c].sum()), int(confusion[c].sum())
+        precision, recall = _ratio(tp, predicted), _ratio(tp, support)
+        f1 = _ratio(2 * precision * recall, precision + recall) if precision + recall else 0.0
+        per_class.append({"label": names[c], "precision": precision, "recall": recall, "f1": f1, "support": support})
+    m = Metrics(loss=loss, accuracy=_ratio(int(np.trace(confusion)), n),
+                macro_f1=float(np.mean([c["f1"] for c in per_class])), n=n, labels=list(names),
+                per_class=per_class, confusion=confusion.tolist())
+    if k == 2:
+        positive = per_class[1]
+        m.precision, m.recall, m.f1 = positive["precision"], positive["recall"], positive["f1"]
+        m.tp, m.fp = int(confusion[1, 1]), int(confusion[0, 1])
+        m.tn, m.fn = int(confusion[0, 0]), int(confusion[1, 0])
+    return m
 
 
 EVAL_TOKENS_PER_BATCH = 65_536  # padded positions per evaluation batch
@@ -88,7 +113,7 @@ def _score_batches(assigned: list[int]) -> tuple[np.ndarray, np.ndarray]:
             indices.append(batches[b])
             logits.append(model(ids, lengths).float().numpy())
     if not indices:
-        return np.zeros(0, np.int64), np.zeros(0, np.float32)
+        return np.zeros(0, np.int64), np.zeros((0,) if model.num_outputs == 1 else (0, model.num_outputs), np.float32)
     return np.concatenate(indices), np.concatenate(logits)
 
 
@@ -117,7 +142,8 @@ def predict_logits(model: nn.Module, split: EncodedSplit, *, batch_size: int = 2
     global _scoring_job
     was_training = model.training
     model.eval()
-    logits = np.zeros(len(split), dtype=np.float32)
+    width = getattr(model, "num_outputs", 1)
+    logits = np.zeros((len(split),) if width == 1 else (len(split), width), dtype=np.float32)
     lengths_all = split.lengths(max_len)
     batches = token_budget_batches(lengths_all, batch_size)
     costs = [len(b) * int(lengths_all[b[-1]]) for b in batches]  # padded positions (sorted: last is longest)
@@ -138,14 +164,17 @@ def predict_logits(model: nn.Module, split: EncodedSplit, *, batch_size: int = 2
     return logits
 
 
-def evaluate(model: nn.Module, split: EncodedSplit, *, batch_size: int = 256, device: torch.device | str = "cpu",
-             max_len: int | None = None, truncate: str = "head+tail", workers: int | None = None) -> Metrics:
+def evaluate(model: nn.Module, split: EncodedSplit, label_space: LabelSpace | None = None, *, batch_size: int = 256,
+             device: torch.device | str = "cpu", max_len: int | None = None, truncate: str = "head+tail",
+             workers: int | None = None) -> Metrics:
+    """The split's metrics under the run's label space (default: two classes, negative/positive)."""
+    label_space = label_space or LabelSpace(IMDB_LABELS)
     start = time.perf_counter()
     logits = predict_logits(model, split, batch_size=batch_size, device=device, max_len=max_len, truncate=truncate,
                             workers=workers)
-    labels = split.labels.astype(np.float32)
-    loss = float(nn.functional.binary_cross_entropy_with_logits(torch.from_numpy(logits), torch.from_numpy(labels)))
-    metrics = metrics_from(1.0 / (1.0 + np.exp(-logits.astype(np.float64))), labels, loss)
+    labels = split.labels.astype(np.int64)
+    metrics = metrics_from(label_space.predictions(logits), labels, label_space.loss_of(logits, labels),
+                           label_space.names)
     metrics.seconds = time.perf_counter() - start
     metrics.tokens = int(split.lengths(max_len).sum())
     return metrics

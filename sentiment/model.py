@@ -19,12 +19,17 @@ the same modules, so a checkpoint trained on one loads into the other.
 
 from __future__ import annotations
 
+from typing import TYPE_CHECKING
+
 import numpy as np
 import torch
 import torch.nn as nn
 from torch.nn.utils.rnn import pack_padded_sequence, pad_packed_sequence
 
 from sentiment.errors import SentimentError
+
+if TYPE_CHECKING:
+    from sentiment.config import Config
 
 RNN_TYPES = {"lstm": nn.LSTM, "gru": nn.GRU, "rnn": nn.RNN}
 POOLINGS = ("last", "max", "mean", "max+mean")
@@ -46,6 +51,7 @@ class SentimentRNN(nn.Module):
         pooling: str = "last",
         pad_index: int = 0,
         pack: str = "auto",
+        num_outputs: int = 1,
     ) -> None:
         super().__init__()
         if rnn not in RNN_TYPES:
@@ -55,7 +61,8 @@ class SentimentRNN(nn.Module):
         if pack not in PACK_MODES:
             raise ValueError(f"pack must be one of {list(PACK_MODES)}, got {pack!r}")
         for name, value in (("vocab_size", vocab_size), ("embed_dim", embed_dim),
-                            ("hidden_size", hidden_size), ("num_layers", num_layers)):
+                            ("hidden_size", hidden_size), ("num_layers", num_layers),
+                            ("num_outputs", num_outputs)):
             if isinstance(value, bool) or not isinstance(value, int) or value < 1:
                 raise ValueError(f"{name} must be an integer >= 1, got {value!r}")
         for name, value in (("dropout", dropout), ("embed_dropout", embed_dropout),
@@ -72,6 +79,7 @@ class SentimentRNN(nn.Module):
         self.pooling = pooling
         self.pad_index = pad_index
         self.pack = pack
+        self.num_outputs = num_outputs
         num_dirs = 2 if bidirectional else 1
 
         self.embedding = nn.Embedding(vocab_size, embed_dim, padding_idx=pad_index)
@@ -90,7 +98,7 @@ class SentimentRNN(nn.Module):
         self.layer_dropout = nn.Dropout(dropout)
         # on the pooled features, as the classic recipe does (its one dropout module serves both ends)
         self.output_dropout = nn.Dropout(output_dropout)
-        self.fc = nn.Linear(self.output_features, 1)
+        self.fc = nn.Linear(self.output_features, num_outputs)
 
     @property
     def output_features(self) -> int:
@@ -99,8 +107,10 @@ class SentimentRNN(nn.Module):
         return 2 * width if self.pooling == "max+mean" else width
 
     def forward(self, ids: torch.Tensor, lengths: torch.Tensor) -> torch.Tensor:
-        """ids [B, T] right-padded with pad_index, lengths [B] (each in 1..T) -> logits [B]."""
-        return self.fc(self.output_dropout(self.features(ids, lengths))).squeeze(-1)
+        """ids [B, T] right-padded with pad_index, lengths [B] (each in 1..T) -> logits [B] (one output,
+        two classes) or [B, num_outputs]."""
+        logits = self.fc(self.output_dropout(self.features(ids, lengths)))
+        return logits.squeeze(-1) if self.num_outputs == 1 else logits
 
     def features(self, ids: torch.Tensor, lengths: torch.Tensor) -> torch.Tensor:
         """The pooled features [B, output_features] that the final Linear reads."""
@@ -206,3 +216,14 @@ class SentimentRNN(nn.Module):
     def set_embedding_trainable(self, trainable: bool) -> None:
         """Freeze (False) or unfreeze (True) the embedding, e.g. to fine-tune GloVe after warm-up."""
         self.embedding.weight.requires_grad_(trainable)
+
+
+def build_model(cfg: "Config", vocab_size: int, pad_index: int = 0, num_outputs: int = 1) -> SentimentRNN:
+    """The model a config describes; num_outputs comes from the run's label space (1 for two classes)."""
+    m = cfg.model
+    return SentimentRNN(
+        vocab_size=vocab_size, embed_dim=cfg.data.glove_dim or m.embed_dim, hidden_size=m.hidden_size,
+        num_layers=m.num_layers, rnn=m.rnn, bidirectional=m.bidirectional, dropout=m.dropout,
+        embed_dropout=m.embed_dropout, output_dropout=m.output_dropout, pooling=m.pooling,
+        pad_index=pad_index, pack=m.pack, num_outputs=num_outputs,
+    )

@@ -19,7 +19,8 @@ import numpy as np
 
 from sentiment.batching import EncodedSplit, truncate
 from sentiment.errors import SentimentError
-from sentiment.tokenize import split_chunks, tokenize_chunks
+from sentiment.labels import LabelSpace
+from sentiment.tokenize import IMDB_CLEANING, Cleaning, split_chunks, tokenize_chunks
 from sentiment.vocab import Vocab
 from sentiment.workers import run_in_workers
 
@@ -42,12 +43,16 @@ class Encoding:
     max_len: int  # the run's data.eval_max_len, or UNCAPPED_MAX_LEN
     truncate: str
     workers: int = 2
+    cleaning: Cleaning = IMDB_CLEANING
 
 
 def encoding_of(run: Any) -> Encoding:
     """The Encoding of a runtime.LoadedRun."""
+    from sentiment.sources import cleaning_of
+
     d = run.cfg.data
-    return Encoding(run.vocab, d.lowercase, d.eval_max_len or UNCAPPED_MAX_LEN, d.truncate, d.workers)
+    return Encoding(run.vocab, d.lowercase, d.eval_max_len or UNCAPPED_MAX_LEN, d.truncate, d.resolved_workers(),
+                    cleaning_of(d))
 
 
 _job: tuple[Sequence[str], Encoding, dict[str, list[int]]] | None = None  # forked workers inherit it
@@ -57,7 +62,7 @@ def _encode_range(bounds: tuple[int, int]) -> tuple[np.ndarray, np.ndarray]:
     """Worker: ids of texts[start:end], truncated, as one flat int32 array and int64 lengths: compact
     to send back. Each distinct whitespace chunk is tokenized once (what corpus.py does for training)."""
     texts, enc, memo = _job
-    chunked = [split_chunks(t) for t in texts[bounds[0] : bounds[1]]]
+    chunked = [split_chunks(t, enc.cleaning) for t in texts[bounds[0] : bounds[1]]]
     distinct = dict.fromkeys(chain.from_iterable(chunked))
     missing = [c for c in distinct if c not in memo]
     if len(memo) + len(missing) > _MEMO_SIZE:
@@ -90,7 +95,7 @@ def encode_texts(texts: Sequence[str], enc: Encoding, labels: np.ndarray | None 
     ids = np.concatenate([p[0] for p in parts]) if parts else np.zeros(0, np.int32)
     lengths = np.concatenate([p[1] for p in parts]) if parts else np.zeros(0, np.int64)
     offsets = np.concatenate([[0], np.cumsum(lengths)]).astype(np.int64)
-    labels = np.zeros(len(texts), np.int8) if labels is None else np.asarray(labels, dtype=np.int8)
+    labels = np.zeros(len(texts), np.int64) if labels is None else np.asarray(labels, dtype=np.int64)
     return EncodedSplit(ids=ids, offsets=offsets, labels=labels)
 
 
@@ -104,9 +109,10 @@ def drop_empty(split: EncodedSplit) -> tuple[EncodedSplit, np.ndarray]:
 
 # ---------------------------------------------------------------- predicting
 def predict_texts(run_dir: Path, texts: Sequence[str], *, checkpoint: str = "best", device: str | None = None,
-                  batch_size: int | None = None) -> np.ndarray:
-    """P(positive) of each text, in input order, as `sentiment eval` computes it; NaN for texts
-    without a single token (empty rows), which are not scored."""
+                  batch_size: int | None = None) -> tuple[np.ndarray, LabelSpace]:
+    """Class probabilities [N, K] of each text, in input order, as `sentiment eval` computes them, and the
+    run's label space (column k is the probability of label_space.names[k]); rows of NaN for texts without
+    a single token (empty rows), which are not scored."""
     from sentiment.evaluate import predict_logits
     from sentiment.runtime import load_trained
 
@@ -118,12 +124,29 @@ def predict_texts(run_dir: Path, texts: Sequence[str], *, checkpoint: str = "bes
                              "empty (no words)")
     logits = predict_logits(run.model, split, batch_size=batch_size or run.cfg.train.eval_batch_size,
                             device=run.device, max_len=enc.max_len, truncate=enc.truncate)
-    probs = np.full(len(texts), np.nan)
-    probs[keep] = 1.0 / (1.0 + np.exp(-logits.astype(np.float64)))  # as evaluate() computes it
-    return probs
+    probs = np.full((len(texts), run.label_space.num_classes), np.nan)
+    probs[keep] = run.label_space.probabilities(logits)  # as evaluate() computes them
+    return probs, run.label_space
 
 
-def prediction_rows(probs: np.ndarray, threshold: float = 0.5) -> list[dict[str, Any]]:
-    """One dict per input: label and probability (of positive), or an error for a skipped row."""
-    return [{"error": "empty text: skipped"} if np.isnan(p) else
-            {"label": "positive" if p >= threshold else "negative", "probability": float(p)} for p in probs]
+def prediction_rows(probs: np.ndarray, space: LabelSpace, threshold: float | None = None) -> list[dict[str, Any]]:
+    """One dict per input: the label and every class's probability (two classes also keep `probability`,
+    of the positive class names[1]), or an error for a skipped row. threshold: two classes only, the
+    probability of the positive class from which a row gets it."""
+    if threshold is not None and not space.binary:
+        raise SentimentError(f"--threshold is for two-class runs; this run has {space.num_classes} classes "
+                             f"({', '.join(space.names)}) and predicts the most probable one")
+    rows: list[dict[str, Any]] = []
+    for p in probs:
+        if np.isnan(p[0]):
+            rows.append({"error": "empty text: skipped"})
+            continue
+        if space.binary:
+            k = int(p[1] >= (0.5 if threshold is None else threshold))
+        else:
+            k = int(np.argmax(p))
+        row: dict[str, Any] = {"label": space.names[k], "probs": {n: float(v) for n, v in zip(space.names, p)}}
+        if space.binary:
+            row["probability"] = float(p[1])
+        rows.append(row)
+    return rows

@@ -1,4 +1,4 @@
-"""From a data config to model-ready tensors: corpus -> validation split -> vocab -> ids -> GloVe matrix."""
+"""From a data config to model-ready tensors: source (rows, labels, splits) -> vocab -> ids -> GloVe matrix."""
 
 from __future__ import annotations
 
@@ -10,10 +10,11 @@ import numpy as np
 
 from sentiment.batching import EncodedSplit
 from sentiment.config import DataConfig
-from sentiment.corpus import TokenizedCorpus, load_corpus
+from sentiment.corpus import TokenizedCorpus
 from sentiment.errors import SentimentError
-from sentiment.imdb import imdb_dir, movie_ids, movie_validation_split, validation_split
+from sentiment.labels import IMDB_LABELS, LabelSpace
 from sentiment.paths import cache_dir
+from sentiment.sources import load_source
 from sentiment.vocab import Vocab, build_vocab, table_to_vocab_ids
 
 
@@ -26,6 +27,8 @@ class PreparedData:
     embeddings: np.ndarray | None = None  # [len(vocab), dim] initial embedding rows, from GloVe
     stats: dict = field(default_factory=dict)  # timings, cache hit, coverage: for the CLI to report
     extra: dict[str, EncodedSplit] = field(default_factory=dict)  # further named splits a caller asked for
+    label_space: LabelSpace = field(default_factory=lambda: LabelSpace(IMDB_LABELS))
+    membership: dict[str, np.ndarray] = field(default_factory=dict)  # each split's rows in its source's numbering
 
 
 def gather_docs(ids: np.ndarray, offsets: np.ndarray, docs: np.ndarray) -> tuple[np.ndarray, np.ndarray]:
@@ -41,58 +44,48 @@ def gather_docs(ids: np.ndarray, offsets: np.ndarray, docs: np.ndarray) -> tuple
 
 
 def split_indices(corpus: TokenizedCorpus, cfg: DataConfig) -> tuple[dict[str, np.ndarray], str]:
-    """Corpus rows of train, valid and test, and how valid was carved ("movie" or "random", with the
-    reason when a movie split was asked for and could not be made)."""
-    train_all = corpus.select("train")
-    labels = corpus.labels[train_all]
-    method = "random"
-    if cfg.valid_split == "movie":
-        movies = movie_ids(imdb_dir(Path(cfg.data_dir)), [corpus.names[i] for i in train_all])
-        if movies is None:
-            method = "random (movie split asked for, but train/urls_pos.txt or urls_neg.txt is missing)"
-        else:
-            method = "movie"
-    if method == "movie":
-        train_rel, valid_rel = movie_validation_split(labels, movies, cfg.valid_fraction, cfg.split_seed)
-    else:
-        train_rel, valid_rel = validation_split(labels, cfg.valid_fraction, cfg.split_seed)
-    return {"train": train_all[train_rel], "valid": train_all[valid_rel], "test": corpus.select("test")}, method
+    """IMDB corpus rows of train, valid and test, and how valid was carved (for studies of IMDB's splits)."""
+    source = load_source(cfg)
+    return source.splits, source.stats["valid_split"]
 
 
 def prepare_data(cfg: DataConfig, vocab: Vocab | None = None, *, with_embeddings: bool = True,
-                 embedding_seed: int = 0, indices: dict[str, np.ndarray] | None = None) -> PreparedData:
-    """Everything training needs. Pass the run's `vocab` to encode with it instead of building one
-    (evaluation, resume); embeddings are only loaded for a new vocab. `embedding_seed` draws the
-    random rows of words GloVe lacks: training passes run.seed, so they vary with the run's seed
-    while the split (split_seed) stays put. `indices` (corpus rows of "train", "valid", "test" and any
+                 embedding_seed: int = 0, indices: dict[str, np.ndarray] | None = None,
+                 label_space: LabelSpace | None = None) -> PreparedData:
+    """Everything training needs. Pass the run's `vocab` (and `label_space`) to encode with them instead
+    of building new ones (evaluation, resume); embeddings are only loaded for a new vocab. `embedding_seed`
+    draws the random rows of words GloVe lacks: training passes run.seed, so they vary with the run's seed
+    while the split (split_seed) stays put. `indices` (source rows of "train", "valid", "test" and any
     further names, which land in `extra`) replaces the configured split, for studies of splits."""
     t0 = time.perf_counter()
     data_dir = Path(cfg.data_dir)
-    corpus, from_cache = load_corpus(data_dir, lowercase=cfg.lowercase, workers=cfg.workers, cache_dir=cache_dir(data_dir))
-    t_corpus = time.perf_counter() - t0
-    idx, split_method = split_indices(corpus, cfg) if indices is None else (indices, "given")
+    source = load_source(cfg, label_space)
+    idx = source.splits if indices is None else indices
     if len(idx["train"]) == 0:
         raise SentimentError("the training split is empty: check data.valid_fraction and the data directory")
     if len(idx["valid"]) == 0:  # else every epoch scores 0% on nothing and the first one is kept as the best
         raise SentimentError(f"the validation split is empty: data.valid_fraction={cfg.valid_fraction} of "
-                             f"{len(idx['train'])} training reviews is none, and the best epoch is chosen on it; "
+                             f"{len(idx['train'])} training rows is none, and the best epoch is chosen on it; "
                              "raise data.valid_fraction")
 
-    gathered = {name: gather_docs(corpus.ids, corpus.offsets, docs) for name, docs in idx.items()}
+    gathered = {name: gather_docs(source.ids, source.offsets, docs) for name, docs in idx.items()}
     new_vocab = vocab is None
     if new_vocab:
         # the vocab sees the training split only: validation and test words count as unknown
-        counts = np.bincount(gathered["train"][0], minlength=len(corpus.tokens))
-        vocab = build_vocab(corpus.tokens, counts, cfg.vocab_max_size, cfg.vocab_min_freq)
-    table_to_vocab = table_to_vocab_ids(corpus.tokens, vocab)
-    splits = {name: EncodedSplit(ids=table_to_vocab[flat], offsets=offsets, labels=corpus.labels[idx[name]].copy())
+        counts = np.bincount(gathered["train"][0], minlength=len(source.tokens))
+        vocab = build_vocab(source.tokens, counts, cfg.vocab_max_size, cfg.vocab_min_freq)
+    table_to_vocab = table_to_vocab_ids(source.tokens, vocab)
+    splits = {name: EncodedSplit(ids=table_to_vocab[flat], offsets=offsets, labels=source.labels[idx[name]].copy())
               for name, (flat, offsets) in gathered.items()}
-    stats = {
-        "corpus_from_cache": from_cache, "corpus_seconds": t_corpus, "reviews": len(corpus),
-        "invalid_utf8_files": corpus.invalid_utf8, "vocab_size": len(vocab),
-        "train": len(idx["train"]), "valid": len(idx["valid"]), "test": len(idx["test"]),
-        "valid_split": split_method, "valid_positive_share": float(splits["valid"].labels.mean()),
-    }
+    space = source.label_space
+    stats = {**source.stats, "vocab_size": len(vocab), "train": len(idx["train"]), "valid": len(idx["valid"]),
+             "test": len(idx["test"]), "labels": list(space.names),
+             "class_counts": {name: np.bincount(split.labels, minlength=space.num_classes).tolist()
+                              for name, split in splits.items() if name in ("train", "valid", "test")}}
+    if indices is not None:
+        stats["valid_split"] = "given"
+    if space.binary:
+        stats["valid_positive_share"] = float(splits["valid"].labels.mean())
     embeddings = None
     if new_vocab and with_embeddings and cfg.glove_dim is not None:
         from sentiment.glove import build_embedding_matrix, glove_file, load_glove
@@ -107,4 +100,6 @@ def prepare_data(cfg: DataConfig, vocab: Vocab | None = None, *, with_embeddings
                      glove_token_coverage=coverage.token_share, glove_skipped_lines=glove.skipped_lines)
     stats["prepare_seconds"] = time.perf_counter() - t0
     extra = {name: split for name, split in splits.items() if name not in ("train", "valid", "test")}
-    return PreparedData(vocab, splits["train"], splits["valid"], splits["test"], embeddings, stats, extra)
+    membership = source.membership if indices is None else dict(indices)
+    return PreparedData(vocab, splits["train"], splits["valid"], splits["test"], embeddings, stats, extra, space,
+                        membership)

@@ -330,7 +330,7 @@ def _parquet_table(path: Path, text_column: str, label_column: str | None) -> Ta
         import pyarrow as pa
         import pyarrow.parquet as pq
     except ImportError:
-        raise SentimentError(f"{path}: reading Parquet needs pyarrow: pip install pyarrow") from None
+        raise SentimentError(f"{path}: reading Parquet needs pyarrow: pip install 'sentiment[parquet]' (or pip install pyarrow)") from None
     if path.stat().st_size == 0:
         raise SentimentError(f"{path} is empty")
     wanted = [text_column] if label_column is None else [text_column, label_column]

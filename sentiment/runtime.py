@@ -7,13 +7,14 @@ from pathlib import Path
 
 import torch
 
-from sentiment.checkpoint import BEST, LAST, load_checkpoint, load_run
+from sentiment.checkpoint import BEST, LAST, load_checkpoint, load_labels, load_run
 from sentiment.config import Config
+from sentiment.device import resolve_device
 from sentiment.errors import SentimentError
 from sentiment.evaluate import Metrics, evaluate
 from sentiment.floats import flush_denormals
-from sentiment.model import SentimentRNN
-from sentiment.train import build_model, resolve_device
+from sentiment.labels import LabelSpace
+from sentiment.model import SentimentRNN, build_model
 from sentiment.vocab import Vocab
 
 
@@ -23,10 +24,12 @@ class LoadedRun:
     vocab: Vocab
     model: SentimentRNN
     device: torch.device
+    label_space: LabelSpace
 
 
 def load_trained(run_dir: Path, checkpoint: str = "best", device: str | None = None) -> LoadedRun:
     cfg, vocab = load_run(run_dir)
+    space = load_labels(run_dir)
     flush_denormals(cfg.run.flush_denormal)  # before torch starts its threads, which copy the flag
     if cfg.run.threads:
         torch.set_num_threads(cfg.run.threads)
@@ -34,7 +37,7 @@ def load_trained(run_dir: Path, checkpoint: str = "best", device: str | None = N
     if checkpoint not in ("best", "last"):
         raise SentimentError(f"checkpoint must be best or last, got {checkpoint!r}")
     state = load_checkpoint(Path(run_dir) / (BEST if checkpoint == "best" else LAST), vocab, map_location=dev)
-    model = build_model(cfg, len(vocab), vocab.pad_index)
+    model = build_model(cfg, len(vocab), vocab.pad_index, space.num_outputs)
     try:
         model.load_state_dict(state["model"])
     except RuntimeError as e:
@@ -42,7 +45,7 @@ def load_trained(run_dir: Path, checkpoint: str = "best", device: str | None = N
         raise SentimentError(f"checkpoint in {run_dir} does not fit the model its config describes: "
                              f"{lines[1] if len(lines) > 1 else lines[0]}") from None
     model.to(dev).eval()
-    return LoadedRun(cfg, vocab, model, dev)
+    return LoadedRun(cfg, vocab, model, dev, space)
 
 
 def evaluate_run(run_dir: Path, *, split: str = "test", checkpoint: str = "best", batch_size: int | None = None,
@@ -50,6 +53,9 @@ def evaluate_run(run_dir: Path, *, split: str = "test", checkpoint: str = "best"
     from sentiment.prepare import prepare_data
 
     run = load_trained(run_dir, checkpoint, device)
-    data = prepare_data(run.cfg.data, run.vocab)
-    return evaluate(run.model, getattr(data, split), batch_size=batch_size or run.cfg.train.eval_batch_size,
+    data = prepare_data(run.cfg.data, run.vocab, label_space=run.label_space)
+    if split == "test" and not len(data.test):
+        raise SentimentError(f"{run_dir}'s data has no test split (data.test_file is null and data.test_fraction 0): "
+                             "evaluate --split valid, or --data a labeled file")
+    return evaluate(run.model, getattr(data, split), run.label_space, batch_size=batch_size or run.cfg.train.eval_batch_size,
                     device=run.device, max_len=run.cfg.data.eval_max_len, truncate=run.cfg.data.truncate)

@@ -13,6 +13,7 @@ from __future__ import annotations
 
 import re
 from collections.abc import Iterable, Sequence
+from dataclasses import dataclass
 
 import numpy as np
 import spacy
@@ -41,8 +42,37 @@ def clean_text(text: str) -> str:
     return _BREAK.sub(" ", text)
 
 
-def split_chunks(text: str) -> list[str]:
-    return clean_text(text).split()
+# Social-media text: every URL and @mention is a word of its own that GloVe lacks and the vocab sees once.
+# As placeholders they share one vector each (fastai's xx- style: alphabetic, so spaCy keeps them whole).
+_URL = re.compile(r"(?:https?://|www\.)\S+", re.IGNORECASE)
+_MENTION = re.compile(r"(?<![\w@])@\w+")
+URL_TOKEN, MENTION_TOKEN = "xxurl", "xxuser"
+
+
+@dataclass(frozen=True)
+class Cleaning:
+    """What happens to a text before it is split into chunks; part of every corpus cache key, and stored
+    with each run (through its config) so prediction cleans as training did."""
+
+    html_breaks: bool = True  # `<br />` is whitespace (IMDB)
+    placeholders: bool = False  # URLs -> xxurl, @mentions -> xxuser (tweets)
+
+    def __call__(self, text: str) -> str:
+        if self.html_breaks:
+            text = _BREAK.sub(" ", text)
+        if self.placeholders:
+            text = _MENTION.sub(f" {MENTION_TOKEN} ", _URL.sub(f" {URL_TOKEN} ", text))
+        return text
+
+    def key(self) -> str:
+        return f"br={int(self.html_breaks)},ph={int(self.placeholders)}"
+
+
+IMDB_CLEANING = Cleaning()
+
+
+def split_chunks(text: str, cleaning: Cleaning = IMDB_CLEANING) -> list[str]:
+    return cleaning(text).split()
 
 
 # Chunks per spaCy call. A Doc per chunk costs 3x more than the tokenizing itself, and the per-Doc
@@ -96,13 +126,14 @@ def init_tokenizer() -> None:
 class Tokenizer:
     """Tokenize single texts (prediction time) with a memo of chunks already seen."""
 
-    def __init__(self, lowercase: bool = True, memo_size: int = 200_000):
+    def __init__(self, lowercase: bool = True, memo_size: int = 200_000, cleaning: Cleaning = IMDB_CLEANING):
         self.lowercase = lowercase
+        self.cleaning = cleaning
         self._memo: dict[str, list[str]] = {}
         self._memo_size = memo_size
 
     def __call__(self, text: str) -> list[str]:
-        chunks = split_chunks(text)
+        chunks = split_chunks(text, self.cleaning)
         distinct = dict.fromkeys(chunks)
         missing = [c for c in distinct if c not in self._memo]
         if missing:

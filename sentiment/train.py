@@ -14,21 +14,23 @@ import time
 from contextlib import contextmanager
 from dataclasses import asdict, dataclass
 from pathlib import Path
-from typing import Any, Iterator, Protocol
+from typing import Any, Callable, Iterator, Protocol
 
 import numpy as np
 import torch
 import torch.nn as nn
 
 from sentiment.batching import BucketBatchSampler, collate
-from sentiment.checkpoint import (BEST, LAST, RESULTS, append_metrics, code_version, load_checkpoint, read_metrics,
-                                  save_checkpoint, truncate_metrics, write_run_files)
+from sentiment.checkpoint import (BEST, LAST, RESULTS, append_metrics, code_version, load_checkpoint, load_labels,
+                                  read_metrics, save_checkpoint, truncate_metrics, write_run_files)
 from sentiment.atomic import atomic_write_text
 from sentiment.config import Config
 from sentiment.errors import SentimentError
 from sentiment.evaluate import Metrics, evaluate
 from sentiment.floats import flush_denormals
-from sentiment.model import SentimentRNN
+from sentiment.device import resolve_device
+from sentiment.labels import LabelSpace
+from sentiment.model import build_model
 from sentiment.prepare import PreparedData, prepare_data
 
 
@@ -93,20 +95,6 @@ class LoopState:
     schedule_steps: int = 0  # the steps the LR schedule spans, fixed when the run starts
 
 
-def resolve_device(name: str) -> torch.device:
-    if name == "auto":
-        if torch.cuda.is_available():
-            return torch.device("cuda")
-        if getattr(torch.backends, "mps", None) is not None and torch.backends.mps.is_available():
-            return torch.device("mps")
-        return torch.device("cpu")
-    if name.startswith("cuda") and not torch.cuda.is_available():
-        raise SentimentError(f"run.device is {name!r} but CUDA is not available; use run.device=auto or cpu")
-    if name == "mps" and not (getattr(torch.backends, "mps", None) and torch.backends.mps.is_available()):
-        raise SentimentError("run.device is 'mps' but MPS is not available; use run.device=auto or cpu")
-    return torch.device(name)
-
-
 def seed_everything(seed: int) -> None:
     random.seed(seed)
     np.random.seed(seed % 2**32)
@@ -133,16 +121,6 @@ def set_rng_state(state: dict[str, Any]) -> None:
 
 def _as_tuple(x: Any) -> Any:
     return tuple(_as_tuple(i) for i in x) if isinstance(x, (list, tuple)) else x
-
-
-def build_model(cfg: Config, vocab_size: int, pad_index: int = 0) -> SentimentRNN:
-    m = cfg.model
-    return SentimentRNN(
-        vocab_size=vocab_size, embed_dim=cfg.data.glove_dim or m.embed_dim, hidden_size=m.hidden_size,
-        num_layers=m.num_layers, rnn=m.rnn, bidirectional=m.bidirectional, dropout=m.dropout,
-        embed_dropout=m.embed_dropout, output_dropout=m.output_dropout, pooling=m.pooling,
-        pad_index=pad_index, pack=m.pack,
-    )
 
 
 def lr_factor(cfg: Config, total_steps: int):
@@ -184,6 +162,29 @@ def _resumed_schedule_steps(cfg: Config, checkpoint: dict[str, Any], total_steps
     return int(saved) if saved else total_steps
 
 
+Objective = Callable[[nn.Module, torch.Tensor, torch.Tensor, torch.Tensor], tuple[torch.Tensor, torch.Tensor]]
+
+
+def supervised_objective(space: LabelSpace, weights: torch.Tensor | None = None) -> Objective:
+    """The supervised loss: (model, ids, lengths, class indices) -> (mean loss, rows predicted right), both
+    tensors, so the loop reads them when it reports and no step waits for the device."""
+
+    def objective(model: nn.Module, ids: torch.Tensor, lengths: torch.Tensor,
+                  labels: torch.Tensor) -> tuple[torch.Tensor, torch.Tensor]:
+        logits = model(ids, lengths)
+        return space.loss(logits, labels, weights), space.correct(logits.detach(), labels)
+
+    return objective
+
+
+def class_weights(cfg: Config, data: PreparedData, device: torch.device) -> torch.Tensor | None:
+    """train.class_weights: balanced gives each class the weight n / (K * n_class) of the training split."""
+    if cfg.train.class_weights is None:
+        return None
+    weights = data.label_space.balanced_weights(data.train.labels.astype(np.int64))
+    return torch.tensor(weights, dtype=torch.float32, device=device)
+
+
 def _embeddings_trainable(cfg: Config, epoch: int) -> bool:
     m = cfg.model
     return not m.freeze_embeddings or (m.unfreeze_after is not None and epoch >= m.unfreeze_after)
@@ -204,15 +205,16 @@ def train(cfg: Config, run_dir: Path, *, data: PreparedData | None = None, resum
         from sentiment.checkpoint import load_run
 
         _, vocab = load_run(run_dir)
+        space = load_labels(run_dir)
         for stray in run_dir.glob(".*.tmp"):  # a write cut short by kill -9: never loaded, only disk space
             stray.unlink(missing_ok=True)
         checkpoint = load_checkpoint(run_dir / LAST, vocab)
-        data = data or prepare_data(cfg.data, vocab)
+        data = data or prepare_data(cfg.data, vocab, label_space=space)
     else:
         data = data or prepare_data(cfg.data, embedding_seed=cfg.run.seed)
-        write_run_files(run_dir, cfg, data.vocab)
+        write_run_files(run_dir, cfg, data.vocab, data.label_space, data.membership)
 
-    model = build_model(cfg, len(data.vocab), data.vocab.pad_index)
+    model = build_model(cfg, len(data.vocab), data.vocab.pad_index, data.label_space.num_outputs)
     if data.embeddings is not None:
         model.load_embeddings(data.embeddings)
     model.to(device)
@@ -227,7 +229,7 @@ def train(cfg: Config, run_dir: Path, *, data: PreparedData | None = None, resum
     use_amp = cfg.train.amp and device.type == "cuda"
     amp_dtype = torch.bfloat16 if use_amp and torch.cuda.is_bf16_supported() else torch.float16
     scaler = torch.amp.GradScaler("cuda", enabled=use_amp and amp_dtype == torch.float16)
-    loss_fn = nn.BCEWithLogitsLoss()
+    objective = supervised_objective(data.label_space, class_weights(cfg, data, device))
 
     state = LoopState(schedule_steps=total_steps)
     if checkpoint is not None:
@@ -263,8 +265,7 @@ def train(cfg: Config, run_dir: Path, *, data: PreparedData | None = None, resum
             # lengths stay on the CPU: the model checks them there and packing needs them there
             ids, labels = ids.to(device, non_blocking=True), labels.to(device, non_blocking=True)
             with torch.autocast(device.type, dtype=amp_dtype, enabled=use_amp):
-                logits = model(ids, lengths)
-                loss = loss_fn(logits.float(), labels)
+                loss, correct = objective(model, ids, lengths, labels)
             optimizer.zero_grad(set_to_none=True)
             scaler.scale(loss).backward()
             grad_norm = None
@@ -286,7 +287,7 @@ def train(cfg: Config, run_dir: Path, *, data: PreparedData | None = None, resum
             state.step_in_epoch += 1
             state.global_step += 1
             state.loss_sum += loss.item() * len(indices)
-            state.correct += int(((logits > 0).float() == labels).sum())
+            state.correct += int(correct)
             state.seen += len(indices)
             state.tokens += int(lengths.sum())
             state.seconds = time.perf_counter() - started
@@ -305,11 +306,12 @@ def train(cfg: Config, run_dir: Path, *, data: PreparedData | None = None, resum
 
         # In this process (workers=1): a SIGTERM to the whole process group would kill scoring workers and
         # fail the epoch, where the loop itself stops cleanly after the step. Forking saves ~1 s per epoch.
-        valid = evaluate(model, data.valid, batch_size=cfg.train.eval_batch_size, device=device,
+        valid = evaluate(model, data.valid, data.label_space, batch_size=cfg.train.eval_batch_size, device=device,
                          max_len=cfg.data.eval_max_len, truncate=cfg.data.truncate, workers=1)
         row = {"epoch": epoch + 1, "step": state.global_step,
                "train_loss": state.loss_sum / max(state.seen, 1), "train_accuracy": state.correct / max(state.seen, 1),
-               "valid_loss": valid.loss, "valid_accuracy": valid.accuracy, "lr": scheduler.get_last_lr()[0],
+               "valid_loss": valid.loss, "valid_accuracy": valid.accuracy, "valid_macro_f1": valid.macro_f1,
+               "lr": scheduler.get_last_lr()[0],
                "seconds": state.seconds, "tokens_per_s": state.tokens / max(state.seconds, 1e-9),
                "valid_seconds": valid.seconds}
         improved = valid.accuracy > state.best_valid_accuracy
@@ -338,16 +340,17 @@ def finish(cfg: Config, run_dir: Path, data: PreparedData, device: torch.device)
     rows = read_metrics(run_dir)
     plot_curves(rows, run_dir / "curves.png")
     best = load_checkpoint(run_dir / BEST, data.vocab, map_location=device)
-    model = build_model(cfg, len(data.vocab), data.vocab.pad_index).to(device)
+    model = build_model(cfg, len(data.vocab), data.vocab.pad_index, data.label_space.num_outputs).to(device)
     model.load_state_dict(best["model"])
     # what a reader needs to reproduce the figures: the code, the seeds and how validation was carved
     results: dict[str, Any] = {"best_epoch": best["loop"]["epoch"], "epochs_run": len(rows),
                                "commit": code_version(), "seed": cfg.run.seed, "split_seed": cfg.data.split_seed,
                                "valid_split": data.stats.get("valid_split", cfg.data.valid_split),
-                               "selected_on": "valid"}
-    splits = {"valid": data.valid} | ({"test": data.test} if cfg.run.eval_test else {})
+                               "selected_on": "valid", "labels": list(data.label_space.names)}
+    # the test split is read once, here, for the checkpoint validation chose (files may have no test split)
+    splits = {"valid": data.valid} | ({"test": data.test} if cfg.run.eval_test and len(data.test) else {})
     for name, split in splits.items():
-        m: Metrics = evaluate(model, split, batch_size=cfg.train.eval_batch_size, device=device,
+        m: Metrics = evaluate(model, split, data.label_space, batch_size=cfg.train.eval_batch_size, device=device,
                               max_len=cfg.data.eval_max_len, truncate=cfg.data.truncate)
         results[name] = m.to_dict()
     results["train_seconds"] = sum(r["seconds"] for r in rows)

@@ -83,28 +83,32 @@ def tiny_data(tmp_path: Path) -> Path:
 
 def poison_loss(monkeypatch, after_calls: int) -> None:
     """Make the training loss NaN from call after_calls + 1 on (call n is step n of the run)."""
+    _wrap_training_loss(monkeypatch, after_calls, lambda loss: loss * float("nan"))
+
+
+def _wrap_training_loss(monkeypatch, after_calls: int, poison) -> None:
+    """From call after_calls + 1 of the training objective on, its loss goes through `poison`."""
     from sentiment import train as train_mod
 
-    real = train_mod.nn.BCEWithLogitsLoss
+    real = train_mod.supervised_objective
     calls = {"n": 0}
 
-    class PoisonedLoss(real):
-        def forward(self, logits, labels):
-            calls["n"] += 1
-            loss = super().forward(logits, labels)
-            return loss * float("nan") if calls["n"] > after_calls else loss
+    def poisoned_objective(*args, **kwargs):
+        objective = real(*args, **kwargs)
 
-    monkeypatch.setattr(train_mod.nn, "BCEWithLogitsLoss", PoisonedLoss)
+        def wrapped(model, ids, lengths, labels):
+            calls["n"] += 1
+            loss, correct = objective(model, ids, lengths, labels)
+            return (poison(loss) if calls["n"] > after_calls else loss), correct
+
+        return wrapped
+
+    monkeypatch.setattr(train_mod, "supervised_objective", poisoned_objective)
 
 
 def poison_gradient(monkeypatch, after_calls: int) -> None:
     """From call after_calls + 1 on, the training loss keeps its finite value but back-propagates NaN:
     a finite loss with a non-finite gradient (call n is step n of the run)."""
-    from sentiment import train as train_mod
-
-    real = train_mod.nn.BCEWithLogitsLoss
-    calls = {"n": 0}
-
     class NaNGradient(torch.autograd.Function):
         @staticmethod
         def forward(ctx, x):
@@ -114,13 +118,7 @@ def poison_gradient(monkeypatch, after_calls: int) -> None:
         def backward(ctx, grad):
             return grad * float("nan")
 
-    class PoisonedGradient(real):
-        def forward(self, logits, labels):
-            calls["n"] += 1
-            loss = super().forward(logits, labels)
-            return NaNGradient.apply(loss) if calls["n"] > after_calls else loss
-
-    monkeypatch.setattr(train_mod.nn, "BCEWithLogitsLoss", PoisonedGradient)
+    _wrap_training_loss(monkeypatch, after_calls, NaNGradient.apply)
 
 
 class StopAfter(StopFlag):

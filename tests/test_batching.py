@@ -77,7 +77,7 @@ def test_truncate_is_the_default_head_plus_tail():
 def test_collate_pads_and_reports_lengths():
     split = make_split([3, 5, 1, 4], labels=[1, 0, 1, 1])
     ids, lengths, labels = collate(split, [1, 2, 3], pad_index=0)
-    assert ids.dtype == torch.int64 and lengths.dtype == torch.int64 and labels.dtype == torch.float32
+    assert ids.dtype == torch.int64 and lengths.dtype == torch.int64 and labels.dtype == torch.int64
     assert ids.shape == (3, 5)  # as long as the longest review in the batch
     assert lengths.tolist() == [5, 1, 4]
     assert ids.tolist() == [
@@ -85,7 +85,7 @@ def test_collate_pads_and_reports_lengths():
         [201, 0, 0, 0, 0],
         [301, 302, 303, 304, 0],
     ]
-    assert labels.tolist() == [0.0, 1.0, 1.0]
+    assert labels.tolist() == [0, 1, 1]
 
 
 def test_collate_uses_the_pad_index():
@@ -100,7 +100,7 @@ def test_collate_keeps_index_order_and_accepts_numpy_indices():
     ids, lengths, labels = collate(split, np.array([2, 0]))
     assert ids[:, 0].tolist() == [201, 1]
     assert lengths.tolist() == [4, 2]
-    assert labels.tolist() == [0.0, 0.0]
+    assert labels.tolist() == [0, 0]
 
 
 @pytest.mark.parametrize("mode", ["head", "tail", "head+tail"])

@@ -272,7 +272,7 @@ CASES: list[tuple[str, Callable[[SimpleNamespace, Path], list], list[str], int]]
     ("eval-batch-size-zero", lambda w, t: ["eval", "--run", w.run, "--batch-size", "0"], ["--batch-size"], 1),
     ("eval-data-unknown-label", lambda w, t: ["eval", "--run", w.run, "--data",
                                               write(t / "l.csv", "text,label\ngreat,pos\nmeh,maybe\n")],
-     ["row 2", "unknown label 'maybe'"], 1),
+     ["line 3", "unknown label 'maybe'"], 1),
     ("eval-data-missing-column", lambda w, t: ["eval", "--run", w.run, "--data",
                                                write(t / "l.jsonl", '{"text": "great", "stars": 9}\n')],
      ["no field 'label'"], 1),

@@ -5,6 +5,7 @@ from __future__ import annotations
 
 import csv
 import json
+import os
 import random
 from pathlib import Path
 
@@ -15,7 +16,8 @@ from typer.testing import CliRunner
 from sentiment import predict as predict_mod
 from sentiment.cli import app
 from sentiment.errors import SentimentError
-from sentiment.labeled import parse_label, read_labeled
+from sentiment.labels import IMDB_LABELS, LabelSpace
+from sentiment.readers import read_table
 from sentiment.predict import UNCAPPED_MAX_LEN, Encoding, encode_texts
 from conftest import BATCH_TOL, TINY_TRAINING, one_line_error, set_args
 
@@ -112,8 +114,9 @@ def test_json_lines_have_label_and_probability(trained, sample_probs):
     rows = jsonl(text)
     assert code == 0 and len(rows) == len(SAMPLE)
     for row, p in zip(rows, sample_probs):
-        assert set(row) == {"label", "probability"}
+        assert set(row) == {"label", "probability", "probs"}
         assert 0.0 < row["probability"] < 1.0 and row["probability"] == p
+        assert row["probs"] == {"negative": pytest.approx(1 - p, abs=1e-15), "positive": p}
         assert row["label"] == ("positive" if p >= 0.5 else "negative")
 
 
@@ -182,7 +185,7 @@ def test_predict_tokenizes_exactly_as_the_training_corpus(trained, monkeypatch):
     expected = prepare_data(loaded.cfg.data, loaded.vocab, with_embeddings=False).test
     texts, labels = read_labeled(trained[1] / "aclImdb" / "test")
     enc = encoding_of(loaded)
-    assert enc.workers == 2
+    assert enc.workers == (os.cpu_count() or 1)  # data.workers: null is every core
     serial = encode_texts(texts, enc, labels)
     monkeypatch.setattr(predict_mod, "_PARALLEL_MIN_TEXTS", 0)
     monkeypatch.setattr(predict_mod, "_TASK_TEXTS", 7)  # many tasks, so order across workers matters
@@ -229,12 +232,15 @@ def test_eval_on_a_labeled_file_matches_eval_on_imdb(trained, tmp_path):
     assert code == 0 and "confusion matrix" in text and "accuracy" in text
 
 
-def test_parse_label_spellings():
-    for value, label in [("1", 1), ("0", 0), (" POS ", 1), ("neg", 0), ("Positive", 1), ("negative", 0),
-                         ("TRUE", 1), ("false", 0)]:
-        assert parse_label(value, "row 1") == label
-    with pytest.raises(SentimentError, match="row 7.*'maybe'"):
-        parse_label("maybe", "row 7")
+def read_labeled(path) -> tuple[list[str], np.ndarray]:
+    """Texts and IMDB class indices (1 positive) of a labeled file or pos/neg directory."""
+    table = read_table(path)
+    return table.texts, LabelSpace(IMDB_LABELS).index(table.labels)
+
+
+def test_eval_data_names_labels_a_two_class_run_does_not_know(trained, tmp_path):
+    f = write_table(tmp_path / "odd.csv", [{"text": SAMPLE[0], "label": "pos"}, {"text": SAMPLE[1], "label": "meh"}])
+    one_line_error(*run("eval", "--run", str(trained[0]), "--data", str(f)), "'meh'")
 
 
 def test_eval_data_skips_empty_reviews(trained, tmp_path):
@@ -283,7 +289,7 @@ def bad_files(tmp: Path) -> dict[str, Path]:
     ("predict", "blank.csv", [], ["blank.csv is empty"]),
     ("predict", "header_only.csv", [], ["no rows"]),
     ("predict", "binary.txt", [], ["line 4", "binary"]),
-    ("eval", "unknown_label.csv", [], ["row 3 (line 4)", "unknown label 'maybe'", "pos/neg"]),
+    ("eval", "unknown_label.csv", [], ["unknown_label.csv: line 4", "unknown label 'maybe'", "pos/neg"]),
     ("eval", "no_label_column.tsv", [], ["no column 'label'", "'text', 'stars'"]),
     ("eval", "reviews.xlsx", [], ["unknown format .xlsx"]),
     ("eval", "plain_dir", [], ["pos/ and neg/"]),

@@ -124,8 +124,8 @@ class EpochEnds:
         self.model = None
         real = train_mod.evaluate
 
-        def wrapped(model, split, **kwargs):
-            metrics = real(model, split, **kwargs)
+        def wrapped(model, split, *args, **kwargs):
+            metrics = real(model, split, *args, **kwargs)
             if self.model is None:
                 self.model = model
             if model is self.model:

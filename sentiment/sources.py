@@ -1,0 +1,370 @@
+"""Where labeled text comes from, and how it is split: IMDB (the aclImdb layout), files (CSV, TSV, JSONL,
+Parquet, or a pos/neg directory) and Hugging Face datasets.
+
+`load_source(cfg)` gives every source's rows as token ids (cached), class indices in one label space, and
+the rows of train, valid and test. Downstream (vocab, GloVe, batches, the loop) never knows which source
+it was. Files and datasets are tokenized as in-memory texts on all cores and cached by content, with their
+labels, so a warm start reads neither the file nor spaCy.
+"""
+
+from __future__ import annotations
+
+import hashlib
+import io
+import json
+import time
+import zipfile
+from dataclasses import dataclass, field
+from pathlib import Path
+
+import numpy as np
+
+from sentiment.atomic import atomic_write_bytes
+from sentiment.config import DataConfig
+from sentiment.errors import SentimentError
+from sentiment.labels import IMDB_LABELS, LabelSpace, sort_labels
+from sentiment.paths import cache_dir
+from sentiment.readers import Table, read_table
+from sentiment.tokenize import Cleaning, spacy_version
+
+FILES_CACHE_VERSION = 1
+
+
+@dataclass
+class SourceData:
+    """Every row of a source as token ids, with its class and the split it belongs to."""
+
+    tokens: list[str]  # table of distinct tokens; ids index into it
+    ids: np.ndarray  # int32, all rows' ids concatenated
+    offsets: np.ndarray  # int64 [n_rows + 1]
+    labels: np.ndarray  # int64 class index per row (-1: unlabeled)
+    splits: dict[str, np.ndarray]  # "train", "valid", "test" -> row indices
+    label_space: LabelSpace
+    membership: dict[str, np.ndarray]  # each split's rows in its source's own numbering (data rows, from 0)
+    stats: dict = field(default_factory=dict)
+
+
+def cleaning_of(cfg: DataConfig) -> Cleaning:
+    """How texts of this data config are cleaned before tokenizing: `<br />` is whitespace for IMDB
+    (and wherever data.html_breaks says so); URL/@mention placeholders where data.placeholders says so."""
+    html = cfg.dataset == "imdb" if cfg.html_breaks is None else cfg.html_breaks
+    return Cleaning(html_breaks=html, placeholders=cfg.placeholders)
+
+
+def load_source(cfg: DataConfig, label_space: LabelSpace | None = None) -> SourceData:
+    """The configured source. Pass a run's label space to index labels with it (evaluation, resume)."""
+    if cfg.dataset == "imdb":
+        return _load_imdb(cfg)
+    return _load_tables(cfg, label_space)
+
+
+# ---------------------------------------------------------------- IMDB
+def _load_imdb(cfg: DataConfig) -> SourceData:
+    from sentiment.corpus import load_corpus
+    from sentiment.imdb import imdb_dir, movie_ids, movie_validation_split, validation_split
+
+    t0 = time.perf_counter()
+    data_dir = Path(cfg.data_dir)
+    corpus, from_cache = load_corpus(data_dir, lowercase=cfg.lowercase, workers=cfg.resolved_workers(),
+                                     cache_dir=cache_dir(data_dir))
+    train_all = corpus.select("train")
+    labels = corpus.labels[train_all]
+    method = "random"
+    if cfg.valid_split == "movie":
+        movies = movie_ids(imdb_dir(data_dir), [corpus.names[i] for i in train_all])
+        if movies is None:
+            method = "random (movie split asked for, but train/urls_pos.txt or urls_neg.txt is missing)"
+        else:
+            method = "movie"
+    if method == "movie":
+        train_rel, valid_rel = movie_validation_split(labels, movies, cfg.valid_fraction, cfg.split_seed)
+    else:
+        train_rel, valid_rel = validation_split(labels, cfg.valid_fraction, cfg.split_seed)
+    splits = {"train": train_all[train_rel], "valid": train_all[valid_rel], "test": corpus.select("test")}
+    stats = {"corpus_from_cache": from_cache, "corpus_seconds": time.perf_counter() - t0, "reviews": len(corpus),
+             "invalid_utf8_files": corpus.invalid_utf8, "valid_split": method, "source": "IMDB"}
+    return SourceData(corpus.tokens, corpus.ids, corpus.offsets, corpus.labels.astype(np.int64), splits,
+                      LabelSpace(IMDB_LABELS), dict(splits), stats)
+
+
+# ---------------------------------------------------------------- files and datasets
+@dataclass
+class _Part:
+    """One file (or dataset split) tokenized: what the cache holds."""
+
+    tokens: list[str]
+    ids: np.ndarray
+    offsets: np.ndarray
+    label_codes: np.ndarray  # int32 index into label_names per row; -1 without a label column
+    label_names: list[str]  # the distinct label values as written, in order of first appearance
+    hashes: np.ndarray  # uint64 hash of each row's raw text: exact duplicates share it
+    lines: np.ndarray  # int64 line (or row number) of each row, for messages
+    source: str
+    from_cache: bool = False
+
+    def __len__(self) -> int:
+        return len(self.hashes)
+
+    def where(self, row: int) -> str:
+        return f"{self.source}: line {int(self.lines[row])}"
+
+
+def _part_from_table(table: Table, cfg: DataConfig, source: str) -> _Part:
+    from sentiment.corpus import tokenize_texts
+
+    tokens, ids, offsets, hashes = tokenize_texts(table.texts, cfg.lowercase, cfg.resolved_workers(), cleaning_of(cfg))
+    if table.labels is None:
+        codes, names = np.full(len(table), -1, np.int32), []
+    else:
+        index: dict[str, int] = {}
+        setdefault = index.setdefault
+        codes = np.fromiter((setdefault(v, len(index)) for v in table.labels), dtype=np.int32, count=len(table))
+        names = list(index)
+    return _Part(tokens, ids, offsets, codes, names, hashes, np.asarray(table.lines, dtype=np.int64), source)
+
+
+def _settings_key(cfg: DataConfig, columns: tuple[str | None, ...]) -> str:
+    return json.dumps({"v": FILES_CACHE_VERSION, "lowercase": cfg.lowercase, "spacy": spacy_version(),
+                       "clean": cleaning_of(cfg).key(), "columns": columns})
+
+
+def _file_hash(path: Path) -> str:
+    h = hashlib.sha256()
+    try:
+        with open(path, "rb") as f:
+            while block := f.read(1 << 22):
+                h.update(block)
+    except OSError as e:
+        raise SentimentError(f"cannot read {path}: {e.strerror or e}") from None
+    return h.hexdigest()
+
+
+def _directory_hash(path: Path) -> str:
+    """pos/neg directories: (name, size, mtime) of each file, as the IMDB cache does."""
+    h = hashlib.sha256()
+    for f in sorted(p for p in path.rglob("*.txt")):
+        st = f.stat()
+        h.update(f"{f.relative_to(path)}\0{st.st_size}\0{st.st_mtime_ns}\n".encode())
+    return h.hexdigest()
+
+
+def _cached_part(key_parts: str, cache: Path | None, build) -> _Part:
+    """The part from the cache, or built by `build()` and cached."""
+    path = None
+    if cache is not None:
+        key = hashlib.sha256(key_parts.encode()).hexdigest()[:20]
+        path = cache / f"texts-{key}.npz"
+        part = _load_part(path) if path.exists() else None
+        if part is not None:
+            return part
+    part = build()
+    if path is not None:
+        _save_part(part, path)
+    return part
+
+
+def _pack(strings: list[str]) -> np.ndarray:
+    return np.frombuffer("\n".join(strings).encode("utf-8", "surrogatepass"), dtype=np.uint8)
+
+
+def _unpack(array: np.ndarray) -> list[str]:
+    return array.tobytes().decode("utf-8", "surrogatepass").split("\n") if array.size else []
+
+
+def _save_part(part: _Part, path: Path) -> None:
+    buf = io.BytesIO()
+    # label names are JSON: a label may hold a newline, which the token packing does not allow
+    np.savez(buf, tokens=_pack(part.tokens), ids=part.ids, offsets=part.offsets, label_codes=part.label_codes,
+             label_names=np.frombuffer(json.dumps(part.label_names).encode(), np.uint8), hashes=part.hashes,
+             lines=part.lines, source=np.frombuffer(part.source.encode("utf-8", "surrogatepass"), np.uint8))
+    path.parent.mkdir(parents=True, exist_ok=True)
+    atomic_write_bytes(path, buf.getvalue())
+
+
+def _load_part(path: Path) -> _Part | None:
+    try:
+        with np.load(path) as z:
+            part = _Part(_unpack(z["tokens"]), z["ids"], z["offsets"], z["label_codes"],
+                         json.loads(z["label_names"].tobytes().decode()), z["hashes"], z["lines"],
+                         z["source"].tobytes().decode("utf-8", "surrogatepass"), from_cache=True)
+    except (OSError, ValueError, KeyError, EOFError, zipfile.BadZipFile, UnicodeDecodeError):
+        return None
+    n = len(part.hashes)
+    ok = (len(part.offsets) == n + 1 and part.offsets[-1] == len(part.ids) and len(part.label_codes) == n
+          and (len(part.ids) == 0 or int(part.ids.max()) < len(part.tokens)))
+    return part if ok else None
+
+
+def _file_part(path: Path, cfg: DataConfig, labeled: bool) -> _Part:
+    path = Path(path)
+    if not path.exists():
+        raise SentimentError(f"{path} not found")
+    label_column = cfg.label_column if labeled else None
+    content = _directory_hash(path) if path.is_dir() else _file_hash(path)
+    key = f"file\0{content}\0{path.name}\0{_settings_key(cfg, (cfg.text_column, label_column))}"
+    return _cached_part(key, cache_dir(Path(cfg.data_dir)),
+                        lambda: _part_from_table(read_table(path, cfg.text_column, label_column), cfg, str(path)))
+
+
+def _hf_parts(cfg: DataConfig) -> dict[str, _Part]:
+    from sentiment.hf import load_hf_tables
+
+    tables, fingerprints = load_hf_tables(cfg)
+    parts = {}
+    for name, table in tables.items():
+        key = f"hf\0{fingerprints[name]}\0{_settings_key(cfg, (cfg.text_column, cfg.label_column))}"
+        parts[name] = _cached_part(key, cache_dir(Path(cfg.data_dir)),
+                                   lambda table=table: _part_from_table(table, cfg, table.source))
+    return parts
+
+
+def _merge_tokens(parts: list[_Part]) -> tuple[list[str], list[np.ndarray]]:
+    """One token table for all parts, and each part's ids renumbered into it."""
+    table: dict[str, int] = {}
+    renumbered = []
+    for part in parts:
+        setdefault = table.setdefault
+        mapping = np.fromiter((setdefault(t, len(table)) for t in part.tokens), dtype=np.int32, count=len(part.tokens))
+        renumbered.append(mapping[part.ids] if len(part.ids) else part.ids)
+    return list(table), renumbered
+
+
+def _label_space(cfg: DataConfig, train: _Part) -> LabelSpace:
+    present = np.bincount(train.label_codes, minlength=len(train.label_names)) > 0
+    found = [n for n, p in zip(train.label_names, present) if p]
+    if cfg.labels is None:
+        if len(found) < 2:
+            raise SentimentError(f"{train.source}: every training row has the label {found[0]!r}: a classifier "
+                                 "needs at least two classes" if found else f"{train.source}: no training rows")
+        return LabelSpace(sort_labels(found))
+    space = LabelSpace(tuple(cfg.labels))
+    stray = [n for n in found if n not in space.names]
+    if stray:
+        raise SentimentError(f"data.labels {list(space.names)} lacks {', '.join(map(repr, stray))}, found in "
+                             f"{train.source}'s column {cfg.label_column!r}")
+    absent = [n for n in space.names if n not in found]
+    if absent:
+        raise SentimentError(f"data.labels names {', '.join(map(repr, absent))}, which no training row of "
+                             f"{train.source} has (labels there: {', '.join(map(repr, found))})")
+    return space
+
+
+def _class_indices(part: _Part, space: LabelSpace, what: str) -> np.ndarray:
+    """Class index of each row of a part; labels the space lacks are an error that names them."""
+    lookup = {name: i for i, name in enumerate(space.names)}
+    mapping = np.array([lookup.get(n, -1) for n in part.label_names] or [-1], dtype=np.int64)
+    if (mapping < 0).any() and len(part.label_names):
+        unknown = [n for n, m in zip(part.label_names, mapping) if m < 0]
+        first = int(np.flatnonzero(np.isin(part.label_codes, np.flatnonzero(mapping < 0)))[0])
+        raise SentimentError(f"{part.where(first)}: label {unknown[0]!r} in the {what} split is not a training label "
+                             f"({', '.join(map(repr, space.names))})"
+                             + (f"; also {', '.join(map(repr, unknown[1:4]))}" if len(unknown) > 1 else ""))
+    return mapping[part.label_codes]
+
+
+def grouped_split(labels: np.ndarray, groups: np.ndarray, fraction: float, seed: int,
+                  num_classes: int) -> tuple[np.ndarray, np.ndarray]:
+    """(kept, carved) row indices: `fraction` of each class carved out, seeded, and rows of one group
+    (exact duplicate texts) always on the same side. Groups are visited in a seeded order and one is
+    carved while it keeps every class within its quota, so the carve is stratified to within a few rows."""
+    n = len(labels)
+    if n == 0 or fraction <= 0:
+        return np.arange(n), np.zeros(0, np.int64)
+    uniq, group = np.unique(groups, return_inverse=True)
+    quota = np.round(fraction * np.bincount(labels, minlength=num_classes)).astype(np.int64).tolist()
+    order = np.random.default_rng(seed).permutation(len(uniq))
+    first_row = np.full(len(uniq), n, np.int64)
+    np.minimum.at(first_row, group, np.arange(n))
+    size = np.bincount(group, minlength=len(uniq))
+    taken = [0] * num_classes
+    carved_groups = []
+    multi: dict[int, list[int]] | None = None
+    label_list = labels.tolist()
+    first_list, size_list = first_row.tolist(), size.tolist()
+    for g in order.tolist():
+        if size_list[g] == 1:  # the common case: a text that occurs once
+            c = label_list[first_list[g]]
+            if taken[c] < quota[c]:
+                taken[c] += 1
+                carved_groups.append(g)
+        else:
+            if multi is None:
+                multi = {}
+                for row in np.flatnonzero(size[group] > 1).tolist():
+                    multi.setdefault(group[row], []).append(row)
+            counts = [0] * num_classes
+            for row in multi[g]:
+                counts[label_list[row]] += 1
+            if all(t + k <= q for t, k, q in zip(taken, counts, quota)):
+                taken = [t + k for t, k in zip(taken, counts)]
+                carved_groups.append(g)
+        if taken == quota:
+            break
+    carved_mask = np.zeros(len(uniq), bool)
+    carved_mask[carved_groups] = True
+    rows = carved_mask[group]
+    return np.flatnonzero(~rows), np.flatnonzero(rows)
+
+
+def _load_tables(cfg: DataConfig, label_space: LabelSpace | None) -> SourceData:
+    t0 = time.perf_counter()
+    if cfg.dataset == "files":
+        named = {"train": cfg.train_file, "valid": cfg.valid_file, "test": cfg.test_file}
+        parts = {name: _file_part(Path(path), cfg, labeled=True) for name, path in named.items() if path}
+    else:
+        parts = _hf_parts(cfg)
+    order = [name for name in ("train", "valid", "test") if name in parts]
+    tokens, ids_list = _merge_tokens([parts[n] for n in order])
+    train = parts["train"]
+    space = label_space or _label_space(cfg, train)
+    labels = {name: _class_indices(parts[name], space, name) for name in order}
+
+    # rows in the merged numbering, empty texts left out of every split (counted)
+    base, rows, skipped = 0, {}, {}
+    for name in order:
+        lengths = np.diff(parts[name].offsets)
+        rows[name] = base + np.flatnonzero(lengths > 0)
+        skipped[name] = int((lengths == 0).sum())
+        base += len(parts[name])
+    all_labels = np.concatenate([labels[n] for n in order])
+    all_hashes = np.concatenate([parts[n].hashes for n in order])
+
+    carved = {}
+    pool = rows["train"]
+    if "test" not in parts and cfg.test_fraction > 0:
+        keep, out = grouped_split(all_labels[pool], all_hashes[pool], cfg.test_fraction, cfg.split_seed,
+                                  space.num_classes)
+        pool, carved["test"] = pool[keep], pool[out]
+    if "valid" not in parts:
+        # the split seed, offset so valid is not drawn in test's order
+        keep, out = grouped_split(all_labels[pool], all_hashes[pool], cfg.valid_fraction, cfg.split_seed + 1,
+                                  space.num_classes)
+        pool, carved["valid"] = pool[keep], pool[out]
+    splits = {"train": pool, "valid": carved.get("valid", rows.get("valid")),
+              "test": carved.get("test", rows.get("test", np.zeros(0, np.int64)))}
+    if len(np.unique(all_labels[splits["train"]])) < 2:
+        raise SentimentError(f"{train.source}: the training split holds a single class; a classifier needs two")
+
+    # exact duplicates across splits given as separate files (a carve never splits them)
+    sides = [set(all_hashes[splits[n]].tolist()) for n in ("train", "valid", "test")]
+    straddling = len((sides[0] & sides[1]) | (sides[0] & sides[2]) | (sides[1] & sides[2]))
+    duplicated = len(all_hashes) - len(np.unique(all_hashes))
+
+    starts = {}
+    base = 0
+    for name in order:
+        starts[name] = base
+        base += len(parts[name])
+    membership = {}
+    for name, split_rows in splits.items():
+        owner = name if name in parts else "train"
+        membership[name] = split_rows - starts[owner]
+    offsets = np.zeros(base + 1, np.int64)
+    np.cumsum(np.concatenate([np.diff(parts[n].offsets) for n in order]), out=offsets[1:])
+    ids = np.concatenate(ids_list) if ids_list else np.zeros(0, np.int32)
+    stats = {"corpus_from_cache": all(parts[n].from_cache for n in order), "corpus_seconds": time.perf_counter() - t0,
+             "reviews": base, "source": ", ".join(parts[n].source for n in order),
+             "valid_split": "given" if "valid" in parts else "carved",
+             "empty_texts_skipped": sum(skipped.values()), "duplicate_texts": duplicated,
+             "duplicates_across_splits": straddling, "invalid_utf8_files": 0}
+    return SourceData(tokens, ids, offsets, all_labels, splits, space, membership, stats)
