@@ -20,7 +20,7 @@ import numpy as np
 from sentiment.batching import EncodedSplit, truncate
 from sentiment.errors import SentimentError
 from sentiment.labels import LabelSpace
-from sentiment.tokenize import IMDB_CLEANING, Cleaning, split_chunks, tokenize_chunks
+from sentiment.tokenize import IMDB_CLEANING, ChunkMemo, Cleaning, split_chunks
 from sentiment.vocab import Vocab
 from sentiment.workers import run_in_workers
 
@@ -55,20 +55,15 @@ def encoding_of(run: Any) -> Encoding:
                     cleaning_of(d))
 
 
-_job: tuple[Sequence[str], Encoding, dict[str, list[int]]] | None = None  # forked workers inherit it
+_job: tuple[Sequence[str], Encoding, ChunkMemo] | None = None  # forked workers inherit it (each its own memo)
 
 
 def _encode_range(bounds: tuple[int, int]) -> tuple[np.ndarray, np.ndarray]:
     """Worker: ids of texts[start:end], truncated, as one flat int32 array and int64 lengths: compact
     to send back. Each distinct whitespace chunk is tokenized once (what corpus.py does for training)."""
-    texts, enc, memo = _job
+    texts, enc, chunk_memo = _job
     chunked = [split_chunks(t, enc.cleaning) for t in texts[bounds[0] : bounds[1]]]
-    distinct = dict.fromkeys(chain.from_iterable(chunked))
-    missing = [c for c in distinct if c not in memo]
-    if len(memo) + len(missing) > _MEMO_SIZE:
-        memo.clear()  # bounded memory on huge inputs; the memo is only a speed-up
-        missing = list(distinct)  # including those the memo had
-    memo.update(zip(missing, map(enc.vocab.encode, tokenize_chunks(missing, enc.lowercase))))
+    memo = chunk_memo.fill(chain.from_iterable(chunked))
     rows = [truncate(np.fromiter(chain.from_iterable(map(memo.__getitem__, chunks)), dtype=np.int32),
                      enc.max_len, enc.truncate) for chunks in chunked]
     lengths = np.fromiter(map(len, rows), dtype=np.int64, count=len(rows))
@@ -84,7 +79,7 @@ def encode_texts(texts: Sequence[str], enc: Encoding, labels: np.ndarray | None 
     # forked workers inherit the texts and the vocab instead of receiving them pickled; where there is
     # no fork (Windows), one process does it all
     parallel = workers > 1 and len(texts) >= _PARALLEL_MIN_TEXTS and "fork" in multiprocessing.get_all_start_methods()
-    _job = (texts, enc, {})
+    _job = (texts, enc, ChunkMemo(enc.lowercase, _MEMO_SIZE, enc.vocab.encode))
     try:
         if parallel:
             parts = run_in_workers(_encode_range, tasks, workers)

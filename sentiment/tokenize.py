@@ -12,8 +12,9 @@ a space (`x:) :)b`), which we deliberately don't reproduce: a chunk's tokens nev
 from __future__ import annotations
 
 import re
-from collections.abc import Iterable, Sequence
+from collections.abc import Callable, Iterable, Sequence
 from dataclasses import dataclass
+from typing import Any
 
 import numpy as np
 import spacy
@@ -123,25 +124,41 @@ def init_tokenizer() -> None:
     _tokenizer()
 
 
+class ChunkMemo:
+    """The tokens (or anything made of them, e.g. vocab ids) of each distinct whitespace chunk, computed once
+    per batch of new chunks with tokenize_chunks: the one memo behind prediction-time tokenizing. Bounded:
+    when a batch would overflow it, it starts over (it is only a speed-up; endless streams stay bounded)."""
+
+    def __init__(self, lowercase: bool = True, size: int = 200_000, convert: Callable[[list[str]], Any] | None = None):
+        self.lowercase = lowercase
+        self.size = size
+        self.convert = convert
+        self.table: dict[str, Any] = {}
+
+    def fill(self, chunks: Iterable[str]) -> dict[str, Any]:
+        """The memo, holding every one of `chunks` (look them up in it right away: a later fill may clear it)."""
+        distinct = dict.fromkeys(chunks)
+        missing = [c for c in distinct if c not in self.table]
+        if missing:
+            if len(self.table) + len(missing) > self.size:
+                self.table.clear()
+                missing = list(distinct)
+            tokens = tokenize_chunks(missing, self.lowercase)
+            self.table.update(zip(missing, tokens if self.convert is None else map(self.convert, tokens)))
+        return self.table
+
+
 class Tokenizer:
     """Tokenize single texts (prediction time) with a memo of chunks already seen."""
 
     def __init__(self, lowercase: bool = True, memo_size: int = 200_000, cleaning: Cleaning = IMDB_CLEANING):
         self.lowercase = lowercase
         self.cleaning = cleaning
-        self._memo: dict[str, list[str]] = {}
-        self._memo_size = memo_size
+        self._memo = ChunkMemo(lowercase, memo_size)
 
     def __call__(self, text: str) -> list[str]:
         chunks = split_chunks(text, self.cleaning)
-        distinct = dict.fromkeys(chunks)
-        missing = [c for c in distinct if c not in self._memo]
-        if missing:
-            if len(self._memo) + len(missing) > self._memo_size:
-                self._memo.clear()  # bounded memory on endless input streams; it is only a speed-up
-                missing = list(distinct)
-            self._memo.update(zip(missing, tokenize_chunks(missing, self.lowercase)))
-        memo = self._memo
+        memo = self._memo.fill(chunks)
         return [tok for c in chunks for tok in memo[c]]
 
     def pipe(self, texts: Iterable[str]) -> Iterable[list[str]]:

@@ -104,7 +104,7 @@ def test_memo_is_bounded():
     assert tok("one two three") == ["one", "two", "three"]
     # 3 memoised + 3 new > 4: the memo is cleared before the new chunks go in
     assert tok("four five six") == ["four", "five", "six"]
-    assert len(tok._memo) <= 4
+    assert len(tok._memo.table) <= 4
 
 
 def test_memo_overflow_with_a_mix_of_seen_and_new_chunks(nlp):
