@@ -202,8 +202,10 @@ def _file_part(path: Path, cfg: DataConfig, labeled: bool) -> _Part:
     label_column = cfg.label_column if labeled else None
     content = _directory_hash(path) if path.is_dir() else _file_hash(path)
     key = f"file\0{content}\0{path.name}\0{_settings_key(cfg, (cfg.text_column, label_column))}"
-    return _cached_part(key, cache_dir(Path(cfg.data_dir)),
+    part = _cached_part(key, cache_dir(Path(cfg.data_dir)),
                         lambda: _part_from_table(read_table(path, cfg.text_column, label_column), cfg, str(path)))
+    part.source = str(path)  # a cache entry written for a copy elsewhere (same name and bytes) names that copy
+    return part
 
 
 def _hf_parts(cfg: DataConfig) -> dict[str, _Part]:
@@ -215,6 +217,7 @@ def _hf_parts(cfg: DataConfig) -> dict[str, _Part]:
         key = f"hf\0{fingerprints[name]}\0{_settings_key(cfg, (cfg.text_column, cfg.label_column))}"
         parts[name] = _cached_part(key, cache_dir(Path(cfg.data_dir)),
                                    lambda table=table: _part_from_table(table, cfg, table.source))
+        parts[name].source = table.source  # the cache may hold it under a copy's path
     return parts
 
 
