@@ -351,7 +351,8 @@ def _load_tables(cfg: DataConfig, label_space: LabelSpace | None) -> SourceData:
     # exact duplicates across splits given as separate files (a carve never splits them)
     sides = [set(all_hashes[splits[n]].tolist()) for n in ("train", "valid", "test")]
     straddling = len((sides[0] & sides[1]) | (sides[0] & sides[2]) | (sides[1] & sides[2]))
-    duplicated = len(all_hashes) - len(np.unique(all_hashes))
+    texts = np.concatenate([rows[n] for n in order])  # empty rows are counted apart, not as repeats of ""
+    duplicated = len(texts) - len(np.unique(all_hashes[texts]))
 
     starts = {}
     base = 0

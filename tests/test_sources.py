@@ -252,9 +252,13 @@ def test_empty_text_rows_are_skipped_and_counted(tmp_path):
     blank_rows = [3, 10, 11, 40]
     for r in blank_rows:
         rows[r]["text"] = "   " if r % 2 else ""
+    rows[21]["text"] = rows[20]["text"]  # one exact duplicate among the texts
     train = write_csv(tmp_path / "train.csv", rows)
     source = load_source(config(tmp_path, train))
     assert source.stats["empty_texts_skipped"] == len(blank_rows)
+    # repeats are counted among the texts only: two "" (or "   ") rows are empty rows, not a repeated text
+    texts = [r["text"] for i, r in enumerate(rows) if i not in blank_rows]
+    assert source.stats["duplicate_texts"] == len(texts) - len(set(texts)) >= 1
     used = np.concatenate([source.membership[n] for n in ("train", "valid", "test")]).tolist()
     assert sorted(used) == [r for r in range(len(rows)) if r not in blank_rows]
 
