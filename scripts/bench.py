@@ -14,6 +14,15 @@ Runs, in this order (each script's own --help says what it measures and against 
                       faster classic loop
   bench_predict       `sentiment predict` end to end vs one review at a time (same length limit)
 
+Only when asked for (--with NAME..., or --only), since they need the airline tweets (--tweets-csv, default
+DATA_DIR/airline_tweets.csv) and take longer:
+  tweets              airline tweets: ours trained over --tweets-seeds seeds vs TF-IDF + logistic regression
+                      on the same split (accuracy and macro-F1; minutes per seed)
+  files_scale         `sentiment prepare` on a 1M-row CSV of resampled tweets, cold and warm, vs the IMDB
+                      path's tokens/s
+  predict_tweets      `sentiment predict` on resampled tweets vs one tweet at a time; with --tweets-run, else
+                      the tweets benchmark's first seed (runs/bench_tweets/seedS)
+
 The default sample sizes are meant to fit in about 10-12 minutes on 2 quiet cores, --quick in about half
 (estimated from the pieces; the packed-loop row grows with the square of its batches' length). Every sample size can be set on its own (they
 are printed before the runs and in the summary). Without --run, predict is timed with the newest
@@ -38,12 +47,16 @@ import benchlib
 HERE = Path(__file__).resolve().parent
 ROOT = benchlib.ROOT
 SCRIPTS = ("prepare", "glove", "rnn_padding", "lstm_ceiling", "train", "predict")
+EXTRA = ("tweets", "files_scale", "predict_tweets")  # only with --with or --only
 FULL = dict(train_batches=40, random_batches=12, packed_batches=6, denormal_batches=4, eval_reviews=2000,
             predict_reviews=25000, predict_baseline=1000, ceiling_batch=256, ceiling_length=230, ceiling_reps=2,
-            padding_length=400, padding_reps=3, cold_runs=1)
+            padding_length=400, padding_reps=3, cold_runs=1,
+            tweets_seeds=3, scale_rows=1_000_000, predict_tweets=100_000, predict_tweets_baseline=1000)
 QUICK = dict(train_batches=16, random_batches=6, packed_batches=3, denormal_batches=2, eval_reviews=800,
              predict_reviews=5000, predict_baseline=300, ceiling_batch=128, ceiling_length=230, ceiling_reps=1,
-             padding_length=400, padding_reps=1, cold_runs=1)
+             padding_length=400, padding_reps=1, cold_runs=1,
+             tweets_seeds=1, scale_rows=1_000_000, predict_tweets=20_000, predict_tweets_baseline=300)
+TWEETS_RUNS = ROOT / "runs" / "bench_tweets"  # bench_tweets.py's default --runs-dir
 
 
 def newest_run() -> Path | None:
@@ -52,7 +65,15 @@ def newest_run() -> Path | None:
     return found[-1].parent if found else None
 
 
-def commands(args, s: dict, run: Path | None) -> dict[str, list[str]]:
+def tweets_run(args, s: dict, selected: list[str]) -> Path | None:
+    """The run predict_tweets is timed with: --tweets-run, else the tweets benchmark's first seed."""
+    if args.tweets_run:
+        return args.tweets_run
+    first = TWEETS_RUNS / "seed1"
+    return first if "tweets" in selected or (first / "best.pt").is_file() else None
+
+
+def commands(args, s: dict, run: Path | None, twrun: Path | None = None) -> dict[str, list[str]]:
     py, t = [sys.executable], str(args.threads)
     glove = Path(args.data_dir) / "glove" / f"glove.6B.{args.glove_dim}d.txt"
     cmds = {
@@ -69,7 +90,19 @@ def commands(args, s: dict, run: Path | None) -> dict[str, list[str]]:
                   "--eval-reviews", str(s["eval_reviews"])] + (["--no-flush-denormal"] if args.no_flush_denormal else []),
         "predict": [str(HERE / "bench_predict.py"), "--data-dir", args.data_dir, "--reviews", str(s["predict_reviews"]),
                     "--baseline", str(s["predict_baseline"])] + (["--run", str(run)] if run else []),
+        "tweets": [str(HERE / "bench_tweets.py"), "--csv", str(args.tweets_csv), "--threads", t, "--runs-dir",
+                   str(TWEETS_RUNS), "--seeds", *map(str, range(1, s["tweets_seeds"] + 1))],
+        "files_scale": [str(HERE / "bench_files_scale.py"), "--csv", str(args.tweets_csv), "--data-dir", args.data_dir,
+                        "--rows", str(s["scale_rows"]), "--workers", t],
+        "predict_tweets": [str(HERE / "bench_predict_tweets.py"), "--csv", str(args.tweets_csv), "--tweets",
+                           str(s["predict_tweets"]), "--baseline", str(s["predict_tweets_baseline"])]
+                          + (["--run", str(twrun)] if twrun else []),
     }
+    if not Path(args.tweets_csv).is_file():
+        for name in EXTRA:
+            cmds.pop(name)
+    if twrun is None:
+        cmds.pop("predict_tweets", None)
     if not glove.is_file():
         cmds.pop("glove")
     return {name: py + cmd for name, cmd in cmds.items()}
@@ -80,6 +113,8 @@ def fmt(value: float, unit: str) -> str:
         return "n/a"
     if unit == "s":
         return f"{value:.3f} s" if value < 1 else f"{value:.2f} s"
+    if unit == "%":
+        return f"{value:.2f}%"
     return f"{value:,.0f} {unit}"
 
 
@@ -91,14 +126,21 @@ def main() -> int:
                     help="torch threads / worker processes for ours and the baselines alike (default: usable cores)")
     ap.add_argument("--glove-dim", type=int, default=50)
     ap.add_argument("--quick", action="store_true", help="smaller samples: about half the time")
-    ap.add_argument("--only", nargs="+", choices=SCRIPTS, help="run only these benchmarks")
-    ap.add_argument("--skip", nargs="+", choices=SCRIPTS, default=[], help="leave these out")
+    ap.add_argument("--only", nargs="+", choices=SCRIPTS + EXTRA, help="run only these benchmarks")
+    ap.add_argument("--with", dest="extra", nargs="+", choices=EXTRA, default=[],
+                    help="also run these (airline tweets; not in the default set)")
+    ap.add_argument("--skip", nargs="+", choices=SCRIPTS + EXTRA, default=[], help="leave these out")
+    ap.add_argument("--tweets-csv", type=Path, help="the airline tweets CSV for the tweets benchmarks "
+                    "(default: DATA_DIR/airline_tweets.csv)")
+    ap.add_argument("--tweets-run", type=Path, help="run trained on the tweets, for predict_tweets (default: "
+                    "runs/bench_tweets/seed1, trained by the tweets benchmark)")
     ap.add_argument("--no-flush-denormal", action="store_true", help="bench_train keeps denormal floats")
     sizes = ap.add_argument_group("sample sizes (default: the full set; --quick: the quick set)")
     for key, value in FULL.items():
         sizes.add_argument(f"--{key.replace('_', '-')}", type=int, default=None,
                            help=f"full {value}, quick {QUICK[key]}")
     args = ap.parse_args()
+    args.tweets_csv = args.tweets_csv or Path(args.data_dir) / "airline_tweets.csv"
     s = {k: (getattr(args, k) if getattr(args, k) is not None else (QUICK if args.quick else FULL)[k]) for k in FULL}
 
     # one benchmark at a time on this machine, even across two `make bench`
@@ -109,8 +151,9 @@ def main() -> int:
         sys.exit("another scripts/bench.py is running on this machine; benchmarks must not overlap")
 
     run = args.run or newest_run()
-    selected = [n for n in (args.only or SCRIPTS) if n not in args.skip]
-    cmds = {n: c for n, c in commands(args, s, run).items() if n in selected}
+    selected = [n for n in (args.only or SCRIPTS + tuple(args.extra)) if n not in args.skip]
+    twrun = tweets_run(args, s, selected)
+    cmds = {n: c for n, c in commands(args, s, run, twrun).items() if n in selected}
     header = benchlib.machine_lines(args.threads)
     print("== make bench: speed figures, each against a baseline timed in the same command ==")
     for line in header:
@@ -127,6 +170,13 @@ def main() -> int:
     print(f"  predict run: {run if run else 'none found: an untrained run of configs/imdb_cpu.yaml (speed only)'}")
     if "glove" in selected and "glove" not in cmds:
         print(f"  bench_glove skipped: no GloVe {args.glove_dim}d text file under {args.data_dir}/glove")
+    for name in EXTRA:
+        if name in selected and name not in cmds:
+            why = (f"no {args.tweets_csv} (--tweets-csv)" if not Path(args.tweets_csv).is_file() else
+                   "no run trained on the tweets: pass --tweets-run, or run the tweets benchmark with it")
+            print(f"  bench_{name} skipped: {why}")
+    if "predict_tweets" in cmds:
+        print(f"  predict_tweets run: {twrun}")
 
     results, start = [], time.perf_counter()
     with tempfile.TemporaryDirectory(prefix="bench-") as tmp:
