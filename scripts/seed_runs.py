@@ -76,6 +76,10 @@ def main() -> None:
     valid = [r["valid"]["accuracy"] for _, r, _ in rows]
     test = [r["test"]["accuracy"] for _, r, _ in rows]
     print(f"{'mean ± sd':>17} {mean_sd(valid):>8} (valid) {mean_sd(test)} (test), n = {len(rows)}")
+    if all("macro_f1" in r["valid"] for _, r, _ in rows):  # runs since label spaces: macro-F1 too
+        f1_valid = [r["valid"]["macro_f1"] for _, r, _ in rows]
+        f1_test = [r["test"]["macro_f1"] for _, r, _ in rows]
+        print(f"{'macro-F1 ×100':>17} {mean_sd(f1_valid):>8} (valid) {mean_sd(f1_test)} (test), n = {len(rows)}")
     if args.rescore_max_len:
         rescore(out, [seed for seed, _, _ in rows], args.rescore_max_len)
 

@@ -107,6 +107,17 @@ def load_labels(run_dir: Path) -> LabelSpace:
     return LabelSpace.load(Path(run_dir) / LABELS_FILE)
 
 
+def check_membership(run_dir: Path, membership: dict[str, np.ndarray], splits: tuple[str, ...] = ("train", "valid", "test")) -> None:
+    """Refuse data whose splits are not the ones the run was trained with (runs without splits.npz: no check)."""
+    if not (Path(run_dir) / SPLITS_FILE).is_file():
+        return
+    saved = load_split_membership(run_dir)
+    for name in splits:
+        if name in saved and name in membership and not np.array_equal(saved[name], membership[name]):
+            raise SentimentError(f"the {name} split of {run_dir}'s data is not the one it was trained with (the data "
+                                 "changed since, or its split settings did): its figures would not be comparable")
+
+
 def load_split_membership(run_dir: Path) -> dict[str, np.ndarray]:
     """Rows of each split, numbered as in the source they came from (data rows from 0)."""
     path = Path(run_dir) / SPLITS_FILE

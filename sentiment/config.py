@@ -248,7 +248,7 @@ def validate(cfg: Config) -> None:
     for key, ok, why in checks:
         if not ok:
             value = eval_key(cfg, key)
-            raise SentimentError(f"config key {key} {why}, got {value!r}")
+            raise SentimentError(f"config key {key} {why}, got {'null' if value is None else repr(value)}")
 
 
 def eval_key(cfg: Config, key: str) -> Any:

@@ -2,7 +2,7 @@
 predictions and probabilities.
 
 Two classes keep the classic recipe exactly: one logit, BCEWithLogitsLoss, positive when the logit is
-above 0 (the positive class is names[1]). More than two: K logits and cross-entropy. Nobody else
+at least 0 (the positive class is names[1]). More than two: K logits and cross-entropy. Nobody else
 compares a logit with 0.
 """
 
@@ -63,7 +63,7 @@ class LabelSpace:
 
     def predict(self, logits: torch.Tensor) -> torch.Tensor:
         """Class index of each row."""
-        return (logits > 0).long() if self.binary else logits.argmax(dim=-1)
+        return (logits >= 0).long() if self.binary else logits.argmax(dim=-1)  # P = 0.5 is positive, as in predict
 
     def correct(self, logits: torch.Tensor, targets: torch.Tensor) -> torch.Tensor:
         """How many rows are predicted right (a tensor: read it when needed, not every step)."""
@@ -97,7 +97,7 @@ class LabelSpace:
         """Class index per row. threshold: P(positive) from which a two-class row is positive."""
         if self.binary:
             if threshold is None:
-                return (np.asarray(logits) > 0).astype(np.int64)
+                return (np.asarray(logits) >= 0).astype(np.int64)
             return (self.probabilities(logits)[:, 1] >= threshold).astype(np.int64)
         return np.asarray(logits).argmax(axis=1)
 

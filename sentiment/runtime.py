@@ -5,10 +5,9 @@ from __future__ import annotations
 from dataclasses import dataclass
 from pathlib import Path
 
-import numpy as np
 import torch
 
-from sentiment.checkpoint import BEST, LAST, SPLITS_FILE, load_checkpoint, load_labels, load_run, load_split_membership
+from sentiment.checkpoint import BEST, LAST, check_membership, load_checkpoint, load_labels, load_run
 from sentiment.config import Config
 from sentiment.device import resolve_device
 from sentiment.errors import SentimentError
@@ -55,12 +54,7 @@ def evaluate_run(run_dir: Path, *, split: str = "test", checkpoint: str = "best"
 
     run = load_trained(run_dir, checkpoint, device)
     data = prepare_data(run.cfg.data, run.vocab, label_space=run.label_space)
-    saved = Path(run_dir) / SPLITS_FILE
-    if saved.is_file() and split in data.membership:
-        rows = load_split_membership(run_dir).get(split)
-        if rows is not None and not np.array_equal(rows, data.membership[split]):
-            raise SentimentError(f"the {split} split of {run_dir}'s data is not the one it was trained with (the "
-                                 "data changed since, or its split settings did): its figures would not be comparable")
+    check_membership(run_dir, data.membership, (split,))
     if split == "test" and not len(data.test):
         raise SentimentError(f"{run_dir}'s data has no test split (data.test_file is null and data.test_fraction 0): "
                              "evaluate --split valid, or --data a labeled file")

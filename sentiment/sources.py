@@ -27,7 +27,7 @@ from sentiment.paths import cache_dir
 from sentiment.readers import Table, read_table
 from sentiment.tokenize import Cleaning, spacy_version
 
-FILES_CACHE_VERSION = 1
+FILES_CACHE_VERSION = 2
 
 
 @dataclass
@@ -118,7 +118,9 @@ def _part_from_table(table: Table, cfg: DataConfig, source: str) -> _Part:
     else:
         index: dict[str, int] = {}
         setdefault = index.setdefault
-        codes = np.fromiter((setdefault(v, len(index)) for v in table.labels), dtype=np.int32, count=len(table))
+        # "pos " and "pos" are one class: a stray space must not make a two-class file a three-class run
+        codes = np.fromiter((setdefault(v.strip(), len(index)) for v in table.labels), dtype=np.int32,
+                            count=len(table))
         names = list(index)
     return _Part(tokens, ids, offsets, codes, names, hashes, np.asarray(table.lines, dtype=np.int64), source)
 

@@ -21,8 +21,8 @@ import torch
 import torch.nn as nn
 
 from sentiment.batching import BucketBatchSampler, collate
-from sentiment.checkpoint import (BEST, LAST, RESULTS, append_metrics, code_version, load_checkpoint, load_labels,
-                                  read_metrics, save_checkpoint, truncate_metrics, write_run_files)
+from sentiment.checkpoint import (BEST, LAST, RESULTS, append_metrics, check_membership, code_version, load_checkpoint,
+                                  load_labels, read_metrics, save_checkpoint, truncate_metrics, write_run_files)
 from sentiment.atomic import atomic_write_text
 from sentiment.config import Config
 from sentiment.errors import SentimentError
@@ -210,6 +210,7 @@ def train(cfg: Config, run_dir: Path, *, data: PreparedData | None = None, resum
             stray.unlink(missing_ok=True)
         checkpoint = load_checkpoint(run_dir / LAST, vocab)
         data = data or prepare_data(cfg.data, vocab, label_space=space)
+        check_membership(run_dir, data.membership)
     else:
         data = data or prepare_data(cfg.data, embedding_seed=cfg.run.seed)
         write_run_files(run_dir, cfg, data.vocab, data.label_space, data.membership)

@@ -343,3 +343,24 @@ def test_bad_input_is_one_clear_line_and_writes_no_run(tmp_path, what, settings,
                                          *settings(files)]), "--run-dir", str(run_dir))
     one_line_error(code, text, *needles)
     assert not run_dir.exists()
+
+
+# ---------------------------------------------------------------- the data a run was trained with
+def test_eval_and_resume_refuse_data_whose_split_changed(tmp_path):
+    rows = make_rows({"negative": 60, "neutral": 50, "positive": 40}, seed=3)
+    train_file = write_csv(tmp_path / "t.csv", rows)
+    run_dir = tmp_path / "run"
+    train(run_dir, tmp_path / "data", f"data.train_file={train_file}", "train.epochs=1")
+    assert eval_json(run_dir)["n"] > 0  # unchanged data: fine
+    write_csv(train_file, rows[5:])  # rows removed: every carve moves
+    one_line_error(*run("eval", "--run", str(run_dir)), "not the one it was trained with")
+    one_line_error(*run("train", "--resume", str(run_dir), "--set", "train.epochs=2"), "not the one it was trained with")
+
+
+def test_labels_with_stray_spaces_are_one_class(tmp_path):
+    rows = make_rows({"negative": 60, "positive": 60}, seed=4)
+    for i, r in enumerate(rows):
+        r["label"] = r["label"] + (" " if i % 3 == 0 else "")
+    results = train(tmp_path / "run", tmp_path / "data", f"data.train_file={write_csv(tmp_path / 's.csv', rows)}",
+                    "train.epochs=1")
+    assert results["labels"] == ["negative", "positive"]

@@ -93,8 +93,9 @@ def test_balanced_weights_need_every_class():
 # ---------------------------------------------------------------- predictions and probabilities
 def test_two_class_predictions_threshold_the_logit_at_zero():
     logits = np.array([-2.0, -0.01, 0.0, 0.01, 3.0], dtype=np.float32)
-    assert BINARY.predictions(logits).tolist() == [0, 0, 0, 1, 1]
-    assert BINARY.predict(torch.from_numpy(logits)).tolist() == [0, 0, 0, 1, 1]
+    # a logit of exactly 0 is P = 0.5, positive, as predict's default threshold decides it
+    assert BINARY.predictions(logits).tolist() == [0, 0, 1, 1, 1]
+    assert BINARY.predict(torch.from_numpy(logits)).tolist() == [0, 0, 1, 1, 1]
     # a threshold is on P(positive): 0.5 is the logit 0 (ties go positive), 0 makes everything positive
     assert BINARY.predictions(logits, threshold=0.5).tolist() == [0, 0, 1, 1, 1]
     assert BINARY.predictions(logits, threshold=0.0).tolist() == [1] * 5
