@@ -9,9 +9,12 @@ from __future__ import annotations
 import math
 from collections.abc import Iterator
 from dataclasses import dataclass
+from typing import TYPE_CHECKING
 
 import numpy as np
-import torch
+
+if TYPE_CHECKING:
+    import torch
 
 TRUNCATE_MODES = ("head", "tail", "head+tail")
 
@@ -52,6 +55,8 @@ def truncate(ids: np.ndarray, max_len: int | None, mode: str = "head+tail") -> n
 def collate(split: EncodedSplit, indices: list[int] | np.ndarray, max_len: int | None = None,
             mode: str = "head+tail", pad_index: int = 0) -> tuple[torch.Tensor, torch.Tensor, torch.Tensor]:
     """(ids [B, T] right-padded with pad_index, true lengths [B], class indices [B])."""
+    import torch  # here, not at the top: `sentiment prepare` on a warm cache never loads torch (~1.5 s)
+
     rows = [truncate(split.ids[split.offsets[i] : split.offsets[i + 1]], max_len, mode) for i in indices]
     lengths = np.fromiter((max(len(r), 1) for r in rows), dtype=np.int64, count=len(rows))
     batch = np.full((len(rows), int(lengths.max()) if len(rows) else 0), pad_index, dtype=np.int64)

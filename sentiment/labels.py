@@ -13,10 +13,12 @@ import re
 from collections.abc import Iterable, Sequence
 from dataclasses import dataclass
 from pathlib import Path
+from typing import TYPE_CHECKING
 
 import numpy as np
-import torch
-import torch.nn.functional as F
+
+if TYPE_CHECKING:
+    import torch
 
 from sentiment.errors import SentimentError
 
@@ -52,6 +54,8 @@ class LabelSpace:
     def loss(self, logits: torch.Tensor, targets: torch.Tensor, class_weights: torch.Tensor | None = None) -> torch.Tensor:
         """Mean loss of a batch; targets are class indices. With class_weights, a weighted mean (as
         cross_entropy's weight= gives it) for both heads."""
+        import torch.nn.functional as F  # torch loads where it is used: data preparation never needs it
+
         logits = logits.float()
         if self.binary:
             if class_weights is None:
@@ -90,6 +94,8 @@ class LabelSpace:
 
     def loss_of(self, logits: np.ndarray, labels: np.ndarray) -> float:
         """Mean loss over a whole split, as training computes it per batch."""
+        import torch
+
         return float(self.loss(torch.from_numpy(np.asarray(logits, dtype=np.float32)),
                                torch.from_numpy(np.asarray(labels, dtype=np.int64))))
 

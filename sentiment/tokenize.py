@@ -17,8 +17,6 @@ from dataclasses import dataclass
 from typing import Any
 
 import numpy as np
-import spacy
-from spacy.attrs import IS_SPACE, LOWER, ORTH
 
 _BREAK = re.compile(r"<br\s*/?>", re.IGNORECASE)
 
@@ -27,12 +25,17 @@ _special: frozenset[str] = frozenset()
 
 
 def spacy_version() -> str:
-    return spacy.__version__
+    """spaCy's version without importing spaCy (~1 s): a warm cache is checked without it."""
+    from importlib.metadata import version
+
+    return version("spacy")
 
 
 def _tokenizer():
     global _nlp, _special
     if _nlp is None:
+        import spacy
+
         _nlp = spacy.blank("en")  # rules only: no model download
         _special = frozenset(_nlp.tokenizer.rules)
     return _nlp.tokenizer
@@ -84,6 +87,8 @@ _GROUP = 8192
 
 def tokenize_chunks(chunks: Sequence[str], lowercase: bool = True) -> list[list[str]]:
     """Tokens of each chunk (a string without whitespace), with spaCy's English rules."""
+    from spacy.attrs import IS_SPACE, LOWER, ORTH
+
     tokenizer = _tokenizer()
     strings = _nlp.vocab.strings
     attr = LOWER if lowercase else ORTH  # spaCy's LOWER is str.lower() of the token text

@@ -44,3 +44,31 @@ def test_random_rows_for_words_glove_lacks_follow_the_run_seed(tiny_data):
     assert not np.array_equal(a.embeddings[missing], b.embeddings[missing])
     assert np.array_equal(a.embeddings[found], b.embeddings[found])
     assert np.array_equal(a.embeddings[missing], prepare_data(cfg, embedding_seed=1).embeddings[missing])
+
+
+def test_a_warm_prepare_loads_neither_torch_nor_spacy(tmp_path):
+    """Importing torch and spaCy costs ~2 s; a prepare whose caches are warm needs neither."""
+    import subprocess
+    import sys
+
+    csv_file = tmp_path / "t.csv"
+    csv_file.write_text("text,label\n" + "".join(f"word{i % 7} text {i},{'ab'[i % 2]}\n" for i in range(40)))
+    script = (
+        "import sys\n"
+        "from sentiment.config import load_config\n"
+        "from sentiment.prepare import prepare_data\n"
+        f"cfg = load_config(None, ['data.dataset=files', 'data.train_file={csv_file}', 'data.data_dir={tmp_path}',"
+        " 'data.glove_dim=null', 'model.embed_dim=8', 'data.workers=1']).data\n"
+        "data = prepare_data(cfg)\n"
+        "print(data.stats['corpus_from_cache'], 'torch' in sys.modules, 'spacy' in sys.modules)\n"
+    )
+    env = {k: v for k, v in __import__("os").environ.items() if k != "SENTIMENT_CACHE_DIR"}
+
+    def run() -> str:
+        done = subprocess.run([sys.executable, "-c", script], capture_output=True, text=True, env=env)
+        assert done.returncode == 0, done.stderr
+        return done.stdout.split()
+
+    cold = run()
+    assert cold[0] == "False" and cold[2] == "True"  # cold: spaCy tokenizes (and its thinc loads torch)
+    assert run() == ["True", "False", "False"]  # warm: from the cache alone
