@@ -110,14 +110,16 @@ class BucketBatchSampler:
             else:
                 batches = [order[i : i + bs] for i in range(0, n, bs)]
             batches = [batches[i] for i in rng.permutation(len(batches))]
-        return batches[self.rank :: self.num_replicas]
+        # every rank gets the same number of batches (a rank with one more would wait for the others at its
+        # last gradient all-reduce): the last len % num_replicas batches of the shuffled order are dropped
+        usable = len(batches) - len(batches) % self.num_replicas
+        return batches[self.rank : usable : self.num_replicas]
 
     def __iter__(self) -> Iterator[np.ndarray]:
         return iter(self.batches())
 
     def __len__(self) -> int:
-        n_batches = math.ceil(len(self.lengths) / self.batch_size)
-        return len(range(self.rank, n_batches, self.num_replicas))
+        return math.ceil(len(self.lengths) / self.batch_size) // self.num_replicas
 
 
 def padding_share(lengths: np.ndarray, batches: list[np.ndarray]) -> float:

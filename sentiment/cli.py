@@ -5,6 +5,7 @@ from __future__ import annotations
 
 import json
 import os
+import re
 import shutil
 import sys
 from contextlib import contextmanager
@@ -217,41 +218,111 @@ def train(
     resume: Optional[Path] = typer.Option(None, help="Continue the run in this directory from its last.pt."),
     overwrite: bool = typer.Option(False, help="Replace --run-dir if it already exists."),
     print_config: bool = typer.Option(False, "--print-config", help="Print the resolved config and exit."),
+    nproc: Optional[int] = typer.Option(None, "--nproc", min=1, help="Train with this many processes on this "
+                                        "machine (DistributedDataParallel through torch.distributed.run, as "
+                                        "`torchrun --standalone --nproc-per-node N -m sentiment train ...`): one per "
+                                        "GPU, or CPU processes of one thread each."),
 ) -> None:
-    """Train a classifier as a config says; the run directory gets config, vocab, metrics and checkpoints."""
+    """Train a classifier as a config says; the run directory gets config, vocab, metrics and checkpoints.
+
+    Under torchrun every process runs this command: the main one writes and prints, the others train their
+    share of each epoch's batches.
+    """
     from sentiment.config import dump_config, load_config
+    from sentiment import distributed
     from sentiment.prepare import prepare_data
     from sentiment.floats import flush_denormals
     from sentiment.device import resolve_device
     from sentiment.train import graceful_stop
     from sentiment.train import train as train_run
 
+    if nproc is not None and "RANK" not in os.environ:
+        with user_errors():
+            _launch(nproc)
+        return
     with user_errors():
+        rank = distributed.from_env()
         if resume is not None:
             cfg, target = _resume_config(resume, config, set_)
         else:
             cfg = load_config(config, set_)
             target = run_dir or Path(cfg.run.output_dir) / f"{cfg.run.name or 'run'}-{datetime.now():%Y%m%d-%H%M%S}"
         if print_config:
-            console.print(dump_config(cfg), end="", markup=False, highlight=False)
+            if rank.is_main:
+                console.print(dump_config(cfg), end="", markup=False, highlight=False)
             return
         flush_denormals(cfg.run.flush_denormal)  # before any torch work starts its worker threads
-        data = None
-        if resume is None:
-            # everything that can fail on bad input (run dir, device, data, GloVe) is checked before the run
-            # directory is created, or an --overwrite'n one deleted
-            _claim_run_dir(target, overwrite, check_only=True)
-            resolve_device(cfg.run.device)
-            data = prepare_data(cfg.data, embedding_seed=cfg.run.seed)
-            _claim_run_dir(target, overwrite)
-        console.print(f"run directory: [bold]{escape(str(target))}[/]", soft_wrap=True)
-        reporter = RichReporter()
+        device = distributed.rank_device(rank, resolve_device(cfg.run.device))
+        distributed.init(rank, device)
         try:
-            with graceful_stop() as stop:
-                results = train_run(cfg, target, data=data, resume=resume is not None, reporter=reporter, stop=stop)
+            target = distributed.broadcast(rank, target)  # rank 0's clock names the run
+            data = None
+            if resume is None:
+                # everything that can fail on bad input (run dir, device, data, GloVe) is checked before the run
+                # directory is created, or an --overwrite'n one deleted
+                distributed.together(rank, lambda: _claim_run_dir(target, overwrite, check_only=True),
+                                     only=rank.is_main, what="checking the run directory")
+                data = distributed.once_per_machine(rank, lambda: prepare_data(cfg.data, embedding_seed=cfg.run.seed))
+                distributed.together(rank, lambda: _claim_run_dir(target, overwrite), only=rank.is_main,
+                                     what="creating the run directory")
+            if rank.is_main:
+                processes = f" · {rank.world_size} processes" if rank.distributed else ""
+                console.print(f"run directory: [bold]{escape(str(target))}[/]{processes}", soft_wrap=True)
+            reporter = RichReporter() if rank.is_main else None
+            try:
+                with graceful_stop() as stop:
+                    results = train_run(cfg, target, data=data, resume=resume is not None, reporter=reporter,
+                                        stop=stop, rank=rank)
+            finally:
+                if reporter is not None:
+                    reporter.close()
         finally:
-            reporter.close()
-    _print_results(results)
+            distributed.shutdown()
+    if rank.is_main:
+        _print_results(results)
+
+
+_TORCHRUN_LOG = re.compile(r"^(\[?[WIEF]\d{4}|\*{5}|Setting OMP_NUM_THREADS|Traceback|  |\S+Error|\[rank|torch\.distributed)")
+
+
+def _launch(nproc: int) -> None:
+    """`sentiment train --nproc N ...` as torch.distributed.run would start it, on this machine. Rank 0's
+    output is shown as is; every rank's output is also in a log directory, which a failure names."""
+    import signal
+    import subprocess
+    import tempfile
+
+    args = sys.argv[1:]
+    i = args.index("--nproc") if "--nproc" in args else next(k for k, a in enumerate(args) if a.startswith("--nproc="))
+    args = args[:i] + args[i + (1 if "=" in args[i] else 2):]
+    log_dir = Path(tempfile.mkdtemp(prefix="sentiment-ranks-"))
+    others = ",".join(f"{r}:3" for r in range(1, nproc))  # ranks > 0: stdout and stderr to their log files only
+    cmd = [sys.executable, "-m", "torch.distributed.run", "--standalone", "--nproc-per-node", str(nproc),
+           "--log-dir", str(log_dir), *(["--redirects", others] if others else []), "-m", "sentiment", *args]
+    env = {**os.environ, "TORCHELASTIC_ERROR_FILE": str(log_dir / "error.json")}
+    launcher = subprocess.Popen(cmd, env=env, stderr=subprocess.PIPE, text=True)
+
+    def forward(signum, frame):  # Ctrl-C on a terminal reaches torchrun too; a `kill` of this process would not
+        launcher.send_signal(signum)
+
+    previous = {s: signal.signal(s, forward) for s in (signal.SIGINT, signal.SIGTERM)}
+    try:
+        stderr = launcher.communicate()[1]
+    finally:
+        for s, h in previous.items():
+            signal.signal(s, h)
+    done = subprocess.CompletedProcess(cmd, launcher.returncode, None, stderr)
+    ours = [line for line in done.stderr.splitlines() if line and not _TORCHRUN_LOG.match(line)]
+    if done.returncode == 0:
+        for line in ours:  # rank 0's notes (skipped rows, ...), without torchrun's own logging
+            err_console.print(line, soft_wrap=True, highlight=False, markup=False)
+        return
+    # torchrun's own report is a long traceback; rank 0's one-line error says what went wrong
+    reasons = [line.removeprefix("error: ") for line in ours if line.startswith(("error:", "interrupted"))]
+    reason = reasons[0] if reasons else f"a training process exited with code {done.returncode}"
+    error = SentimentError(f"{reason} [{nproc} processes; each rank's output: {log_dir}]")
+    error.exit_code = 130 if reason.startswith("interrupted") else 1
+    raise error
 
 
 def _claim_run_dir(path: Path, overwrite: bool, check_only: bool = False) -> None:

@@ -11,6 +11,7 @@ import torch
 import torch.nn as nn
 
 from sentiment.batching import EncodedSplit, collate
+from sentiment.distributed import Rank
 from sentiment.labels import IMDB_LABELS, LabelSpace
 from sentiment.workers import run_in_workers
 
@@ -51,7 +52,13 @@ def metrics_from(pred: np.ndarray, labels: np.ndarray, loss: float, names: list[
     """Metrics of predicted class indices against true ones."""
     k = len(names)
     pred, gold = np.asarray(pred, dtype=np.int64), np.asarray(labels, dtype=np.int64)
-    confusion = np.bincount(gold * k + pred, minlength=k * k).reshape(k, k)
+    return metrics_from_confusion(np.bincount(gold * k + pred, minlength=k * k).reshape(k, k), loss, names)
+
+
+def metrics_from_confusion(confusion: np.ndarray, loss: float, names: list[str] | tuple[str, ...]) -> Metrics:
+    """Metrics of a confusion matrix (rows: true class, columns: predicted): also what ranks add up."""
+    k = len(names)
+    confusion = np.asarray(confusion, dtype=np.int64)
     n = int(confusion.sum())
     per_class = []
     for c in range(k):
@@ -166,15 +173,48 @@ def predict_logits(model: nn.Module, split: EncodedSplit, *, batch_size: int = 2
 
 def evaluate(model: nn.Module, split: EncodedSplit, label_space: LabelSpace | None = None, *, batch_size: int = 256,
              device: torch.device | str = "cpu", max_len: int | None = None, truncate: str = "head+tail",
-             workers: int | None = None) -> Metrics:
-    """The split's metrics under the run's label space (default: two classes, negative/positive)."""
+             workers: int | None = None, rank: Rank | None = None) -> Metrics:
+    """The split's metrics under the run's label space (default: two classes, negative/positive). Under
+    several ranks each scores every world_size-th review and the counts are added up: every review is
+    counted once, and every rank gets the same figures."""
     label_space = label_space or LabelSpace(IMDB_LABELS)
     start = time.perf_counter()
+    if rank is not None and rank.distributed:
+        return _evaluate_shard(model, split, label_space, rank, batch_size=batch_size, device=device,
+                               max_len=max_len, truncate=truncate, start=start)
     logits = predict_logits(model, split, batch_size=batch_size, device=device, max_len=max_len, truncate=truncate,
                             workers=workers)
     labels = split.labels.astype(np.int64)
     metrics = metrics_from(label_space.predictions(logits), labels, label_space.loss_of(logits, labels),
                            label_space.names)
+    metrics.seconds = time.perf_counter() - start
+    metrics.tokens = int(split.lengths(max_len).sum())
+    return metrics
+
+
+def _evaluate_shard(model: nn.Module, split: EncodedSplit, space: LabelSpace, rank: Rank, *, batch_size: int,
+                    device: torch.device | str, max_len: int | None, truncate: str, start: float) -> Metrics:
+    from sentiment.distributed import all_reduce_sum
+
+    rows = np.arange(rank.rank, len(split), rank.world_size)
+    lengths = np.diff(split.offsets)
+    shard = EncodedSplit(np.concatenate([split.ids[split.offsets[i]:split.offsets[i + 1]] for i in rows.tolist()])
+                         if len(rows) else split.ids[:0],
+                         np.concatenate([[0], np.cumsum(lengths[rows])]).astype(np.int64), split.labels[rows])
+    k = space.num_classes
+    if len(shard):  # no forked scoring workers under DDP: each rank is one process on its own share
+        logits = predict_logits(model, shard, batch_size=batch_size, device=device, max_len=max_len,
+                                truncate=truncate, workers=1)
+        labels = shard.labels.astype(np.int64)
+        confusion = np.bincount(labels * k + space.predictions(logits), minlength=k * k)
+        loss_sum = space.loss_of(logits, labels) * len(shard)
+    else:
+        confusion, loss_sum = np.zeros(k * k, np.int64), 0.0
+    # float64 sums: counts stay exact up to 2**53
+    totals = all_reduce_sum(rank, torch.from_numpy(np.concatenate([[loss_sum], confusion]).astype(np.float64)))
+    totals = totals.numpy()
+    confusion = totals[1:].round().astype(np.int64).reshape(k, k)
+    metrics = metrics_from_confusion(confusion, float(totals[0] / max(confusion.sum(), 1)), space.names)
     metrics.seconds = time.perf_counter() - start
     metrics.tokens = int(split.lengths(max_len).sum())
     return metrics

@@ -8,6 +8,7 @@ interrupted-and-resumed run ends bitwise identical to an uninterrupted one.
 from __future__ import annotations
 
 import math
+import os
 import random
 import signal
 import time
@@ -29,6 +30,8 @@ from sentiment.errors import SentimentError
 from sentiment.evaluate import Metrics, evaluate
 from sentiment.floats import flush_denormals
 from sentiment.device import resolve_device
+from sentiment.distributed import (Rank, all_reduce_sum, any_rank, broadcast, broadcast_weights, rank_device)
+from sentiment.distributed import init as init_distributed
 from sentiment.labels import LabelSpace
 from sentiment.model import build_model
 from sentiment.prepare import PreparedData, prepare_data
@@ -61,14 +64,23 @@ class StopFlag:
 
 
 @contextmanager
-def graceful_stop() -> Iterator[StopFlag]:
-    """First Ctrl-C/SIGTERM asks the loop to stop after the current step; a second one stops at once."""
+def graceful_stop(repeat_grace: float | None = None) -> Iterator[StopFlag]:
+    """First Ctrl-C/SIGTERM asks the loop to stop after the current step; a second one stops at once. Under
+    torchrun a terminal's Ctrl-C reaches every rank and then torchrun sends its own SIGTERM: a repeat within
+    `repeat_grace` seconds (default: 5 under torchrun, none otherwise) is the same request, so it does not
+    cost the checkpoint being written."""
     flag = StopFlag()
+    if repeat_grace is None:
+        repeat_grace = 5.0 if int(os.environ.get("WORLD_SIZE", 1)) > 1 else 0.0
+    first = {"at": 0.0}
 
     def handler(signum, frame):
         if flag:
+            if time.monotonic() - first["at"] < repeat_grace:
+                return
             raise KeyboardInterrupt
         flag.signal = signum
+        first["at"] = time.monotonic()
 
     previous = {s: signal.signal(s, handler) for s in (signal.SIGINT, signal.SIGTERM)}
     try:
@@ -93,6 +105,7 @@ class LoopState:
     tokens: int = 0
     seconds: float = 0.0
     schedule_steps: int = 0  # the steps the LR schedule spans, fixed when the run starts
+    world_size: int = 1  # processes the steps above were counted with (each step: one batch per process)
 
 
 def seed_everything(seed: int) -> None:
@@ -185,19 +198,47 @@ def class_weights(cfg: Config, data: PreparedData, device: torch.device) -> torc
     return torch.tensor(weights, dtype=torch.float32, device=device)
 
 
+def _wrap(model: nn.Module, rank: Rank, device: torch.device) -> nn.Module:
+    if not rank.distributed:
+        return model
+    from torch.nn.parallel import DistributedDataParallel
+
+    return DistributedDataParallel(model, device_ids=[device] if device.type == "cuda" else None)
+
+
+def _regroup(cfg: Config, state: LoopState, scheduler: torch.optim.lr_scheduler.LambdaLR, world_size: int) -> None:
+    """A run resumed on another number of processes continues from the same global place: the batches done
+    in this epoch, the steps done and the schedule's length are counted in batches of all ranks, then divided
+    among the new number of processes (the data order is the same; which rank reads which batch is not)."""
+    old = state.world_size
+    state.step_in_epoch = state.step_in_epoch * old // world_size
+    state.global_step = state.global_step * old // world_size
+    state.schedule_steps = max(1, state.schedule_steps * old // world_size)
+    state.world_size = world_size
+    scheduler.lr_lambdas = [lr_factor(cfg, state.schedule_steps)]
+    scheduler.last_epoch = state.global_step
+    for group, lr in zip(scheduler.optimizer.param_groups, scheduler.get_lr()):
+        group["lr"] = lr
+
+
 def _embeddings_trainable(cfg: Config, epoch: int) -> bool:
     m = cfg.model
     return not m.freeze_embeddings or (m.unfreeze_after is not None and epoch >= m.unfreeze_after)
 
 
 def train(cfg: Config, run_dir: Path, *, data: PreparedData | None = None, resume: bool = False,
-          reporter: Reporter | None = None, stop: StopFlag | None = None) -> dict[str, Any]:
-    """Train as `cfg` says into `run_dir` (created by the caller). Returns the final results."""
+          reporter: Reporter | None = None, stop: StopFlag | None = None, rank: Rank | None = None) -> dict[str, Any]:
+    """Train as `cfg` says into `run_dir` (created by the caller, by the main rank under torchrun). Returns the
+    final results. Under torchrun (`rank`: from distributed.from_env()) the model is wrapped in
+    DistributedDataParallel, each rank steps over its own share of every epoch's batches, and only the main
+    rank writes."""
     run_dir = Path(run_dir)
+    rank = rank or Rank()
     flush_denormals(cfg.run.flush_denormal)  # effective on torch's threads if nothing computed before us
-    if cfg.run.threads:
-        torch.set_num_threads(cfg.run.threads)
-    device = resolve_device(cfg.run.device)
+    if cfg.run.threads or rank.distributed:
+        torch.set_num_threads(cfg.run.threads or 1)  # ranks share the cores: one thread each unless told
+    device = rank_device(rank, resolve_device(cfg.run.device))
+    init_distributed(rank, device)
     seed_everything(cfg.run.seed)
 
     checkpoint = None
@@ -213,7 +254,8 @@ def train(cfg: Config, run_dir: Path, *, data: PreparedData | None = None, resum
         check_membership(run_dir, data.membership)
     else:
         data = data or prepare_data(cfg.data, embedding_seed=cfg.run.seed)
-        write_run_files(run_dir, cfg, data.vocab, data.label_space, data.membership)
+        if rank.is_main:
+            write_run_files(run_dir, cfg, data.vocab, data.label_space, data.membership)
 
     model = build_model(cfg, len(data.vocab), data.vocab.pad_index, data.label_space.num_outputs)
     if data.embeddings is not None:
@@ -222,7 +264,10 @@ def train(cfg: Config, run_dir: Path, *, data: PreparedData | None = None, resum
     params = list(model.parameters())
     optimizer = torch.optim.Adam(params, lr=cfg.train.lr, weight_decay=cfg.train.weight_decay)
     sampler = BucketBatchSampler(data.train.lengths(cfg.data.max_len), cfg.train.batch_size, seed=cfg.run.seed,
-                                 bucket=cfg.train.bucket)
+                                 bucket=cfg.train.bucket, num_replicas=rank.world_size, rank=rank.rank)
+    if len(sampler) == 0:
+        raise SentimentError(f"{len(data.train):,} training rows make fewer batches of {cfg.train.batch_size} than "
+                             f"there are processes ({rank.world_size}): lower train.batch_size or the process count")
     total_steps = len(sampler) * cfg.train.epochs
     if checkpoint is not None:
         total_steps = _resumed_schedule_steps(cfg, checkpoint, total_steps)
@@ -240,7 +285,15 @@ def train(cfg: Config, run_dir: Path, *, data: PreparedData | None = None, resum
         scaler.load_state_dict(checkpoint["scaler"])
         state = LoopState(**{"schedule_steps": total_steps, **checkpoint["loop"]})
         set_rng_state(checkpoint["rng"])
-        truncate_metrics(run_dir, state.epoch)
+        if state.world_size != rank.world_size:
+            _regroup(cfg, state, scheduler, rank.world_size)
+        if rank.is_main:
+            truncate_metrics(run_dir, state.epoch)
+    if rank.distributed:
+        # every rank starts from the same weights (one seed); dropout masks differ by rank
+        torch.manual_seed(cfg.run.seed * 1_000_003 + rank.rank * 7919 + state.global_step)
+    state.world_size = rank.world_size
+    net = _wrap(model, rank, device)  # what the loop calls: DDP averages gradients across ranks
 
     def snapshot() -> dict[str, Any]:
         if not all(bool(torch.isfinite(p).all()) for p in params):  # not reachable through the checks above
@@ -250,12 +303,19 @@ def train(cfg: Config, run_dir: Path, *, data: PreparedData | None = None, resum
                 "scaler": scaler.state_dict(), "loop": asdict(state), "rng": rng_state(),
                 "vocab": data.vocab.itos, "config": cfg.to_dict()}
 
-    model.train()
+    def save(name: str) -> None:
+        if rank.is_main:  # one writer; the others' state is the same but for RNGs and their place in the data
+            save_checkpoint(run_dir / name, snapshot())
+
+    net.train()
     last_saved = time.monotonic()
     patience = cfg.train.early_stopping_patience
     stopped_early = patience is not None and state.epochs_without_gain >= patience  # a resumed, finished run
     for epoch in range(state.epoch, cfg.train.epochs if not stopped_early else state.epoch):
-        model.set_embedding_trainable(_embeddings_trainable(cfg, epoch))
+        trainable = _embeddings_trainable(cfg, epoch)
+        if trainable != model.embedding.weight.requires_grad:
+            model.set_embedding_trainable(trainable)
+            net = _wrap(model, rank, device)  # DDP syncs the parameters that needed gradients when it was built
         sampler.set_epoch(epoch)
         batches = sampler.batches()
         if reporter:
@@ -266,7 +326,7 @@ def train(cfg: Config, run_dir: Path, *, data: PreparedData | None = None, resum
             # lengths stay on the CPU: the model checks them there and packing needs them there
             ids, labels = ids.to(device, non_blocking=True), labels.to(device, non_blocking=True)
             with torch.autocast(device.type, dtype=amp_dtype, enabled=use_amp):
-                loss, correct = objective(model, ids, lengths, labels)
+                loss, correct = objective(net, ids, lengths, labels)
             optimizer.zero_grad(set_to_none=True)
             scaler.scale(loss).backward()
             grad_norm = None
@@ -278,8 +338,8 @@ def train(cfg: Config, run_dir: Path, *, data: PreparedData | None = None, resum
             # A finite loss can still give an infinite or NaN gradient, and one step on it turns every weight
             # into NaN. Checked before stepping, in one read with the loss. fp16's grad scaler skips such
             # steps itself (an overflow there is routine), so only its loss is checked.
-            finite = torch.isfinite(loss if grad_norm is None or scaler.is_enabled() else loss + grad_norm)
-            if not finite:
+            finite = bool(torch.isfinite(loss if grad_norm is None or scaler.is_enabled() else loss + grad_norm))
+            if any_rank(rank, not finite):  # every rank stops at the same step (one collective, under DDP only)
                 raise _diverged(run_dir, loss, grad_norm, epoch, state.step_in_epoch)
             scaler.step(optimizer)
             scaler.update()
@@ -292,59 +352,72 @@ def train(cfg: Config, run_dir: Path, *, data: PreparedData | None = None, resum
             state.seen += len(indices)
             state.tokens += int(lengths.sum())
             state.seconds = time.perf_counter() - started
-            if reporter:
+            if reporter:  # this rank's loss and accuracy; tokens/s of all ranks (they take equal shares)
                 reporter.step(state.step_in_epoch, state.loss_sum / state.seen, state.correct / state.seen,
-                              state.tokens / max(state.seconds, 1e-9))
-            if stop:
-                save_checkpoint(run_dir / LAST, snapshot())
+                              rank.world_size * state.tokens / max(state.seconds, 1e-9))
+            if any_rank(rank, bool(stop)):  # ranks leave together, after the same step
+                save(LAST)
                 raise TrainingInterrupted(
                     f"interrupted at epoch {epoch + 1}, step {state.step_in_epoch}; saved {run_dir / LAST}. "
                     f"Resume with: sentiment train --resume {run_dir}")
             if time.monotonic() - last_saved >= 60 * cfg.run.checkpoint_minutes:
                 # a kill -9 or a crash loses at most this much work
-                save_checkpoint(run_dir / LAST, snapshot())
+                save(LAST)
                 last_saved = time.monotonic()
 
         # In this process (workers=1): a SIGTERM to the whole process group would kill scoring workers and
         # fail the epoch, where the loop itself stops cleanly after the step. Forking saves ~1 s per epoch.
         valid = evaluate(model, data.valid, data.label_space, batch_size=cfg.train.eval_batch_size, device=device,
-                         max_len=cfg.data.eval_max_len, truncate=cfg.data.truncate, workers=1)
+                         max_len=cfg.data.eval_max_len, truncate=cfg.data.truncate, workers=1, rank=rank)
+        loss_sum, correct, seen, tokens = all_reduce_sum(rank, torch.tensor(
+            [state.loss_sum, state.correct, state.seen, state.tokens], dtype=torch.float64)).tolist()
         row = {"epoch": epoch + 1, "step": state.global_step,
-               "train_loss": state.loss_sum / max(state.seen, 1), "train_accuracy": state.correct / max(state.seen, 1),
+               "train_loss": loss_sum / max(seen, 1), "train_accuracy": correct / max(seen, 1),
                "valid_loss": valid.loss, "valid_accuracy": valid.accuracy, "valid_macro_f1": valid.macro_f1,
                "lr": scheduler.get_last_lr()[0],
-               "seconds": state.seconds, "tokens_per_s": state.tokens / max(state.seconds, 1e-9),
-               "valid_seconds": valid.seconds}
+               "seconds": state.seconds, "tokens_per_s": tokens / max(state.seconds, 1e-9),
+               "valid_seconds": valid.seconds, "processes": rank.world_size,
+               "global_batch_size": cfg.train.batch_size * rank.world_size}
         improved = valid.accuracy > state.best_valid_accuracy
         state = LoopState(epoch=epoch + 1, global_step=state.global_step, schedule_steps=state.schedule_steps,
+                          world_size=rank.world_size,
                           best_valid_accuracy=max(valid.accuracy, state.best_valid_accuracy),
                           best_epoch=epoch + 1 if improved else state.best_epoch,
                           epochs_without_gain=0 if improved else state.epochs_without_gain + 1)
         row["best"] = improved
-        append_metrics(run_dir, row)
+        if rank.is_main:
+            append_metrics(run_dir, row)
         if improved:
-            save_checkpoint(run_dir / BEST, snapshot())
-        save_checkpoint(run_dir / LAST, snapshot())
+            save(BEST)
+        save(LAST)
         last_saved = time.monotonic()
         if reporter:
             reporter.epoch_end(row)
         if patience is not None and state.epochs_without_gain >= patience:
             break
 
-    return finish(cfg, run_dir, data, device)
+    return finish(cfg, run_dir, data, device, rank)
 
 
-def finish(cfg: Config, run_dir: Path, data: PreparedData, device: torch.device) -> dict[str, Any]:
-    """After training: the curves plot, and the best checkpoint's figures on valid (and test)."""
+def finish(cfg: Config, run_dir: Path, data: PreparedData, device: torch.device,
+           rank: Rank | None = None) -> dict[str, Any]:
+    """After training: the curves plot, and the best checkpoint's figures on valid (and test). Under DDP the
+    main rank reads best.pt (other machines need not see the run directory) and sends its weights to the
+    others, which score their shares."""
     from sentiment.plot import plot_curves
 
-    rows = read_metrics(run_dir)
-    plot_curves(rows, run_dir / "curves.png")
-    best = load_checkpoint(run_dir / BEST, data.vocab, map_location=device)
+    rank = rank or Rank()
     model = build_model(cfg, len(data.vocab), data.vocab.pad_index, data.label_space.num_outputs).to(device)
-    model.load_state_dict(best["model"])
+    rows, best_epoch = [], 0
+    if rank.is_main:
+        rows = read_metrics(run_dir)
+        plot_curves(rows, run_dir / "curves.png")
+        best = load_checkpoint(run_dir / BEST, data.vocab, map_location=device)
+        model.load_state_dict(best["model"])
+        best_epoch = best["loop"]["epoch"]
+    broadcast_weights(rank, model)
     # what a reader needs to reproduce the figures: the code, the seeds and how validation was carved
-    results: dict[str, Any] = {"best_epoch": best["loop"]["epoch"], "epochs_run": len(rows),
+    results: dict[str, Any] = {"best_epoch": best_epoch, "epochs_run": len(rows), "processes": rank.world_size,
                                "commit": code_version(), "seed": cfg.run.seed, "split_seed": cfg.data.split_seed,
                                "valid_split": data.stats.get("valid_split", cfg.data.valid_split),
                                "selected_on": "valid", "labels": list(data.label_space.names)}
@@ -352,10 +425,11 @@ def finish(cfg: Config, run_dir: Path, data: PreparedData, device: torch.device)
     splits = {"valid": data.valid} | ({"test": data.test} if cfg.run.eval_test and len(data.test) else {})
     for name, split in splits.items():
         m: Metrics = evaluate(model, split, data.label_space, batch_size=cfg.train.eval_batch_size, device=device,
-                              max_len=cfg.data.eval_max_len, truncate=cfg.data.truncate)
+                              max_len=cfg.data.eval_max_len, truncate=cfg.data.truncate, rank=rank)
         results[name] = m.to_dict()
     results["train_seconds"] = sum(r["seconds"] for r in rows)
     import json
 
-    atomic_write_text(run_dir / RESULTS, json.dumps(results, indent=2))
-    return results
+    if rank.is_main:
+        atomic_write_text(run_dir / RESULTS, json.dumps(results, indent=2))
+    return broadcast(rank, results)

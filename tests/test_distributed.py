@@ -1,0 +1,213 @@
+"""Training on several processes through torchrun (DDP, gloo on CPU), on a tiny generated dataset: one run
+directory, written once; the same weights as one process stepping over both ranks' batches; two "machines"
+on localhost through c10d rendezvous; a killed rank and Ctrl-C end every process with one clear line."""
+
+from __future__ import annotations
+
+import json
+import os
+import random
+import signal
+import socket
+import subprocess
+import sys
+import time
+from pathlib import Path
+
+import numpy as np
+import pytest
+import torch
+
+from conftest import set_args
+
+SETTINGS = ["data.dataset=files", "data.glove_dim=null", "model.embed_dim=8", "model.hidden_size=8",
+            "model.embed_dropout=0.0", "model.output_dropout=0.0", "train.batch_size=8", "train.lr=0.01",
+            "train.lr_schedule=constant", "train.warmup_steps=0", "data.workers=1", "run.threads=1"]
+CUES = {"neg": ["awful", "bad", "worst", "rude"], "pos": ["great", "good", "love", "kind"]}
+
+
+def write_data(base: Path, rows: int = 240, seed: int = 0) -> Path:
+    rng = random.Random(seed)
+    lines = ["text,label"]
+    for _ in range(rows):
+        label = rng.choice(["neg", "pos"])
+        words = [rng.choice(["the", "a", "it", "was", "so", "crew", "seat"]) for _ in range(rng.randint(3, 12))]
+        words.insert(rng.randrange(len(words) + 1), rng.choice(CUES[label]))
+        lines.append(f"{' '.join(words)},{label}")
+    base.mkdir(parents=True, exist_ok=True)
+    (base / "t.csv").write_text("\n".join(lines) + "\n")
+    return base / "t.csv"
+
+
+def sentiment(*args: str, timeout: float = 240, **kw) -> subprocess.CompletedProcess:
+    env = {**os.environ, "SENTIMENT_DIST_TIMEOUT": "30"}
+    env.pop("SENTIMENT_CACHE_DIR", None)
+    return subprocess.run([sys.executable, "-m", "sentiment", *args], capture_output=True, text=True, env=env,
+                          timeout=timeout, **kw)
+
+
+def common(tmp: Path, csv: Path, *extra: str) -> list[str]:
+    return set_args([*SETTINGS, f"data.train_file={csv}", f"data.data_dir={tmp / 'data'}", *extra])
+
+
+@pytest.fixture(scope="module")
+def two_ranks(tmp_path_factory):
+    tmp = tmp_path_factory.mktemp("ddp")
+    csv = write_data(tmp)
+    run_dir = tmp / "runs" / "r"
+    done = sentiment("train", "--nproc", "2", *common(tmp, csv, "train.epochs=2"), "--run-dir", str(run_dir))
+    return tmp, csv, run_dir, done
+
+
+def test_two_processes_write_one_run_directory(two_ranks):
+    tmp, _, run_dir, done = two_ranks
+    assert done.returncode == 0, done.stderr
+    assert list((tmp / "runs").iterdir()) == [run_dir]  # one directory, named by rank 0
+    assert done.stdout.count("run directory:") == 1 and "2 processes" in done.stdout  # only rank 0 prints
+    rows = [json.loads(line) for line in (run_dir / "metrics.jsonl").read_text().splitlines()]
+    assert [r["epoch"] for r in rows] == [1, 2]  # each epoch written once
+    assert all(r["processes"] == 2 and r["global_batch_size"] == 16 for r in rows)
+    results = json.loads((run_dir / "results.json").read_text())
+    assert results["processes"] == 2
+    # valid and test counted every row exactly once across the ranks
+    splits = np.load(run_dir / "splits.npz")
+    assert results["valid"]["n"] == len(splits["valid"]) and results["test"]["n"] == len(splits["test"])
+
+
+def test_eval_of_a_ddp_run_gives_its_figures(two_ranks):
+    _, _, run_dir, done = two_ranks
+    assert done.returncode == 0, done.stderr
+    out = sentiment("eval", "--run", str(run_dir), "--json")
+    assert out.returncode == 0, out.stderr
+    figures, results = json.loads(out.stdout.strip().splitlines()[-1]), json.loads((run_dir / "results.json").read_text())
+    assert figures["confusion"] == results["test"]["confusion"]
+    assert figures["loss"] == pytest.approx(results["test"]["loss"], abs=1e-6)
+
+
+def test_ddp_weights_equal_one_process_over_both_ranks_batches(two_ranks):
+    """DDP averages the ranks' gradients: the same as one process whose loss is the mean of the two ranks'
+    batch losses, stepping once per pair of batches (no dropout, constant learning rate)."""
+    from sentiment.batching import BucketBatchSampler, collate
+    from sentiment.checkpoint import load_checkpoint, load_labels, load_run
+    from sentiment.model import build_model
+    from sentiment.prepare import prepare_data
+    from sentiment.train import seed_everything
+
+    tmp, _, run_dir, done = two_ranks
+    assert done.returncode == 0, done.stderr
+    cfg, vocab = load_run(run_dir)
+    space = load_labels(run_dir)
+    data = prepare_data(cfg.data, vocab, label_space=space)
+    torch.set_num_threads(1)
+    seed_everything(cfg.run.seed)
+    model = build_model(cfg, len(vocab), vocab.pad_index, space.num_outputs)
+    params = list(model.parameters())
+    optimizer = torch.optim.Adam(params, lr=cfg.train.lr)
+    lengths = data.train.lengths(cfg.data.max_len)
+    samplers = [BucketBatchSampler(lengths, cfg.train.batch_size, seed=cfg.run.seed, num_replicas=2, rank=r)
+                for r in range(2)]
+    model.train()
+    for epoch in range(cfg.train.epochs):
+        for s in samplers:
+            s.set_epoch(epoch)
+        for pair in zip(*(s.batches() for s in samplers)):
+            optimizer.zero_grad()
+            losses = []
+            for indices in pair:
+                ids, lens, labels = collate(data.train, indices, cfg.data.max_len, cfg.data.truncate, vocab.pad_index)
+                losses.append(space.loss(model(ids, lens), labels))
+            (sum(losses) / 2).backward()
+            torch.nn.utils.clip_grad_norm_(params, cfg.train.grad_clip)
+            optimizer.step()
+    trained = load_checkpoint(run_dir / "last.pt", vocab)["model"]
+    assert trained.keys() == model.state_dict().keys()
+    moved = max(float((trained[k] - v).abs().max()) for k, v in build_model(
+        cfg, len(vocab), vocab.pad_index, space.num_outputs).state_dict().items())
+    assert moved > 1e-2  # training changed the weights, so agreeing below is not a coincidence
+    for name, value in model.state_dict().items():
+        assert torch.allclose(trained[name], value, atol=1e-5), name
+
+
+def free_port() -> int:
+    with socket.socket() as s:
+        s.bind(("127.0.0.1", 0))
+        return s.getsockname()[1]
+
+
+def test_two_nodes_on_localhost_through_c10d_rendezvous(tmp_path):
+    csv = write_data(tmp_path)
+    run_dir = tmp_path / "runs" / "r"
+    endpoint = f"127.0.0.1:{free_port()}"
+    env = {**os.environ, "SENTIMENT_DIST_TIMEOUT": "30"}
+    env.pop("SENTIMENT_CACHE_DIR", None)
+    nodes = [subprocess.Popen([sys.executable, "-m", "torch.distributed.run", "--nnodes", "2", "--nproc-per-node", "1",
+                               "--node-rank", str(k), "--rdzv-backend", "c10d", "--rdzv-endpoint", endpoint,
+                               "--rdzv-id", "test", "-m", "sentiment", "train", *common(tmp_path, csv, "train.epochs=1"),
+                               "--run-dir", str(run_dir)], stdout=subprocess.PIPE, stderr=subprocess.PIPE, text=True,
+                              env=env) for k in range(2)]
+    outs = [n.communicate(timeout=240) for n in nodes]
+    assert [n.returncode for n in nodes] == [0, 0], outs
+    assert sum(o[0].count("run directory:") for o in outs) == 1
+    assert json.loads((run_dir / "results.json").read_text())["processes"] == 2
+
+
+def _start(tmp: Path, csv: Path, run_dir: Path) -> subprocess.Popen:
+    env = {**os.environ, "SENTIMENT_DIST_TIMEOUT": "30"}
+    env.pop("SENTIMENT_CACHE_DIR", None)
+    # many epochs on a few rows: long enough to be stopped mid-run, every epoch writes metrics.jsonl
+    return subprocess.Popen([sys.executable, "-m", "sentiment", "train", "--nproc", "2",
+                             *common(tmp, csv, "train.epochs=400"), "--run-dir", str(run_dir)],
+                            stdout=subprocess.PIPE, stderr=subprocess.PIPE, text=True, env=env, start_new_session=True)
+
+
+def _wait_for_epochs(run_dir: Path, proc: subprocess.Popen, n: int = 2) -> None:
+    deadline = time.monotonic() + 120
+    while time.monotonic() < deadline and proc.poll() is None:
+        metrics = run_dir / "metrics.jsonl"
+        if metrics.exists() and len(metrics.read_text().splitlines()) >= n:
+            return
+        time.sleep(0.2)
+    raise AssertionError(f"training did not reach epoch {n}: {proc.poll()}")
+
+
+def _ranks(launcher: int) -> list[int]:
+    """pids of the training ranks: the grandchildren of the launcher (launcher -> torchrun -> ranks)."""
+    out = subprocess.run(["ps", "-eo", "pid=,ppid="], capture_output=True, text=True).stdout.split()
+    parent = dict(zip(map(int, out[::2]), map(int, out[1::2])))
+    torchrun = [p for p, pp in parent.items() if pp == launcher]
+    return sorted(p for p, pp in parent.items() if pp in torchrun)
+
+
+def test_a_killed_rank_ends_every_process_with_one_line(tmp_path):
+    csv = write_data(tmp_path, rows=120)
+    run_dir = tmp_path / "r"
+    proc = _start(tmp_path, csv, run_dir)
+    _wait_for_epochs(run_dir, proc)
+    ranks = _ranks(proc.pid)
+    assert len(ranks) == 2
+    os.kill(ranks[1], signal.SIGKILL)
+    killed = time.monotonic()
+    out, err = proc.communicate(timeout=60)
+    assert time.monotonic() - killed < 30
+    assert proc.returncode != 0
+    errors = [line for line in err.splitlines() if line.startswith("error:")]
+    assert len(errors) == 1 and "each rank's output" in errors[0], err
+    assert "Traceback" not in err
+    assert not any(Path(f"/proc/{pid}").exists() for pid in ranks)
+
+
+def test_ctrl_c_writes_last_pt_once_and_the_run_resumes(tmp_path):
+    csv = write_data(tmp_path, rows=120)
+    run_dir = tmp_path / "r"
+    proc = _start(tmp_path, csv, run_dir)
+    _wait_for_epochs(run_dir, proc)
+    os.killpg(proc.pid, signal.SIGINT)  # what a terminal's Ctrl-C does: every process of the group gets it
+    out, err = proc.communicate(timeout=90)
+    assert proc.returncode == 130, err
+    assert "interrupted at epoch" in err and "--resume" in err and "Traceback" not in err
+    state = torch.load(run_dir / "last.pt", weights_only=True)
+    epochs_done = state["loop"]["epoch"]
+    done = sentiment("train", "--resume", str(run_dir), "--set", f"train.epochs={epochs_done + 1}", "--nproc", "2")
+    assert done.returncode == 0, done.stderr
+    rows = [json.loads(line) for line in (run_dir / "metrics.jsonl").read_text().splitlines()]
+    assert [r["epoch"] for r in rows] == list(range(1, epochs_done + 2))
