@@ -88,7 +88,8 @@ class ModelConfig:
 @dataclass
 class TrainConfig:
     epochs: int = 3
-    batch_size: int = 64
+    batch_size: int = 64  # per process: under torchrun the global batch is batch_size x processes x grad_accum
+    grad_accum: int = 1  # batches per optimizer step (keeps the global batch when the process count changes)
     eval_batch_size: int = 256
     lr: float = 2e-3
     weight_decay: float = 0.0
@@ -233,6 +234,7 @@ def validate(cfg: Config) -> None:
         ("model.unfreeze_after", cfg.model.unfreeze_after is None or cfg.model.unfreeze_after >= 0, "must be >= 0 or null"),
         ("train.epochs", cfg.train.epochs >= 1, "must be >= 1"),
         ("train.batch_size", cfg.train.batch_size >= 1, "must be >= 1"),
+        ("train.grad_accum", cfg.train.grad_accum >= 1, "must be >= 1"),
         ("train.eval_batch_size", cfg.train.eval_batch_size >= 1, "must be >= 1"),
         ("train.lr", cfg.train.lr > 0, "must be > 0"),
         ("train.weight_decay", cfg.train.weight_decay >= 0, "must be >= 0"),

@@ -12,7 +12,7 @@ import os
 import random
 import signal
 import time
-from contextlib import contextmanager
+from contextlib import contextmanager, nullcontext
 from dataclasses import asdict, dataclass
 from pathlib import Path
 from typing import Any, Callable, Iterator, Protocol
@@ -216,7 +216,7 @@ def _regroup(cfg: Config, state: LoopState, scheduler: torch.optim.lr_scheduler.
     state.schedule_steps = max(1, state.schedule_steps * old // world_size)
     state.world_size = world_size
     scheduler.lr_lambdas = [lr_factor(cfg, state.schedule_steps)]
-    scheduler.last_epoch = state.global_step
+    scheduler.last_epoch = scheduler.last_epoch * old // world_size  # optimizer steps, counted like the rest
     for group, lr in zip(scheduler.optimizer.param_groups, scheduler.get_lr()):
         group["lr"] = lr
 
@@ -268,7 +268,7 @@ def train(cfg: Config, run_dir: Path, *, data: PreparedData | None = None, resum
     if len(sampler) == 0:
         raise SentimentError(f"{len(data.train):,} training rows make fewer batches of {cfg.train.batch_size} than "
                              f"there are processes ({rank.world_size}): lower train.batch_size or the process count")
-    total_steps = len(sampler) * cfg.train.epochs
+    total_steps = math.ceil(len(sampler) / cfg.train.grad_accum) * cfg.train.epochs  # optimizer steps
     if checkpoint is not None:
         total_steps = _resumed_schedule_steps(cfg, checkpoint, total_steps)
     scheduler = torch.optim.lr_scheduler.LambdaLR(optimizer, lr_factor(cfg, total_steps))
@@ -321,29 +321,37 @@ def train(cfg: Config, run_dir: Path, *, data: PreparedData | None = None, resum
         if reporter:
             reporter.epoch_start(epoch + 1, cfg.train.epochs, len(batches), state.step_in_epoch)
         started = time.perf_counter() - state.seconds
-        for indices in batches[state.step_in_epoch :]:
+        accum = cfg.train.grad_accum
+        for i in range(state.step_in_epoch, len(batches)):
+            indices = batches[i]
+            # train.grad_accum batches make one optimizer step (a group ends early at the epoch's end)
+            boundary = (i + 1) % accum == 0 or i + 1 == len(batches)
             ids, lengths, labels = collate(data.train, indices, cfg.data.max_len, cfg.data.truncate, data.vocab.pad_index)
             # lengths stay on the CPU: the model checks them there and packing needs them there
             ids, labels = ids.to(device, non_blocking=True), labels.to(device, non_blocking=True)
-            with torch.autocast(device.type, dtype=amp_dtype, enabled=use_amp):
-                loss, correct = objective(net, ids, lengths, labels)
-            optimizer.zero_grad(set_to_none=True)
-            scaler.scale(loss).backward()
-            grad_norm = None
-            if cfg.train.grad_clip:
-                scaler.unscale_(optimizer)
-                grad_norm = nn.utils.clip_grad_norm_(params, cfg.train.grad_clip)
-            elif not scaler.is_enabled():
-                grad_norm = nn.utils.get_total_norm([p.grad for p in params if p.grad is not None])
-            # A finite loss can still give an infinite or NaN gradient, and one step on it turns every weight
-            # into NaN. Checked before stepping, in one read with the loss. fp16's grad scaler skips such
-            # steps itself (an overflow there is routine), so only its loss is checked.
-            finite = bool(torch.isfinite(loss if grad_norm is None or scaler.is_enabled() else loss + grad_norm))
-            if any_rank(rank, not finite):  # every rank stops at the same step (one collective, under DDP only)
-                raise _diverged(run_dir, loss, grad_norm, epoch, state.step_in_epoch)
-            scaler.step(optimizer)
-            scaler.update()
-            scheduler.step()
+            if i % accum == 0:
+                optimizer.zero_grad(set_to_none=True)
+            # DDP all-reduces gradients on the group's last backward only
+            with net.no_sync() if rank.distributed and not boundary else nullcontext():
+                with torch.autocast(device.type, dtype=amp_dtype, enabled=use_amp):
+                    loss, correct = objective(net, ids, lengths, labels)
+                scaler.scale(loss / accum if accum > 1 else loss).backward()
+            if boundary:
+                grad_norm = None
+                if cfg.train.grad_clip:
+                    scaler.unscale_(optimizer)
+                    grad_norm = nn.utils.clip_grad_norm_(params, cfg.train.grad_clip)
+                elif not scaler.is_enabled():
+                    grad_norm = nn.utils.get_total_norm([p.grad for p in params if p.grad is not None])
+                # A finite loss can still give an infinite or NaN gradient, and one step on it turns every weight
+                # into NaN. Checked before stepping, in one read with the loss. fp16's grad scaler skips such
+                # steps itself (an overflow there is routine), so only its loss is checked.
+                finite = bool(torch.isfinite(loss if grad_norm is None or scaler.is_enabled() else loss + grad_norm))
+                if any_rank(rank, not finite):  # every rank stops at the same step (one collective, under DDP only)
+                    raise _diverged(run_dir, loss, grad_norm, epoch, state.step_in_epoch)
+                scaler.step(optimizer)
+                scaler.update()
+                scheduler.step()
 
             state.step_in_epoch += 1
             state.global_step += 1
@@ -355,6 +363,8 @@ def train(cfg: Config, run_dir: Path, *, data: PreparedData | None = None, resum
             if reporter:  # this rank's loss and accuracy; tokens/s of all ranks (they take equal shares)
                 reporter.step(state.step_in_epoch, state.loss_sum / state.seen, state.correct / state.seen,
                               rank.world_size * state.tokens / max(state.seconds, 1e-9))
+            if not boundary:
+                continue  # a checkpoint never holds half an accumulated gradient
             if any_rank(rank, bool(stop)):  # ranks leave together, after the same step
                 save(LAST)
                 raise TrainingInterrupted(
@@ -377,7 +387,7 @@ def train(cfg: Config, run_dir: Path, *, data: PreparedData | None = None, resum
                "lr": scheduler.get_last_lr()[0],
                "seconds": state.seconds, "tokens_per_s": tokens / max(state.seconds, 1e-9),
                "valid_seconds": valid.seconds, "processes": rank.world_size,
-               "global_batch_size": cfg.train.batch_size * rank.world_size}
+               "global_batch_size": cfg.train.batch_size * rank.world_size * cfg.train.grad_accum}
         improved = valid.accuracy > state.best_valid_accuracy
         state = LoopState(epoch=epoch + 1, global_step=state.global_step, schedule_steps=state.schedule_steps,
                           world_size=rank.world_size,

@@ -211,3 +211,43 @@ def test_ctrl_c_writes_last_pt_once_and_the_run_resumes(tmp_path):
     assert done.returncode == 0, done.stderr
     rows = [json.loads(line) for line in (run_dir / "metrics.jsonl").read_text().splitlines()]
     assert [r["epoch"] for r in rows] == list(range(1, epochs_done + 2))
+
+
+def test_grad_accum_steps_once_per_group_of_batches(tmp_path):
+    """train.grad_accum=2: one optimizer step per two batches, on the mean of their losses (a lone last batch
+    counts half), the same as stepping by hand; and only then a checkpoint may be written."""
+    from typer.testing import CliRunner
+
+    from sentiment.batching import BucketBatchSampler, collate
+    from sentiment.checkpoint import load_checkpoint, load_labels, load_run
+    from sentiment.cli import app
+    from sentiment.model import build_model
+    from sentiment.prepare import prepare_data
+    from sentiment.train import seed_everything
+
+    csv = write_data(tmp_path, rows=140)
+    run_dir = tmp_path / "r"
+    result = CliRunner().invoke(app, ["train", *common(tmp_path, csv, "train.epochs=1", "train.grad_accum=2"),
+                                      "--run-dir", str(run_dir)])
+    assert result.exit_code == 0, result.output
+    cfg, vocab = load_run(run_dir)
+    space = load_labels(run_dir)
+    data = prepare_data(cfg.data, vocab, label_space=space)
+    seed_everything(cfg.run.seed)
+    model = build_model(cfg, len(vocab), vocab.pad_index, space.num_outputs)
+    params = list(model.parameters())
+    optimizer = torch.optim.Adam(params, lr=cfg.train.lr)
+    batches = BucketBatchSampler(data.train.lengths(cfg.data.max_len), cfg.train.batch_size, seed=cfg.run.seed).batches()
+    assert len(batches) % 2 == 1  # the lone last batch is covered too
+    model.train()
+    for start in range(0, len(batches), 2):
+        optimizer.zero_grad()
+        for indices in batches[start:start + 2]:
+            ids, lens, labels = collate(data.train, indices, cfg.data.max_len, cfg.data.truncate, vocab.pad_index)
+            (space.loss(model(ids, lens), labels) / 2).backward()
+        torch.nn.utils.clip_grad_norm_(params, cfg.train.grad_clip)
+        optimizer.step()
+    trained = load_checkpoint(run_dir / "last.pt", vocab)
+    assert trained["scheduler"]["last_epoch"] == (len(batches) + 1) // 2  # optimizer steps, not batches
+    for name, value in model.state_dict().items():
+        assert torch.allclose(trained["model"][name], value, atol=1e-6), name
