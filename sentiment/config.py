@@ -99,6 +99,9 @@ class TrainConfig:
     bucket: bool = True  # length-bucketed batches
     early_stopping_patience: Optional[int] = None  # epochs without valid-accuracy gain before stopping
     amp: bool = True  # mixed precision, used on CUDA only
+    # The loop reads loss, accuracy and the non-finite check from the device only when it reports (about
+    # twice a second), never inside a step; non-finite steps are skipped by fused Adam. null: on CUDA.
+    lazy_sync: Optional[bool] = None
     class_weights: Optional[Literal["balanced"]] = None  # balanced: weight classes by n / (K * n_class)
 
 

@@ -162,6 +162,45 @@ def _diverged(run_dir: Path, loss: torch.Tensor, grad_norm: torch.Tensor | None,
                             f"{kept}; try a lower train.lr or set train.grad_clip")
 
 
+class _DeviceSums:
+    """The lazy path's running sums, kept on the device and read when the loop reports or saves."""
+
+    def __init__(self, device: torch.device):
+        self.loss_sum = torch.zeros((), dtype=torch.float64, device=device)
+        self.correct = torch.zeros((), dtype=torch.int64, device=device)
+        self.skipped = torch.zeros((), dtype=torch.float32, device=device)
+
+    def add(self, loss: torch.Tensor, correct: torch.Tensor, n: int) -> None:
+        self.loss_sum += loss.detach().double() * n
+        self.correct += correct
+
+    def flag(self, value: torch.Tensor, rank: Rank) -> torch.Tensor:
+        """1.0 where `value` (loss + gradient norm) is not finite on any rank: fused Adam's found_inf."""
+        bad = (~torch.isfinite(value)).float().reshape(())  # a scalar, as fused Adam wants it
+        if rank.distributed:  # every rank skips the same steps, or their weights would part
+            import torch.distributed as dist
+
+            dist.all_reduce(bad, op=dist.ReduceOp.MAX)
+        self.skipped += bad
+        return bad
+
+    def settle(self, state: "LoopState", rank: Rank, diverged: Callable[[str], Exception]) -> None:
+        loss_sum, correct, skipped = (t.item() for t in (self.loss_sum, self.correct, self.skipped))  # one wait
+        self.loss_sum.zero_()
+        self.correct.zero_()
+        state.loss_sum += loss_sum
+        state.correct += int(correct)
+        if skipped:
+            raise diverged(f"{int(skipped)} step(s) had a non-finite loss or gradient (they were skipped)")
+
+
+def _diverged_lazily(run_dir: Path, what: str, epoch: int, step_in_epoch: int) -> TrainingDiverged:
+    kept = (f"{run_dir / LAST} holds the last good state" if (run_dir / LAST).exists()
+            else "no checkpoint was written before it")
+    return TrainingDiverged(f"{what}, by epoch {epoch + 1}, step {step_in_epoch}; stopped. {kept}; try a lower "
+                            "train.lr or set train.grad_clip")
+
+
 def _resumed_schedule_steps(cfg: Config, checkpoint: dict[str, Any], total_steps: int) -> int:
     """The LR schedule of a resumed run spans the steps it was started with. A decaying schedule cannot
     stretch to a changed train.epochs without changing the learning rates already used, so that is refused."""
@@ -262,7 +301,15 @@ def train(cfg: Config, run_dir: Path, *, data: PreparedData | None = None, resum
         model.load_embeddings(data.embeddings)
     model.to(device)
     params = list(model.parameters())
-    optimizer = torch.optim.Adam(params, lr=cfg.train.lr, weight_decay=cfg.train.weight_decay)
+    use_amp = cfg.train.amp and device.type == "cuda"
+    amp_dtype = torch.bfloat16 if use_amp and torch.cuda.is_bf16_supported() else torch.float16
+    scaler = torch.amp.GradScaler("cuda", enabled=use_amp and amp_dtype == torch.float16)
+    # Lazy host syncs (default on CUDA): the loop never waits for the device inside a step. A non-finite
+    # gradient makes fused Adam skip that step on the device (found_inf), and the loop reads the flag, the loss
+    # and the accuracy when it reports. fp16's grad scaler skips overflow steps itself, so it keeps the eager path.
+    lazy = (cfg.train.lazy_sync if cfg.train.lazy_sync is not None else device.type == "cuda") and not scaler.is_enabled()
+    optimizer = torch.optim.Adam(params, lr=cfg.train.lr, weight_decay=cfg.train.weight_decay,
+                                 **({"fused": True} if lazy else {}))
     sampler = BucketBatchSampler(data.train.lengths(cfg.data.max_len), cfg.train.batch_size, seed=cfg.run.seed,
                                  bucket=cfg.train.bucket, num_replicas=rank.world_size, rank=rank.rank)
     if len(sampler) == 0:
@@ -272,9 +319,6 @@ def train(cfg: Config, run_dir: Path, *, data: PreparedData | None = None, resum
     if checkpoint is not None:
         total_steps = _resumed_schedule_steps(cfg, checkpoint, total_steps)
     scheduler = torch.optim.lr_scheduler.LambdaLR(optimizer, lr_factor(cfg, total_steps))
-    use_amp = cfg.train.amp and device.type == "cuda"
-    amp_dtype = torch.bfloat16 if use_amp and torch.cuda.is_bf16_supported() else torch.float16
-    scaler = torch.amp.GradScaler("cuda", enabled=use_amp and amp_dtype == torch.float16)
     objective = supervised_objective(data.label_space, class_weights(cfg, data, device))
 
     state = LoopState(schedule_steps=total_steps)
@@ -307,6 +351,14 @@ def train(cfg: Config, run_dir: Path, *, data: PreparedData | None = None, resum
         if rank.is_main:  # one writer; the others' state is the same but for RNGs and their place in the data
             save_checkpoint(run_dir / name, snapshot())
 
+    pending = _DeviceSums(device) if lazy else None
+    last_report = 0.0
+
+    def settle(epoch: int) -> None:
+        """Lazy path: read the device's sums into the loop state, and stop if a step was skipped as non-finite."""
+        if pending is not None:
+            pending.settle(state, rank, lambda what: _diverged_lazily(run_dir, what, epoch, state.step_in_epoch))
+
     net.train()
     last_saved = time.monotonic()
     patience = cfg.train.early_stopping_patience
@@ -328,6 +380,8 @@ def train(cfg: Config, run_dir: Path, *, data: PreparedData | None = None, resum
             boundary = (i + 1) % accum == 0 or i + 1 == len(batches)
             ids, lengths, labels = collate(data.train, indices, cfg.data.max_len, cfg.data.truncate, data.vocab.pad_index)
             # lengths stay on the CPU: the model checks them there and packing needs them there
+            if device.type == "cuda":  # pinned: the copies below really are asynchronous
+                ids, labels = ids.pin_memory(), labels.pin_memory()
             ids, labels = ids.to(device, non_blocking=True), labels.to(device, non_blocking=True)
             if i % accum == 0:
                 optimizer.zero_grad(set_to_none=True)
@@ -346,35 +400,47 @@ def train(cfg: Config, run_dir: Path, *, data: PreparedData | None = None, resum
                 # A finite loss can still give an infinite or NaN gradient, and one step on it turns every weight
                 # into NaN. Checked before stepping, in one read with the loss. fp16's grad scaler skips such
                 # steps itself (an overflow there is routine), so only its loss is checked.
-                finite = bool(torch.isfinite(loss if grad_norm is None or scaler.is_enabled() else loss + grad_norm))
-                if any_rank(rank, not finite):  # every rank stops at the same step (one collective, under DDP only)
-                    raise _diverged(run_dir, loss, grad_norm, epoch, state.step_in_epoch)
+                if pending is not None:
+                    optimizer.found_inf = pending.flag(loss.detach() + grad_norm, rank)  # no wait: Adam skips it
+                else:
+                    finite = bool(torch.isfinite(loss if grad_norm is None or scaler.is_enabled() else loss + grad_norm))
+                    if any_rank(rank, not finite):  # every rank stops at the same step (a collective under DDP only)
+                        raise _diverged(run_dir, loss, grad_norm, epoch, state.step_in_epoch)
                 scaler.step(optimizer)
                 scaler.update()
                 scheduler.step()
 
             state.step_in_epoch += 1
             state.global_step += 1
-            state.loss_sum += loss.item() * len(indices)
-            state.correct += int(correct)
+            if pending is not None:
+                pending.add(loss, correct, len(indices))
+            else:
+                state.loss_sum += loss.item() * len(indices)
+                state.correct += int(correct)
             state.seen += len(indices)
-            state.tokens += int(lengths.sum())
+            state.tokens += int(lengths.sum())  # lengths are on the CPU
             state.seconds = time.perf_counter() - started
-            if reporter:  # this rank's loss and accuracy; tokens/s of all ranks (they take equal shares)
+            if reporter and (pending is None or time.monotonic() - last_report >= 0.5 or i + 1 == len(batches)):
+                settle(epoch)  # this rank's loss and accuracy; tokens/s of all ranks (they take equal shares)
                 reporter.step(state.step_in_epoch, state.loss_sum / state.seen, state.correct / state.seen,
                               rank.world_size * state.tokens / max(state.seconds, 1e-9))
+                last_report = time.monotonic()
             if not boundary:
                 continue  # a checkpoint never holds half an accumulated gradient
-            if any_rank(rank, bool(stop)):  # ranks leave together, after the same step
+            # under DDP the ranks agree on a stop every 8 steps (a collective: the device would wait for it)
+            if (not rank.distributed or state.global_step % 8 == 0) and any_rank(rank, bool(stop)):
+                settle(epoch)
                 save(LAST)
                 raise TrainingInterrupted(
                     f"interrupted at epoch {epoch + 1}, step {state.step_in_epoch}; saved {run_dir / LAST}. "
                     f"Resume with: sentiment train --resume {run_dir}")
             if time.monotonic() - last_saved >= 60 * cfg.run.checkpoint_minutes:
                 # a kill -9 or a crash loses at most this much work
+                settle(epoch)
                 save(LAST)
                 last_saved = time.monotonic()
 
+        settle(epoch)
         # In this process (workers=1): a SIGTERM to the whole process group would kill scoring workers and
         # fail the epoch, where the loop itself stops cleanly after the step. Forking saves ~1 s per epoch.
         valid = evaluate(model, data.valid, data.label_space, batch_size=cfg.train.eval_batch_size, device=device,

@@ -410,3 +410,33 @@ def test_non_utf8_review_files_are_decoded_and_counted(tmp_path):
                      "--run-dir", tmp_path / "run")
     assert code == 0, text
     assert (tmp_path / "run" / BEST).is_file()
+
+
+def test_lazy_sync_skips_a_non_finite_step_on_the_device_and_stops_when_it_reads_the_flag(world, tmp_path, monkeypatch):
+    """train.lazy_sync (the CUDA default) never waits for the device inside a step: fused Adam skips the step
+    whose gradient is NaN, and the loop stops when it next reads its sums, before any save."""
+    poison_gradient(monkeypatch, STEPS_PER_EPOCH + 2)  # epoch 2, step 3
+    run_dir = tmp_path / "nan-grad-lazy"
+    code, text = run("train", "--set", f"data.data_dir={world.data}", *FAST, "--set", "train.lazy_sync=true",
+                     "--run-dir", run_dir)
+    one_line_error(code, text, "1 step(s) had a non-finite loss or gradient", "epoch 2, step 3",
+                   "last.pt holds the last good state")
+    assert code == 3
+    last = load_checkpoint(run_dir / LAST)
+    assert (last["loop"]["epoch"], last["loop"]["step_in_epoch"]) == (1, 2)
+    assert all(torch.isfinite(t).all() for t in last["model"].values())
+    assert all(torch.isfinite(t).all() for s in last["optimizer"]["state"].values() for t in s.values())
+
+
+def test_lazy_sync_reports_the_same_epoch_figures(world, tmp_path):
+    """Reading the sums from the device when reporting gives the epoch rows the per-step reads give."""
+    rows = {}
+    for lazy in ("true", "false"):
+        run_dir = tmp_path / f"lazy-{lazy}"
+        code, text = run("train", "--set", f"data.data_dir={world.data}", *FAST, "--set", f"train.lazy_sync={lazy}",
+                         "--run-dir", run_dir)
+        assert code == 0, text
+        rows[lazy] = [json.loads(line) for line in (run_dir / "metrics.jsonl").read_text().splitlines()]
+    for a, b in zip(rows["true"], rows["false"]):
+        assert a["train_loss"] == pytest.approx(b["train_loss"], rel=1e-5)
+        assert a["train_accuracy"] == b["train_accuracy"] and a["valid_accuracy"] == b["valid_accuracy"]
