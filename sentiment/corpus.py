@@ -115,10 +115,11 @@ _texts_job: tuple[list[str], Cleaning] | None = None  # forked workers inherit i
 _TEXT_BLOCK = 50_000  # texts per worker task: bounds what one task holds and sends back
 
 
-def tokenize_texts(texts: list[str], lowercase: bool = True, workers: int = 2,
-                   cleaning: Cleaning = IMDB_CLEANING) -> tuple[list[str], np.ndarray, np.ndarray, np.ndarray]:
+def tokenize_texts(texts: list[str], lowercase: bool = True, workers: int = 2, cleaning: Cleaning = IMDB_CLEANING,
+                   consume: bool = False) -> tuple[list[str], np.ndarray, np.ndarray, np.ndarray]:
     """Tokenize in-memory texts into (token table, flat ids, offsets, 8-byte hash of each text), as
-    tokenize_files does for files: each distinct chunk is tokenized once, on `workers` processes."""
+    tokenize_files does for files: each distinct chunk is tokenized once, on `workers` processes.
+    consume: empty `texts` once they are split into chunks, so their memory is free for the rest."""
     global _texts_job
     workers = max(1, min(workers, os.cpu_count() or 1))
     init_tokenizer()
@@ -130,6 +131,8 @@ def tokenize_texts(texts: list[str], lowercase: bool = True, workers: int = 2,
         parts = run_in_workers(_split_texts, blocks, workers, method) if parallel else [_split_texts(b) for b in blocks]
     finally:
         _texts_job = None
+    if consume:
+        texts.clear()
     hashes = np.concatenate([p[3] for p in parts])
     tokens, ids, offsets = _tokenize_parts([p[:3] for p in parts], lowercase, workers, parallel, method or "spawn")
     return tokens, ids, offsets, hashes

@@ -32,13 +32,19 @@ class PreparedData:
 
 
 def gather_docs(ids: np.ndarray, offsets: np.ndarray, docs: np.ndarray) -> tuple[np.ndarray, np.ndarray]:
-    """The given docs' ids laid end to end, and their new offsets. Concatenating slices is ~10x faster
-    than building a flat index array for 13M tokens."""
-    starts, ends = offsets[docs].tolist(), offsets[docs + 1].tolist()
-    flat = np.concatenate([ids[a:b] for a, b in zip(starts, ends)]) if len(starts) else ids[:0]
-    new_offsets = np.zeros(len(starts) + 1, dtype=np.int64)
-    np.cumsum(offsets[docs + 1] - offsets[docs], out=new_offsets[1:])
-    return flat, new_offsets
+    """The given docs' ids laid end to end, and their new offsets. For long docs (IMDB: 25k reviews, 13M
+    tokens) concatenating slices is ~10x faster than a flat index array; for many short ones (1M tweets)
+    one slice per doc costs more than the index."""
+    lengths = offsets[docs + 1] - offsets[docs]
+    new_offsets = np.zeros(len(docs) + 1, dtype=np.int64)
+    np.cumsum(lengths, out=new_offsets[1:])
+    if not len(docs):
+        return ids[:0], new_offsets
+    if new_offsets[-1] >= 64 * len(docs):
+        starts, ends = offsets[docs].tolist(), offsets[docs + 1].tolist()
+        return np.concatenate([ids[a:b] for a, b in zip(starts, ends)]), new_offsets
+    gather = np.repeat(offsets[docs] - new_offsets[:-1], lengths) + np.arange(new_offsets[-1])
+    return ids[gather], new_offsets
 
 
 

@@ -101,6 +101,7 @@ class _Part:
     lines: np.ndarray  # int64 line (or row number) of each row, for messages
     source: str
     from_cache: bool = False
+    key: str = ""  # the cache key: what the part was made from, and how
 
     def __len__(self) -> int:
         return len(self.hashes)
@@ -112,17 +113,22 @@ class _Part:
 def _part_from_table(table: Table, cfg: DataConfig, source: str) -> _Part:
     from sentiment.corpus import tokenize_texts
 
-    tokens, ids, offsets, hashes = tokenize_texts(table.texts, cfg.lowercase, cfg.resolved_workers(), cleaning_of(cfg))
+    n = len(table)
     if table.labels is None:
-        codes, names = np.full(len(table), -1, np.int32), []
+        codes, names = np.full(n, -1, np.int32), []
     else:
         index: dict[str, int] = {}
         setdefault = index.setdefault
         # "pos " and "pos" are one class: a stray space must not make a two-class file a three-class run
-        codes = np.fromiter((setdefault(v.strip(), len(index)) for v in table.labels), dtype=np.int32,
-                            count=len(table))
+        codes = np.fromiter((setdefault(v.strip(), len(index)) for v in table.labels), dtype=np.int32, count=n)
         names = list(index)
-    return _Part(tokens, ids, offsets, codes, names, hashes, np.asarray(table.lines, dtype=np.int64), source)
+    lines = np.asarray(table.lines, dtype=np.int64)
+    # the texts are handed over, not kept: tokenize_texts empties the list once they are chunks (a 1M-row
+    # file's texts are ~300 MB as Python strings); the labels and lines are arrays by now
+    texts, table.texts, table.labels, table.lines = table.texts, [], None, []
+    tokens, ids, offsets, hashes = tokenize_texts(texts, cfg.lowercase, cfg.resolved_workers(), cleaning_of(cfg),
+                                                  consume=True)
+    return _Part(tokens, ids, offsets, codes, names, hashes, lines, source)
 
 
 def _settings_key(cfg: DataConfig, columns: tuple[str | None, ...]) -> str:
@@ -153,13 +159,15 @@ def _directory_hash(path: Path) -> str:
 def _cached_part(key_parts: str, cache: Path | None, build) -> _Part:
     """The part from the cache, or built by `build()` and cached."""
     path = None
+    key = hashlib.sha256(key_parts.encode()).hexdigest()[:20]
     if cache is not None:
-        key = hashlib.sha256(key_parts.encode()).hexdigest()[:20]
         path = cache / f"texts-{key}.npz"
         part = _load_part(path) if path.exists() else None
         if part is not None:
+            part.key = key
             return part
     part = build()
+    part.key = key
     if path is not None:
         _save_part(part, path)
     return part
@@ -225,6 +233,8 @@ def _hf_parts(cfg: DataConfig) -> dict[str, _Part]:
 
 def _merge_tokens(parts: list[_Part]) -> tuple[list[str], list[np.ndarray]]:
     """One token table for all parts, and each part's ids renumbered into it."""
+    if len(parts) == 1:
+        return parts[0].tokens, [parts[0].ids]
     table: dict[str, int] = {}
     renumbered = []
     for part in parts:
@@ -275,33 +285,27 @@ def grouped_split(labels: np.ndarray, groups: np.ndarray, fraction: float, seed:
     n = len(labels)
     if n == 0 or fraction <= 0:
         return np.arange(n), np.zeros(0, np.int64)
+    labels = np.asarray(labels, dtype=np.int64)
     uniq, group = np.unique(groups, return_inverse=True)
     quota = np.round(fraction * np.bincount(labels, minlength=num_classes)).astype(np.int64).tolist()
     order = np.random.default_rng(seed).permutation(len(uniq))
-    first_row = np.full(len(uniq), n, np.int64)
-    np.minimum.at(first_row, group, np.arange(n))
-    size = np.bincount(group, minlength=len(uniq))
+    # each group's rows per class, as one [groups, classes] table: no Python loop over rows
+    counts = np.bincount(group * num_classes + labels, minlength=len(uniq) * num_classes).reshape(-1, num_classes)
+    single = counts.sum(axis=1) == 1
+    single_class = counts.argmax(axis=1)
     taken = [0] * num_classes
     carved_groups = []
-    multi: dict[int, list[int]] | None = None
-    label_list = labels.tolist()
-    first_list, size_list = first_row.tolist(), size.tolist()
+    single_list, class_list = single.tolist(), single_class.tolist()
     for g in order.tolist():
-        if size_list[g] == 1:  # the common case: a text that occurs once
-            c = label_list[first_list[g]]
+        if single_list[g]:  # the common case: a text that occurs once
+            c = class_list[g]
             if taken[c] < quota[c]:
                 taken[c] += 1
                 carved_groups.append(g)
         else:
-            if multi is None:
-                multi = {}
-                for row in np.flatnonzero(size[group] > 1).tolist():
-                    multi.setdefault(group[row], []).append(row)
-            counts = [0] * num_classes
-            for row in multi[g]:
-                counts[label_list[row]] += 1
-            if all(t + k <= q for t, k, q in zip(taken, counts, quota)):
-                taken = [t + k for t, k in zip(taken, counts)]
+            row = counts[g].tolist()
+            if all(t + k <= q for t, k, q in zip(taken, row, quota)):
+                taken = [t + k for t, k in zip(taken, row)]
                 carved_groups.append(g)
         if taken == quota:
             break
@@ -309,6 +313,61 @@ def grouped_split(labels: np.ndarray, groups: np.ndarray, fraction: float, seed:
     carved_mask[carved_groups] = True
     rows = carved_mask[group]
     return np.flatnonzero(~rows), np.flatnonzero(rows)
+
+
+def _split_cache_path(cfg: DataConfig, parts: dict[str, _Part], space: LabelSpace) -> Path | None:
+    """Where the carve of these parts with these settings is kept (a warm start reads it instead of carving)."""
+    cache = cache_dir(Path(cfg.data_dir))
+    if cache is None:
+        return None
+    key = json.dumps({"v": FILES_CACHE_VERSION, "parts": {n: p.key for n, p in parts.items()},
+                      "labels": list(space.names), "test": cfg.test_fraction, "valid": cfg.valid_fraction,
+                      "seed": cfg.split_seed})
+    return cache / f"splits-{hashlib.sha256(key.encode()).hexdigest()[:20]}.npz"
+
+
+def _carve(cfg: DataConfig, parts: dict[str, _Part], order: list[str], rows: dict[str, np.ndarray],
+           all_labels: np.ndarray, space: LabelSpace) -> tuple[dict[str, np.ndarray], int, int]:
+    """The rows of train, valid and test (test carved first, then valid, where no file gives them), how many
+    rows repeat an earlier row's text, and how many texts sit in more than one of the given split files."""
+    all_hashes = np.concatenate([parts[n].hashes for n in order])
+    carved = {}
+    pool = rows["train"]
+    if "test" not in parts and cfg.test_fraction > 0:
+        keep, out = grouped_split(all_labels[pool], all_hashes[pool], cfg.test_fraction, cfg.split_seed,
+                                  space.num_classes)
+        pool, carved["test"] = pool[keep], pool[out]
+    if "valid" not in parts:
+        # the split seed, offset so valid is not drawn in test's order
+        keep, out = grouped_split(all_labels[pool], all_hashes[pool], cfg.valid_fraction, cfg.split_seed + 1,
+                                  space.num_classes)
+        pool, carved["valid"] = pool[keep], pool[out]
+    splits = {"train": pool, "valid": carved.get("valid", rows.get("valid")),
+              "test": carved.get("test", rows.get("test", np.zeros(0, np.int64)))}
+    straddling = 0
+    if len(parts) > 1:  # exact duplicates across split files you gave (a carve never splits them)
+        sides = [set(all_hashes[splits[n]].tolist()) for n in ("train", "valid", "test")]
+        straddling = len((sides[0] & sides[1]) | (sides[0] & sides[2]) | (sides[1] & sides[2]))
+    texts = np.concatenate([rows[n] for n in order])  # empty rows are counted apart, not as repeats of ""
+    duplicated = len(texts) - len(np.unique(all_hashes[texts]))
+    return splits, duplicated, straddling
+
+
+def _save_splits(path: Path, splits: dict[str, np.ndarray], duplicated: int, straddling: int) -> None:
+    buf = io.BytesIO()
+    np.savez(buf, counts=np.array([duplicated, straddling], np.int64), **splits)
+    atomic_write_bytes(path, buf.getvalue())
+
+
+def _load_splits(path: Path | None) -> tuple[dict[str, np.ndarray], int, int] | None:
+    if path is None or not path.exists():
+        return None
+    try:
+        with np.load(path) as z:
+            duplicated, straddling = (int(v) for v in z["counts"])
+            return {name: z[name] for name in ("train", "valid", "test")}, duplicated, straddling
+    except (OSError, ValueError, KeyError, EOFError, zipfile.BadZipFile):
+        return None
 
 
 def _load_tables(cfg: DataConfig, label_space: LabelSpace | None) -> SourceData:
@@ -332,29 +391,16 @@ def _load_tables(cfg: DataConfig, label_space: LabelSpace | None) -> SourceData:
         skipped[name] = int((lengths == 0).sum())
         base += len(parts[name])
     all_labels = np.concatenate([labels[n] for n in order])
-    all_hashes = np.concatenate([parts[n].hashes for n in order])
-
-    carved = {}
-    pool = rows["train"]
-    if "test" not in parts and cfg.test_fraction > 0:
-        keep, out = grouped_split(all_labels[pool], all_hashes[pool], cfg.test_fraction, cfg.split_seed,
-                                  space.num_classes)
-        pool, carved["test"] = pool[keep], pool[out]
-    if "valid" not in parts:
-        # the split seed, offset so valid is not drawn in test's order
-        keep, out = grouped_split(all_labels[pool], all_hashes[pool], cfg.valid_fraction, cfg.split_seed + 1,
-                                  space.num_classes)
-        pool, carved["valid"] = pool[keep], pool[out]
-    splits = {"train": pool, "valid": carved.get("valid", rows.get("valid")),
-              "test": carved.get("test", rows.get("test", np.zeros(0, np.int64)))}
+    split_cache = _split_cache_path(cfg, parts, space)
+    cached = _load_splits(split_cache)
+    if cached is not None:
+        splits, duplicated, straddling = cached
+    else:
+        splits, duplicated, straddling = _carve(cfg, parts, order, rows, all_labels, space)
+        if split_cache is not None:
+            _save_splits(split_cache, splits, duplicated, straddling)
     if len(np.unique(all_labels[splits["train"]])) < 2:
         raise SentimentError(f"{train.source}: the training split holds a single class; a classifier needs two")
-
-    # exact duplicates across splits given as separate files (a carve never splits them)
-    sides = [set(all_hashes[splits[n]].tolist()) for n in ("train", "valid", "test")]
-    straddling = len((sides[0] & sides[1]) | (sides[0] & sides[2]) | (sides[1] & sides[2]))
-    texts = np.concatenate([rows[n] for n in order])  # empty rows are counted apart, not as repeats of ""
-    duplicated = len(texts) - len(np.unique(all_hashes[texts]))
 
     starts = {}
     base = 0
