@@ -15,6 +15,9 @@ def _worker_init() -> None:
     # stop after this step; anything else: stop now, which ends the workers); workers that raised
     # KeyboardInterrupt too would each print a traceback.
     signal.signal(signal.SIGINT, signal.SIG_IGN)
+    # A forked worker inherits the training loop's SIGTERM handler (stop after this step), under which the
+    # SIGTERM that Pool.terminate() ends idle workers with only sets a flag: the pool would wait for ever.
+    signal.signal(signal.SIGTERM, signal.SIG_DFL)
 
 
 def run_in_workers(fn: Callable[[Any], Any], tasks: Sequence[Any], processes: int, method: str = "fork") -> list:
