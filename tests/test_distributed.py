@@ -251,3 +251,28 @@ def test_grad_accum_steps_once_per_group_of_batches(tmp_path):
     assert trained["scheduler"]["last_epoch"] == (len(batches) + 1) // 2  # optimizer steps, not batches
     for name, value in model.state_dict().items():
         assert torch.allclose(trained["model"][name], value, atol=1e-6), name
+
+
+def test_resume_on_another_number_of_processes(two_ranks, tmp_path):
+    """A run trained on 2 processes continues on 1: from the same global place, with the schedule's
+    steps counted for one process, and the epoch table says how many processes trained each epoch."""
+    import shutil
+
+    tmp, _, run_dir, done = two_ranks
+    assert done.returncode == 0, done.stderr
+    copy = tmp_path / "r"
+    shutil.copytree(run_dir, copy)
+    before = torch.load(copy / "last.pt", weights_only=True)
+    out = sentiment("train", "--resume", str(copy), "--set", "train.epochs=3")
+    assert out.returncode == 0, out.stderr
+    assert "1 process(es) · global batch 8" in out.stdout
+    rows = [json.loads(line) for line in (copy / "metrics.jsonl").read_text().splitlines()]
+    assert [r["processes"] for r in rows] == [2, 2, 1]
+    after = torch.load(copy / "last.pt", weights_only=True)
+    steps_per_epoch_two = before["loop"]["global_step"] // 2  # 2 epochs on 2 processes
+    # the schedule and the step count were doubled for one process, then one epoch on it was added
+    assert after["loop"]["world_size"] == 1
+    assert after["loop"]["schedule_steps"] == 2 * before["loop"]["schedule_steps"]
+    # one process reads every batch of an epoch: the two ranks' shares, and the odd one they dropped if any
+    added = after["loop"]["global_step"] - 2 * before["loop"]["global_step"]
+    assert added in (2 * steps_per_epoch_two, 2 * steps_per_epoch_two + 1)
