@@ -21,11 +21,6 @@ the real vocab: the speed does not depend on the weights, and the output says so
 from __future__ import annotations
 
 import argparse
-import json
-import os
-import resource
-import subprocess
-import sys
 import tempfile
 import time
 from pathlib import Path
@@ -53,18 +48,8 @@ def pick_reviews(imdb_test: Path, n: int | None) -> tuple[list[str], np.ndarray,
 
 def time_predict(run_dir: Path, path: Path, out: Path) -> tuple[float, float, list[float]]:
     """(seconds, peak RSS in MB, probabilities) of `sentiment predict --json` on the file, as a child process."""
-    env = dict(os.environ, PYTHONPATH=os.pathsep.join(filter(None, [str(ROOT), os.environ.get("PYTHONPATH")])))
-    cmd = [sys.executable, "-m", "sentiment", "predict", "--run", str(run_dir), "--file", str(path), "--json"]
-    start = time.perf_counter()
-    with open(out, "w") as sink:
-        proc = subprocess.run(cmd, stdout=sink, stderr=subprocess.PIPE, text=True, env=env)
-    seconds = time.perf_counter() - start
-    if proc.returncode != 0:
-        sys.exit(f"sentiment predict failed ({proc.returncode}): {proc.stderr.strip()}")
-    # kilobytes on Linux; the largest of the waited-for children (only this one and its workers)
-    rss = resource.getrusage(resource.RUSAGE_CHILDREN).ru_maxrss / 1024
-    probs = [json.loads(line).get("probability", float("nan")) for line in out.read_text().splitlines() if line]
-    return seconds, rss, probs
+    seconds, rss, rows = benchlib.run_predict(run_dir, path, out)
+    return seconds, rss, [row.get("probability", float("nan")) for row in rows]
 
 
 def time_one_at_a_time(run_dir: Path, texts: list[str]) -> tuple[float, np.ndarray, str]:

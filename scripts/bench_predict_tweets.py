@@ -23,10 +23,6 @@ from __future__ import annotations
 
 import argparse
 import csv
-import json
-import os
-import resource
-import subprocess
 import sys
 import tempfile
 import time
@@ -47,17 +43,7 @@ def resample(real_csv: Path, n: int, seed: int) -> list[str]:
 
 def time_predict(run_dir: Path, path: Path, out: Path, names: list[str]) -> tuple[float, float, np.ndarray]:
     """(seconds, peak RSS in MB, [N, K] probabilities, NaN rows for skipped texts) of `sentiment predict --json`."""
-    env = dict(os.environ, PYTHONPATH=os.pathsep.join(filter(None, [str(ROOT), os.environ.get("PYTHONPATH")])))
-    cmd = [sys.executable, "-m", "sentiment", "predict", "--run", str(run_dir), "--file", str(path), "--json"]
-    start = time.perf_counter()
-    with open(out, "w") as sink:
-        proc = subprocess.run(cmd, stdout=sink, stderr=subprocess.PIPE, text=True, env=env)
-    seconds = time.perf_counter() - start
-    if proc.returncode != 0:
-        sys.exit(f"sentiment predict failed ({proc.returncode}): {proc.stderr.strip()}")
-    # kilobytes on Linux; the largest of the waited-for children (this one is the first, and its workers)
-    rss = resource.getrusage(resource.RUSAGE_CHILDREN).ru_maxrss / 1024
-    rows = [json.loads(line) for line in out.read_text().splitlines() if line]
+    seconds, rss, rows = benchlib.run_predict(run_dir, path, out)
     probs = np.full((len(rows), len(names)), np.nan)
     for i, row in enumerate(rows):
         if "probs" in row:

@@ -153,3 +153,23 @@ class Figures:
         if path:
             Path(path).write_text(json.dumps({"script": self.script, "rows": self.rows, "notes": self.notes},
                                              indent=1), encoding="utf-8")
+
+
+def run_predict(run_dir: Path, path: Path, out: Path) -> tuple[float, float, list[dict]]:
+    """(seconds, peak RSS in MB, JSON rows) of `sentiment predict --run RUN --file PATH --json`, as a child
+    process writing to `out`."""
+    import resource
+    import subprocess
+    import time
+
+    env = dict(os.environ, PYTHONPATH=os.pathsep.join(filter(None, [str(ROOT), os.environ.get("PYTHONPATH")])))
+    cmd = [sys.executable, "-m", "sentiment", "predict", "--run", str(run_dir), "--file", str(path), "--json"]
+    start = time.perf_counter()
+    with open(out, "w") as sink:
+        proc = subprocess.run(cmd, stdout=sink, stderr=subprocess.PIPE, text=True, env=env)
+    seconds = time.perf_counter() - start
+    if proc.returncode != 0:
+        sys.exit(f"sentiment predict failed ({proc.returncode}): {proc.stderr.strip()}")
+    # kilobytes on Linux; the largest of the waited-for children (this one is the first, and its workers)
+    rss = resource.getrusage(resource.RUSAGE_CHILDREN).ru_maxrss / 1024
+    return seconds, rss, [json.loads(line) for line in Path(out).read_text().splitlines() if line]

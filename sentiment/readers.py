@@ -114,19 +114,25 @@ def _read_csv(path: Path, text: str, columns: Sequence[str], kind: str) -> list[
     return records
 
 
+def _json_object(path: Path, n: int, line: str) -> dict:
+    """Line n of a JSONL file as the JSON object it must be, or one error naming the line."""
+    try:
+        obj = json.loads(line)
+    except ValueError as e:
+        raise SentimentError(f"{path}: line {n} is not valid JSON ({getattr(e, 'msg', e)}); "
+                             "expected one JSON object per line") from None
+    if not isinstance(obj, dict):
+        raise SentimentError(f"{path}: line {n} is a JSON {type(obj).__name__}, not an object; "
+                             "expected one JSON object per line")
+    return obj
+
+
 def _read_jsonl(path: Path, text: str, columns: Sequence[str]) -> list[Record]:
     records: list[Record] = []
     for n, line in enumerate(split_lines(text), 1):
         if not line.strip():
             continue
-        try:
-            obj = json.loads(line)
-        except ValueError as e:
-            raise SentimentError(f"{path}: line {n} is not valid JSON ({getattr(e, 'msg', e)}); "
-                                 "expected one JSON object per line") from None
-        if not isinstance(obj, dict):
-            raise SentimentError(f"{path}: line {n} is a JSON {type(obj).__name__}, not an object; "
-                                 "expected one JSON object per line")
+        obj = _json_object(path, n, line)
         missing = [c for c in columns if c not in obj]
         if missing:
             raise SentimentError(f"{path}: line {n} has no field {missing[0]!r} "
@@ -279,14 +285,7 @@ def _jsonl_columns(path: Path, stream: io.TextIOWrapper, text_column: str, label
     for n, line in enumerate(stream, 1):
         if line.isspace():
             continue
-        try:
-            obj = json.loads(line)
-        except ValueError as e:
-            raise SentimentError(f"{path}: line {n} is not valid JSON ({getattr(e, 'msg', e)}); "
-                                 "expected one JSON object per line") from None
-        if not isinstance(obj, dict):
-            raise SentimentError(f"{path}: line {n} is a JSON {type(obj).__name__}, not an object; "
-                                 "expected one JSON object per line")
+        obj = _json_object(path, n, line)
         if not lines:
             first = obj
         text = obj.get(text_column)
