@@ -25,7 +25,8 @@ def run_in_workers(fn: Callable[[Any], Any], tasks: Sequence[Any], processes: in
     (the OOM killer, SIGTERM to the process group) is an error at once, not a wait for a result that will
     never come (which is what multiprocessing.Pool.map does)."""
     before = set(multiprocessing.active_children())
-    with multiprocessing.get_context(method).Pool(processes, initializer=_worker_init) as pool:
+    pool = multiprocessing.get_context(method).Pool(processes, initializer=_worker_init)
+    try:
         workers = [p for p in multiprocessing.active_children() if p not in before]
         result = pool.map_async(fn, tasks, chunksize=1)
         while not result.ready():
@@ -36,4 +37,13 @@ def run_in_workers(fn: Callable[[Any], Any], tasks: Sequence[Any], processes: in
                 how = f"killed by signal {-code}" if code < 0 else f"exit code {code}"
                 raise SentimentError(f"a worker process died ({how}: out of memory, or stopped from outside); "
                                      "nothing from this step was kept")
-        return result.get()
+        results = result.get()
+    except BaseException:
+        pool.terminate()  # a failure or Ctrl-C: end the workers now
+        raise
+    # Done: each worker ends on the sentinel close() sends. Not `with Pool(...)`, whose exit terminates them
+    # with SIGTERM: a worker blocked on the task queue's lock then survived it now and then, and the join
+    # after it waited for ever (`sentiment train` and the test suite hung after scoring).
+    pool.close()
+    pool.join()
+    return results
