@@ -10,7 +10,6 @@ import numpy as np
 
 from sentiment.batching import EncodedSplit
 from sentiment.config import DataConfig
-from sentiment.corpus import TokenizedCorpus
 from sentiment.errors import SentimentError
 from sentiment.labels import IMDB_LABELS, LabelSpace
 from sentiment.paths import cache_dir
@@ -49,8 +48,8 @@ def gather_docs(ids: np.ndarray, offsets: np.ndarray, docs: np.ndarray) -> tuple
 
 
 
-def split_indices(corpus: TokenizedCorpus, cfg: DataConfig) -> tuple[dict[str, np.ndarray], str]:
-    """IMDB corpus rows of train, valid and test, and how valid was carved (for studies of IMDB's splits)."""
+def split_indices(cfg: DataConfig) -> tuple[dict[str, np.ndarray], str]:
+    """Source rows of train, valid and test, and how valid was carved (for studies of IMDB's splits)."""
     source = load_source(cfg)
     return source.splits, source.stats["valid_split"]
 

@@ -152,10 +152,15 @@ def lr_factor(cfg: Config, total_steps: int):
     return factor
 
 
+def _kept(run_dir: Path) -> str:
+    """What a diverged run leaves: the last good checkpoint, or nothing."""
+    return (f"{run_dir / LAST} holds the last good state" if (run_dir / LAST).exists()
+            else "no checkpoint was written before it")
+
+
 def _diverged(run_dir: Path, loss: torch.Tensor, grad_norm: torch.Tensor | None, epoch: int,
               step_in_epoch: int) -> TrainingDiverged:
-    kept = (f"{run_dir / LAST} holds the last good state" if (run_dir / LAST).exists()
-            else "no checkpoint was written before it")
+    kept = _kept(run_dir)
     what = (f"loss became {loss.item()}" if not torch.isfinite(loss)
             else f"gradient norm became {grad_norm.item()} (loss {loss.item():.4f})")
     return TrainingDiverged(f"{what} at epoch {epoch + 1}, step {step_in_epoch + 1}; stopped. "
@@ -195,8 +200,7 @@ class _DeviceSums:
 
 
 def _diverged_lazily(run_dir: Path, what: str, epoch: int, step_in_epoch: int) -> TrainingDiverged:
-    kept = (f"{run_dir / LAST} holds the last good state" if (run_dir / LAST).exists()
-            else "no checkpoint was written before it")
+    kept = _kept(run_dir)
     return TrainingDiverged(f"{what}, by epoch {epoch + 1}, step {step_in_epoch}; stopped. {kept}; try a lower "
                             "train.lr or set train.grad_clip")
 

@@ -15,7 +15,6 @@ from typer.testing import CliRunner
 
 from sentiment import predict as predict_mod
 from sentiment.cli import app
-from sentiment.errors import SentimentError
 from sentiment.labels import IMDB_LABELS, LabelSpace
 from sentiment.readers import read_table
 from sentiment.predict import UNCAPPED_MAX_LEN, Encoding, encode_texts

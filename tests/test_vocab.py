@@ -195,7 +195,7 @@ def test_prepared_vocab_counts_the_training_split_only(tmp_path: Path):
     cfg = load_config(None, [f"data.data_dir={data_dir}", "data.workers=1", "data.glove_dim=null",
                              "model.embed_dim=8"]).data
     corpus, _ = load_corpus(data_dir, workers=1)
-    idx, _ = split_indices(corpus, cfg)
+    idx, _ = split_indices(cfg)
     planted = {"train": "zztrainonly", "valid": "zzvalidonly", "test": "zztestonly"}
     rows = {name: int(idx[name][3]) for name in planted}  # the 4th review of each split
     for name, row in rows.items():
