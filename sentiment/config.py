@@ -62,6 +62,11 @@ class DataConfig:
     glove_dim: Optional[int] = 50  # null: no pretrained vectors (embedding sized by model.embed_dim)
     glove_unk_init: Literal["random", "zeros"] = "random"  # rows for words GloVe lacks
     workers: Optional[int] = None  # processes for tokenization (null: every core)
+    # Texts without labels, for the semi-supervised objectives (train.virtual_adversarial,
+    # train.entropy_minimization): `unsup` for IMDB's 50,000 train/unsup reviews; a file of texts (its
+    # data.text_column) for files; a split name (e.g. `unsupervised`) for hf. The vocabulary counts them too;
+    # a text equal to a validation or test text is left out.
+    unlabeled: Optional[str] = None
 
     def resolved_workers(self) -> int:
         import os
@@ -83,6 +88,35 @@ class ModelConfig:
     freeze_embeddings: bool = False
     unfreeze_after: Optional[int] = None  # epochs after which frozen embeddings start training
     pack: Literal["auto", "always", "never"] = "auto"  # pack_padded_sequence only where fast (cuDNN)
+    # Embeddings scaled to zero mean and unit variance per dimension, weighted by word frequency (Miyato et
+    # al. 2017), so an adversarial perturbation's size means the same for every word and every run.
+    normalize_embeddings: bool = False
+
+
+@dataclass
+class AdversarialConfig:
+    """Adversarial training (AT): the loss again on embeddings moved by epsilon along the loss gradient."""
+
+    weight: float = 1.0
+    epsilon: float = 5.0  # L2 norm of each review's perturbation, over its true length and every dimension
+
+
+@dataclass
+class VirtualAdversarialConfig:
+    """Virtual adversarial training (VAT): the KL divergence between the prediction and the prediction on
+    embeddings moved by epsilon in the direction that changes it most; needs no labels."""
+
+    weight: float = 1.0
+    epsilon: float = 5.0  # L2 norm of each review's perturbation
+    xi: float = 0.1  # norm of the probe that finds the direction (finite differences; too small and x + r == x)
+    power_iterations: int = 1
+
+
+@dataclass
+class EntropyMinimizationConfig:
+    """Entropy minimisation: lowers the entropy of predictions on unlabeled texts (confident predictions)."""
+
+    weight: float = 1.0
 
 
 @dataclass
@@ -103,6 +137,21 @@ class TrainConfig:
     # twice a second), never inside a step; non-finite steps are skipped by fused Adam. null: on CUDA.
     lazy_sync: Optional[bool] = None
     class_weights: Optional[Literal["balanced"]] = None  # balanced: weight classes by n / (K * n_class)
+    # Extra objectives, each off unless named (e.g. `adversarial: {epsilon: 5.0}`); with all off the loop
+    # is the plain supervised one. Every labeled batch is joined by one unlabeled batch (when data.unlabeled
+    # is set and an objective uses it); an epoch is one pass over the labeled batches, and the unlabeled
+    # stream runs through its own shuffled passes, resumed where it was.
+    adversarial: Optional[AdversarialConfig] = None
+    virtual_adversarial: Optional[VirtualAdversarialConfig] = None
+    entropy_minimization: Optional[EntropyMinimizationConfig] = None
+    unlabeled_batch_size: int = 64
+    unlabeled_max_len: Optional[int] = None  # tokens of an unlabeled text read (head+tail); null: data.max_len
+
+    def uses_unlabeled(self) -> bool:
+        return self.virtual_adversarial is not None or self.entropy_minimization is not None
+
+    def has_extra_objectives(self) -> bool:
+        return self.adversarial is not None or self.uses_unlabeled()
 
 
 @dataclass
@@ -138,6 +187,8 @@ def _type_name(tp: Any) -> str:
         return " or ".join(_type_name(a) for a in typing.get_args(tp))
     if origin is list:
         return "a list of " + _type_name(typing.get_args(tp)[0]).removeprefix("a ") + "s"
+    if dataclasses.is_dataclass(tp):
+        return "a mapping of " + ", ".join(f.name for f in dataclasses.fields(tp))
     return {int: "an integer", float: "a number", bool: "true/false", str: "a string", type(None): "null"}.get(tp, str(tp))
 
 
@@ -154,6 +205,9 @@ def _coerce(value: Any, tp: Any, key: str) -> Any:
                 return _coerce(value, arg, key)
             except SentimentError:
                 pass
+    elif dataclasses.is_dataclass(tp):
+        if isinstance(value, dict):
+            return _build(tp, value, f"{key}.")
     elif origin is Literal:
         if value in typing.get_args(tp):
             return value
@@ -245,6 +299,14 @@ def validate(cfg: Config) -> None:
         ("train.warmup_steps", cfg.train.warmup_steps >= 0, "must be >= 0"),
         ("train.early_stopping_patience", cfg.train.early_stopping_patience is None
          or cfg.train.early_stopping_patience >= 1, "must be >= 1 or null"),
+        ("train.unlabeled_batch_size", cfg.train.unlabeled_batch_size >= 1, "must be >= 1"),
+        ("train.unlabeled_max_len", cfg.train.unlabeled_max_len is None or cfg.train.unlabeled_max_len >= 1,
+         "must be >= 1 or null"),
+        ("data.unlabeled", cfg.data.unlabeled is None or bool(cfg.data.unlabeled.strip()),
+         "must name the unlabeled texts (IMDB: unsup) or be null"),
+        ("data.unlabeled", cfg.data.unlabeled is None or cfg.data.dataset != "imdb" or cfg.data.unlabeled == "unsup",
+         "must be unsup (IMDB's train/unsup reviews) when data.dataset is imdb"),
+        *_objective_checks(cfg),
         ("run.threads", cfg.run.threads is None or cfg.run.threads >= 1, "must be >= 1 or null"),
         ("run.checkpoint_minutes", cfg.run.checkpoint_minutes >= 0, "must be >= 0"),
         ("run.device", cfg.run.device in ("auto", "cpu", "mps") or cfg.run.device.startswith("cuda"),
@@ -254,6 +316,22 @@ def validate(cfg: Config) -> None:
         if not ok:
             value = eval_key(cfg, key)
             raise SentimentError(f"config key {key} {why}, got {'null' if value is None else repr(value)}")
+
+
+def _objective_checks(cfg: Config) -> list[tuple[str, bool, str]]:
+    checks = []
+    for name in ("adversarial", "virtual_adversarial", "entropy_minimization"):
+        section = getattr(cfg.train, name)
+        if section is None:
+            continue
+        checks.append((f"train.{name}.weight", section.weight >= 0, "must be >= 0"))
+        if name != "entropy_minimization":
+            checks.append((f"train.{name}.epsilon", section.epsilon > 0, "must be > 0"))
+    vat = cfg.train.virtual_adversarial
+    if vat is not None:
+        checks += [("train.virtual_adversarial.xi", vat.xi > 0, "must be > 0"),
+                   ("train.virtual_adversarial.power_iterations", vat.power_iterations >= 1, "must be >= 1")]
+    return checks
 
 
 def eval_key(cfg: Config, key: str) -> Any:
@@ -283,7 +361,9 @@ def apply_overrides(raw: dict[str, Any], overrides: list[str]) -> dict[str, Any]
         parts, value = parse_override(text)
         node = raw
         for part in parts[:-1]:
-            child = node.setdefault(part, {})
+            child = node.get(part)
+            if child is None:  # absent, or an optional section that is off (null): --set turns it on
+                child = node[part] = {}
             if not isinstance(child, dict):
                 raise SentimentError(f"--set {text!r}: {part} is not a section")
             node = child
