@@ -256,16 +256,18 @@ def _load(path: Path) -> TokenizedCorpus | None:
 
 
 def load_corpus(
-    data_dir: Path, *, lowercase: bool = True, include_unsup: bool = False, workers: int = 2,
-    cache_dir: Path | None = None,
+    data_dir: Path, *, lowercase: bool = True, include_unsup: bool = False, only_unsup: bool = False,
+    workers: int = 2, cache_dir: Path | None = None,
 ) -> tuple[TokenizedCorpus, bool]:
-    """The tokenized corpus and whether it came from the cache."""
+    """The tokenized corpus and whether it came from the cache. only_unsup: train/unsup's reviews alone, in a
+    cache of their own, so asking for them does not tokenize the labeled reviews again."""
     root = imdb_dir(data_dir)
-    reviews = list_reviews(root, include_unsup=include_unsup)
+    reviews = list_reviews(root, include_unsup=include_unsup, only_unsup=only_unsup)
     cache_path = None
     if cache_dir is not None:
         key = _cache_key(fingerprint(reviews), lowercase)
-        cache_path = Path(cache_dir) / f"corpus-{'unsup-' if include_unsup else ''}{key}.npz"
+        prefix = "unsup-only-" if only_unsup else "unsup-" if include_unsup else ""
+        cache_path = Path(cache_dir) / f"corpus-{prefix}{key}.npz"
         if cache_path.exists():
             corpus = _load(cache_path)
             if corpus is not None and len(corpus) == len(reviews):

@@ -26,19 +26,23 @@ if TYPE_CHECKING:
     from sentiment.config import DataConfig
 
 # the Table keys this source returns, and the config field that names each one's split
-SPLIT_FIELDS = (("train", "hf_train_split"), ("valid", "hf_valid_split"), ("test", "hf_test_split"))
+SPLIT_FIELDS = (("train", "hf_train_split"), ("valid", "hf_valid_split"), ("test", "hf_test_split"),
+                ("unlabeled", "unlabeled"))
 
 
-def load_hf_tables(cfg: DataConfig) -> tuple[dict[str, Table], dict[str, str]]:
+def load_hf_tables(cfg: DataConfig, unlabeled: bool = False) -> tuple[dict[str, Table], dict[str, str]]:
     """The configured splits as Tables ("train", plus "valid"/"test" where their split names are set), and
     for each a fingerprint that changes whenever its content does, so the tokenized cache can key on it
-    without hashing every text."""
+    without hashing every text. unlabeled: the split data.unlabeled names instead (its texts only)."""
     name = cfg.hf_dataset
     if not name:
         raise SentimentError("data.hf_dataset is not set: name a Hugging Face Hub dataset (e.g. stanfordnlp/imdb) "
                              "or a directory written by save_to_disk")
-    wanted = {key: getattr(cfg, field) for key, field in SPLIT_FIELDS if getattr(cfg, field) is not None}
-    _check_distinct(wanted)
+    wanted = {key: getattr(cfg, field) for key, field in SPLIT_FIELDS
+              if key != "unlabeled" and getattr(cfg, field) is not None}
+    _check_distinct({**wanted, **({"unlabeled": cfg.unlabeled} if cfg.unlabeled else {})})
+    if unlabeled:
+        wanted = {"unlabeled": cfg.unlabeled}
     datasets = _import_datasets()
     local = _local_path(name)
     if local is not None:
@@ -51,7 +55,7 @@ def load_hf_tables(cfg: DataConfig) -> tuple[dict[str, Table], dict[str, str]]:
     fingerprints: dict[str, str] = {}
     for key, (split, ds) in _pick_splits(datasets, loaded, wanted, label).items():
         source = f"{label}[{split}]" if split is not None else label
-        tables[key] = _table(datasets, ds, cfg.text_column, cfg.label_column, source)
+        tables[key] = _table(datasets, ds, cfg.text_column, None if key == "unlabeled" else cfg.label_column, source)
         fingerprints[key] = _fingerprint(ds, split or "train")
     return tables, fingerprints
 
@@ -165,16 +169,17 @@ def _is_label_type(t: Any) -> bool:
     return _is_text_type(t) or pt.is_integer(t) or pt.is_floating(t) or pt.is_boolean(t)
 
 
-def _table(datasets: Any, ds: Any, text_column: str, label_column: str, source: str) -> Table:
-    """One split as a Table: its two columns turned into Python lists once, through Arrow, not row by row."""
+def _table(datasets: Any, ds: Any, text_column: str, label_column: str | None, source: str) -> Table:
+    """One split as a Table: its two columns turned into Python lists once, through Arrow, not row by row
+    (label_column None: texts only)."""
     columns = ds.column_names
     for column, field in ((text_column, "text_column"), (label_column, "label_column")):
-        if column not in columns:
+        if column is not None and column not in columns:
             raise SentimentError(f"{source}: no column {column!r} (columns: {', '.join(map(repr, columns))}); "
                                  f"set data.{field}")
     # [:] applies any indices mapping (select, shuffle, filter) and, without one, is a zero-copy slice
-    arrow = ds.select_columns(list(dict.fromkeys((text_column, label_column)))).with_format("arrow")[:]
-    text, label = arrow.column(text_column), arrow.column(label_column)
+    arrow = ds.select_columns([c for c in dict.fromkeys((text_column, label_column)) if c]).with_format("arrow")[:]
+    text = arrow.column(text_column)
     if not _is_text_type(text.type):
         raise SentimentError(f"{source}: column {text_column!r} holds {text.type} values, not text; set "
                              f"data.text_column to the text column (columns: {', '.join(map(repr, columns))})")
@@ -182,7 +187,10 @@ def _table(datasets: Any, ds: Any, text_column: str, label_column: str, source: 
     if text.null_count:  # None (and every value of a null-typed column) is a row without text
         texts = [t or "" for t in texts]
     lines = list(range(1, len(texts) + 1))
+    if label_column is None:
+        return Table(texts, None, lines, source)
 
+    label = arrow.column(label_column)
     feature = ds.features[label_column]
     if isinstance(feature, datasets.ClassLabel):
         labels = _class_labels(label.to_pylist(), feature.names, label_column, source)

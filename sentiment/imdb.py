@@ -36,10 +36,13 @@ def imdb_dir(data_dir: Path) -> Path:
     return root
 
 
-def list_reviews(root: Path, include_unsup: bool = False) -> list[ReviewFile]:
-    """Every review file, in a stable order (split, label, numeric id), with label and star rating."""
+def list_reviews(root: Path, include_unsup: bool = False, only_unsup: bool = False) -> list[ReviewFile]:
+    """Every review file, in a stable order (split, label, numeric id), with label and star rating.
+    only_unsup: the 50,000 unlabeled reviews of train/unsup alone."""
     wanted = [("train", "pos", 1), ("train", "neg", 0), ("test", "pos", 1), ("test", "neg", 0)]
-    if include_unsup:
+    if only_unsup:
+        wanted = []
+    if include_unsup or only_unsup:
         wanted.append(("train", "unsup", -1))
     reviews: list[ReviewFile] = []
     for split, folder, label in wanted:

@@ -28,6 +28,7 @@ class PreparedData:
     extra: dict[str, EncodedSplit] = field(default_factory=dict)  # further named splits a caller asked for
     label_space: LabelSpace = field(default_factory=lambda: LabelSpace(IMDB_LABELS))
     membership: dict[str, np.ndarray] = field(default_factory=dict)  # each split's rows in its source's numbering
+    unlabeled: EncodedSplit | None = None  # texts without labels (data.unlabeled), labels -1
 
 
 def gather_docs(ids: np.ndarray, offsets: np.ndarray, docs: np.ndarray) -> tuple[np.ndarray, np.ndarray]:
@@ -56,15 +57,16 @@ def split_indices(cfg: DataConfig) -> tuple[dict[str, np.ndarray], str]:
 
 def prepare_data(cfg: DataConfig, vocab: Vocab | None = None, *, with_embeddings: bool = True,
                  embedding_seed: int = 0, indices: dict[str, np.ndarray] | None = None,
-                 label_space: LabelSpace | None = None) -> PreparedData:
+                 label_space: LabelSpace | None = None, with_unlabeled: bool = True) -> PreparedData:
     """Everything training needs. Pass the run's `vocab` (and `label_space`) to encode with them instead
     of building new ones (evaluation, resume); embeddings are only loaded for a new vocab. `embedding_seed`
     draws the random rows of words GloVe lacks: training passes run.seed, so they vary with the run's seed
     while the split (split_seed) stays put. `indices` (source rows of "train", "valid", "test" and any
-    further names, which land in `extra`) replaces the configured split, for studies of splits."""
+    further names, which land in `extra`) replaces the configured split, for studies of splits.
+    with_unlabeled: also encode data.unlabeled's texts (training; scoring passes False and never reads them)."""
     t0 = time.perf_counter()
     data_dir = Path(cfg.data_dir)
-    source = load_source(cfg, label_space)
+    source = load_source(cfg, label_space, with_unlabeled=with_unlabeled)
     idx = source.splits if indices is None else indices
     if len(idx["train"]) == 0:
         raise SentimentError("the training split is empty: check data.valid_fraction and the data directory")
@@ -74,14 +76,22 @@ def prepare_data(cfg: DataConfig, vocab: Vocab | None = None, *, with_embeddings
                              "raise data.valid_fraction")
 
     gathered = {name: gather_docs(source.ids, source.offsets, docs) for name, docs in idx.items()}
+    unlabeled_flat = gather_docs(source.ids, source.offsets, source.unlabeled) if len(source.unlabeled) else None
     new_vocab = vocab is None
     if new_vocab:
-        # the vocab sees the training split only: validation and test words count as unknown
+        # the vocab sees the training split (and the unlabeled texts) only: validation and test words count as
+        # unknown
         counts = np.bincount(gathered["train"][0], minlength=len(source.tokens))
+        if unlabeled_flat is not None:
+            counts += np.bincount(unlabeled_flat[0], minlength=len(source.tokens))
         vocab = build_vocab(source.tokens, counts, cfg.vocab_max_size, cfg.vocab_min_freq)
     table_to_vocab = table_to_vocab_ids(source.tokens, vocab)
     splits = {name: EncodedSplit(ids=table_to_vocab[flat], offsets=offsets, labels=source.labels[idx[name]].copy())
               for name, (flat, offsets) in gathered.items()}
+    unlabeled = None
+    if unlabeled_flat is not None:
+        unlabeled = EncodedSplit(ids=table_to_vocab[unlabeled_flat[0]], offsets=unlabeled_flat[1],
+                                 labels=np.full(len(source.unlabeled), -1, np.int64))
     space = source.label_space
     stats = {**source.stats, "vocab_size": len(vocab), "train": len(idx["train"]), "valid": len(idx["valid"]),
              "test": len(idx["test"]), "labels": list(space.names),
@@ -107,4 +117,4 @@ def prepare_data(cfg: DataConfig, vocab: Vocab | None = None, *, with_embeddings
     extra = {name: split for name, split in splits.items() if name not in ("train", "valid", "test")}
     membership = source.membership if indices is None else dict(indices)
     return PreparedData(vocab, splits["train"], splits["valid"], splits["test"], embeddings, stats, extra, space,
-                        membership)
+                        membership, unlabeled)

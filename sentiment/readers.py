@@ -157,6 +157,22 @@ def read_stream(raw: bytes, name: str = "standard input") -> list[str]:
     return split_lines(text)
 
 
+def read_unlabeled(path: Path, text_column: str = "text") -> Table:
+    """Texts without labels (data.unlabeled): a .txt file (one text per line), a directory of .txt files
+    (one text each, as aclImdb's train/unsup), or the text column of a .csv, .tsv, .jsonl or .parquet file."""
+    path = Path(path)
+    if path.is_dir():
+        files = sorted(path.glob("*.txt"), key=_natural)
+        if not files:
+            raise SentimentError(f"data.unlabeled: {path} holds no .txt files")
+        texts = [_read_bytes(f).decode("utf-8", errors="replace") for f in files]
+        return Table(texts, None, list(range(1, len(texts) + 1)), str(path))
+    if path.suffix.lower() in (".txt", ""):
+        texts = split_lines(read_file(path))
+        return Table(texts, None, list(range(1, len(texts) + 1)), str(path))
+    return read_table(path, text_column, None)
+
+
 @dataclass
 class Table:
     """Rows of a labeled (or unlabeled) file: the text of each row, its label as written in the file

@@ -24,7 +24,7 @@ from sentiment.config import DataConfig
 from sentiment.errors import SentimentError
 from sentiment.labels import IMDB_LABELS, LabelSpace, sort_labels
 from sentiment.paths import cache_dir
-from sentiment.readers import Table, read_table
+from sentiment.readers import Table, read_table, read_unlabeled
 from sentiment.tokenize import Cleaning, spacy_version
 
 FILES_CACHE_VERSION = 2
@@ -42,6 +42,7 @@ class SourceData:
     label_space: LabelSpace
     membership: dict[str, np.ndarray]  # each split's rows in its source's own numbering (data rows, from 0)
     stats: dict = field(default_factory=dict)
+    unlabeled: np.ndarray = field(default_factory=lambda: np.zeros(0, np.int64))  # rows of texts without labels
 
 
 def cleaning_of(cfg: DataConfig) -> Cleaning:
@@ -51,11 +52,55 @@ def cleaning_of(cfg: DataConfig) -> Cleaning:
     return Cleaning(html_breaks=html, placeholders=cfg.placeholders)
 
 
-def load_source(cfg: DataConfig, label_space: LabelSpace | None = None) -> SourceData:
-    """The configured source. Pass a run's label space to index labels with it (evaluation, resume)."""
-    if cfg.dataset == "imdb":
-        return _load_imdb(cfg)
-    return _load_tables(cfg, label_space)
+def load_source(cfg: DataConfig, label_space: LabelSpace | None = None, *, with_unlabeled: bool = True) -> SourceData:
+    """The configured source. Pass a run's label space to index labels with it (evaluation, resume).
+    with_unlabeled: also the texts of data.unlabeled (training needs them; scoring does not)."""
+    source = _load_imdb(cfg) if cfg.dataset == "imdb" else _load_tables(cfg, label_space)
+    if with_unlabeled and cfg.unlabeled:
+        t0 = time.perf_counter()
+        if cfg.dataset == "imdb":
+            part, what = _imdb_unsup(cfg), "IMDB train/unsup"
+        elif cfg.dataset == "files":
+            part = _file_part(Path(cfg.unlabeled), cfg, labeled=False)
+            what = part.source
+        else:
+            part = _hf_parts(cfg, unlabeled=True)["unlabeled"]
+            what = part.source
+        source = attach_unlabeled(source, part.tokens, part.ids, part.offsets)
+        source.stats.update(unlabeled_source=what, unlabeled_from_cache=part.from_cache,
+                            unlabeled_seconds=time.perf_counter() - t0)
+    return source
+
+
+def attach_unlabeled(source: SourceData, tokens: list[str], ids: np.ndarray, offsets: np.ndarray) -> SourceData:
+    """The source with texts without labels appended as rows of class -1 (`source.unlabeled`). Empty texts, and
+    any whose tokens equal a validation or test text's, are left out (and counted): training on a held-out
+    text, even unlabeled, would flatter the figures chosen and reported on it."""
+    table = {t: i for i, t in enumerate(source.tokens)}
+    setdefault = table.setdefault
+    mapping = np.fromiter((setdefault(t, len(table)) for t in tokens), dtype=np.int32, count=len(tokens))
+    new_ids = mapping[ids] if len(ids) else np.zeros(0, np.int32)
+    n, m = len(source.labels), len(offsets) - 1
+
+    def text(flat: np.ndarray, offs: np.ndarray, i: int) -> bytes:
+        return flat[offs[i]:offs[i + 1]].tobytes()
+
+    held_out = {text(source.ids, source.offsets, int(i)) for name in ("valid", "test")
+                for i in source.splits.get(name, ())}
+    lengths = np.diff(offsets)
+    keep, overlapping = [], 0
+    for j in np.flatnonzero(lengths > 0).tolist():
+        if text(new_ids, offsets, j) in held_out:
+            overlapping += 1
+        else:
+            keep.append(j)
+    all_ids = np.concatenate([source.ids, new_ids.astype(source.ids.dtype, copy=False)])
+    all_offsets = np.concatenate([source.offsets, source.offsets[-1] + np.asarray(offsets[1:], np.int64)])
+    labels = np.concatenate([source.labels, np.full(m, -1, np.int64)])
+    stats = {**source.stats, "unlabeled": len(keep), "unlabeled_empty_skipped": int((lengths == 0).sum()),
+             "unlabeled_held_out_skipped": overlapping}
+    return SourceData(list(table), all_ids, all_offsets, labels, source.splits, source.label_space,
+                      source.membership, stats, n + np.asarray(keep, np.int64))
 
 
 # ---------------------------------------------------------------- IMDB
@@ -85,6 +130,22 @@ def _load_imdb(cfg: DataConfig) -> SourceData:
              "invalid_utf8_files": corpus.invalid_utf8, "valid_split": method, "source": "IMDB"}
     return SourceData(corpus.tokens, corpus.ids, corpus.offsets, corpus.labels.astype(np.int64), splits,
                       LabelSpace(IMDB_LABELS), dict(splits), stats)
+
+
+def _imdb_unsup(cfg: DataConfig) -> "_Part":
+    """IMDB's 50,000 train/unsup reviews, tokenized (and cached) apart from the labeled ones."""
+    from sentiment.corpus import load_corpus
+    from sentiment.imdb import DataMissingError
+
+    data_dir = Path(cfg.data_dir)
+    try:
+        corpus, from_cache = load_corpus(data_dir, lowercase=cfg.lowercase, only_unsup=True,
+                                         workers=cfg.resolved_workers(), cache_dir=cache_dir(data_dir))
+    except DataMissingError as e:
+        raise SentimentError(f"data.unlabeled: unsup asks for IMDB's unlabeled reviews, but {e}") from None
+    n = len(corpus)
+    return _Part(corpus.tokens, corpus.ids, corpus.offsets, np.full(n, -1, np.int32), [], np.zeros(n, np.uint64),
+                 np.arange(1, n + 1), "IMDB train/unsup", from_cache=from_cache)
 
 
 # ---------------------------------------------------------------- files and datasets
@@ -208,23 +269,25 @@ def _load_part(path: Path) -> _Part | None:
 def _file_part(path: Path, cfg: DataConfig, labeled: bool) -> _Part:
     path = Path(path)
     if not path.exists():
-        raise SentimentError(f"{path} not found")
+        raise SentimentError(f"{path} not found" if labeled else f"data.unlabeled: {path} not found")
     label_column = cfg.label_column if labeled else None
     content = _directory_hash(path) if path.is_dir() else _file_hash(path)
     key = f"file\0{content}\0{path.name}\0{_settings_key(cfg, (cfg.text_column, label_column))}"
-    part = _cached_part(key, cache_dir(Path(cfg.data_dir)),
-                        lambda: _part_from_table(read_table(path, cfg.text_column, label_column), cfg, str(path)))
+    read = (lambda: read_table(path, cfg.text_column, label_column)) if labeled else (
+        lambda: read_unlabeled(path, cfg.text_column))
+    part = _cached_part(key, cache_dir(Path(cfg.data_dir)), lambda: _part_from_table(read(), cfg, str(path)))
     part.source = str(path)  # a cache entry written for a copy elsewhere (same name and bytes) names that copy
     return part
 
 
-def _hf_parts(cfg: DataConfig) -> dict[str, _Part]:
+def _hf_parts(cfg: DataConfig, unlabeled: bool = False) -> dict[str, _Part]:
     from sentiment.hf import load_hf_tables
 
-    tables, fingerprints = load_hf_tables(cfg)
+    tables, fingerprints = load_hf_tables(cfg, unlabeled=unlabeled)
     parts = {}
     for name, table in tables.items():
-        key = f"hf\0{fingerprints[name]}\0{_settings_key(cfg, (cfg.text_column, cfg.label_column))}"
+        label_column = None if name == "unlabeled" else cfg.label_column
+        key = f"hf\0{fingerprints[name]}\0{_settings_key(cfg, (cfg.text_column, label_column))}"
         parts[name] = _cached_part(key, cache_dir(Path(cfg.data_dir)),
                                    lambda table=table: _part_from_table(table, cfg, table.source))
         parts[name].source = table.source  # the cache may hold it under a copy's path
