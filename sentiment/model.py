@@ -52,6 +52,7 @@ class SentimentRNN(nn.Module):
         pad_index: int = 0,
         pack: str = "auto",
         num_outputs: int = 1,
+        normalize_embeddings: bool = False,
     ) -> None:
         super().__init__()
         if rnn not in RNN_TYPES:
@@ -83,6 +84,11 @@ class SentimentRNN(nn.Module):
         num_dirs = 2 if bidirectional else 1
 
         self.embedding = nn.Embedding(vocab_size, embed_dim, padding_idx=pad_index)
+        self.normalize_embeddings = normalize_embeddings
+        if normalize_embeddings:
+            # each word's share of the training text: the weights of the mean and variance the embeddings are
+            # normalised by (set_word_frequencies; saved with the weights, so inference normalises alike)
+            self.register_buffer("word_frequencies", torch.full((vocab_size,), 1.0 / vocab_size))
         self.embed_dropout = nn.Dropout(embed_dropout)
         # layers[l][d]: layer l, direction d (0 forward, 1 backward). Each is a single-layer,
         # unidirectional, batch-first module, so its weights map one-to-one onto a stacked
@@ -106,14 +112,40 @@ class SentimentRNN(nn.Module):
         width = self.hidden_size * (2 if self.bidirectional else 1)
         return 2 * width if self.pooling == "max+mean" else width
 
-    def forward(self, ids: torch.Tensor, lengths: torch.Tensor) -> torch.Tensor:
+    def forward(self, ids: torch.Tensor, lengths: torch.Tensor, embedded: torch.Tensor | None = None) -> torch.Tensor:
         """ids [B, T] right-padded with pad_index, lengths [B] (each in 1..T) -> logits [B] (one output,
-        two classes) or [B, num_outputs]."""
-        logits = self.fc(self.output_dropout(self.features(ids, lengths)))
+        two classes) or [B, num_outputs]. `embedded` [B, T, embed_dim] replaces `embed(ids)`: the adversarial
+        objectives pass the embedded batch plus a perturbation."""
+        logits = self.fc(self.output_dropout(self.features(ids, lengths, embedded)))
         return logits.squeeze(-1) if self.num_outputs == 1 else logits
 
-    def features(self, ids: torch.Tensor, lengths: torch.Tensor) -> torch.Tensor:
-        """The pooled features [B, output_features] that the final Linear reads."""
+    def embed(self, ids: torch.Tensor) -> torch.Tensor:
+        """The recurrent stack's input for ids [B, T]: the embeddings (normalised if so built), after dropout."""
+        x = self.embedding(ids)
+        if self.normalize_embeddings:
+            x = self.normalize(x)
+        return self.embed_dropout(x)
+
+    def normalize(self, x: torch.Tensor) -> torch.Tensor:
+        """Embeddings x [..., E] shifted and scaled by the frequency-weighted mean and variance of every word's
+        embedding, per dimension (Miyato et al. 2017): a perturbation of a given norm then means the same
+        whatever the vectors' scale."""
+        weight = self.embedding.weight
+        freq = self.word_frequencies.to(weight.dtype)
+        mean = freq @ weight  # [E]
+        var = freq @ (weight - mean).square()
+        return (x - mean) * torch.rsqrt(var + 1e-6)
+
+    @torch.no_grad()
+    def set_word_frequencies(self, counts: "np.ndarray | list[int]") -> None:
+        """The weights of the normalisation: each vocab entry's count in the training (and unlabeled) text."""
+        counts = torch.as_tensor(np.asarray(counts, dtype=np.float64))
+        if counts.shape != self.word_frequencies.shape or counts.sum() <= 0:
+            raise ValueError(f"expected {self.word_frequencies.shape[0]} non-negative counts, not all zero")
+        self.word_frequencies.copy_((counts / counts.sum()).to(self.word_frequencies.dtype))
+
+    def features(self, ids: torch.Tensor, lengths: torch.Tensor, embedded: torch.Tensor | None = None) -> torch.Tensor:
+        """The pooled features [B, output_features] that the final Linear reads (of `embedded` where given)."""
         if ids.dim() != 2 or lengths.shape != ids.shape[:1]:
             raise ValueError(f"expected ids [B, T] and lengths [B], got {tuple(ids.shape)} and "
                              f"{tuple(lengths.shape)}")
@@ -161,7 +193,7 @@ class SentimentRNN(nn.Module):
             final = out.reshape(batch * seq_len, -1).index_select(0, last_rows)
             return out, final
 
-        x = self.embed_dropout(self.embedding(ids))
+        x = self.embed(ids) if embedded is None else embedded
         top = len(self.layers) - 1
         for i, directions in enumerate(self.layers):
             if i > 0:
@@ -225,5 +257,5 @@ def build_model(cfg: "Config", vocab_size: int, pad_index: int = 0, num_outputs:
         vocab_size=vocab_size, embed_dim=cfg.data.glove_dim or m.embed_dim, hidden_size=m.hidden_size,
         num_layers=m.num_layers, rnn=m.rnn, bidirectional=m.bidirectional, dropout=m.dropout,
         embed_dropout=m.embed_dropout, output_dropout=m.output_dropout, pooling=m.pooling,
-        pad_index=pad_index, pack=m.pack, num_outputs=num_outputs,
+        pad_index=pad_index, pack=m.pack, num_outputs=num_outputs, normalize_embeddings=m.normalize_embeddings,
     )
