@@ -122,6 +122,37 @@ class BucketBatchSampler:
         return math.ceil(len(self.lengths) / self.batch_size) // self.num_replicas
 
 
+class UnlabeledStream:
+    """Batches of unlabeled texts, one per labeled step, through endless length-bucketed passes whose order
+    depends on (seed, pass) only. (epoch, step) is its place; a checkpoint stores it, so a resumed run draws
+    the batches an uninterrupted one would. Sharded by rank like the labeled batches."""
+
+    SEED_OFFSET = 7_777_777  # its order is not the labeled batches' order
+
+    def __init__(self, lengths: np.ndarray, batch_size: int, *, seed: int = 0, num_replicas: int = 1,
+                 rank: int = 0, epoch: int = 0, step: int = 0):
+        self.sampler = BucketBatchSampler(lengths, batch_size, seed=seed + self.SEED_OFFSET,
+                                          num_replicas=num_replicas, rank=rank)
+        self.epoch, self.step = epoch, step
+        self._batches: list[np.ndarray] | None = None
+
+    def __len__(self) -> int:
+        """Batches in one pass (per rank)."""
+        return len(self.sampler)
+
+    def next(self) -> np.ndarray:
+        if self._batches is None:
+            self.sampler.set_epoch(self.epoch)
+            self._batches = self.sampler.batches()
+        if self.step >= len(self._batches):
+            self.epoch, self.step = self.epoch + 1, 0
+            self.sampler.set_epoch(self.epoch)
+            self._batches = self.sampler.batches()
+        batch = self._batches[self.step]
+        self.step += 1
+        return batch
+
+
 def padding_share(lengths: np.ndarray, batches: list[np.ndarray]) -> float:
     """Share of padded positions among all positions computed over (padding / (padding + real tokens))."""
     real = sum(int(lengths[b].sum()) for b in batches)

@@ -13,7 +13,7 @@ import random
 import signal
 import time
 from contextlib import contextmanager, nullcontext
-from dataclasses import asdict, dataclass
+from dataclasses import asdict, dataclass, field
 from pathlib import Path
 from typing import Any, Callable, Iterator, Protocol
 
@@ -21,7 +21,7 @@ import numpy as np
 import torch
 import torch.nn as nn
 
-from sentiment.batching import BucketBatchSampler, collate
+from sentiment.batching import BucketBatchSampler, UnlabeledStream, collate
 from sentiment.checkpoint import (BEST, LAST, RESULTS, append_metrics, check_membership, code_version, load_checkpoint,
                                   load_labels, read_metrics, save_checkpoint, truncate_metrics, write_run_files)
 from sentiment.atomic import atomic_write_text
@@ -34,6 +34,7 @@ from sentiment.distributed import (Rank, all_reduce_sum, any_rank, broadcast, br
 from sentiment.distributed import init as init_distributed
 from sentiment.labels import LabelSpace
 from sentiment.model import build_model
+from sentiment.objectives import COLUMNS, Batch, ExtraObjectives
 from sentiment.prepare import PreparedData, prepare_data
 
 
@@ -51,6 +52,7 @@ class Reporter(Protocol):
     def epoch_start(self, epoch: int, epochs: int, n_batches: int, done: int) -> None: ...
     def step(self, done: int, loss: float, accuracy: float, tokens_per_s: float) -> None: ...
     def epoch_end(self, row: dict[str, Any]) -> None: ...
+    def note(self, message: str) -> None: ...  # something the user should know once, e.g. a fallback taken
 
 
 class StopFlag:
@@ -106,6 +108,11 @@ class LoopState:
     seconds: float = 0.0
     schedule_steps: int = 0  # the steps the LR schedule spans, fixed when the run starts
     world_size: int = 1  # processes the steps above were counted with (each step: one batch per process)
+    # the extra objectives' running sums in the current epoch (their mean per step is a metrics column)
+    objective_sums: dict = field(default_factory=dict)
+    objective_steps: int = 0
+    unlabeled_epoch: int = 0  # the unlabeled stream's place: its pass, and batches done in that pass
+    unlabeled_step: int = 0
 
 
 def seed_everything(seed: int) -> None:
@@ -174,10 +181,15 @@ class _DeviceSums:
         self.loss_sum = torch.zeros((), dtype=torch.float64, device=device)
         self.correct = torch.zeros((), dtype=torch.int64, device=device)
         self.skipped = torch.zeros((), dtype=torch.float32, device=device)
+        self.parts: dict[str, torch.Tensor] = {}
 
-    def add(self, loss: torch.Tensor, correct: torch.Tensor, n: int) -> None:
+    def add(self, loss: torch.Tensor, correct: torch.Tensor, n: int, parts: dict[str, torch.Tensor]) -> None:
         self.loss_sum += loss.detach().double() * n
         self.correct += correct
+        for name, value in parts.items():
+            if name not in self.parts:
+                self.parts[name] = torch.zeros((), dtype=torch.float64, device=self.loss_sum.device)
+            self.parts[name] += value.double()
 
     def flag(self, value: torch.Tensor, rank: Rank) -> torch.Tensor:
         """1.0 where `value` (loss + gradient norm) is not finite on any rank: fused Adam's found_inf."""
@@ -190,9 +202,15 @@ class _DeviceSums:
         return bad
 
     def settle(self, state: "LoopState", rank: Rank, diverged: Callable[[str], Exception]) -> None:
-        loss_sum, correct, skipped = (t.item() for t in (self.loss_sum, self.correct, self.skipped))  # one wait
+        names = list(self.parts)
+        values = torch.stack([self.loss_sum, self.correct.double(), self.skipped.double(),
+                              *(self.parts[n] for n in names)]).tolist()  # one wait
+        loss_sum, correct, skipped = values[:3]
         self.loss_sum.zero_()
         self.correct.zero_()
+        for name, value in zip(names, values[3:]):
+            self.parts[name].zero_()
+            state.objective_sums[name] = state.objective_sums.get(name, 0.0) + value
         state.loss_sum += loss_sum
         state.correct += int(correct)
         if skipped:
@@ -241,8 +259,10 @@ def class_weights(cfg: Config, data: PreparedData, device: torch.device) -> torc
     return torch.tensor(weights, dtype=torch.float32, device=device)
 
 
-def _wrap(model: nn.Module, rank: Rank, device: torch.device) -> nn.Module:
-    if not rank.distributed:
+def _wrap(model: nn.Module, rank: Rank, device: torch.device, manual: bool = False) -> nn.Module:
+    """DistributedDataParallel under torchrun. manual: the model itself, whose gradients the loop averages
+    (the extra objectives run several forward and backward passes per step, which DDP's hooks do not follow)."""
+    if not rank.distributed or manual:
         return model
     from torch.nn.parallel import DistributedDataParallel
 
@@ -257,11 +277,51 @@ def _regroup(cfg: Config, state: LoopState, scheduler: torch.optim.lr_scheduler.
     state.step_in_epoch = state.step_in_epoch * old // world_size
     state.global_step = state.global_step * old // world_size
     state.schedule_steps = max(1, state.schedule_steps * old // world_size)
+    state.unlabeled_step = state.unlabeled_step * old // world_size
     state.world_size = world_size
     scheduler.lr_lambdas = [lr_factor(cfg, state.schedule_steps)]
     scheduler.last_epoch = scheduler.last_epoch * old // world_size  # optimizer steps, counted like the rest
     for group, lr in zip(scheduler.optimizer.param_groups, scheduler.get_lr()):
         group["lr"] = lr
+
+
+def _average_gradients(params: list[nn.Parameter], rank: Rank) -> None:
+    """What DDP does, in one all-reduce: every rank's gradients replaced by their mean."""
+    grads = [p.grad for p in params if p.grad is not None]
+    flat = torch.cat([g.reshape(-1) for g in grads])
+    flat = all_reduce_sum(rank, flat) / rank.world_size
+    offset = 0
+    for g in grads:
+        g.copy_(flat[offset:offset + g.numel()].view_as(g))
+        offset += g.numel()
+
+
+def _unlabeled_setup(cfg: Config, data: PreparedData, rank: Rank, reporter: Reporter | None,
+                     state: "LoopState") -> tuple[ExtraObjectives | None, UnlabeledStream | None]:
+    """The extra objectives a config names (None: the plain loop), and the unlabeled stream they read."""
+    t = cfg.train
+    has_unlabeled = data.unlabeled is not None and len(data.unlabeled) > 0
+    note = getattr(reporter, "note", None) if rank.is_main else None
+    if has_unlabeled and not t.uses_unlabeled() and note:
+        note(f"data.unlabeled: its {len(data.unlabeled):,} texts count in the vocabulary only; "
+             "train.virtual_adversarial or train.entropy_minimization would train on them")
+    if not t.has_extra_objectives():
+        return None, None
+    objectives = ExtraObjectives(t, data.label_space, has_unlabeled=has_unlabeled)
+    if t.uses_unlabeled() and not has_unlabeled and note:
+        named = [n for n in ("virtual_adversarial", "entropy_minimization") if getattr(t, n) is not None]
+        note(f"train.{' and train.'.join(named)} run on the labeled batches: this data has no unlabeled texts "
+             "(set data.unlabeled)")
+    stream = None
+    if objectives.wants_unlabeled_batch:
+        stream = UnlabeledStream(data.unlabeled.lengths(t.unlabeled_max_len or cfg.data.max_len),
+                                 t.unlabeled_batch_size, seed=cfg.run.seed, num_replicas=rank.world_size,
+                                 rank=rank.rank, epoch=state.unlabeled_epoch, step=state.unlabeled_step)
+        if len(stream) == 0:
+            raise SentimentError(f"{len(data.unlabeled):,} unlabeled texts make fewer batches of "
+                                 f"{t.unlabeled_batch_size} than there are processes ({rank.world_size}): lower "
+                                 "train.unlabeled_batch_size")
+    return objectives, stream
 
 
 def _embeddings_trainable(cfg: Config, epoch: int) -> bool:
@@ -303,6 +363,8 @@ def train(cfg: Config, run_dir: Path, *, data: PreparedData | None = None, resum
     model = build_model(cfg, len(data.vocab), data.vocab.pad_index, data.label_space.num_outputs)
     if data.embeddings is not None:
         model.load_embeddings(data.embeddings)
+    if cfg.model.normalize_embeddings and checkpoint is None:
+        model.set_word_frequencies(data.vocab.counts)
     model.to(device)
     params = list(model.parameters())
     use_amp = cfg.train.amp and device.type == "cuda"
@@ -323,7 +385,8 @@ def train(cfg: Config, run_dir: Path, *, data: PreparedData | None = None, resum
     if checkpoint is not None:
         total_steps = _resumed_schedule_steps(cfg, checkpoint, total_steps)
     scheduler = torch.optim.lr_scheduler.LambdaLR(optimizer, lr_factor(cfg, total_steps))
-    objective = supervised_objective(data.label_space, class_weights(cfg, data, device))
+    weights = class_weights(cfg, data, device)
+    objective = supervised_objective(data.label_space, weights)
 
     state = LoopState(schedule_steps=total_steps)
     if checkpoint is not None:
@@ -341,7 +404,19 @@ def train(cfg: Config, run_dir: Path, *, data: PreparedData | None = None, resum
         # every rank starts from the same weights (one seed); dropout masks differ by rank
         torch.manual_seed(cfg.run.seed * 1_000_003 + rank.rank * 7919 + state.global_step)
     state.world_size = rank.world_size
-    net = _wrap(model, rank, device)  # what the loop calls: DDP averages gradients across ranks
+    extras, stream = _unlabeled_setup(cfg, data, rank, reporter, state)
+    if extras is not None:
+        extras.class_weights = weights
+    manual = extras is not None  # the loop averages gradients itself (_average_gradients)
+    if manual and rank.distributed:
+        broadcast_weights(rank, model)
+    net = _wrap(model, rank, device, manual)  # what the loop calls: DDP averages gradients across ranks
+    unlabeled_len = cfg.train.unlabeled_max_len or cfg.data.max_len
+
+    def backward(loss: torch.Tensor, retain_graph: bool = False) -> None:
+        with torch.autocast(device.type, enabled=False):  # backward runs in the dtypes forward chose
+            scaler.scale(loss / cfg.train.grad_accum if cfg.train.grad_accum > 1 else loss).backward(
+                retain_graph=retain_graph)
 
     def snapshot() -> dict[str, Any]:
         if not all(bool(torch.isfinite(p).all()) for p in params):  # not reachable through the checks above
@@ -371,7 +446,7 @@ def train(cfg: Config, run_dir: Path, *, data: PreparedData | None = None, resum
         trainable = _embeddings_trainable(cfg, epoch)
         if trainable != model.embedding.weight.requires_grad:
             model.set_embedding_trainable(trainable)
-            net = _wrap(model, rank, device)  # DDP syncs the parameters that needed gradients when it was built
+            net = _wrap(model, rank, device, manual)  # DDP syncs the parameters that needed gradients when built
         sampler.set_epoch(epoch)
         batches = sampler.batches()
         if reporter:
@@ -389,11 +464,26 @@ def train(cfg: Config, run_dir: Path, *, data: PreparedData | None = None, resum
             ids, labels = ids.to(device, non_blocking=True), labels.to(device, non_blocking=True)
             if i % accum == 0:
                 optimizer.zero_grad(set_to_none=True)
-            # DDP all-reduces gradients on the group's last backward only
-            with net.no_sync() if rank.distributed and not boundary else nullcontext():
+            parts: dict[str, torch.Tensor] = {}
+            if extras is None:
+                # DDP all-reduces gradients on the group's last backward only
+                with net.no_sync() if rank.distributed and not boundary else nullcontext():
+                    with torch.autocast(device.type, dtype=amp_dtype, enabled=use_amp):
+                        loss, correct = objective(net, ids, lengths, labels)
+                    scaler.scale(loss / accum if accum > 1 else loss).backward()
+            else:
+                unlabeled = None
+                if stream is not None:
+                    u_ids, u_lengths, _ = collate(data.unlabeled, stream.next(), unlabeled_len, cfg.data.truncate,
+                                                  data.vocab.pad_index)
+                    if device.type == "cuda":
+                        u_ids = u_ids.pin_memory()
+                    unlabeled = Batch(u_ids.to(device, non_blocking=True), u_lengths)
+                    state.unlabeled_epoch, state.unlabeled_step = stream.epoch, stream.step
                 with torch.autocast(device.type, dtype=amp_dtype, enabled=use_amp):
-                    loss, correct = objective(net, ids, lengths, labels)
-                scaler.scale(loss / accum if accum > 1 else loss).backward()
+                    loss, correct, parts = extras.step(model, Batch(ids, lengths, labels), unlabeled, backward)
+                if boundary and rank.distributed:
+                    _average_gradients(params, rank)
             if boundary:
                 grad_norm = None
                 if cfg.train.grad_clip:
@@ -417,10 +507,13 @@ def train(cfg: Config, run_dir: Path, *, data: PreparedData | None = None, resum
             state.step_in_epoch += 1
             state.global_step += 1
             if pending is not None:
-                pending.add(loss, correct, len(indices))
+                pending.add(loss, correct, len(indices), parts)
             else:
                 state.loss_sum += loss.item() * len(indices)
                 state.correct += int(correct)
+                for name, value in parts.items():
+                    state.objective_sums[name] = state.objective_sums.get(name, 0.0) + value.item()
+            state.objective_steps += 1 if parts else 0
             state.seen += len(indices)
             state.tokens += int(lengths.sum())  # lengths are on the CPU
             state.seconds = time.perf_counter() - started
@@ -449,8 +542,10 @@ def train(cfg: Config, run_dir: Path, *, data: PreparedData | None = None, resum
         # fail the epoch, where the loop itself stops cleanly after the step. Forking saves ~1 s per epoch.
         valid = evaluate(model, data.valid, data.label_space, batch_size=cfg.train.eval_batch_size, device=device,
                          max_len=cfg.data.eval_max_len, truncate=cfg.data.truncate, workers=1, rank=rank)
-        loss_sum, correct, seen, tokens = all_reduce_sum(rank, torch.tensor(
-            [state.loss_sum, state.correct, state.seen, state.tokens], dtype=torch.float64)).tolist()
+        names = extras.names if extras is not None else []
+        loss_sum, correct, seen, tokens, steps, *part_sums = all_reduce_sum(rank, torch.tensor(
+            [state.loss_sum, state.correct, state.seen, state.tokens, state.objective_steps,
+             *(state.objective_sums.get(n, 0.0) for n in names)], dtype=torch.float64)).tolist()
         row = {"epoch": epoch + 1, "step": state.global_step,
                "train_loss": loss_sum / max(seen, 1), "train_accuracy": correct / max(seen, 1),
                "valid_loss": valid.loss, "valid_accuracy": valid.accuracy, "valid_macro_f1": valid.macro_f1,
@@ -458,9 +553,12 @@ def train(cfg: Config, run_dir: Path, *, data: PreparedData | None = None, resum
                "seconds": state.seconds, "tokens_per_s": tokens / max(state.seconds, 1e-9),
                "valid_seconds": valid.seconds, "processes": rank.world_size,
                "global_batch_size": cfg.train.batch_size * rank.world_size * cfg.train.grad_accum}
+        for name, value in zip(names, part_sums):  # each objective's mean loss per step, before its weight
+            row[COLUMNS[name]] = value / max(steps, 1)
         improved = valid.accuracy > state.best_valid_accuracy
         state = LoopState(epoch=epoch + 1, global_step=state.global_step, schedule_steps=state.schedule_steps,
-                          world_size=rank.world_size,
+                          world_size=rank.world_size, unlabeled_epoch=state.unlabeled_epoch,
+                          unlabeled_step=state.unlabeled_step,
                           best_valid_accuracy=max(valid.accuracy, state.best_valid_accuracy),
                           best_epoch=epoch + 1 if improved else state.best_epoch,
                           epochs_without_gain=0 if improved else state.epochs_without_gain + 1)
@@ -500,7 +598,9 @@ def finish(cfg: Config, run_dir: Path, data: PreparedData, device: torch.device,
     results: dict[str, Any] = {"best_epoch": best_epoch, "epochs_run": len(rows), "processes": rank.world_size,
                                "commit": code_version(), "seed": cfg.run.seed, "split_seed": cfg.data.split_seed,
                                "valid_split": data.stats.get("valid_split", cfg.data.valid_split),
-                               "selected_on": "valid", "labels": list(data.label_space.names)}
+                               "selected_on": "valid", "labels": list(data.label_space.names),
+                               "objectives": ["supervised"] + [n for n in COLUMNS if getattr(cfg.train, n) is not None],
+                               "unlabeled_texts": len(data.unlabeled) if data.unlabeled is not None else 0}
     # the test split is read once, here, for the checkpoint validation chose (files may have no test split)
     splits = {"valid": data.valid} | ({"test": data.test} if cfg.run.eval_test and len(data.test) else {})
     for name, split in splits.items():
