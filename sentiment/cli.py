@@ -153,6 +153,14 @@ def _print_prepare_stats(stats: dict[str, Any]) -> None:
         console.print(f"{s['duplicate_texts']:,} rows repeat an earlier row's exact text ({kept}"
                       + (f"; {s['duplicates_across_splits']:,} texts are in more than one of your split files"
                          if s.get("duplicates_across_splits") else "") + ")")
+    if "unlabeled" in s:
+        left_out = s.get("unlabeled_held_out_skipped", 0)
+        console.print(f"unlabeled: {s['unlabeled']:,} texts from {escape(str(s['unlabeled_source']))} "
+                      f"({'cache' if s.get('unlabeled_from_cache') else 'tokenized now'}, "
+                      f"{s.get('unlabeled_seconds', 0):.1f}s); the vocabulary counts them"
+                      + (f"; {left_out:,} equal to a validation or test text left out" if left_out else "")
+                      + (f"; {s['unlabeled_empty_skipped']:,} empty skipped" if s.get("unlabeled_empty_skipped") else ""),
+                      soft_wrap=True)
     if "class_counts" in s:
         table = Table(title="classes per split", title_justify="left")
         table.add_column("split")
@@ -172,6 +180,10 @@ def _print_prepare_stats(stats: dict[str, Any]) -> None:
 
 
 # ---------------------------------------------------------------- train
+# metrics.jsonl columns of the extra objectives (sentiment.objectives.COLUMNS; not imported: it loads torch)
+OBJECTIVE_COLUMNS = ("train_adversarial_loss", "train_virtual_adversarial_loss", "train_entropy")
+
+
 class RichReporter:
     """Draws the training loop's progress: one live bar for the current epoch, a table row per finished epoch."""
 
@@ -203,9 +215,15 @@ class RichReporter:
                       f"{'time':>7} {'tok/s':>9}")
             self.header_done = True
         mark = " [green]★ best[/]" if row.get("best") else ""
+        # the extra objectives' losses (train.adversarial, ...), named as in metrics.jsonl
+        extras = "".join(f" · {key.removeprefix('train_').removesuffix('_loss').replace('_', ' ')} {row[key]:.4f}"
+                         for key in OBJECTIVE_COLUMNS if key in row)
         out.print(f"{row['epoch']:>5} {row['train_loss']:>10.4f} {row['train_accuracy']:>9.2%} "
                   f"{row['valid_loss']:>10.4f} {row['valid_accuracy']:>9.2%} {row['seconds']:>6.0f}s "
-                  f"{row['tokens_per_s']:>9,.0f}{mark}")
+                  f"{row['tokens_per_s']:>9,.0f}{mark}{extras}")
+
+    def note(self, message: str) -> None:
+        (self.progress.console if self.progress is not None else console).print(f"[yellow]note:[/] {message}")
 
     def close(self) -> None:
         if self.progress is not None:

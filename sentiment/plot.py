@@ -21,8 +21,13 @@ def plot_curves(rows: list[dict[str, Any]], path: Path) -> None:
     for split in ("train", "valid"):
         ax_loss.plot(epochs, [r[f"{split}_loss"] for r in rows], marker="o", label=split)
         ax_acc.plot(epochs, [r[f"{split}_accuracy"] for r in rows], marker="o", label=split)
-    ax_loss.set(title="loss (BCE with logits)", xlabel="epoch")
-    ax_acc.set(title="binary accuracy", xlabel="epoch")
+    # the extra objectives' losses (train.adversarial, ...), where a run has them on
+    for column, label in (("train_adversarial_loss", "adversarial"), ("train_virtual_adversarial_loss", "VAT (KL)"),
+                          ("train_entropy", "entropy")):
+        if all(column in r for r in rows):
+            ax_loss.plot(epochs, [r[column] for r in rows], marker=".", linestyle="--", label=label)
+    ax_loss.set(title="loss (supervised: train, valid)", xlabel="epoch")
+    ax_acc.set(title="accuracy", xlabel="epoch")
     for ax in (ax_loss, ax_acc):
         ax.grid(alpha=0.3)
         ax.legend()
