@@ -129,7 +129,8 @@ class ExtraObjectives:
                 x.retain_grad()
             else:  # frozen embeddings: the perturbation still needs the gradient with respect to them
                 x.requires_grad_()
-        labeled_state = _rng_state(device)  # before the recurrent stack's dropout: VAT on this batch replays it
+        # the random state before the recurrent stack's dropout, which VAT on this batch replays
+        labeled_state = _rng_state(device) if self.virtual_adversarial is not None and unlabeled is None else None
         logits = model(batch.ids, batch.lengths, embedded=x)
         supervised = space.loss(logits, batch.labels, self.class_weights)
         correct = space.correct(logits.detach(), batch.labels)
@@ -147,7 +148,7 @@ class ExtraObjectives:
             terms.append(supervised)
 
         if self.virtual_adversarial is not None or self.entropy_minimization is not None:
-            if unlabeled is not None and self.has_unlabeled:
+            if unlabeled is not None:
                 xu = model.embed(unlabeled.ids)
                 state = _rng_state(device)
                 logits_u = model(unlabeled.ids, unlabeled.lengths, embedded=xu)
