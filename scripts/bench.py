@@ -22,6 +22,8 @@ DATA_DIR/airline_tweets.csv) and take longer:
                       path's tokens/s
   predict_tweets      `sentiment predict` on resampled tweets vs one tweet at a time; with --tweets-run, else
                       the tweets benchmark's first seed (runs/bench_tweets/seedS)
+  objectives          seconds per training step with AT, VAT, entropy minimisation and all three against a
+                      plain step (configs/imdb_cpu_semisup.yaml; needs IMDB's train/unsup, tokenized once)
 
 The default sample sizes are meant to fit in about 10-12 minutes on 2 quiet cores, --quick in about half
 (estimated from the pieces; the packed-loop row grows with the square of its batches' length). Every sample size can be set on its own (they
@@ -47,15 +49,17 @@ import benchlib
 HERE = Path(__file__).resolve().parent
 ROOT = benchlib.ROOT
 SCRIPTS = ("prepare", "glove", "rnn_padding", "lstm_ceiling", "train", "predict")
-EXTRA = ("tweets", "files_scale", "predict_tweets")  # only with --with or --only
+EXTRA = ("tweets", "files_scale", "predict_tweets", "objectives")  # only with --with or --only
 FULL = dict(train_batches=40, random_batches=12, packed_batches=6, denormal_batches=4, eval_reviews=2000,
             predict_reviews=25000, predict_baseline=1000, ceiling_batch=256, ceiling_length=230, ceiling_reps=2,
             padding_length=400, padding_reps=3, cold_runs=1,
-            tweets_seeds=3, scale_rows=1_000_000, predict_tweets=100_000, predict_tweets_baseline=1000)
+            tweets_seeds=3, scale_rows=1_000_000, predict_tweets=100_000, predict_tweets_baseline=1000,
+            objective_batches=12)
 QUICK = dict(train_batches=16, random_batches=6, packed_batches=3, denormal_batches=2, eval_reviews=800,
              predict_reviews=5000, predict_baseline=300, ceiling_batch=128, ceiling_length=230, ceiling_reps=1,
              padding_length=400, padding_reps=1, cold_runs=1,
-             tweets_seeds=1, scale_rows=1_000_000, predict_tweets=20_000, predict_tweets_baseline=300)
+             tweets_seeds=1, scale_rows=1_000_000, predict_tweets=20_000, predict_tweets_baseline=300,
+             objective_batches=4)
 TWEETS_RUNS = ROOT / "runs" / "bench_tweets"  # bench_tweets.py's default --runs-dir
 
 
@@ -97,9 +101,11 @@ def commands(args, s: dict, run: Path | None, twrun: Path | None = None) -> dict
         "predict_tweets": [str(HERE / "bench_predict_tweets.py"), "--csv", str(args.tweets_csv), "--tweets",
                            str(s["predict_tweets"]), "--baseline", str(s["predict_tweets_baseline"])]
                           + (["--run", str(twrun)] if twrun else []),
+        "objectives": [str(HERE / "bench_objectives.py"), "--data-dir", args.data_dir, "--threads", t,
+                       "--batches", str(s["objective_batches"])],
     }
     if not Path(args.tweets_csv).is_file():
-        for name in EXTRA:
+        for name in ("tweets", "files_scale", "predict_tweets"):
             cmds.pop(name)
     if twrun is None:
         cmds.pop("predict_tweets", None)
