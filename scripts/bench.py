@@ -14,8 +14,8 @@ Runs, in this order (each script's own --help says what it measures and against 
                       faster classic loop
   bench_predict       `sentiment predict` end to end vs one review at a time (same length limit)
 
-Only when asked for (--with NAME..., or --only), since they need the airline tweets (--tweets-csv, default
-DATA_DIR/airline_tweets.csv) and take longer:
+Only when asked for (--with NAME..., or --only), since they need data beyond IMDB's labeled reviews (the airline
+tweets: --tweets-csv, default DATA_DIR/airline_tweets.csv; IMDB's train/unsup) and take longer:
   tweets              airline tweets: ours trained over --tweets-seeds seeds vs TF-IDF + logistic regression
                       on the same split (accuracy and macro-F1; minutes per seed)
   files_scale         `sentiment prepare` on a 1M-row CSV of resampled tweets, cold and warm, vs the IMDB
