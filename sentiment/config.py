@@ -198,6 +198,9 @@ def _coerce(value: Any, tp: Any, key: str) -> Any:
         args = typing.get_args(tp)
         if value is None and type(None) in args:
             return None
+        section = next((a for a in args if dataclasses.is_dataclass(a)), None)
+        if section is not None and isinstance(value, dict):  # an optional section: its own errors name the key
+            return _build(section, value, f"{key}.")
         for arg in args:
             if arg is type(None):
                 continue
