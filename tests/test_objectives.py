@@ -36,6 +36,7 @@ from sentiment.runtime import evaluate_run, load_trained
 from sentiment.sources import load_source
 from sentiment.train import TrainingInterrupted, seed_everything, train
 from conftest import TINY_TRAINING, StopAfter, make_imdb, one_line_error, review, set_args
+from test_distributed import SETTINGS, write_data
 
 runner = CliRunner()
 
@@ -763,23 +764,13 @@ def test_unlabeled_texts_no_objective_reads_are_noted(imdb, tmp_path):
 
 
 # ---------------------------------------------------------------- under torchrun
-DDP_SETTINGS = ["data.dataset=files", "data.glove_dim=null", "model.embed_dim=8", "model.hidden_size=8",
-                "model.embed_dropout=0.0", "model.output_dropout=0.0", "train.batch_size=8", "train.lr=0.01",
-                "train.lr_schedule=constant", "train.warmup_steps=0", "data.workers=1", "run.threads=1",
-                "train.epochs=1", "run.eval_test=false", "run.device=cpu"]
+DDP_SETTINGS = [*SETTINGS, "train.epochs=1", "run.eval_test=false", "run.device=cpu"]
 
 
 def write_two_class(base: Path, rows: int = 120, seed: int = 0) -> Path:
-    rng = random.Random(seed)
-    cues = {"neg": ["awful", "bad", "worst", "rude"], "pos": ["great", "good", "love", "kind"]}
-    lines = ["text,label"]
-    for _ in range(rows):
-        label = rng.choice(["neg", "pos"])
-        words = [rng.choice(["the", "a", "it", "was", "so", "crew", "seat"]) for _ in range(rng.randint(3, 12))]
-        words.insert(rng.randrange(len(words) + 1), rng.choice(cues[label]))
-        lines.append(f"{' '.join(words)},{label}")
-    base.mkdir(parents=True, exist_ok=True)
-    (base / "t.csv").write_text("\n".join(lines) + "\n")
+    """test_distributed's two-class CSV (t.csv), and 64 unlabeled texts (u.txt)."""
+    write_data(base, rows, seed)
+    rng = random.Random(seed + 1)
     (base / "u.txt").write_text("\n".join(" ".join(rng.choice(["the", "seat", "good", "bad", "so", "crew"])
                                                    for _ in range(rng.randint(2, 9))) for _ in range(64)) + "\n")
     return base
