@@ -296,7 +296,7 @@ def _average_gradients(params: list[nn.Parameter], rank: Rank) -> None:
         offset += g.numel()
 
 
-def _unlabeled_setup(cfg: Config, data: PreparedData, rank: Rank, reporter: Reporter | None,
+def _extra_objectives(cfg: Config, data: PreparedData, rank: Rank, reporter: Reporter | None,
                      state: "LoopState") -> tuple[ExtraObjectives | None, UnlabeledStream | None]:
     """The extra objectives a config names (None: the plain loop), and the unlabeled stream they read."""
     t = cfg.train
@@ -404,7 +404,7 @@ def train(cfg: Config, run_dir: Path, *, data: PreparedData | None = None, resum
         # every rank starts from the same weights (one seed); dropout masks differ by rank
         torch.manual_seed(cfg.run.seed * 1_000_003 + rank.rank * 7919 + state.global_step)
     state.world_size = rank.world_size
-    extras, stream = _unlabeled_setup(cfg, data, rank, reporter, state)
+    extras, stream = _extra_objectives(cfg, data, rank, reporter, state)
     if extras is not None:
         extras.class_weights = weights
     manual = extras is not None  # the loop averages gradients itself (_average_gradients)
