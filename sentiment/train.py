@@ -296,8 +296,8 @@ def _average_gradients(params: list[nn.Parameter], rank: Rank) -> None:
         offset += g.numel()
 
 
-def _extra_objectives(cfg: Config, data: PreparedData, rank: Rank, reporter: Reporter | None,
-                     state: "LoopState") -> tuple[ExtraObjectives | None, UnlabeledStream | None]:
+def _extra_objectives(cfg: Config, data: PreparedData, rank: Rank, reporter: Reporter | None, state: "LoopState",
+                      weights: torch.Tensor | None) -> tuple[ExtraObjectives | None, UnlabeledStream | None]:
     """The extra objectives a config names (None: the plain loop), and the unlabeled stream they read."""
     t = cfg.train
     has_unlabeled = data.unlabeled is not None and len(data.unlabeled) > 0
@@ -307,7 +307,7 @@ def _extra_objectives(cfg: Config, data: PreparedData, rank: Rank, reporter: Rep
              "train.virtual_adversarial or train.entropy_minimization would train on them")
     if not t.has_extra_objectives():
         return None, None
-    objectives = ExtraObjectives(t, data.label_space, has_unlabeled=has_unlabeled)
+    objectives = ExtraObjectives(t, data.label_space, weights, has_unlabeled=has_unlabeled)
     if t.uses_unlabeled() and not has_unlabeled and note:
         named = [n for n in ("virtual_adversarial", "entropy_minimization") if getattr(t, n) is not None]
         note(f"train.{' and train.'.join(named)} run on the labeled batches: this data has no unlabeled texts "
@@ -404,9 +404,7 @@ def train(cfg: Config, run_dir: Path, *, data: PreparedData | None = None, resum
         # every rank starts from the same weights (one seed); dropout masks differ by rank
         torch.manual_seed(cfg.run.seed * 1_000_003 + rank.rank * 7919 + state.global_step)
     state.world_size = rank.world_size
-    extras, stream = _extra_objectives(cfg, data, rank, reporter, state)
-    if extras is not None:
-        extras.class_weights = weights
+    extras, stream = _extra_objectives(cfg, data, rank, reporter, state, weights)
     manual = extras is not None  # the loop averages gradients itself (_average_gradients)
     if manual and rank.distributed:
         broadcast_weights(rank, model)
