@@ -174,9 +174,15 @@ def _print_prepare_stats(stats: dict[str, Any]) -> None:
         console.print(f"[yellow]{s['invalid_utf8_files']} review files had invalid UTF-8 (decoded with replacement)[/]")
     if "glove_vocab_coverage" in s:
         console.print(f"GloVe covers {s['glove_vocab_coverage']:.1%} of the vocab and {s['glove_token_coverage']:.1%} "
-                      f"of training tokens ({s['glove_seconds']:.1f}s)")
+                      f"of training tokens ({s['glove_seconds']:.1f}s)"
+                      + (f"; {s['glove_extra_words']:,} more GloVe words added (data.vocab_glove_extra)"
+                         if s.get("glove_extra_words") else ""))
         if s.get("glove_skipped_lines"):
             console.print(f"[yellow]{s['glove_skipped_lines']} malformed GloVe lines skipped[/]")
+    if "unk_token_share" in s:
+        shares = s["unk_token_share"]
+        console.print(f"tokens read as <unk> (words training lacks): valid {shares['valid']:.1%} · "
+                      f"test {shares['test']:.1%}")
 
 
 # ---------------------------------------------------------------- train

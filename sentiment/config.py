@@ -59,6 +59,10 @@ class DataConfig:
     eval_max_len: Optional[int] = 400
     vocab_max_size: Optional[int] = 25_000  # most frequent training tokens, plus <pad> and <unk>
     vocab_min_freq: int = 1
+    # Also add up to this many of GloVe's most frequent words that training lacks (GloVe lists words by
+    # frequency), with their GloVe rows: a word first met in validation, test or prediction then reads its
+    # pretrained vector instead of <unk>. For small datasets; 0: off. Needs glove_dim.
+    vocab_glove_extra: int = 0
     glove_dim: Optional[int] = 50  # null: no pretrained vectors (embedding sized by model.embed_dim)
     glove_unk_init: Literal["random", "zeros"] = "random"  # rows for words GloVe lacks
     workers: Optional[int] = None  # processes for tokenization (null: every core)
@@ -271,7 +275,10 @@ def validate(cfg: Config) -> None:
         ("data.eval_max_len", cfg.data.eval_max_len is None or cfg.data.eval_max_len >= 1, "must be >= 1 or null"),
         ("data.vocab_max_size", cfg.data.vocab_max_size is None or cfg.data.vocab_max_size >= 1, "must be >= 1 or null"),
         ("data.vocab_min_freq", cfg.data.vocab_min_freq >= 1, "must be >= 1"),
+        ("data.vocab_glove_extra", cfg.data.vocab_glove_extra >= 0, "must be >= 0"),
         ("data.glove_dim", cfg.data.glove_dim in (None, 50, 100, 200, 300), "must be 50, 100, 200, 300 or null"),
+        ("data.vocab_glove_extra", cfg.data.vocab_glove_extra == 0 or cfg.data.glove_dim is not None,
+         "needs data.glove_dim: its words and rows come from GloVe"),
         ("data.workers", cfg.data.workers is None or cfg.data.workers >= 1, "must be >= 1 or null"),
         ("data.test_fraction", 0 <= cfg.data.test_fraction < 1, "must be in [0, 1)"),
         ("data.train_file", cfg.data.dataset != "files" or bool(cfg.data.train_file),

@@ -14,7 +14,7 @@ from sentiment.errors import SentimentError
 from sentiment.labels import IMDB_LABELS, LabelSpace
 from sentiment.paths import cache_dir
 from sentiment.sources import load_source
-from sentiment.vocab import Vocab, build_vocab, table_to_vocab_ids
+from sentiment.vocab import Vocab, build_vocab, extend_vocab, table_to_vocab_ids
 
 
 @dataclass
@@ -85,6 +85,15 @@ def prepare_data(cfg: DataConfig, vocab: Vocab | None = None, *, with_embeddings
         if unlabeled_flat is not None:
             counts += np.bincount(unlabeled_flat[0], minlength=len(source.tokens))
         vocab = build_vocab(source.tokens, counts, cfg.vocab_max_size, cfg.vocab_min_freq)
+    glove = None
+    if new_vocab and cfg.glove_dim is not None and (with_embeddings or cfg.vocab_glove_extra):
+        from sentiment.glove import glove_file, load_glove
+
+        t1 = time.perf_counter()
+        glove = load_glove(glove_file(data_dir, cfg.glove_dim), cache_dir(data_dir))
+        glove_seconds = time.perf_counter() - t1
+        trained_words = len(vocab)
+        vocab = extend_vocab(vocab, glove.words, cfg.vocab_glove_extra)
     table_to_vocab = table_to_vocab_ids(source.tokens, vocab)
     splits = {name: EncodedSplit(ids=table_to_vocab[flat], offsets=offsets, labels=source.labels[idx[name]].copy())
               for name, (flat, offsets) in gathered.items()}
@@ -97,22 +106,29 @@ def prepare_data(cfg: DataConfig, vocab: Vocab | None = None, *, with_embeddings
              "test": len(idx["test"]), "labels": list(space.names),
              "class_counts": {name: np.bincount(split.labels, minlength=space.num_classes).tolist()
                               for name, split in splits.items() if name in ("train", "valid", "test")}}
+    # words training never saw read as <unk>: what data.vocab_glove_extra (or a larger vocab) would change
+    stats["unk_token_share"] = {name: float(np.mean(splits[name].ids == vocab.unk_index)) if len(splits[name].ids)
+                                else 0.0 for name in ("valid", "test")}
     if indices is not None:
         stats["valid_split"] = "given"
     if space.binary:
         stats["valid_positive_share"] = float(splits["valid"].labels.mean())
     embeddings = None
-    if new_vocab and with_embeddings and cfg.glove_dim is not None:
-        from sentiment.glove import build_embedding_matrix, glove_file, load_glove
+    if glove is not None:
+        stats["glove_extra_words"] = len(vocab) - trained_words
+    if glove is not None and with_embeddings:
+        from sentiment.glove import build_embedding_matrix
 
         t1 = time.perf_counter()
-        glove = load_glove(glove_file(data_dir, cfg.glove_dim), cache_dir(data_dir))
+        # coverage counts the training words only: the extra words are GloVe's by construction
         embeddings, coverage = build_embedding_matrix(
             vocab.itos, glove, pad_index=vocab.pad_index, unk_init=cfg.glove_unk_init, seed=embedding_seed,
-            token_counts=vocab.counts, specials=(vocab.pad_index, vocab.unk_index),
+            token_counts=vocab.counts,
+            specials=[vocab.pad_index, vocab.unk_index, *range(trained_words, len(vocab))],
         )
-        stats.update(glove_seconds=time.perf_counter() - t1, glove_vocab_coverage=coverage.vocab_share,
-                     glove_token_coverage=coverage.token_share, glove_skipped_lines=glove.skipped_lines)
+        stats.update(glove_seconds=glove_seconds + time.perf_counter() - t1,
+                     glove_vocab_coverage=coverage.vocab_share, glove_token_coverage=coverage.token_share,
+                     glove_skipped_lines=glove.skipped_lines)
     stats["prepare_seconds"] = time.perf_counter() - t0
     extra = {name: split for name, split in splits.items() if name not in ("train", "valid", "test")}
     membership = source.membership if indices is None else dict(indices)

@@ -79,6 +79,21 @@ def build_vocab(tokens: Sequence[str], counts: np.ndarray, max_size: int | None 
     return Vocab([PAD, UNK] + [tokens[i] for i in order], [0, 0] + [int(counts[i]) for i in order])
 
 
+def extend_vocab(vocab: Vocab, words: Sequence[str], limit: int) -> Vocab:
+    """The vocab with up to `limit` of `words` it lacks appended in their order, each counted 0 (they were
+    not seen in training). For GloVe's words, which its file lists most frequent first."""
+    if limit <= 0:
+        return vocab
+    known = vocab.stoi
+    extra: list[str] = []
+    for word in words:
+        if word not in known:
+            extra.append(word)
+            if len(extra) == limit:
+                break
+    return Vocab(vocab.itos + extra, vocab.counts + [0] * len(extra))
+
+
 def table_to_vocab_ids(tokens: Sequence[str], vocab: Vocab) -> np.ndarray:
     """A lookup array mapping ids of a token table to vocab ids (unknown -> <unk>), for numpy encoding."""
     get, unk = vocab.stoi.get, vocab.unk_index

@@ -203,6 +203,7 @@ def test_wrong_type_message_says_what_was_expected():
         ("data.workers=0", "data.workers"),
         ("train.epochs=0", "train.epochs"),
         ("train.batch_size=0", "train.batch_size"),
+        ("data.vocab_glove_extra=-1", "data.vocab_glove_extra"),
         ("train.grad_clip=0", "train.grad_clip"),
         ("run.device=tpu", "run.device"),
     ],
@@ -211,6 +212,11 @@ def test_impossible_value_names_the_key(override: str, key: str):
     with pytest.raises(SentimentError) as e:
         load_config(None, [override])
     assert f"config key {key}" in str(e.value)
+
+
+def test_glove_extra_words_need_glove():
+    with pytest.raises(SentimentError, match=r"data\.vocab_glove_extra.*glove_dim"):
+        load_config(None, ["data.glove_dim=null", "model.embed_dim=8", "data.vocab_glove_extra=10"])
 
 
 def test_embed_dim_required_without_glove():

@@ -46,6 +46,31 @@ def test_random_rows_for_words_glove_lacks_follow_the_run_seed(tiny_data):
     assert np.array_equal(a.embeddings[missing], prepare_data(cfg, embedding_seed=1).embeddings[missing])
 
 
+def test_glove_extra_words_read_their_vectors_instead_of_unk(tiny_data):
+    """A word training never saw but GloVe knows: <unk> by default, its GloVe row with data.vocab_glove_extra."""
+    glove = tiny_data / "glove" / "glove.6B.50d.txt"
+    vector = " ".join(["0.25"] * 50)
+    glove.write_text(glove.read_text() + f"marvellous {vector}\nabysmal {vector}\nzeppelin {vector}\n")
+    for i, word in enumerate(["marvellous", "abysmal"]):  # two test reviews only use words train lacks
+        (tiny_data / "aclImdb" / "test" / ("pos", "neg")[i] / "0_8.txt").write_text(f"{word} {word}.")
+    base = load_config(None, [f"data.data_dir={tiny_data}"]).data
+    plain = prepare_data(base)
+    extra = prepare_data(load_config(None, [f"data.data_dir={tiny_data}", "data.vocab_glove_extra=2"]).data)
+    assert "marvellous" not in plain.vocab.stoi and plain.stats["glove_extra_words"] == 0
+    assert extra.vocab.itos[:len(plain.vocab)] == plain.vocab.itos  # the training words keep their ids
+    assert extra.vocab.itos[len(plain.vocab):] == ["marvellous", "abysmal"]  # GloVe's order, up to the limit
+    assert extra.stats["glove_extra_words"] == 2
+    row = extra.vocab.stoi["marvellous"]
+    assert np.allclose(extra.embeddings[row], 0.25)
+    # the coverage figures still describe the training words only
+    assert extra.stats["glove_vocab_coverage"] == plain.stats["glove_vocab_coverage"]
+    assert {row, extra.vocab.stoi["abysmal"]} <= set(extra.test.ids.tolist())
+    # without the option those two reviews are <unk> <unk> .
+    assert np.count_nonzero(plain.test.ids == plain.vocab.unk_index) >= 4
+    assert extra.stats["unk_token_share"]["test"] < plain.stats["unk_token_share"]["test"]
+    assert plain.stats["unk_token_share"]["test"] == np.mean(plain.test.ids == plain.vocab.unk_index)
+
+
 def test_a_warm_prepare_loads_neither_torch_nor_spacy(tmp_path):
     """Importing torch and spaCy costs ~2 s; a prepare whose caches are warm needs neither."""
     import subprocess

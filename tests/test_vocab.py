@@ -9,7 +9,7 @@ import numpy as np
 import pytest
 
 from sentiment.errors import SentimentError
-from sentiment.vocab import PAD, UNK, Vocab, build_vocab, table_to_vocab_ids
+from sentiment.vocab import PAD, UNK, Vocab, build_vocab, extend_vocab, table_to_vocab_ids
 
 # a token table (as the corpus has it: arbitrary order) and each token's training count
 TOKENS = ["the", "zebra", "movie", "apple", "good", "bad", "rare"]
@@ -219,3 +219,12 @@ def test_prepared_vocab_counts_the_training_split_only(tmp_path: Path):
         assert count == in_train[corpus.tokens.index(token)], token
     assert any(everywhere[corpus.tokens.index(t)] > c for t, c in zip(vocab.itos[2:], vocab.counts[2:]))
     assert sum(vocab.counts) == len(train_ids)  # no vocab cut here (25k > this corpus): every train token counted
+
+
+def test_extend_vocab_appends_missing_words_in_order_up_to_the_limit():
+    vocab = Vocab([PAD, UNK, "good", "bad"], [0, 0, 5, 3])
+    extended = extend_vocab(vocab, ["the", "good", "film", "plot", "bad", "cast"], 3)
+    assert extended.itos == [PAD, UNK, "good", "bad", "the", "film", "plot"]  # known words skipped, order kept
+    assert extended.counts == [0, 0, 5, 3, 0, 0, 0]  # never seen in training
+    assert extend_vocab(vocab, ["the", "film"], 10).itos[4:] == ["the", "film"]  # fewer words than the limit
+    assert extend_vocab(vocab, ["the"], 0) is vocab
