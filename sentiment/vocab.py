@@ -84,10 +84,11 @@ def extend_vocab(vocab: Vocab, words: Sequence[str], limit: int) -> Vocab:
     not seen in training). For GloVe's words, which its file lists most frequent first."""
     if limit <= 0:
         return vocab
-    known = vocab.stoi
+    known = set(vocab.stoi)
     extra: list[str] = []
     for word in words:
-        if word not in known:
+        if word not in known:  # a word repeated in the file (GloVe files can repeat one) is added once
+            known.add(word)
             extra.append(word)
             if len(extra) == limit:
                 break

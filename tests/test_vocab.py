@@ -228,3 +228,4 @@ def test_extend_vocab_appends_missing_words_in_order_up_to_the_limit():
     assert extended.counts == [0, 0, 5, 3, 0, 0, 0]  # never seen in training
     assert extend_vocab(vocab, ["the", "film"], 10).itos[4:] == ["the", "film"]  # fewer words than the limit
     assert extend_vocab(vocab, ["the"], 0) is vocab
+    assert extend_vocab(vocab, ["the", "the", "film"], 10).itos[4:] == ["the", "film"]  # a repeated word once
