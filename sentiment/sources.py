@@ -47,9 +47,10 @@ class SourceData:
 
 def cleaning_of(cfg: DataConfig) -> Cleaning:
     """How texts of this data config are cleaned before tokenizing: `<br />` is whitespace for IMDB
-    (and wherever data.html_breaks says so); URL/@mention placeholders where data.placeholders says so."""
+    (and wherever data.html_breaks says so); URL/@mention placeholders where data.placeholders says so;
+    entities and quotes normalised where data.normalize_text says so."""
     html = cfg.dataset == "imdb" if cfg.html_breaks is None else cfg.html_breaks
-    return Cleaning(html_breaks=html, placeholders=cfg.placeholders)
+    return Cleaning(html_breaks=html, placeholders=cfg.placeholders, normalize=cfg.normalize_text)
 
 
 def load_source(cfg: DataConfig, label_space: LabelSpace | None = None, *, with_unlabeled: bool = True) -> SourceData:

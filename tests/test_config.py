@@ -214,6 +214,15 @@ def test_impossible_value_names_the_key(override: str, key: str):
     assert f"config key {key}" in str(e.value)
 
 
+@pytest.mark.parametrize("override", ["data.placeholders=true", "data.normalize_text=true", "data.html_breaks=false"])
+def test_text_cleaning_options_are_refused_for_imdb(override: str):
+    # IMDB trains on one fixed cleaning; accepting these would make predict clean differently from training
+    with pytest.raises(SentimentError, match=rf"config key {override.split('=')[0]}.*files and hf"):
+        load_config(None, [override])
+    cfg = load_config(None, ["data.dataset=files", "data.train_file=x.csv", override])
+    assert cfg.data.dataset == "files"
+
+
 def test_glove_extra_words_need_glove():
     with pytest.raises(SentimentError, match=r"data\.vocab_glove_extra.*glove_dim"):
         load_config(None, ["data.glove_dim=null", "model.embed_dim=8", "data.vocab_glove_extra=10"])

@@ -213,6 +213,17 @@ def test_second_load_comes_from_the_cache_and_is_the_same(tmp_path):
     assert second.label_space == first.label_space
 
 
+def test_normalize_text_is_applied_and_keyed_in_the_cache(tmp_path):
+    rows = [dict(r, text=r["text"] + " don\u2019t &amp;") for r in texts_of({"quality": 30, "billing": 30})]
+    train = write_csv(tmp_path / "train.csv", rows)
+    as_written = load_source(config(tmp_path, train))
+    normalized = load_source(config(tmp_path, train, normalize_text=True))
+    assert normalized.stats["corpus_from_cache"] is False  # its own cache entry, not the other's tokens
+    assert {"n\u2019t", "amp"} <= set(as_written.tokens) and "n't" not in as_written.tokens
+    assert "n't" in normalized.tokens and "&" in normalized.tokens
+    assert not {"n\u2019t", "amp"} & set(normalized.tokens)
+
+
 def test_changed_file_content_invalidates_the_cache(tmp_path):
     train = write_csv(tmp_path / "train.csv", texts_of({"quality": 40, "billing": 40}))
     load_source(config(tmp_path, train))

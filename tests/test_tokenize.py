@@ -5,7 +5,7 @@ from __future__ import annotations
 import pytest
 import spacy
 
-from sentiment.tokenize import Tokenizer, clean_text, split_chunks, tokenize_chunks
+from sentiment.tokenize import IMDB_CLEANING, Cleaning, Tokenizer, clean_text, split_chunks, tokenize_chunks
 
 TRICKY = [
     "I don't know, can't say. I'm gonna go, won't you?",
@@ -62,6 +62,38 @@ def test_split_chunks():
     assert split_chunks("Hello,  world!<br /><br />Bye\tnow\xa0ok") == ["Hello,", "world!", "Bye", "now", "ok"]
     assert split_chunks("") == []
     assert split_chunks("<br /> \n") == []
+
+
+# --- Cleaning: placeholders and normalisation (files datasets) -------------------------------------
+
+
+def test_placeholders_replace_urls_and_mentions_but_not_emails():
+    clean = Cleaning(html_breaks=False, placeholders=True)
+    assert split_chunks("@united see https://t.co/x1?a=b,www.aa.com now.@VirginAmerica", clean) == [
+        "xxuser", "see", "xxurl", "now.", "xxuser"]
+    assert split_chunks("mail me@example.com", clean) == ["mail", "me@example.com"]
+
+
+def test_normalize_unescapes_entities_and_makes_quotes_ascii():
+    clean = Cleaning(html_breaks=False, normalize=True)
+    assert clean("Tom &amp; Jerry &gt;&lt; don\u2019t \u201cso\u201d \u2018so\u2019") == "Tom & Jerry >< don't \"so\" 'so'"
+    assert tokenize_chunks(split_chunks("I don\u2019t", clean)) == [["i"], ["do", "n't"]]
+    # without it the text stays as written
+    assert Cleaning(html_breaks=False)("&amp; don\u2019t") == "&amp; don\u2019t"
+
+
+def test_normalize_runs_before_placeholders_and_breaks():
+    clean = Cleaning(html_breaks=True, placeholders=True, normalize=True)
+    assert split_chunks("a&lt;br /&gt;b http://x.org/?a=1&amp;b=2 c", clean) == ["a", "b", "xxurl", "c"]
+
+
+def test_cleaning_keys_differ_and_old_keys_are_unchanged():
+    # cache keys written before `normalize` existed must still match
+    assert IMDB_CLEANING.key() == "br=1,ph=0"
+    assert Cleaning(html_breaks=False, placeholders=True).key() == "br=0,ph=1"
+    keys = {Cleaning(html_breaks=b, placeholders=p, normalize=n).key()
+            for b in (False, True) for p in (False, True) for n in (False, True)}
+    assert len(keys) == 8
 
 
 # --- Tokenizer vs spaCy -----------------------------------------------------------------------------
