@@ -335,7 +335,8 @@ def validate(cfg: Config) -> None:
     for key, ok, why in checks:
         if not ok:
             value = eval_key(cfg, key)
-            raise SentimentError(f"config key {key} {why}, got {'null' if value is None else repr(value)}")
+            shown = "null" if value is None else str(value).lower() if isinstance(value, bool) else repr(value)
+            raise SentimentError(f"config key {key} {why}, got {shown}")  # as YAML writes it
 
 
 def _objective_checks(cfg: Config) -> list[tuple[str, bool, str]]:
