@@ -44,7 +44,7 @@ class DataConfig:
     hf_test_split: Optional[str] = None  # null: carve test_fraction from the train split
     placeholders: bool = False  # URLs -> xxurl, @mentions -> xxuser (short social-media text)
     # HTML entities unescaped (&amp; -> &, &gt; -> >) and typographic quotes made ASCII (don’t -> don't, as
-    # GloVe spells it): text exported from the web. Off by default so that IMDB's figures stay as measured.
+    # GloVe spells it): text exported from the web. files and hf only; off by default.
     normalize_text: bool = False
     html_breaks: Optional[bool] = None  # `<br />` as whitespace; null: for IMDB only
     valid_fraction: float = 0.1  # carved from train, label-balanced; model selection uses it
