@@ -215,7 +215,8 @@ class RichReporter:
         out = self.progress.console  # printing through the live display keeps the bar below the rows
         if not self.header_done:
             if row.get("processes", 1) > 1 or row.get("global_batch_size"):
-                out.print(f"{row.get('processes', 1)} process(es) · global batch {row['global_batch_size']:,} "
+                on = f"{escape(row['device'])} · " if row.get("device") else ""
+                out.print(f"{on}{row.get('processes', 1)} process(es) · global batch {row['global_batch_size']:,} "
                           "(batch_size × processes × grad_accum) · tok/s of all processes")
             out.print(f"{'epoch':>5} {'train loss':>10} {'train acc':>9} {'valid loss':>10} {'valid acc':>9} "
                       f"{'time':>7} {'tok/s':>9}")

@@ -20,3 +20,18 @@ def resolve_device(name: str) -> torch.device:
     if name == "mps" and not (getattr(torch.backends, "mps", None) and torch.backends.mps.is_available()):
         raise SentimentError("run.device is 'mps' but MPS is not available; use run.device=auto or cpu")
     return torch.device(name)
+
+
+def describe_device(device: torch.device, autocast: torch.dtype | None = None) -> str:
+    """What ran the steps, for the epoch table and results.json: "cuda (NVIDIA H200, bf16 autocast)",
+    "cpu (2 threads)"."""
+    if device.type == "cuda":
+        parts = [torch.cuda.get_device_name(device)]
+    elif device.type == "cpu":
+        parts = [f"{torch.get_num_threads()} thread{'s' if torch.get_num_threads() != 1 else ''}"]
+    else:
+        parts = []
+    if autocast is not None:
+        parts.append(f"{str(autocast).removeprefix('torch.').replace('bfloat16', 'bf16').replace('float16', 'fp16')}"
+                     " autocast")
+    return f"{device.type} ({', '.join(parts)})" if parts else device.type

@@ -29,7 +29,7 @@ from sentiment.config import Config
 from sentiment.errors import SentimentError
 from sentiment.evaluate import Metrics, evaluate
 from sentiment.floats import flush_denormals
-from sentiment.device import resolve_device
+from sentiment.device import describe_device, resolve_device
 from sentiment.distributed import (Rank, all_reduce_sum, any_rank, broadcast, broadcast_weights, rank_device)
 from sentiment.distributed import init as init_distributed
 from sentiment.labels import LabelSpace
@@ -370,6 +370,7 @@ def train(cfg: Config, run_dir: Path, *, data: PreparedData | None = None, resum
     use_amp = cfg.train.amp and device.type == "cuda"
     amp_dtype = torch.bfloat16 if use_amp and torch.cuda.is_bf16_supported() else torch.float16
     scaler = torch.amp.GradScaler("cuda", enabled=use_amp and amp_dtype == torch.float16)
+    ran_on = describe_device(device, amp_dtype if use_amp else None)
     # Lazy host syncs (default on CUDA): the loop never waits for the device inside a step. A non-finite
     # gradient makes fused Adam skip that step on the device (found_inf), and the loop reads the flag, the loss
     # and the accuracy when it reports. fp16's grad scaler skips overflow steps itself, so it keeps the eager path.
@@ -549,7 +550,7 @@ def train(cfg: Config, run_dir: Path, *, data: PreparedData | None = None, resum
                "valid_loss": valid.loss, "valid_accuracy": valid.accuracy, "valid_macro_f1": valid.macro_f1,
                "lr": scheduler.get_last_lr()[0],
                "seconds": state.seconds, "tokens_per_s": tokens / max(state.seconds, 1e-9),
-               "valid_seconds": valid.seconds, "processes": rank.world_size,
+               "valid_seconds": valid.seconds, "processes": rank.world_size, "device": ran_on,
                "global_batch_size": cfg.train.batch_size * rank.world_size * cfg.train.grad_accum}
         for name, value in zip(names, part_sums):  # each objective's mean loss per step, before its weight
             row[COLUMNS[name]] = value / max(steps, 1)
@@ -594,6 +595,7 @@ def finish(cfg: Config, run_dir: Path, data: PreparedData, device: torch.device,
     broadcast_weights(rank, model)
     # what a reader needs to reproduce the figures: the code, the seeds and how validation was carved
     results: dict[str, Any] = {"best_epoch": best_epoch, "epochs_run": len(rows), "processes": rank.world_size,
+                               "device": rows[-1].get("device") if rows else None,
                                "commit": code_version(), "seed": cfg.run.seed, "split_seed": cfg.data.split_seed,
                                "valid_split": data.stats.get("valid_split", cfg.data.valid_split),
                                "selected_on": "valid", "labels": list(data.label_space.names),

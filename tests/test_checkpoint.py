@@ -6,6 +6,8 @@ import json
 import subprocess
 from pathlib import Path
 
+import torch
+
 from sentiment.checkpoint import code_version
 from sentiment.config import load_config
 from sentiment.train import train
@@ -30,3 +32,7 @@ def test_results_record_commit_seeds_and_split_method(tiny_data, tmp_path):
     assert results["valid_split"].startswith("random (movie split asked for")  # make_imdb writes no urls files
     assert results["commit"] == code_version()
     assert results["selected_on"] == "valid" and "test" in results
+    if torch.cuda.is_available():
+        assert results["device"].startswith("cuda (")
+    else:
+        assert results["device"] == f"cpu ({torch.get_num_threads()} thread{'s' if torch.get_num_threads() > 1 else ''})"

@@ -265,7 +265,7 @@ def test_resume_on_another_number_of_processes(two_ranks, tmp_path):
     before = torch.load(copy / "last.pt", weights_only=True)
     out = sentiment("train", "--resume", str(copy), "--set", "train.epochs=3")
     assert out.returncode == 0, out.stderr
-    assert "1 process(es) · global batch 8" in out.stdout
+    assert "cpu (1 thread) · 1 process(es) · global batch 8" in out.stdout
     rows = [json.loads(line) for line in (copy / "metrics.jsonl").read_text().splitlines()]
     assert [r["processes"] for r in rows] == [2, 2, 1]
     after = torch.load(copy / "last.pt", weights_only=True)
