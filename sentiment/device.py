@@ -32,6 +32,6 @@ def describe_device(device: torch.device, autocast: torch.dtype | None = None) -
     else:
         parts = []
     if autocast is not None:
-        parts.append(f"{str(autocast).removeprefix('torch.').replace('bfloat16', 'bf16').replace('float16', 'fp16')}"
-                     " autocast")
+        short = {torch.bfloat16: "bf16", torch.float16: "fp16"}.get(autocast, str(autocast).removeprefix("torch."))
+        parts.append(f"{short} autocast")
     return f"{device.type} ({', '.join(parts)})" if parts else device.type
