@@ -44,8 +44,9 @@ clean:
 bench:
 	$(BIN)/python scripts/bench.py --data-dir $(DATA_DIR) $(if $(RUN),--run $(RUN)) $(BENCH_ARGS)
 
-# The README's "On a GPU" figures, on a CUDA machine (about 8 minutes on one H200, the sum of its runs there): the CPU recipe and one epoch
-# of configs/imdb_gpu.yaml with host syncs lazy and eager, then imdb_gpu.yaml over 3 seeds side by side.
+# The README's "On a GPU" figures, on a CUDA machine (about 8 minutes on one H200, the sum of its runs there):
+# the CPU recipe and one epoch of configs/imdb_gpu.yaml with host syncs lazy and eager, then imdb_gpu.yaml
+# over 3 seeds side by side.
 .PHONY: bench-gpu
 bench-gpu:
 	PY=$(BIN)/python bash scripts/bench_gpu.sh
