@@ -9,6 +9,7 @@ from __future__ import annotations
 
 import io
 import json
+import functools
 import pickle
 import re
 import warnings
@@ -69,9 +70,11 @@ def _last_line(error: BaseException) -> str:
     return lines[-1] if lines else type(error).__name__
 
 
+@functools.cache
 def code_version() -> str:
     """The git commit this package was loaded from ("+dirty" with uncommitted changes to tracked files),
-    or the package version outside a git checkout."""
+    or the package version outside a git checkout. Read once per process (training reads it when it starts),
+    so a commit made while a run trains is not recorded as that run's code."""
     import subprocess
 
     from sentiment import __version__

@@ -337,6 +337,7 @@ def train(cfg: Config, run_dir: Path, *, data: PreparedData | None = None, resum
     rank writes."""
     run_dir = Path(run_dir)
     rank = rank or Rank()
+    code_version()  # the commit as training starts: results.json records it, whatever is committed meanwhile
     flush_denormals(cfg.run.flush_denormal)  # effective on torch's threads if nothing computed before us
     if cfg.run.threads or rank.distributed:
         torch.set_num_threads(cfg.run.threads or 1)  # ranks share the cores: one thread each unless told

@@ -36,3 +36,18 @@ def test_results_record_commit_seeds_and_split_method(tiny_data, tmp_path):
         assert results["device"].startswith("cuda (")
     else:
         assert results["device"] == f"cpu ({torch.get_num_threads()} thread{'s' if torch.get_num_threads() > 1 else ''})"
+
+
+def test_the_commit_is_read_once_so_a_commit_made_while_training_is_not_recorded(monkeypatch):
+    code_version.cache_clear()
+    first = code_version()
+
+    def moved_on(*args, **kwargs):  # what git would answer after another commit
+        status = "status" in args[0]  # a clean tree: nothing to report
+        return subprocess.CompletedProcess(args[0], 0, stdout="" if status else "0" * 40 + "\n", stderr="")
+
+    monkeypatch.setattr(subprocess, "run", moved_on)
+    assert code_version() == first
+    code_version.cache_clear()  # a new process reads git again
+    assert code_version() == "0" * 40
+    code_version.cache_clear()
