@@ -20,6 +20,7 @@ import os
 import statistics
 import subprocess
 import sys
+import tempfile
 import time
 from datetime import datetime
 from pathlib import Path
@@ -38,17 +39,26 @@ def seed_command(config: Path, seed: int, run_dir: Path, overrides: list[str], t
 
 
 def run_seeds(commands: dict[int, list[str]], parallel: bool) -> dict[int, float]:
-    """Each seed's whole-command seconds; the seeds one after another, or all at once with parallel."""
+    """Each seed's whole-command seconds (from its group's start to its own end); the seeds one after
+    another, or all at once with parallel."""
     walls = {}
     for group in ([list(commands)] if parallel else [[seed] for seed in commands]):
         started = time.perf_counter()
-        procs = {seed: subprocess.Popen(commands[seed], cwd=ROOT, stdout=subprocess.DEVNULL, stderr=subprocess.PIPE,
-                                        text=True) for seed in group}
-        for seed, proc in procs.items():
-            _, err = proc.communicate()
-            walls[seed] = time.perf_counter() - started
-            if proc.returncode != 0:
-                raise SystemExit(f"seed {seed} failed ({' '.join(commands[seed])}): {err.strip().splitlines()[-1:]}")
+        with tempfile.TemporaryDirectory() as tmp:
+            logs = {seed: open(Path(tmp) / f"seed{seed}.err", "w+") for seed in group}  # a pipe could fill
+            procs = {seed: subprocess.Popen(commands[seed], cwd=ROOT, stdout=subprocess.DEVNULL, stderr=logs[seed])
+                     for seed in group}
+            while any(seed not in walls for seed in group):
+                for seed, proc in procs.items():
+                    if seed not in walls and proc.poll() is not None:
+                        walls[seed] = time.perf_counter() - started
+                time.sleep(0.2)
+            for seed, proc in procs.items():
+                logs[seed].seek(0)
+                last = logs[seed].read().strip().splitlines()[-1:]
+                logs[seed].close()
+                if proc.returncode != 0:
+                    raise SystemExit(f"seed {seed} failed ({' '.join(commands[seed])}): {last}")
     return walls
 
 
