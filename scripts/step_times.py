@@ -3,8 +3,8 @@ that did the same work in one way and another (train.lazy_sync true against fals
 
     .venv/bin/python scripts/step_times.py RUN_A RUN_B
 
-With two runs it also prints B's median ms/step over A's (epochs after the first when both have more than one:
-the first pays for cuDNN's algorithm search and the allocator's warm-up).
+With two runs it also prints B's median ms/step over A's (each run's epochs after its first, where it has more
+than one: the first pays for cuDNN's algorithm search and the allocator's warm-up).
 """
 
 from __future__ import annotations
