@@ -72,15 +72,13 @@ def train_seed(config: Path, csv: Path, seed: int, run_dir: Path, overrides: lis
     return seconds
 
 
-def baseline(csv: Path, splits: dict[str, np.ndarray], label_names: list[str], grid: tuple[float, ...]) -> dict:
-    """TF-IDF (1-2 grams) + logistic regression on the run's train rows, C chosen on valid macro-F1, test once."""
+def baseline(table, splits: dict[str, np.ndarray], label_names: list[str], grid: tuple[float, ...]) -> dict:
+    """TF-IDF (1-2 grams) + logistic regression on the run's train rows of `table` (the tweets as
+    sentiment.readers.read_table reads them), C chosen on valid macro-F1, test once."""
     from sklearn.feature_extraction.text import TfidfVectorizer
     from sklearn.linear_model import LogisticRegression
     from sklearn.metrics import accuracy_score, f1_score
 
-    from sentiment.readers import read_table
-
-    table = read_table(csv, "text", "airline_sentiment")
     texts, labels = np.asarray(table.texts, dtype=object), np.asarray(table.labels, dtype=object)
     x_text = {name: texts[rows] for name, rows in splits.items()}
     y = {name: labels[rows] for name, rows in splits.items()}
@@ -105,9 +103,10 @@ def baseline(csv: Path, splits: dict[str, np.ndarray], label_names: list[str], g
     seconds = time.perf_counter() - start
     c, valid_acc, valid_f1, model = best
     test_acc, test_f1 = scores(model, x["test"], y["test"])
-    return {"test_predictions": model.predict(x["test"]), "test_gold": y["test"], "C": c, "valid_accuracy": valid_acc, "valid_macro_f1": valid_f1, "test_accuracy": test_acc,
+    return {"C": c, "valid_accuracy": valid_acc, "valid_macro_f1": valid_f1, "test_accuracy": test_acc,
             "test_macro_f1": test_f1, "seconds": seconds, "tried": tried, "features": x["train"].shape[1],
-            "n": {name: len(rows) for name, rows in splits.items()}}
+            "n": {name: len(rows) for name, rows in splits.items()},
+            "test_predictions": model.predict(x["test"]), "test_gold": y["test"]}  # for the paired bootstrap
 
 
 def macro_f1(confusions: np.ndarray) -> np.ndarray:
@@ -196,6 +195,8 @@ def main() -> None:
         rows.append((seed, json.loads((run_dir / "results.json").read_text()), wall))
 
     from sentiment.checkpoint import load_labels, load_split_membership
+    from sentiment.predict import predict_texts
+    from sentiment.readers import read_table
 
     splits = load_split_membership(runs_dir / f"seed{seeds[0]}")
     for seed in seeds[1:]:
@@ -205,7 +206,8 @@ def main() -> None:
                      "split (was data.split_seed or the data changed between runs?)")
     splits = {k: splits[k] for k in ("train", "valid", "test")}
     labels = list(load_labels(runs_dir / f"seed{seeds[0]}").names)
-    base = baseline(csv, splits, labels, grid)
+    table = read_table(csv, "text", "airline_sentiment")
+    base = baseline(table, splits, labels, grid)
 
     first = rows[0][1]
     print(f"\nsplit (same for every seed, split_seed): train {len(splits['train']):,} · valid {len(splits['valid']):,}"
@@ -249,10 +251,6 @@ def main() -> None:
                             sample=sample, headline=headline)
         print(f"  {what:<15} ours {mean_sd(fig[key])}%  |  TF-IDF+LR {100 * base[base_key]:.2f}%  |  "
               f"{100 * (ours - base[base_key]):+.2f} points, ratio {ratio:.3f}")
-    from sentiment.predict import predict_texts
-    from sentiment.readers import read_table
-
-    table = read_table(csv, "text", "airline_sentiment")
     test_texts = [table.texts[i] for i in splits["test"]]
     index = {name: i for i, name in enumerate(labels)}
     gold = np.array([index[g] for g in base["test_gold"]])
