@@ -2,13 +2,16 @@
 against a plain supervised step, in one run.
 
     .venv/bin/python scripts/bench_objectives.py [--config configs/imdb_cpu_semisup.yaml] [--batches 12] [--threads 2]
+        [--set KEY=VALUE ...]
 
 Every row trains the config's model from the same initial weights over the same labeled batches (a
 length-stratified sample of the first epoch's bucketed batches, so every row pays for the same lengths) with
 the same optimizer step; rows that read unlabeled texts take the same unlabeled batches (the config's
 unlabeled_batch_size and unlabeled_max_len). The variants take turns batch by batch, so a busy moment of the
 machine hits them alike. Ratio: a row's median seconds per step over the plain row's. The plain row is the
-loop's own path with no objective section (supervised_objective, one forward and one backward).
+loop's own path with no objective section (supervised_objective, one forward and one backward). It also
+projects an epoch: a row's mean seconds per step over the sample (its strata are equal parts of the epoch's
+batches by padded length) times the epoch's batch count, for configs too slow to time a whole epoch here.
 """
 
 from __future__ import annotations
@@ -33,6 +36,8 @@ def main() -> None:
     parser.add_argument("--threads", type=int, default=2)
     parser.add_argument("--data-dir", default=None, help="IMDB (with train/unsup) and GloVe (default: the config's)")
     parser.add_argument("--json", type=Path, default=None, help="write the figures here (for scripts/bench.py)")
+    parser.add_argument("--set", dest="overrides", action="append", default=[], metavar="KEY=VALUE",
+                        help="config override, repeatable (as `sentiment train --set`)")
     args = parser.parse_args()
     benchlib.set_flush_denormal(True)
     import torch
@@ -47,7 +52,7 @@ def main() -> None:
     torch.set_num_threads(args.threads)
     benchlib.print_header("== bench_objectives: seconds per training step, each objective against a plain step ==",
                           args.threads)
-    cfg = load_config(args.config, [f"data.data_dir={args.data_dir}"] if args.data_dir else [])
+    cfg = load_config(args.config, [*args.overrides, *([f"data.data_dir={args.data_dir}"] if args.data_dir else [])])
     data = prepare_data(cfg.data, embedding_seed=cfg.run.seed)
     if data.unlabeled is None:
         raise SystemExit(f"{args.config} sets no data.unlabeled: the VAT and entropy rows need unlabeled texts")
@@ -115,12 +120,14 @@ def main() -> None:
     print(f"{len(chosen)} labeled batches of {t.batch_size} (padded lengths {lengths_desc}), each with an unlabeled "
           f"batch of {t.unlabeled_batch_size} read to {u_len} tokens; {args.threads} thread(s)")
     base_median = statistics.median(seconds["plain (supervised only)"])
-    print(f"{'variant':<38} {'median s/step':>14} {'x plain':>8}")
+    print(f"{'variant':<38} {'median s/step':>14} {'x plain':>8} {'epoch (projected)':>18}")
     rows = {}
     for name, values in seconds.items():
         median = statistics.median(values)
-        rows[name] = {"median_seconds": median, "ratio": median / base_median}
-        print(f"{name:<38} {median:>14.3f} {median / base_median:>7.2f}x")
+        epoch_seconds = statistics.fmean(values) * len(all_batches)
+        rows[name] = {"median_seconds": median, "ratio": median / base_median, "epoch_seconds_projected": epoch_seconds}
+        print(f"{name:<38} {median:>14.3f} {median / base_median:>7.2f}x {epoch_seconds / 60:>14,.1f} min")
+    print(f"an epoch is {len(all_batches)} labeled batches; the projection is the mean step over the sample times that")
     if args.json:  # scripts/bench.py's summary: ratio = how many times faster than the baseline (< 1: slower)
         sample = f"{len(chosen)} labeled batches (padded {lengths_desc}) + unlabeled batches of {t.unlabeled_batch_size}"
         out = [{"figure": f"seconds per training step {name} (1 / ratio = plain steps it costs)", "unit": "s",
