@@ -52,7 +52,12 @@ def main() -> None:
     torch.set_num_threads(args.threads)
     benchlib.print_header("== bench_objectives: seconds per training step, each objective against a plain step ==",
                           args.threads)
-    cfg = load_config(args.config, [*args.overrides, *([f"data.data_dir={args.data_dir}"] if args.data_dir else [])])
+    from sentiment.errors import SentimentError
+
+    try:  # a mistyped --set key: one line, as `sentiment train` gives it, not a traceback
+        cfg = load_config(args.config, [*args.overrides, *([f"data.data_dir={args.data_dir}"] if args.data_dir else [])])
+    except SentimentError as error:
+        raise SystemExit(f"error: {error}") from None
     data = prepare_data(cfg.data, embedding_seed=cfg.run.seed)
     if data.unlabeled is None:
         raise SystemExit(f"{args.config} sets no data.unlabeled: the VAT and entropy rows need unlabeled texts")
