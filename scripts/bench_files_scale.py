@@ -72,7 +72,7 @@ sys.argv = ["sentiment"] + sys.argv[1:]
 code = 0
 inside = []
 try:
-    import sentiment.prepare as prepare_module
+    import sentiment.data.prepare as prepare_module
     prepare_data = prepare_module.prepare_data
     def timed(*args, **kwargs):  # the CLI imports prepare_data from the module when it runs: this one
         t = time.perf_counter()
@@ -98,8 +98,8 @@ import json, sys, time
 mode, workers = sys.argv[1], int(sys.argv[2])
 if mode == "files":
     import numpy as np
-    from sentiment.corpus import tokenize_files
-    from sentiment.imdb import imdb_dir, list_reviews
+    from sentiment.data.corpus import tokenize_files
+    from sentiment.data.imdb import imdb_dir, list_reviews
     paths = [r.path for r in list_reviews(imdb_dir(sys.argv[3]))]
     n = min(int(sys.argv[4]), len(paths))  # evenly spaced: train and test, pos and neg alike
     paths = [paths[i] for i in np.unique(np.linspace(0, len(paths) - 1, n).round().astype(np.int64))]
@@ -109,9 +109,9 @@ if mode == "files":
     print(json.dumps({"seconds": seconds, "tokens": int(len(ids)), "docs": len(paths), "read_seconds": 0.0}))
 else:
     from sentiment.config import load_config
-    from sentiment.corpus import tokenize_texts
-    from sentiment.readers import read_table
-    from sentiment.sources import cleaning_of
+    from sentiment.data.corpus import tokenize_texts
+    from sentiment.data.readers import read_table
+    from sentiment.data.sources import cleaning_of
     cfg = load_config(sys.argv[3], json.loads(sys.argv[4])).data
     t = time.perf_counter()
     table = read_table(cfg.train_file, cfg.text_column, cfg.label_column)
@@ -157,8 +157,8 @@ def heaps_fit(texts: list[str], cleaning) -> tuple[float, float]:
 
 def make_file(real_csv: Path, out: Path, rows: int, seed: int, fresh_words: str, cleaning) -> dict:
     """Write the resampled CSV; return what it holds. `cleaning`: as prepare cleans (for the Heaps' law fit)."""
-    from sentiment.readers import read_table
-    from sentiment.tokenize import _MENTION, _URL
+    from sentiment.data.readers import read_table
+    from sentiment.data.tokenize import _MENTION, _URL
 
     table = read_table(real_csv, "text", "airline_sentiment")
     texts, labels = table.texts, table.labels
@@ -242,7 +242,7 @@ def make_file(real_csv: Path, out: Path, rows: int, seed: int, fresh_words: str,
 
 def chunk_counts(path: Path, cleaning) -> dict:
     """Whitespace chunks and distinct chunks of the file's texts, raw and cleaned as prepare cleans them."""
-    from sentiment.readers import read_table
+    from sentiment.data.readers import read_table
 
     raw, clean, n_raw, n_clean = set(), set(), 0, 0
     for t in read_table(path, "text", "airline_sentiment").texts:
@@ -336,7 +336,7 @@ def main() -> int:
         sys.exit(f"{imdb} not found: the baseline tokenizes the IMDB review files (--data-dir)")
 
     from sentiment.config import load_config
-    from sentiment.sources import cleaning_of
+    from sentiment.data.sources import cleaning_of
 
     cleaning = cleaning_of(load_config(CONFIG, args.overrides).data)  # as prepare will clean
     benchlib.print_header("== bench_files_scale: sentiment prepare on a 1M-row CSV, cold and warm, vs the IMDB "
@@ -391,7 +391,7 @@ def main() -> int:
     warm_from_cache = all("(cache," in w["stdout"] for w in warms)
 
     # 3. baseline: the IMDB path's tokenizer vs tokenize_texts, each in a fresh child
-    from sentiment.imdb import imdb_dir, list_reviews
+    from sentiment.data.imdb import imdb_dir, list_reviews
 
     reviews = [x.path for x in list_reviews(imdb_dir(Path(args.data_dir)))]
     imdb_mb = read_through(reviews) / 1e6  # page cache, untimed (all of them, whatever --imdb-reviews)

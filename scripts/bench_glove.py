@@ -70,7 +70,7 @@ def run_phase(phase: str, source: Path, cache: Path) -> dict:
         wall = time.perf_counter() - t
         skipped = 0
     else:
-        from sentiment.glove import load_glove
+        from sentiment.data.glove import load_glove
 
         t = time.perf_counter()
         glove = load_glove(source, cache)

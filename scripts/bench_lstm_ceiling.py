@@ -14,7 +14,7 @@ Measured against it, in one process, on random token ids of one length (no paddi
   ours, 1 thread     SentimentRNN (exact padded layout), inference_mode, one batch at a time
   bare, 1 thread     four single-layer unidirectional nn.LSTM calls on ready inputs (no embedding, no
                      reversal, no padding logic): a reference for the cost of our layout, not a bound
-  ours, all threads  sentiment.evaluate.predict_logits (one single-threaded process per thread), on
+  ours, all threads  sentiment.inference.evaluate.predict_logits (one single-threaded process per thread), on
                      --threads batches of that size or more (at least 120,000 tokens, so that it forks)
 Each is printed as a fraction of the bound. (The file keeps its old name; it measured no bound before.)
 """
@@ -81,8 +81,8 @@ def main() -> None:
     args = ap.parse_args()
     flush = benchlib.set_flush_denormal(True)  # before torch starts any thread, as bench_train does
     torch.set_num_threads(1)
-    from sentiment.batching import EncodedSplit
-    from sentiment.evaluate import predict_logits
+    from sentiment.data.batching import EncodedSplit
+    from sentiment.inference.evaluate import predict_logits
     from sentiment.model import SentimentRNN
 
     benchlib.print_header("== bench_lstm_ceiling: classic-model scoring vs the measured matmul bound ==", args.threads)

@@ -42,12 +42,12 @@ def main() -> None:
     benchlib.set_flush_denormal(True)
     import torch
 
-    from sentiment.batching import BucketBatchSampler, UnlabeledStream, collate
+    from sentiment.data.batching import BucketBatchSampler, UnlabeledStream, collate
     from sentiment.config import load_config
     from sentiment.model import build_model
-    from sentiment.objectives import Batch, ExtraObjectives
-    from sentiment.prepare import prepare_data
-    from sentiment.train import supervised_objective
+    from sentiment.training.objectives import Batch, ExtraObjectives
+    from sentiment.data.prepare import prepare_data
+    from sentiment.training.train import supervised_objective
 
     torch.set_num_threads(args.threads)
     benchlib.print_header("== bench_objectives: seconds per training step, each objective against a plain step ==",

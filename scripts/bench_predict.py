@@ -33,7 +33,7 @@ ROOT = benchlib.ROOT
 
 def pick_reviews(imdb_test: Path, n: int | None) -> tuple[list[str], np.ndarray, int]:
     """n reviews (all if None), half pos and half neg, evenly spaced within each folder; and how many exist."""
-    from sentiment.labeled import read_labeled
+    from sentiment.inference.labeled import read_labeled
 
     texts, labels = read_labeled(imdb_test)  # pos/ then neg/, each in the natural file order
     keep = []
@@ -56,10 +56,10 @@ def time_one_at_a_time(run_dir: Path, texts: list[str]) -> tuple[float, np.ndarr
     """Seconds to score each text alone as predict would (same tokens, same length limit), and the P(positive)s."""
     import torch
 
-    from sentiment.batching import truncate
-    from sentiment.predict import encoding_of
-    from sentiment.runtime import load_trained
-    from sentiment.tokenize import Tokenizer
+    from sentiment.data.batching import truncate
+    from sentiment.inference.predict import encoding_of
+    from sentiment.inference.runtime import load_trained
+    from sentiment.data.tokenize import Tokenizer
 
     run = load_trained(run_dir)  # sets torch's threads as the run's config says, as predict does
     enc = encoding_of(run)
@@ -82,10 +82,10 @@ def untrained_run(config: Path, data_dir: str, where: Path) -> Path:
     """A run directory holding an untrained model of `config` with the real vocab (for speed only)."""
     import torch
 
-    from sentiment.checkpoint import BEST, save_checkpoint, write_run_files
+    from sentiment.runs import BEST, save_checkpoint, write_run_files
     from sentiment.config import load_config
-    from sentiment.prepare import prepare_data
-    from sentiment.train import build_model
+    from sentiment.data.prepare import prepare_data
+    from sentiment.training.train import build_model
 
     cfg = load_config(config, [f"data.data_dir={data_dir}"])
     data = prepare_data(cfg.data, with_embeddings=False)
@@ -117,7 +117,7 @@ def main() -> None:
     # as `sentiment predict` does (run.flush_denormal, default on), before any torch work starts its threads
     flush = True
     if args.run is not None:
-        from sentiment.checkpoint import load_run
+        from sentiment.runs import load_run
 
         flush = getattr(load_run(args.run)[0].run, "flush_denormal", True)
     flush_note = benchlib.set_flush_denormal(flush)

@@ -35,7 +35,7 @@ ROOT = benchlib.ROOT
 
 
 def resample(real_csv: Path, n: int, seed: int) -> list[str]:
-    from sentiment.readers import read_table
+    from sentiment.data.readers import read_table
 
     texts = read_table(real_csv, "text", None).texts
     return [texts[i] for i in np.random.default_rng(seed).integers(0, len(texts), size=n).tolist()]
@@ -56,10 +56,10 @@ def time_one_at_a_time(run_dir: Path, texts: list[str]) -> tuple[float, np.ndarr
     probabilities."""
     import torch
 
-    from sentiment.batching import truncate
-    from sentiment.predict import encoding_of
-    from sentiment.runtime import load_trained
-    from sentiment.tokenize import Tokenizer
+    from sentiment.data.batching import truncate
+    from sentiment.inference.predict import encoding_of
+    from sentiment.inference.runtime import load_trained
+    from sentiment.data.tokenize import Tokenizer
 
     run = load_trained(run_dir)  # sets torch's threads as the run's config says, as predict does
     enc = encoding_of(run)
@@ -103,7 +103,7 @@ def main() -> None:
         if work_dir == ROOT or ROOT in work_dir.parents:
             sys.exit(f"--work-dir {work_dir} is inside the repository: generated data goes elsewhere")
 
-    from sentiment.checkpoint import load_labels, load_run
+    from sentiment.runs import load_labels, load_run
 
     # as `sentiment predict` does (run.flush_denormal, default on), before any torch work starts its threads
     flush_note = benchlib.set_flush_denormal(getattr(load_run(args.run)[0].run, "flush_denormal", True))

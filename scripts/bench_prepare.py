@@ -32,7 +32,7 @@ import benchlib
 CHILD = r"""
 import json, resource, sys, time
 from sentiment.config import DataConfig
-from sentiment.prepare import prepare_data
+from sentiment.data.prepare import prepare_data
 cfg = DataConfig(data_dir=sys.argv[1], glove_dim=None, vocab_max_size=25000, workers=int(sys.argv[2]))
 t = time.perf_counter()
 data = prepare_data(cfg)
@@ -55,7 +55,7 @@ def child_prepare(data_dir: str, cache: str, workers: int) -> dict:
 
 def warm_page_cache(data_dir: Path) -> int:
     """Read every labeled review file once (untimed), so that ours and the baseline both read from memory."""
-    from sentiment.imdb import imdb_dir, list_reviews
+    from sentiment.data.imdb import imdb_dir, list_reviews
 
     total = 0
     for r in list_reviews(imdb_dir(data_dir)):
@@ -71,7 +71,7 @@ def _spacy_files(paths: list[str]) -> int:
     """Baseline worker: read, clean and tokenize its files with spaCy; only the non-space token count goes back."""
     from spacy.attrs import IS_SPACE
 
-    from sentiment.tokenize import clean_text
+    from sentiment.data.tokenize import clean_text
 
     def texts():
         for path in paths:
@@ -89,7 +89,7 @@ def spacy_baseline(data_dir: Path, workers: int) -> tuple[float, int, int]:
     global _nlp
     import spacy
 
-    from sentiment.imdb import imdb_dir, list_reviews
+    from sentiment.data.imdb import imdb_dir, list_reviews
     from sentiment.workers import run_in_workers
 
     procs = max(1, min(workers, os.cpu_count() or 1))
@@ -104,7 +104,7 @@ def spacy_baseline(data_dir: Path, workers: int) -> tuple[float, int, int]:
 
 
 def glove_times(data_dir: Path, dim: int, cache: str) -> tuple[float, float] | None:
-    from sentiment.glove import glove_file, load_glove
+    from sentiment.data.glove import glove_file, load_glove
 
     try:
         path = glove_file(data_dir, dim)
@@ -123,9 +123,9 @@ def glove_times(data_dir: Path, dim: int, cache: str) -> tuple[float, float] | N
 
 def padding(data_dir: Path, cache: str) -> tuple[float, float]:
     os.environ["SENTIMENT_CACHE_DIR"] = cache
-    from sentiment.batching import BucketBatchSampler, padding_share
+    from sentiment.data.batching import BucketBatchSampler, padding_share
     from sentiment.config import DataConfig
-    from sentiment.prepare import prepare_data
+    from sentiment.data.prepare import prepare_data
 
     data = prepare_data(DataConfig(data_dir=str(data_dir), glove_dim=None))
     lengths = data.train.lengths()

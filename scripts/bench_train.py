@@ -28,7 +28,7 @@ process flushes them to zero from its start (torch.set_flush_denormal(True), bef
 for ours and the baselines alike; --no-flush-denormal keeps them, to show the effect.
 
 Evaluation of evenly spaced test reviews (both labels, the real length mix): the classic loop (no_grad,
-batch 30 bucketed, packed as the recipe does it, and unpacked) against ours (sentiment.evaluate.
+batch 30 bucketed, packed as the recipe does it, and unpacked) against ours (sentiment.inference.evaluate.
 predict_logits: inference_mode, length-sorted token-budget batches, exact, one single-threaded process per
 torch thread). The ratio is against the faster of the two classic loops. Same cores for all.
 """
@@ -98,11 +98,11 @@ class TrainLoop:
 
 
 # imported after benchlib has put the checkout on sys.path
-from sentiment.batching import BucketBatchSampler, collate  # noqa: E402
+from sentiment.data.batching import BucketBatchSampler, collate  # noqa: E402
 from sentiment.config import load_config  # noqa: E402
-from sentiment.evaluate import predict_logits  # noqa: E402
-from sentiment.prepare import gather_docs, prepare_data  # noqa: E402
-from sentiment.train import build_model  # noqa: E402
+from sentiment.inference.evaluate import predict_logits  # noqa: E402
+from sentiment.data.prepare import gather_docs, prepare_data  # noqa: E402
+from sentiment.training.train import build_model  # noqa: E402
 
 
 def setup(args):

@@ -74,7 +74,7 @@ def train_seed(config: Path, csv: Path, seed: int, run_dir: Path, overrides: lis
 
 def baseline(table, splits: dict[str, np.ndarray], label_names: list[str], grid: tuple[float, ...]) -> dict:
     """TF-IDF (1-2 grams) + logistic regression on the run's train rows of `table` (the tweets as
-    sentiment.readers.read_table reads them), C chosen on valid macro-F1, test once."""
+    sentiment.data.readers.read_table reads them), C chosen on valid macro-F1, test once."""
     from sklearn.feature_extraction.text import TfidfVectorizer
     from sklearn.linear_model import LogisticRegression
     from sklearn.metrics import accuracy_score, f1_score
@@ -194,9 +194,9 @@ def main() -> None:
             wall = train_seed(args.config, csv, seed, run_dir, overrides)
         rows.append((seed, json.loads((run_dir / "results.json").read_text()), wall))
 
-    from sentiment.checkpoint import load_labels, load_split_membership
-    from sentiment.predict import predict_texts
-    from sentiment.readers import read_table
+    from sentiment.runs import load_labels, load_split_membership
+    from sentiment.inference.predict import predict_texts
+    from sentiment.data.readers import read_table
 
     splits = load_split_membership(runs_dir / f"seed{seeds[0]}")
     for seed in seeds[1:]:

@@ -13,8 +13,8 @@ from pathlib import Path
 import numpy as np
 
 import benchlib  # noqa: F401  (puts the checkout on sys.path)
-from sentiment.corpus import load_corpus, tokenize_files
-from sentiment.imdb import imdb_dir, list_reviews
+from sentiment.data.corpus import load_corpus, tokenize_files
+from sentiment.data.imdb import imdb_dir, list_reviews
 from sentiment.paths import cache_dir
 
 

@@ -115,9 +115,9 @@ def main() -> None:
 
 def rescore(out: Path, seeds: list[int], max_len: int) -> None:
     sys.path.insert(0, str(ROOT))
-    from sentiment.evaluate import evaluate
-    from sentiment.prepare import prepare_data
-    from sentiment.runtime import load_trained
+    from sentiment.inference.evaluate import evaluate
+    from sentiment.data.prepare import prepare_data
+    from sentiment.inference.runtime import load_trained
 
     print(f"\nbest.pt of each run, reading at most {max_len} tokens per review")
     valid, test = [], []

@@ -20,7 +20,7 @@ from dataclasses import dataclass
 from pathlib import Path
 
 sys.path.insert(0, str(Path(__file__).resolve().parents[1]))  # run from a checkout without installing
-from sentiment.checkpoint import read_metrics  # noqa: E402
+from sentiment.runs import read_metrics  # noqa: E402
 
 
 @dataclass

@@ -31,15 +31,15 @@ import torch
 
 sys.path.insert(0, str(Path(__file__).resolve().parents[1]))
 
-from sentiment.checkpoint import LAST, load_checkpoint, read_metrics  # noqa: E402
+from sentiment.runs import LAST, load_checkpoint, read_metrics  # noqa: E402
 from sentiment.config import load_config  # noqa: E402
-from sentiment.corpus import load_corpus  # noqa: E402
-from sentiment.evaluate import evaluate  # noqa: E402
+from sentiment.data.corpus import load_corpus  # noqa: E402
+from sentiment.inference.evaluate import evaluate  # noqa: E402
 from sentiment.floats import flush_denormals  # noqa: E402
-from sentiment.imdb import imdb_dir, movie_ids, movie_validation_split, validation_split  # noqa: E402
+from sentiment.data.imdb import imdb_dir, movie_ids, movie_validation_split, validation_split  # noqa: E402
 from sentiment.paths import cache_dir  # noqa: E402
-from sentiment.prepare import prepare_data  # noqa: E402
-from sentiment.train import build_model, train  # noqa: E402
+from sentiment.data.prepare import prepare_data  # noqa: E402
+from sentiment.training.train import build_model, train  # noqa: E402
 
 RECIPE = "configs/imdb_cpu.yaml"
 # name -> overrides of the CPU recipe. Each differs from it in one choice (or, for the last two, in how

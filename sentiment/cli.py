@@ -88,7 +88,7 @@ def download(
     force: bool = typer.Option(False, help="Download and extract again even if in place."),
 ) -> None:
     """Download and extract IMDB and GloVe 6B into the data directory (resumable, checksummed)."""
-    from sentiment import download as dl
+    from sentiment.data import download as dl
     from sentiment.paths import default_data_dir
 
     data_dir = data_dir or default_data_dir()
@@ -128,7 +128,7 @@ def prepare(config: Optional[Path] = ConfigOption, set_: list[str] = SetOption) 
     """Tokenize the config's data, split it, build the vocab and load GloVe, filling the caches (train does this
     too): shows each split's classes and GloVe's coverage."""
     from sentiment.config import load_config
-    from sentiment.prepare import prepare_data
+    from sentiment.data.prepare import prepare_data
 
     with user_errors():
         cfg = load_config(config, set_)
@@ -186,7 +186,7 @@ def _print_prepare_stats(stats: dict[str, Any]) -> None:
 
 
 # ---------------------------------------------------------------- train
-# metrics.jsonl columns of the extra objectives (sentiment.objectives.COLUMNS; not imported: it loads torch)
+# metrics.jsonl columns of the extra objectives (sentiment.training.objectives.COLUMNS; not imported: it loads torch)
 OBJECTIVE_COLUMNS = ("train_adversarial_loss", "train_virtual_adversarial_loss", "train_entropy")
 
 
@@ -258,11 +258,11 @@ def train(
     """
     from sentiment.config import dump_config, load_config
     from sentiment import distributed
-    from sentiment.prepare import prepare_data
+    from sentiment.data.prepare import prepare_data
     from sentiment.floats import flush_denormals
     from sentiment.device import resolve_device
-    from sentiment.train import graceful_stop
-    from sentiment.train import train as train_run
+    from sentiment.training.train import graceful_stop
+    from sentiment.training.train import train as train_run
 
     if nproc is not None and "RANK" not in os.environ:
         with user_errors():
@@ -371,7 +371,7 @@ def _claim_run_dir(path: Path, overwrite: bool, check_only: bool = False) -> Non
 
 
 def _resume_config(run_dir: Path, config: Path | None, overrides: list[str]):
-    from sentiment.checkpoint import LAST, load_run
+    from sentiment.runs import LAST, load_run
     from sentiment.config import config_from_dict, load_config
 
     saved, _ = load_run(run_dir)
@@ -435,8 +435,8 @@ def eval_(
 ) -> None:
     """Evaluate a run's checkpoint on its test (or valid) split, or on labeled texts (--data): accuracy,
     macro-F1, per-class precision/recall/F1 and the confusion matrix."""
-    from sentiment.labeled import evaluate_labeled
-    from sentiment.runtime import evaluate_run
+    from sentiment.inference.labeled import evaluate_labeled
+    from sentiment.inference.runtime import evaluate_run
 
     with user_errors():
         if split not in ("test", "valid"):
@@ -517,8 +517,8 @@ def predict(
     Reviews are tokenized as the run's training did and cut to data.eval_max_len tokens (5,000 tokens if the
     run kept whole reviews); empty reviews are skipped and counted.
     """
-    from sentiment.predict import predict_texts, prediction_rows
-    from sentiment.readers import read_stream, read_texts
+    from sentiment.inference.predict import predict_texts, prediction_rows
+    from sentiment.data.readers import read_stream, read_texts
 
     with user_errors():
         if threshold is not None and not 0.0 <= threshold <= 1.0:

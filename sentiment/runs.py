@@ -23,8 +23,8 @@ import torch
 from sentiment.atomic import atomic_write, atomic_write_bytes, atomic_write_text
 from sentiment.config import Config, config_from_dict, dump_config, read_yaml
 from sentiment.errors import SentimentError
-from sentiment.labels import IMDB_LABELS, LabelSpace
-from sentiment.vocab import Vocab
+from sentiment.data.labels import IMDB_LABELS, LabelSpace
+from sentiment.data.vocab import Vocab
 
 CHECKPOINT_FORMAT = 1
 CONFIG_FILE, VOCAB_FILE, METRICS_FILE = "config.yaml", "vocab.json", "metrics.jsonl"

@@ -8,7 +8,7 @@ from pathlib import Path
 import pytest
 import torch
 
-from sentiment.train import StopFlag
+from sentiment.training.train import StopFlag
 
 torch.set_num_threads(1)  # tests are small; more threads only contend on a shared CI machine
 
@@ -88,7 +88,7 @@ def poison_loss(monkeypatch, after_calls: int) -> None:
 
 def _wrap_training_loss(monkeypatch, after_calls: int, poison) -> None:
     """From call after_calls + 1 of the training objective on, its loss goes through `poison`."""
-    from sentiment import train as train_mod
+    from sentiment.training import train as train_mod
 
     real = train_mod.supervised_objective
     calls = {"n": 0}

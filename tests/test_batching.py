@@ -1,4 +1,4 @@
-"""sentiment.batching: truncation, padding collation, and the length-bucketed batch sampler."""
+"""sentiment.data.batching: truncation, padding collation, and the length-bucketed batch sampler."""
 
 from __future__ import annotations
 
@@ -8,7 +8,7 @@ import numpy as np
 import pytest
 import torch
 
-from sentiment.batching import BucketBatchSampler, EncodedSplit, collate, padding_share, truncate
+from sentiment.data.batching import BucketBatchSampler, EncodedSplit, collate, padding_share, truncate
 
 
 def make_split(lengths: list[int], labels: list[int] | None = None) -> EncodedSplit:

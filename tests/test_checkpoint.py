@@ -1,4 +1,4 @@
-"""sentiment.checkpoint: what a finished run records about how it was made."""
+"""sentiment.runs: what a finished run records about how it was made."""
 
 from __future__ import annotations
 
@@ -8,9 +8,9 @@ from pathlib import Path
 
 import torch
 
-from sentiment.checkpoint import code_version
+from sentiment.runs import code_version
 from sentiment.config import load_config
-from sentiment.train import train
+from sentiment.training.train import train
 from conftest import TINY_TRAINING
 
 

@@ -1,4 +1,4 @@
-"""sentiment.corpus: the tokenized corpus, its on-disk cache, and parallel tokenization."""
+"""sentiment.data.corpus: the tokenized corpus, its on-disk cache, and parallel tokenization."""
 
 from __future__ import annotations
 
@@ -8,11 +8,11 @@ from pathlib import Path
 import numpy as np
 import pytest
 
-from sentiment import corpus as corpus_mod
-from sentiment.corpus import load_corpus, tokenize_files
+from sentiment.data import corpus as corpus_mod
+from sentiment.data.corpus import load_corpus, tokenize_files
 from sentiment.errors import DataMissingError
-from sentiment.imdb import SPLIT_CODES, imdb_dir, list_reviews
-from sentiment.tokenize import Tokenizer
+from sentiment.data.imdb import SPLIT_CODES, imdb_dir, list_reviews
+from sentiment.data.tokenize import Tokenizer
 
 
 def doc_tokens(corpus, i: int) -> list[str]:

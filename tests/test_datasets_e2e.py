@@ -211,7 +211,7 @@ def test_the_same_rows_in_another_format_train_the_same_model(three, tmp_path, f
 
 
 def test_balanced_class_weights_train_with_n_over_k_times_class_count(tmp_path, monkeypatch):
-    from sentiment import train as train_mod
+    from sentiment.training import train as train_mod
 
     seen = []
     real = train_mod.class_weights

@@ -87,11 +87,11 @@ def test_eval_of_a_ddp_run_gives_its_figures(two_ranks):
 def test_ddp_weights_equal_one_process_over_both_ranks_batches(two_ranks):
     """DDP averages the ranks' gradients: the same as one process whose loss is the mean of the two ranks'
     batch losses, stepping once per pair of batches (no dropout, constant learning rate)."""
-    from sentiment.batching import BucketBatchSampler, collate
-    from sentiment.checkpoint import load_checkpoint, load_labels, load_run
+    from sentiment.data.batching import BucketBatchSampler, collate
+    from sentiment.runs import load_checkpoint, load_labels, load_run
     from sentiment.model import build_model
-    from sentiment.prepare import prepare_data
-    from sentiment.train import seed_everything
+    from sentiment.data.prepare import prepare_data
+    from sentiment.training.train import seed_everything
 
     tmp, _, run_dir, done = two_ranks
     assert done.returncode == 0, done.stderr
@@ -218,12 +218,12 @@ def test_grad_accum_steps_once_per_group_of_batches(tmp_path):
     counts half), the same as stepping by hand; and only then a checkpoint may be written."""
     from typer.testing import CliRunner
 
-    from sentiment.batching import BucketBatchSampler, collate
-    from sentiment.checkpoint import load_checkpoint, load_labels, load_run
+    from sentiment.data.batching import BucketBatchSampler, collate
+    from sentiment.runs import load_checkpoint, load_labels, load_run
     from sentiment.cli import app
     from sentiment.model import build_model
-    from sentiment.prepare import prepare_data
-    from sentiment.train import seed_everything
+    from sentiment.data.prepare import prepare_data
+    from sentiment.training.train import seed_everything
 
     csv = write_data(tmp_path, rows=140)
     run_dir = tmp_path / "r"

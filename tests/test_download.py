@@ -1,4 +1,4 @@
-"""sentiment.download against a real HTTP server on 127.0.0.1 serving tiny archives built here."""
+"""sentiment.data.download against a real HTTP server on 127.0.0.1 serving tiny archives built here."""
 
 from __future__ import annotations
 
@@ -16,7 +16,7 @@ from pathlib import Path
 
 import pytest
 
-from sentiment import download as dl
+from sentiment.data import download as dl
 from sentiment.errors import SentimentError
 
 REVIEWS = {

@@ -8,9 +8,9 @@ import numpy as np
 import pytest
 import torch
 
-from sentiment import evaluate as evaluate_mod
-from sentiment.batching import EncodedSplit
-from sentiment.evaluate import _deal, evaluate, predict_logits, token_budget_batches
+from sentiment.inference import evaluate as evaluate_mod
+from sentiment.data.batching import EncodedSplit
+from sentiment.inference.evaluate import _deal, evaluate, predict_logits, token_budget_batches
 from sentiment.model import SentimentRNN
 from conftest import BATCH_TOL
 
@@ -139,7 +139,7 @@ def test_forked_workers_die_of_sigterm_under_the_training_loops_signal_handler()
     with SIGTERM, and the run hung after its last epoch (seen in `finish`): they must die of it."""
     import signal
 
-    from sentiment.train import graceful_stop
+    from sentiment.training.train import graceful_stop
     from sentiment.workers import run_in_workers
 
     with graceful_stop():

@@ -19,8 +19,8 @@ import pytest
 import torch
 from typer.testing import CliRunner
 
-from sentiment import checkpoint as checkpoint_mod
-from sentiment.checkpoint import BEST, LAST, load_checkpoint, read_metrics
+from sentiment import runs as checkpoint_mod
+from sentiment.runs import BEST, LAST, load_checkpoint, read_metrics
 from sentiment.cli import app
 from conftest import TINY_TRAINING, one_line_error, poison_gradient, poison_loss, set_args
 

@@ -55,13 +55,13 @@ def test_sentiment_train_flushes_on_every_thread_as_configured(tiny_data, tmp_pa
             "--set", "run.threads=2", "--set", f"run.flush_denormal={flush}", *set_args(TINY_TRAINING)]
     out = run_python(f"""
         import torch
-        import sentiment.train
+        import sentiment.training.train
         from sentiment import cli
         def check(cfg, run_dir, **kwargs):
             torch.set_num_threads(cfg.run.threads)
             print({COUNT_DENORMALS})
             raise SystemExit(0)
-        sentiment.train.train = check
+        sentiment.training.train.train = check
         cli.app({args!r})
     """)
     assert out == expected

@@ -9,9 +9,9 @@ from pathlib import Path
 import numpy as np
 import pytest
 
-from sentiment import glove as glove_mod
+from sentiment.data import glove as glove_mod
 from sentiment.errors import DataMissingError, SentimentError
-from sentiment.glove import Coverage, GloVe, build_embedding_matrix, glove_file, load_glove
+from sentiment.data.glove import Coverage, GloVe, build_embedding_matrix, glove_file, load_glove
 
 TEXT = (
     "the 0.1 -0.2 0.3 0.4\n"

@@ -1,4 +1,4 @@
-"""sentiment.hf: Hugging Face datasets (save_to_disk directories, and the Hub with the network faked or off)
+"""sentiment.data.hf: Hugging Face datasets (save_to_disk directories, and the Hub with the network faked or off)
 read into Tables, with one-line errors for everything a user can get wrong."""
 
 from __future__ import annotations
@@ -16,7 +16,7 @@ from datasets import ClassLabel, Dataset, DatasetDict, Features, Value  # noqa: 
 
 from sentiment.config import DataConfig  # noqa: E402
 from sentiment.errors import SentimentError  # noqa: E402
-from sentiment.hf import load_hf_tables  # noqa: E402
+from sentiment.data.hf import load_hf_tables  # noqa: E402
 
 CLASSES = Features({"text": Value("string"), "label": ClassLabel(names=["neg", "pos"])})
 

@@ -1,4 +1,4 @@
-"""sentiment.imdb: listing review files, missing-data errors, and the validation split."""
+"""sentiment.data.imdb: listing review files, missing-data errors, and the validation split."""
 
 from __future__ import annotations
 
@@ -9,7 +9,7 @@ import numpy as np
 import pytest
 
 from sentiment.errors import DataMissingError, SentimentError
-from sentiment.imdb import (fingerprint, imdb_dir, list_reviews, movie_ids, movie_validation_split,
+from sentiment.data.imdb import (fingerprint, imdb_dir, list_reviews, movie_ids, movie_validation_split,
                            validation_split)
 
 

@@ -1,4 +1,4 @@
-"""sentiment.labels: the one place logits become losses, predictions and probabilities, for two classes (one
+"""sentiment.data.labels: the one place logits become losses, predictions and probabilities, for two classes (one
 logit, BCE) and for K (K logits, cross-entropy); label names mapped to indices, and sorted naturally."""
 
 from __future__ import annotations
@@ -11,7 +11,7 @@ import torch
 import torch.nn.functional as F
 
 from sentiment.errors import SentimentError
-from sentiment.labels import IMDB_LABELS, LabelSpace, sort_labels
+from sentiment.data.labels import IMDB_LABELS, LabelSpace, sort_labels
 
 BINARY = LabelSpace(("neg", "pos"))
 THREE = LabelSpace(("billing", "delivery", "quality"))

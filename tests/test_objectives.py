@@ -1,4 +1,4 @@
-"""The extra training objectives (sentiment.objectives, and the loop's `extras` path): adversarial training (AT),
+"""The extra training objectives (sentiment.training.objectives, and the loop's `extras` path): adversarial training (AT),
 virtual adversarial training (VAT) and entropy minimisation; the unlabeled texts they read (IMDB train/unsup, a
 file of texts), the resumable unlabeled stream, frequency-weighted embedding normalisation, the metrics
 columns, bad input through the command line, and the objectives under torchrun."""
@@ -20,21 +20,21 @@ import torch
 import torch.nn.functional as F
 from typer.testing import CliRunner
 
-from sentiment import objectives as objectives_mod
-from sentiment.batching import BucketBatchSampler, UnlabeledStream, collate
-from sentiment.checkpoint import LAST, RESULTS, load_checkpoint, load_labels, load_run, read_metrics
+from sentiment.training import objectives as objectives_mod
+from sentiment.data.batching import BucketBatchSampler, UnlabeledStream, collate
+from sentiment.runs import LAST, RESULTS, load_checkpoint, load_labels, load_run, read_metrics
 from sentiment.cli import app
 from sentiment.config import (AdversarialConfig, EntropyMinimizationConfig, TrainConfig, VirtualAdversarialConfig,
                               load_config)
 from sentiment.errors import SentimentError
-from sentiment.labels import IMDB_LABELS, LabelSpace
+from sentiment.data.labels import IMDB_LABELS, LabelSpace
 from sentiment.model import SentimentRNN, build_model
-from sentiment.objectives import (COLUMNS, Batch, ExtraObjectives, _replay, _rng_state, divergence, entropy,
+from sentiment.training.objectives import (COLUMNS, Batch, ExtraObjectives, _replay, _rng_state, divergence, entropy,
                                   unit_perturbation)
-from sentiment.prepare import prepare_data
-from sentiment.runtime import evaluate_run, load_trained
-from sentiment.sources import load_source
-from sentiment.train import TrainingInterrupted, seed_everything, train
+from sentiment.data.prepare import prepare_data
+from sentiment.inference.runtime import evaluate_run, load_trained
+from sentiment.data.sources import load_source
+from sentiment.training.train import TrainingInterrupted, seed_everything, train
 from conftest import TINY_TRAINING, StopAfter, make_imdb, one_line_error, review, set_args
 from test_distributed import SETTINGS, write_data
 

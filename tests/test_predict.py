@@ -13,11 +13,11 @@ import numpy as np
 import pytest
 from typer.testing import CliRunner
 
-from sentiment import predict as predict_mod
+from sentiment.inference import predict as predict_mod
 from sentiment.cli import app
-from sentiment.labels import IMDB_LABELS, LabelSpace
-from sentiment.readers import read_table
-from sentiment.predict import UNCAPPED_MAX_LEN, Encoding, encode_texts
+from sentiment.data.labels import IMDB_LABELS, LabelSpace
+from sentiment.data.readers import read_table
+from sentiment.inference.predict import UNCAPPED_MAX_LEN, Encoding, encode_texts
 from conftest import BATCH_TOL, TINY_TRAINING, one_line_error, set_args
 
 runner = CliRunner()
@@ -163,7 +163,7 @@ def test_a_review_of_100000_tokens_is_truncated_not_fatal(trained, tmp_path):
 
 
 def test_encoding_truncates_to_max_len_or_the_safety_cap():
-    from sentiment.vocab import Vocab
+    from sentiment.data.vocab import Vocab
 
     vocab = Vocab(["<pad>", "<unk>", "great", "film"])
     texts = ["great film " * 50_000, "film", ""]
@@ -176,9 +176,9 @@ def test_encoding_truncates_to_max_len_or_the_safety_cap():
 
 def test_predict_tokenizes_exactly_as_the_training_corpus(trained, monkeypatch):
     """Same ids as `prepare` gives the IMDB test split, in one process and with a pool of two."""
-    from sentiment.predict import encoding_of
-    from sentiment.prepare import prepare_data
-    from sentiment.runtime import load_trained
+    from sentiment.inference.predict import encoding_of
+    from sentiment.data.prepare import prepare_data
+    from sentiment.inference.runtime import load_trained
 
     loaded = load_trained(trained[0])
     expected = prepare_data(loaded.cfg.data, loaded.vocab, with_embeddings=False).test

@@ -1,4 +1,4 @@
-"""sentiment.prepare: the validation split it carves and the embedding rows it draws."""
+"""sentiment.data.prepare: the validation split it carves and the embedding rows it draws."""
 
 from __future__ import annotations
 
@@ -7,7 +7,7 @@ from pathlib import Path
 import numpy as np
 
 from sentiment.config import load_config
-from sentiment.prepare import prepare_data
+from sentiment.data.prepare import prepare_data
 
 
 def write_urls(data_dir: Path, reviews_per_movie: int = 3) -> None:
@@ -81,7 +81,7 @@ def test_a_warm_prepare_loads_neither_torch_nor_spacy(tmp_path):
     script = (
         "import sys\n"
         "from sentiment.config import load_config\n"
-        "from sentiment.prepare import prepare_data\n"
+        "from sentiment.data.prepare import prepare_data\n"
         f"cfg = load_config(None, ['data.dataset=files', 'data.train_file={csv_file}', 'data.data_dir={tmp_path}',"
         " 'data.glove_dim=null', 'model.embed_dim=8', 'data.workers=1']).data\n"
         "data = prepare_data(cfg)\n"

@@ -10,9 +10,9 @@ from pathlib import Path
 
 import pytest
 
-from sentiment import readers
+from sentiment.data import readers
 from sentiment.errors import SentimentError
-from sentiment.readers import read_table, read_texts
+from sentiment.data.readers import read_table, read_texts
 
 AIRLINE = Path(__file__).resolve().parents[2] / "shared" / "data" / "airline_tweets.csv"
 

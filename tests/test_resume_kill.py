@@ -15,7 +15,7 @@ from pathlib import Path
 import pytest
 import torch
 
-from sentiment.checkpoint import BEST, LAST, load_checkpoint, read_metrics
+from sentiment.runs import BEST, LAST, load_checkpoint, read_metrics
 from conftest import TINY_TRAINING, set_args
 
 STEPS_PER_EPOCH = 27  # 60 reviews a class, 10% kept for validation: 108 in batches of 4

@@ -11,7 +11,7 @@ import pytest
 import torch
 from typer.testing import CliRunner
 
-from sentiment.checkpoint import BEST, LAST, load_checkpoint
+from sentiment.runs import BEST, LAST, load_checkpoint
 from sentiment.cli import app
 from sentiment.config import load_config
 from sentiment.errors import SentimentError

@@ -1,4 +1,4 @@
-"""sentiment.sources: grouped_split (stratified, seeded, duplicates on one side) and load_source on labeled
+"""sentiment.data.sources: grouped_split (stratified, seeded, duplicates on one side) and load_source on labeled
 files: the label space, the test-then-valid carve, the tokenized cache, empty rows and split membership."""
 
 from __future__ import annotations
@@ -14,8 +14,8 @@ import pytest
 
 from sentiment.config import DataConfig
 from sentiment.errors import SentimentError
-from sentiment.readers import read_table
-from sentiment.sources import grouped_split, load_source
+from sentiment.data.readers import read_table
+from sentiment.data.sources import grouped_split, load_source
 
 CUES = {
     "quality": ["broken", "cracked", "flimsy", "faulty", "scratched"],

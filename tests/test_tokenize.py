@@ -1,11 +1,11 @@
-"""sentiment.tokenize: HTML-break cleaning and the chunk-memoised tokenizer, checked against plain spaCy."""
+"""sentiment.data.tokenize: HTML-break cleaning and the chunk-memoised tokenizer, checked against plain spaCy."""
 
 from __future__ import annotations
 
 import pytest
 import spacy
 
-from sentiment.tokenize import IMDB_CLEANING, Cleaning, Tokenizer, clean_text, split_chunks, tokenize_chunks
+from sentiment.data.tokenize import IMDB_CLEANING, Cleaning, Tokenizer, clean_text, split_chunks, tokenize_chunks
 
 TRICKY = [
     "I don't know, can't say. I'm gonna go, won't you?",

@@ -10,16 +10,16 @@ import numpy as np
 import pytest
 import torch
 
-from sentiment import train as train_mod
-from sentiment.batching import EncodedSplit, truncate
-from sentiment.checkpoint import BEST, LAST, RESULTS, load_checkpoint, read_metrics
+from sentiment.training import train as train_mod
+from sentiment.data.batching import EncodedSplit, truncate
+from sentiment.runs import BEST, LAST, RESULTS, load_checkpoint, read_metrics
 from sentiment.config import load_config
-from sentiment.evaluate import evaluate
+from sentiment.inference.evaluate import evaluate
 from sentiment.model import SentimentRNN
-from sentiment.prepare import PreparedData, prepare_data
-from sentiment.runtime import evaluate_run
-from sentiment.train import TrainingDiverged, TrainingInterrupted, build_model, lr_factor, train
-from sentiment.vocab import PAD, UNK, Vocab
+from sentiment.data.prepare import PreparedData, prepare_data
+from sentiment.inference.runtime import evaluate_run
+from sentiment.training.train import TrainingDiverged, TrainingInterrupted, build_model, lr_factor, train
+from sentiment.data.vocab import PAD, UNK, Vocab
 from conftest import BATCH_TOL, TINY_TRAINING, StopAfter, poison_loss
 
 STEPS_PER_EPOCH = 17  # 150 reviews a class, 10% kept for validation: 270 in batches of 16

@@ -6,10 +6,10 @@ from pathlib import Path
 
 import pytest
 
-from sentiment.checkpoint import LAST, load_checkpoint, read_metrics
+from sentiment.runs import LAST, load_checkpoint, read_metrics
 from sentiment.config import load_config
 from sentiment.errors import SentimentError
-from sentiment.train import TrainingInterrupted, lr_factor, train
+from sentiment.training.train import TrainingInterrupted, lr_factor, train
 from conftest import TINY_TRAINING, StopAfter, make_imdb
 
 

@@ -1,4 +1,4 @@
-"""sentiment.vocab: ordering, size limits, specials, encode/decode, and the JSON file."""
+"""sentiment.data.vocab: ordering, size limits, specials, encode/decode, and the JSON file."""
 
 from __future__ import annotations
 
@@ -9,7 +9,7 @@ import numpy as np
 import pytest
 
 from sentiment.errors import SentimentError
-from sentiment.vocab import PAD, UNK, Vocab, build_vocab, extend_vocab, table_to_vocab_ids
+from sentiment.data.vocab import PAD, UNK, Vocab, build_vocab, extend_vocab, table_to_vocab_ids
 
 # a token table (as the corpus has it: arbitrary order) and each token's training count
 TOKENS = ["the", "zebra", "movie", "apple", "good", "bad", "rare"]
@@ -188,8 +188,8 @@ def test_prepared_vocab_counts_the_training_split_only(tmp_path: Path):
     # is the token's count over the training reviews alone.
     from conftest import make_imdb
     from sentiment.config import load_config
-    from sentiment.corpus import load_corpus
-    from sentiment.prepare import prepare_data, split_indices
+    from sentiment.data.corpus import load_corpus
+    from sentiment.data.prepare import prepare_data, split_indices
 
     data_dir = make_imdb(tmp_path / "data")
     cfg = load_config(None, [f"data.data_dir={data_dir}", "data.workers=1", "data.glove_dim=null",

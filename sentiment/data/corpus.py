@@ -20,8 +20,8 @@ from pathlib import Path
 
 import numpy as np
 
-from sentiment.imdb import SPLIT_CODES, fingerprint, imdb_dir, list_reviews
-from sentiment.tokenize import IMDB_CLEANING, Cleaning, clean_text, init_tokenizer, spacy_version, tokenize_chunks
+from sentiment.data.imdb import SPLIT_CODES, fingerprint, imdb_dir, list_reviews
+from sentiment.data.tokenize import IMDB_CLEANING, Cleaning, clean_text, init_tokenizer, spacy_version, tokenize_chunks
 from sentiment.atomic import atomic_write_bytes
 from sentiment.errors import SentimentError
 from sentiment.workers import run_in_workers

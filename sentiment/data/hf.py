@@ -20,7 +20,7 @@ from pathlib import Path
 from typing import TYPE_CHECKING, Any
 
 from sentiment.errors import SentimentError
-from sentiment.readers import Table, _label_str
+from sentiment.data.readers import Table, _label_str
 
 if TYPE_CHECKING:
     from sentiment.config import DataConfig

@@ -8,13 +8,13 @@ from pathlib import Path
 
 import numpy as np
 
-from sentiment.batching import EncodedSplit
+from sentiment.data.batching import EncodedSplit
 from sentiment.config import DataConfig
 from sentiment.errors import SentimentError
-from sentiment.labels import IMDB_LABELS, LabelSpace
+from sentiment.data.labels import IMDB_LABELS, LabelSpace
 from sentiment.paths import cache_dir
-from sentiment.sources import load_source
-from sentiment.vocab import Vocab, build_vocab, extend_vocab, table_to_vocab_ids
+from sentiment.data.sources import load_source
+from sentiment.data.vocab import Vocab, build_vocab, extend_vocab, table_to_vocab_ids
 
 
 @dataclass
@@ -87,7 +87,7 @@ def prepare_data(cfg: DataConfig, vocab: Vocab | None = None, *, with_embeddings
         vocab = build_vocab(source.tokens, counts, cfg.vocab_max_size, cfg.vocab_min_freq)
     glove = None
     if new_vocab and cfg.glove_dim is not None and (with_embeddings or cfg.vocab_glove_extra):
-        from sentiment.glove import glove_file, load_glove
+        from sentiment.data.glove import glove_file, load_glove
 
         t1 = time.perf_counter()
         glove = load_glove(glove_file(data_dir, cfg.glove_dim), cache_dir(data_dir))
@@ -117,7 +117,7 @@ def prepare_data(cfg: DataConfig, vocab: Vocab | None = None, *, with_embeddings
     if glove is not None:
         stats["glove_extra_words"] = len(vocab) - trained_words
     if glove is not None and with_embeddings:
-        from sentiment.glove import build_embedding_matrix
+        from sentiment.data.glove import build_embedding_matrix
 
         t1 = time.perf_counter()
         # coverage counts the training words only: the extra words are GloVe's by construction

@@ -22,10 +22,10 @@ import numpy as np
 from sentiment.atomic import atomic_write_bytes
 from sentiment.config import DataConfig
 from sentiment.errors import SentimentError
-from sentiment.labels import IMDB_LABELS, LabelSpace, sort_labels
+from sentiment.data.labels import IMDB_LABELS, LabelSpace, sort_labels
 from sentiment.paths import cache_dir
-from sentiment.readers import Table, read_table, read_unlabeled
-from sentiment.tokenize import Cleaning, spacy_version
+from sentiment.data.readers import Table, read_table, read_unlabeled
+from sentiment.data.tokenize import Cleaning, spacy_version
 
 FILES_CACHE_VERSION = 2
 
@@ -106,8 +106,8 @@ def attach_unlabeled(source: SourceData, tokens: list[str], ids: np.ndarray, off
 
 # ---------------------------------------------------------------- IMDB
 def _load_imdb(cfg: DataConfig) -> SourceData:
-    from sentiment.corpus import load_corpus
-    from sentiment.imdb import imdb_dir, movie_ids, movie_validation_split, validation_split
+    from sentiment.data.corpus import load_corpus
+    from sentiment.data.imdb import imdb_dir, movie_ids, movie_validation_split, validation_split
 
     t0 = time.perf_counter()
     data_dir = Path(cfg.data_dir)
@@ -135,8 +135,8 @@ def _load_imdb(cfg: DataConfig) -> SourceData:
 
 def _imdb_unsup(cfg: DataConfig) -> "_Part":
     """IMDB's 50,000 train/unsup reviews, tokenized (and cached) apart from the labeled ones."""
-    from sentiment.corpus import load_corpus
-    from sentiment.imdb import DataMissingError
+    from sentiment.data.corpus import load_corpus
+    from sentiment.data.imdb import DataMissingError
 
     data_dir = Path(cfg.data_dir)
     try:
@@ -173,7 +173,7 @@ class _Part:
 
 
 def _part_from_table(table: Table, cfg: DataConfig, source: str) -> _Part:
-    from sentiment.corpus import tokenize_texts
+    from sentiment.data.corpus import tokenize_texts
 
     n = len(table)
     if table.labels is None:
@@ -282,7 +282,7 @@ def _file_part(path: Path, cfg: DataConfig, labeled: bool) -> _Part:
 
 
 def _hf_parts(cfg: DataConfig, unlabeled: bool = False) -> dict[str, _Part]:
-    from sentiment.hf import load_hf_tables
+    from sentiment.data.hf import load_hf_tables
 
     tables, fingerprints = load_hf_tables(cfg, unlabeled=unlabeled)
     parts = {}

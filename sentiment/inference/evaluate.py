@@ -10,9 +10,9 @@ import numpy as np
 import torch
 import torch.nn as nn
 
-from sentiment.batching import EncodedSplit, collate
+from sentiment.data.batching import EncodedSplit, collate
 from sentiment.distributed import Rank
-from sentiment.labels import IMDB_LABELS, LabelSpace
+from sentiment.data.labels import IMDB_LABELS, LabelSpace
 from sentiment.workers import run_in_workers
 
 

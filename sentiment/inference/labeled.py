@@ -6,7 +6,7 @@ from __future__ import annotations
 from pathlib import Path
 
 from sentiment.errors import SentimentError
-from sentiment.evaluate import Metrics
+from sentiment.inference.evaluate import Metrics
 
 
 def evaluate_labeled(run_dir: Path, data: Path, *, text_column: str | None = None, label_column: str | None = None,
@@ -16,10 +16,10 @@ def evaluate_labeled(run_dir: Path, data: Path, *, text_column: str | None = Non
     many rows were skipped for having no text. Labels are the run's label names; a two-class run also takes
     1/0, pos/neg, positive/negative and true/false. Columns default to the run's data.text_column and
     data.label_column."""
-    from sentiment.evaluate import evaluate
-    from sentiment.predict import drop_empty, encode_texts, encoding_of
-    from sentiment.readers import read_table
-    from sentiment.runtime import load_trained
+    from sentiment.inference.evaluate import evaluate
+    from sentiment.inference.predict import drop_empty, encode_texts, encoding_of
+    from sentiment.data.readers import read_table
+    from sentiment.inference.runtime import load_trained
 
     run = load_trained(run_dir, checkpoint, device)
     table = read_table(Path(data), text_column or run.cfg.data.text_column, label_column or run.cfg.data.label_column)

@@ -1,7 +1,7 @@
 """Predicting with a finished run: read reviews (arguments, files, stdin), tokenize them exactly as the
 run's training corpus was tokenized, and score them in length-sorted batches, outputs in input order.
 
-Files are read by sentiment.readers. Reviews are truncated to the run's
+Files are read by sentiment.data.readers. Reviews are truncated to the run's
 data.eval_max_len as evaluation does; a run without one (whole reviews) is capped at UNCAPPED_MAX_LEN.
 """
 
@@ -17,11 +17,11 @@ from typing import Any
 
 import numpy as np
 
-from sentiment.batching import EncodedSplit, truncate
+from sentiment.data.batching import EncodedSplit, truncate
 from sentiment.errors import SentimentError
-from sentiment.labels import LabelSpace
-from sentiment.tokenize import IMDB_CLEANING, ChunkMemo, Cleaning, split_chunks
-from sentiment.vocab import Vocab
+from sentiment.data.labels import LabelSpace
+from sentiment.data.tokenize import IMDB_CLEANING, ChunkMemo, Cleaning, split_chunks
+from sentiment.data.vocab import Vocab
 from sentiment.workers import run_in_workers
 
 # A run evaluated on whole reviews (no data.eval_max_len) keeps them whole, but one pasted book would
@@ -48,7 +48,7 @@ class Encoding:
 
 def encoding_of(run: Any) -> Encoding:
     """The Encoding of a runtime.LoadedRun."""
-    from sentiment.sources import cleaning_of
+    from sentiment.data.sources import cleaning_of
 
     d = run.cfg.data
     return Encoding(run.vocab, d.lowercase, d.eval_max_len or UNCAPPED_MAX_LEN, d.truncate, d.resolved_workers(),
@@ -108,8 +108,8 @@ def predict_texts(run_dir: Path, texts: Sequence[str], *, checkpoint: str = "bes
     """Class probabilities [N, K] of each text, in input order, as `sentiment eval` computes them, and the
     run's label space (column k is the probability of label_space.names[k]); rows of NaN for texts without
     a single token (empty rows), which are not scored."""
-    from sentiment.evaluate import predict_logits
-    from sentiment.runtime import load_trained
+    from sentiment.inference.evaluate import predict_logits
+    from sentiment.inference.runtime import load_trained
 
     run = load_trained(run_dir, checkpoint, device)
     enc = encoding_of(run)

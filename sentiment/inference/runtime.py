@@ -7,15 +7,15 @@ from pathlib import Path
 
 import torch
 
-from sentiment.checkpoint import BEST, LAST, check_membership, load_checkpoint, load_labels, load_run
+from sentiment.runs import BEST, LAST, check_membership, load_checkpoint, load_labels, load_run
 from sentiment.config import Config
 from sentiment.device import resolve_device
 from sentiment.errors import SentimentError
-from sentiment.evaluate import Metrics, evaluate
+from sentiment.inference.evaluate import Metrics, evaluate
 from sentiment.floats import flush_denormals
-from sentiment.labels import LabelSpace
+from sentiment.data.labels import LabelSpace
 from sentiment.model import SentimentRNN, build_model
-from sentiment.vocab import Vocab
+from sentiment.data.vocab import Vocab
 
 
 @dataclass
@@ -50,7 +50,7 @@ def load_trained(run_dir: Path, checkpoint: str = "best", device: str | None = N
 
 def evaluate_run(run_dir: Path, *, split: str = "test", checkpoint: str = "best", batch_size: int | None = None,
                  device: str | None = None) -> Metrics:
-    from sentiment.prepare import prepare_data
+    from sentiment.data.prepare import prepare_data
 
     run = load_trained(run_dir, checkpoint, device)
     data = prepare_data(run.cfg.data, run.vocab, label_space=run.label_space, with_unlabeled=False)

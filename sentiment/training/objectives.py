@@ -29,7 +29,7 @@ import torch.nn.functional as F
 
 from sentiment.config import TrainConfig
 from sentiment.errors import SentimentError
-from sentiment.labels import LabelSpace
+from sentiment.data.labels import LabelSpace
 
 # metrics.jsonl columns, in this order, for the objectives a run has on
 COLUMNS = {"adversarial": "train_adversarial_loss", "virtual_adversarial": "train_virtual_adversarial_loss",

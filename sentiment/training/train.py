@@ -21,21 +21,21 @@ import numpy as np
 import torch
 import torch.nn as nn
 
-from sentiment.batching import BucketBatchSampler, UnlabeledStream, collate
-from sentiment.checkpoint import (BEST, LAST, RESULTS, append_metrics, check_membership, code_version, load_checkpoint,
+from sentiment.data.batching import BucketBatchSampler, UnlabeledStream, collate
+from sentiment.runs import (BEST, LAST, RESULTS, append_metrics, check_membership, code_version, load_checkpoint,
                                   load_labels, read_metrics, save_checkpoint, truncate_metrics, write_run_files)
 from sentiment.atomic import atomic_write_text
 from sentiment.config import Config
 from sentiment.errors import SentimentError
-from sentiment.evaluate import Metrics, evaluate
+from sentiment.inference.evaluate import Metrics, evaluate
 from sentiment.floats import flush_denormals
 from sentiment.device import describe_device, resolve_device
 from sentiment.distributed import (Rank, all_reduce_sum, any_rank, broadcast, broadcast_weights, rank_device)
 from sentiment.distributed import init as init_distributed
-from sentiment.labels import LabelSpace
+from sentiment.data.labels import LabelSpace
 from sentiment.model import build_model
-from sentiment.objectives import COLUMNS, Batch, ExtraObjectives
-from sentiment.prepare import PreparedData, prepare_data
+from sentiment.training.objectives import COLUMNS, Batch, ExtraObjectives
+from sentiment.data.prepare import PreparedData, prepare_data
 
 
 class TrainingInterrupted(SentimentError):
@@ -347,7 +347,7 @@ def train(cfg: Config, run_dir: Path, *, data: PreparedData | None = None, resum
 
     checkpoint = None
     if resume:
-        from sentiment.checkpoint import load_run
+        from sentiment.runs import load_run
 
         _, vocab = load_run(run_dir)
         space = load_labels(run_dir)
@@ -582,7 +582,7 @@ def finish(cfg: Config, run_dir: Path, data: PreparedData, device: torch.device,
     """After training: the curves plot, and the best checkpoint's figures on valid (and test). Under DDP the
     main rank reads best.pt (other machines need not see the run directory) and sends its weights to the
     others, which score their shares."""
-    from sentiment.plot import plot_curves
+    from sentiment.training.plot import plot_curves
 
     rank = rank or Rank()
     model = build_model(cfg, len(data.vocab), data.vocab.pad_index, data.label_space.num_outputs).to(device)
