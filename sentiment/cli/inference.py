@@ -1,0 +1,171 @@
+"""`sentiment eval` and `sentiment predict`: reading a finished run."""
+
+from __future__ import annotations
+
+import json
+import os
+import sys
+from pathlib import Path
+from typing import Any, Optional
+
+import typer
+from rich.markup import escape
+from rich.table import Table
+
+from sentiment.errors import SentimentError
+
+from sentiment.cli.app import app, console, err_console, user_errors, _check_checkpoint, _note_skipped
+
+# ---------------------------------------------------------------- eval
+@app.command("eval")
+def eval_(
+    run: Path = typer.Option(..., "--run", help="A run directory written by `sentiment train`."),
+    split: str = typer.Option("test", help="Split of the run's own data to evaluate: test or valid."),
+    checkpoint: str = typer.Option("best", help="Which checkpoint: best or last."),
+    batch_size: Optional[int] = typer.Option(None, help="Evaluation batch size (default: the run's eval_batch_size)."),
+    device: Optional[str] = typer.Option(None, help="auto, cpu, cuda, mps (default: the run's)."),
+    as_json: bool = typer.Option(False, "--json", help="Print the metrics as JSON."),
+    data: Optional[Path] = typer.Option(None, "--data", help="Evaluate on other labeled texts instead: a .csv, "
+                                        ".tsv, .jsonl or .parquet file, or a directory with pos/ and neg/ folders "
+                                        "of .txt reviews (the aclImdb layout)."),
+    text_column: Optional[str] = typer.Option(None, help="Column (CSV/TSV/Parquet) or field (JSONL) of --data "
+                                              "holding the text (default: the run's data.text_column)."),
+    label_column: Optional[str] = typer.Option(None, help="Column or field of --data holding the label (default: "
+                                               "the run's data.label_column): the run's label names; two-class "
+                                               "runs also take 1/0, pos/neg, positive/negative, true/false."),
+) -> None:
+    """Evaluate a run's checkpoint on its test (or valid) split, or on labeled texts (--data): accuracy,
+    macro-F1, per-class precision/recall/F1 and the confusion matrix."""
+    from sentiment.inference.labeled import evaluate_labeled
+    from sentiment.inference.runtime import evaluate_run
+
+    with user_errors():
+        if split not in ("test", "valid"):
+            raise SentimentError(f"--split must be test or valid, got {split!r}")
+        _check_checkpoint(checkpoint)
+        if batch_size is not None and batch_size < 1:
+            raise SentimentError(f"--batch-size must be >= 1, got {batch_size}")
+        if data is not None:
+            metrics, skipped = evaluate_labeled(run, data, text_column=text_column, label_column=label_column,
+                                                checkpoint=checkpoint, device=device, batch_size=batch_size)
+            title = f"{data} · {checkpoint}.pt"
+        else:
+            metrics = evaluate_run(run, split=split, checkpoint=checkpoint, batch_size=batch_size, device=device)
+            skipped, title = 0, f"{split} split · {checkpoint}.pt"
+    _note_skipped(skipped)
+    _print_metrics(metrics.to_dict(), title, as_json)
+
+
+def _print_metrics(m: dict[str, Any], title: str, as_json: bool) -> None:
+    if as_json:
+        print(json.dumps(m))
+        return
+    table = Table(title=title, show_header=False)
+    rows = [("accuracy", "{:.2%}"), ("macro-F1", "{:.4f}"), ("loss", "{:.4f}")]
+    if "f1" in m:  # two classes: the positive class's figures, as before
+        rows += [("precision", "{:.4f}"), ("recall", "{:.4f}"), ("f1", "{:.4f}")]
+    for key, fmt in rows + [("n", "{:,}")]:
+        table.add_row(key, fmt.format(m["macro_f1" if key == "macro-F1" else key]))
+    console.print(table)
+    per_class = Table(title="per class")
+    for column in ("label", "precision", "recall", "F1", "support"):
+        per_class.add_column(column, justify="left" if column == "label" else "right")
+    for c in m["per_class"]:
+        per_class.add_row(escape(c["label"]), f"{c['precision']:.4f}", f"{c['recall']:.4f}", f"{c['f1']:.4f}",
+                          f"{c['support']:,}")
+    console.print(per_class)
+    cm = Table(title="confusion matrix (rows: true, columns: predicted)")
+    cm.add_column("")
+    for name in m["labels"]:
+        cm.add_column(f"predicted {escape(name)}", justify="right")
+    for name, row in zip(m["labels"], m["confusion"]):
+        cm.add_row(escape(name), *(f"{v:,}" for v in row))
+    console.print(cm)
+
+
+# ---------------------------------------------------------------- predict
+@app.command()
+def predict(
+    texts: Optional[list[str]] = typer.Argument(None, help="Reviews to classify (default: --file, else standard "
+                                                "input, one review per line)."),
+    run: Path = typer.Option(..., "--run", help="A run directory written by `sentiment train`."),
+    file: Optional[Path] = typer.Option(None, "--file", "-f", help="Reviews from a file: plain text one per line, "
+                                        ".csv/.tsv with a header, or .jsonl (see --text-column); - for stdin."),
+    text_column: str = typer.Option("text", help="Column (CSV/TSV) or field (JSONL) of --file holding the text."),
+    threshold: Optional[float] = typer.Option(None, help="Two-class runs only: the probability of the positive "
+                                              "class from which a text gets it (default 0.5). Runs with more "
+                                              "classes predict the most probable one."),
+    checkpoint: str = typer.Option("best", help="Which checkpoint: best or last."),
+    batch_size: Optional[int] = typer.Option(None, help="Batch size (default: the run's eval_batch_size)."),
+    device: Optional[str] = typer.Option(None, help="auto, cpu, cuda, mps (default: the run's)."),
+    as_json: Optional[bool] = typer.Option(None, "--json/--table", help="JSON lines or a table (default: a table "
+                                           "on a terminal, JSON lines when piped)."),
+) -> None:
+    """Label texts with a trained run, with every class's probability (JSON: label, probs, and for two
+    classes probability, of the positive one).
+
+    Reviews are tokenized as the run's training did and cut to data.eval_max_len tokens (5,000 tokens if the
+    run kept whole reviews); empty reviews are skipped and counted.
+    """
+    from sentiment.inference.predict import predict_texts, prediction_rows
+    from sentiment.data.readers import read_stream, read_texts
+
+    with user_errors():
+        if threshold is not None and not 0.0 <= threshold <= 1.0:
+            raise SentimentError(f"--threshold must be between 0 and 1, got {threshold}")
+        _check_checkpoint(checkpoint)
+        if batch_size is not None and batch_size < 1:
+            raise SentimentError(f"--batch-size must be >= 1, got {batch_size}")
+        if texts and file is not None:
+            raise SentimentError("give reviews as arguments or with --file, not both")
+        if texts:
+            inputs = list(texts)
+        elif file is not None and str(file) != "-":
+            inputs = read_texts(file, text_column)
+        else:
+            if sys.stdin.isatty():
+                err_console.print("reading reviews from standard input, one per line (Ctrl-D to finish)…")
+            inputs = read_stream(sys.stdin.buffer.read())
+        probs, space = predict_texts(run, inputs, checkpoint=checkpoint, device=device, batch_size=batch_size)
+        rows = prediction_rows(probs, space, threshold)
+    _note_skipped(sum("error" in r for r in rows))
+    if as_json if as_json is not None else not sys.stdout.isatty():
+        _write_jsonl(rows)
+    else:
+        _print_predictions(inputs, rows, space)
+
+
+def _write_jsonl(rows: list[dict[str, Any]]) -> None:
+    try:
+        sys.stdout.write("".join(json.dumps(r) + "\n" for r in rows))
+        sys.stdout.flush()
+    except BrokenPipeError:
+        # the reader went away (`| head`): no traceback; the Python docs' recipe for a quiet exit
+        os.dup2(os.open(os.devnull, os.O_WRONLY), sys.stdout.fileno())
+        raise typer.Exit(1) from None
+
+
+def _print_predictions(texts: list[str], rows: list[dict[str, Any]], space: Any) -> None:
+    from rich.text import Text
+
+    table = Table()
+    # on a narrow terminal only the review preview shrinks
+    table.add_column("#", justify="right", min_width=len(str(len(rows))))
+    table.add_column("text", max_width=60)
+    table.add_column("label", min_width=8)
+    heading = f"P({space.names[1]})" if space.binary else "P(label)"
+    table.add_column(escape(heading), justify="right", min_width=len(heading))
+    colors = {space.names[0]: "red", space.names[-1]: "green"} if space.binary else {}
+    for i, (text, row) in enumerate(zip(texts, rows), 1):
+        # one line per text, cut with an ellipsis (the table shows 60 characters at most)
+        preview = Text(" ".join(text[:200].split()), no_wrap=True, overflow="ellipsis")
+        if "error" in row:
+            table.add_row(str(i), preview, "[dim]skipped[/]", "[dim]empty[/]")
+        else:
+            label = escape(row["label"])
+            shown = row["probability"] if space.binary else row["probs"][row["label"]]
+            color = colors.get(row["label"])
+            table.add_row(str(i), preview, f"[{color}]{label}[/]" if color else label, f"{shown:.4f}")
+    console.print(table)
+
+

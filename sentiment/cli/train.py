@@ -1,0 +1,251 @@
+"""`sentiment train`: one process, or several through torchrun (`--nproc`)."""
+
+from __future__ import annotations
+
+import os
+import re
+import shutil
+import sys
+from datetime import datetime
+from pathlib import Path
+from typing import Any, Optional
+
+import typer
+from rich.markup import escape
+from rich.progress import (BarColumn, MofNCompleteColumn, Progress, TextColumn, TimeElapsedColumn,
+                           TimeRemainingColumn)
+
+from sentiment.errors import SentimentError
+
+from sentiment.cli.app import ConfigOption, SetOption, app, console, err_console, user_errors
+
+# ---------------------------------------------------------------- train
+# metrics.jsonl columns of the extra objectives (sentiment.training.objectives.COLUMNS; not imported: it loads torch)
+OBJECTIVE_COLUMNS = ("train_adversarial_loss", "train_virtual_adversarial_loss", "train_entropy")
+
+
+class RichReporter:
+    """Draws the training loop's progress: one live bar for the current epoch, a table row per finished epoch."""
+
+    def __init__(self) -> None:
+        self.progress: Progress | None = None
+        self.task: Any = None
+        self.header_done = False
+
+    def epoch_start(self, epoch: int, epochs: int, n_batches: int, done: int) -> None:
+        if self.progress is None:
+            self.progress = Progress(TextColumn("{task.description}"), BarColumn(), MofNCompleteColumn(),
+                                     TimeElapsedColumn(), TimeRemainingColumn(), TextColumn("{task.fields[stats]}"),
+                                     console=console, transient=True)
+            self.progress.start()
+        self.task = self.progress.add_task(f"epoch {epoch}/{epochs}", total=n_batches, completed=done, stats="")
+
+    def step(self, done: int, loss: float, accuracy: float, tokens_per_s: float) -> None:
+        self.progress.update(self.task, completed=done,
+                             stats=f"loss {loss:.4f} · acc {accuracy:.2%} · {tokens_per_s:,.0f} tok/s")
+
+    def epoch_end(self, row: dict[str, Any]) -> None:
+        self.progress.remove_task(self.task)
+        out = self.progress.console  # printing through the live display keeps the bar below the rows
+        if not self.header_done:
+            if row.get("processes", 1) > 1 or row.get("global_batch_size"):
+                on = f"{escape(row['device'])} · " if row.get("device") else ""
+                out.print(f"{on}{row.get('processes', 1)} process(es) · global batch {row['global_batch_size']:,} "
+                          "(batch_size × processes × grad_accum) · tok/s of all processes")
+            out.print(f"{'epoch':>5} {'train loss':>10} {'train acc':>9} {'valid loss':>10} {'valid acc':>9} "
+                      f"{'time':>7} {'tok/s':>9}")
+            self.header_done = True
+        mark = " [green]★ best[/]" if row.get("best") else ""
+        # the extra objectives' losses (train.adversarial, ...), named as in metrics.jsonl
+        extras = "".join(f" · {key.removeprefix('train_').removesuffix('_loss').replace('_', ' ')} {row[key]:.4f}"
+                         for key in OBJECTIVE_COLUMNS if key in row)
+        out.print(f"{row['epoch']:>5} {row['train_loss']:>10.4f} {row['train_accuracy']:>9.2%} "
+                  f"{row['valid_loss']:>10.4f} {row['valid_accuracy']:>9.2%} {row['seconds']:>6.0f}s "
+                  f"{row['tokens_per_s']:>9,.0f}{mark}{extras}")
+
+    def note(self, message: str) -> None:
+        (self.progress.console if self.progress is not None else console).print(f"[yellow]note:[/] {message}")
+
+    def close(self) -> None:
+        if self.progress is not None:
+            self.progress.stop()
+            self.progress = None
+
+
+@app.command()
+def train(
+    config: Optional[Path] = ConfigOption,
+    set_: list[str] = SetOption,
+    run_dir: Optional[Path] = typer.Option(None, help="Output directory (default: runs/<config>-<time>)."),
+    resume: Optional[Path] = typer.Option(None, help="Continue the run in this directory from its last.pt."),
+    overwrite: bool = typer.Option(False, help="Replace --run-dir if it already exists."),
+    print_config: bool = typer.Option(False, "--print-config", help="Print the resolved config and exit."),
+    nproc: Optional[int] = typer.Option(None, "--nproc", min=1, help="Train with this many processes on this "
+                                        "machine (DistributedDataParallel through torch.distributed.run, as "
+                                        "`torchrun --standalone --nproc-per-node N -m sentiment train ...`): one per "
+                                        "GPU, or CPU processes of one thread each."),
+) -> None:
+    """Train a classifier as a config says; the run directory gets config, vocab, metrics and checkpoints.
+
+    Under torchrun every process runs this command: the main one writes and prints, the others train their
+    share of each epoch's batches.
+    """
+    from sentiment.config import dump_config, load_config
+    from sentiment import distributed
+    from sentiment.data.prepare import prepare_data
+    from sentiment.floats import flush_denormals
+    from sentiment.device import resolve_device
+    from sentiment.training.train import graceful_stop
+    from sentiment.training.train import train as train_run
+
+    if nproc is not None and "RANK" not in os.environ:
+        with user_errors():
+            _launch(nproc)
+        return
+    with user_errors():
+        rank = distributed.from_env()
+        if resume is not None:
+            cfg, target = _resume_config(resume, config, set_)
+        else:
+            cfg = load_config(config, set_)
+            target = run_dir or Path(cfg.run.output_dir) / f"{cfg.run.name or 'run'}-{datetime.now():%Y%m%d-%H%M%S}"
+        if print_config:
+            if rank.is_main:
+                console.print(dump_config(cfg), end="", markup=False, highlight=False)
+            return
+        flush_denormals(cfg.run.flush_denormal)  # before any torch work starts its worker threads
+        device = distributed.rank_device(rank, resolve_device(cfg.run.device))
+        distributed.init(rank, device)
+        try:
+            target = distributed.broadcast(rank, target)  # rank 0's clock names the run
+            data = None
+            if resume is None:
+                # everything that can fail on bad input (run dir, device, data, GloVe) is checked before the run
+                # directory is created, or an --overwrite'n one deleted
+                distributed.together(rank, lambda: _claim_run_dir(target, overwrite, check_only=True),
+                                     only=rank.is_main, what="checking the run directory")
+                data = distributed.once_per_machine(rank, lambda: prepare_data(cfg.data, embedding_seed=cfg.run.seed))
+                distributed.together(rank, lambda: _claim_run_dir(target, overwrite), only=rank.is_main,
+                                     what="creating the run directory")
+            if rank.is_main:
+                processes = f" · {rank.world_size} processes" if rank.distributed else ""
+                console.print(f"run directory: [bold]{escape(str(target))}[/]{processes}", soft_wrap=True)
+            reporter = RichReporter() if rank.is_main else None
+            try:
+                with graceful_stop() as stop:
+                    results = train_run(cfg, target, data=data, resume=resume is not None, reporter=reporter,
+                                        stop=stop, rank=rank)
+            finally:
+                if reporter is not None:
+                    reporter.close()
+        finally:
+            distributed.shutdown()
+    if rank.is_main:
+        _print_results(results)
+
+
+_TORCHRUN_LOG = re.compile(r"^(\[?[WIEF]\d{4}|\*{5}|Setting OMP_NUM_THREADS|Traceback|  |\S+Error|\[rank|torch\.distributed)")
+
+
+def _launch(nproc: int) -> None:
+    """`sentiment train --nproc N ...` as torch.distributed.run would start it, on this machine. Rank 0's
+    output is shown as is; every rank's output is also in a log directory, which a failure names."""
+    import signal
+    import subprocess
+    import tempfile
+
+    args = sys.argv[1:]
+    i = args.index("--nproc") if "--nproc" in args else next(k for k, a in enumerate(args) if a.startswith("--nproc="))
+    args = args[:i] + args[i + (1 if "=" in args[i] else 2):]
+    log_dir = Path(tempfile.mkdtemp(prefix="sentiment-ranks-"))
+    others = ",".join(f"{r}:3" for r in range(1, nproc))  # ranks > 0: stdout and stderr to their log files only
+    cmd = [sys.executable, "-m", "torch.distributed.run", "--standalone", "--nproc-per-node", str(nproc),
+           "--log-dir", str(log_dir), *(["--redirects", others] if others else []), "-m", "sentiment", *args]
+    env = {**os.environ, "TORCHELASTIC_ERROR_FILE": str(log_dir / "error.json")}
+    launcher = subprocess.Popen(cmd, env=env, stderr=subprocess.PIPE, text=True)
+
+    def forward(signum, frame):  # Ctrl-C on a terminal reaches torchrun too; a `kill` of this process would not
+        launcher.send_signal(signum)
+
+    previous = {s: signal.signal(s, forward) for s in (signal.SIGINT, signal.SIGTERM)}
+    try:
+        stderr = launcher.communicate()[1]
+    finally:
+        for s, h in previous.items():
+            signal.signal(s, h)
+    done = subprocess.CompletedProcess(cmd, launcher.returncode, None, stderr)
+    ours = [line for line in done.stderr.splitlines() if line and not _TORCHRUN_LOG.match(line)]
+    if done.returncode == 0:
+        for line in ours:  # rank 0's notes (skipped rows, ...), without torchrun's own logging
+            err_console.print(line, soft_wrap=True, highlight=False, markup=False)
+        return
+    # torchrun's own report is a long traceback; rank 0's one-line error says what went wrong
+    reasons = [line.removeprefix("error: ") for line in ours if line.startswith(("error:", "interrupted"))]
+    reason = reasons[0] if reasons else f"a training process exited with code {done.returncode}"
+    error = SentimentError(f"{reason} [{nproc} processes; each rank's output: {log_dir}]")
+    error.exit_code = 130 if reason.startswith("interrupted") else 1
+    raise error
+
+
+def _claim_run_dir(path: Path, overwrite: bool, check_only: bool = False) -> None:
+    if path.exists() and not path.is_dir():
+        raise SentimentError(f"run directory {path} is a file: choose another --run-dir")
+    if path.exists() and any(path.iterdir()):
+        if not overwrite:
+            raise SentimentError(f"run directory {path} already exists: pass --resume {path} to continue it, "
+                                 "--overwrite to replace it, or another --run-dir")
+        if check_only:
+            return
+        shutil.rmtree(path)
+    if not check_only:
+        try:
+            path.mkdir(parents=True, exist_ok=True)
+        except OSError as e:
+            raise SentimentError(f"cannot create run directory {path}: {e.strerror or e}") from None
+
+
+def _resume_config(run_dir: Path, config: Path | None, overrides: list[str]):
+    from sentiment.runs import LAST, load_run
+    from sentiment.config import config_from_dict, load_config
+
+    saved, _ = load_run(run_dir)
+    if not (run_dir / LAST).exists():
+        raise SentimentError(f"{run_dir} has no last.pt to resume from (it never finished a step)")
+    if config is not None:
+        wanted = load_config(config, overrides)
+        wanted.run.name = saved.run.name
+    else:
+        from sentiment.config import apply_overrides
+
+        wanted = config_from_dict(apply_overrides(saved.to_dict(), overrides))
+    changed = _changed_keys(saved.to_dict(), wanted.to_dict())
+    allowed = {"train.epochs", "train.early_stopping_patience", "train.eval_batch_size", "run.device",
+               "run.threads", "run.eval_test", "run.output_dir", "run.checkpoint_minutes", "run.flush_denormal", "data.data_dir",
+               "data.workers"}
+    refused = [k for k in changed if k not in allowed]
+    if refused:
+        raise SentimentError(f"cannot resume {run_dir} with a changed config ({', '.join(refused)}): "
+                             "those keys change the model or its training; start a new run instead")
+    return wanted, run_dir
+
+
+def _changed_keys(a: dict, b: dict, prefix: str = "") -> list[str]:
+    keys = []
+    for k in a.keys() | b.keys():
+        if isinstance(a.get(k), dict) and isinstance(b.get(k), dict):
+            keys += _changed_keys(a[k], b[k], f"{prefix}{k}.")
+        elif a.get(k) != b.get(k):
+            keys.append(f"{prefix}{k}")
+    return sorted(keys)
+
+
+def _print_results(results: dict[str, Any]) -> None:
+    console.print(f"best epoch: {results['best_epoch']} of {results['epochs_run']}")
+    for split in ("valid", "test"):
+        if split in results:
+            m = results[split]
+            f1 = f"F1 {m['f1']:.4f}" if "f1" in m else f"macro-F1 {m['macro_f1']:.4f}"
+            console.print(f"{split}: accuracy [bold]{m['accuracy']:.2%}[/] · loss {m['loss']:.4f} · {f1} "
+                          f"({m['n']:,} rows)")
+
+
