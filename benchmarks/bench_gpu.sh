@@ -13,8 +13,8 @@ cd "$(dirname "$0")/.."
 OUT=${1:-bench/gpu}
 PY=${PY:-$( [ -x .venv/bin/python ] && echo .venv/bin/python || echo python3 )}
 read -r -a EXTRA <<< "${SET:-}"
-mkdir -p "$OUT"
 "$PY" -c "import torch, sys; sys.exit(0 if torch.cuda.is_available() else 'bench_gpu.sh needs a CUDA GPU')"
+mkdir -p "$OUT"
 train() {  # run name, then arguments for sentiment train
   local name=$1; shift
   [ -e "$OUT/$name/results.json" ] && { echo "$OUT/$name done already"; return; }

@@ -121,16 +121,17 @@ def test_every_script_has_help(ran: dict, name: str) -> None:
     assert "usage:" in result["out"] and "--" in result["out"]
 
 
-def test_bench_gpu_help_and_refusal_without_cuda() -> None:
+def test_bench_gpu_help_and_refusal_without_cuda(tmp_path: Path) -> None:
     shown = subprocess.run(["bash", str(BENCH / "bench_gpu.sh"), "--help"], capture_output=True, text=True)
     assert shown.returncode == 0 and "NOT YET RUN AS A WHOLE ON A GPU" in shown.stdout
     import torch
 
     if torch.cuda.is_available():
         pytest.skip("a CUDA machine would start the real runs")
-    refused = subprocess.run(["bash", str(BENCH / "bench_gpu.sh"), "/nonexistent-out"], capture_output=True, text=True,
-                             env=dict(os.environ, PY=sys.executable))
+    refused = subprocess.run(["bash", str(BENCH / "bench_gpu.sh"), str(tmp_path / "out")], capture_output=True,
+                             text=True, env=dict(os.environ, PY=sys.executable))
     assert refused.returncode != 0 and "needs a CUDA GPU" in refused.stderr
+    assert not (tmp_path / "out").exists()  # it stops before writing anything
 
 
 @pytest.mark.parametrize("name", ["bench_prepare", "bench_rnn_padding", "bench_lstm_ceiling", "bench_train",
