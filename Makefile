@@ -40,13 +40,14 @@ clean:
 
 # Every speed figure against a baseline timed in the same command, one benchmark at a time, with a summary
 # (~10-12 min on 2 cores; BENCH_ARGS=--quick for about half). RUN=runs/NAME times predict with that run.
+# What it prints and how to read it: docs/benchmarks.md.
 .PHONY: bench
 bench:
-	$(BIN)/python scripts/bench.py --data-dir $(DATA_DIR) $(if $(RUN),--run $(RUN)) $(BENCH_ARGS)
+	$(BIN)/python benchmarks/bench.py --data-dir $(DATA_DIR) $(if $(RUN),--run $(RUN)) $(BENCH_ARGS)
 
-# The README's "On a GPU" figures, on a CUDA machine (about 8 minutes on one H200, the sum of its runs there):
-# the CPU recipe and one epoch of configs/imdb_gpu.yaml with host syncs lazy and eager, then imdb_gpu.yaml
-# over 3 seeds side by side.
+# On a CUDA machine: the commands behind the GPU figures (the CPU recipe and one epoch of configs/imdb_gpu.yaml
+# with host syncs lazy and eager, then imdb_gpu.yaml over 3 seeds side by side). Never yet run as a whole on
+# a GPU: its commands ran one by one on an H200 (docs/benchmarks.md).
 .PHONY: bench-gpu
 bench-gpu:
-	PY=$(BIN)/python bash scripts/bench_gpu.sh
+	PY=$(BIN)/python bash benchmarks/bench_gpu.sh

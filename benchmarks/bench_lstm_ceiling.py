@@ -1,6 +1,6 @@
 """Scoring speed of the classic model against a MEASURED upper bound: this machine's matmul rate.
 
-    python scripts/bench_lstm_ceiling.py [--batch 256] [--length 230] [--reps 2] [--threads 2]
+    python benchmarks/bench_lstm_ceiling.py [--batch 256] [--length 230] [--reps 2] [--threads 2]
 
 The bound: the classic model (2-layer BiLSTM 256 on 50d embeddings) needs at least F floating-point
 operations per token in matrix products, F = sum over layers and directions of 2 x 4 x hidden x
@@ -24,7 +24,7 @@ from __future__ import annotations
 import argparse
 import time
 
-import benchlib
+import common
 import numpy as np
 import torch
 from torch import nn
@@ -51,13 +51,15 @@ def sgemm_flops(threads: int, sizes=(512, 1024, 2048), seconds: float = 1.0) -> 
         a, b = torch.randn(n, n), torch.randn(n, n)
         torch.mm(a, b)  # warm-up
         spent = 0.0
-        while spent < seconds:
+        while True:  # at least once, however short `seconds`
             start = time.perf_counter()
             torch.mm(a, b)
             dt = time.perf_counter() - start
             spent += dt
             if 2 * n**3 / dt > best:
                 best, best_n = 2 * n**3 / dt, n
+            if spent >= seconds:
+                break
     return best, best_n
 
 
@@ -75,24 +77,25 @@ def main() -> None:
     ap.add_argument("--batch", type=int, default=256)
     ap.add_argument("--length", type=int, default=230, help="tokens per review (IMDB's mean is ~265)")
     ap.add_argument("--reps", type=int, default=2)
-    ap.add_argument("--threads", type=int, default=benchlib.usable_cores(), help="for the all-threads rows")
-    ap.add_argument("--gemm-seconds", type=float, default=1.0, help="time spent on each sgemm size")
-    ap.add_argument("--json", help="also write the figures to this file (for scripts/bench.py)")
+    ap.add_argument("--threads", type=int, default=common.usable_cores(), help="for the all-threads rows")
+    ap.add_argument("--gemm-seconds", type=float, default=1.0, help="time spent on each sgemm size (0: one product)")
+    ap.add_argument("--gemm-sizes", type=int, nargs="+", default=[512, 1024, 2048], help="n of the n x n products")
+    ap.add_argument("--json", help="also write the figures to this file (for benchmarks/bench.py)")
     args = ap.parse_args()
-    flush = benchlib.set_flush_denormal(True)  # before torch starts any thread, as bench_train does
+    flush = common.set_flush_denormal(True)  # before torch starts any thread, as bench_train does
     torch.set_num_threads(1)
     from sentiment.data.batching import EncodedSplit
     from sentiment.inference.evaluate import predict_logits
     from sentiment.model import SentimentRNN
 
-    benchlib.print_header("== bench_lstm_ceiling: classic-model scoring vs the measured matmul bound ==", args.threads)
+    common.print_header("== bench_lstm_ceiling: classic-model scoring vs the measured matmul bound ==", args.threads)
     print(f"  {flush}")
     torch.manual_seed(0)
     B, T, V, N = args.batch, args.length, 10_002, args.threads
     ours = SentimentRNN(V, 50, 256, 2, "lstm", True, 0.5, 0.5, 0.0, "last", 0, "never").eval()
     F = flops_per_token(ours)
     # the bound is the machine's best: measured before and again after the model runs, the higher kept
-    gemm = [sgemm_flops(1, seconds=args.gemm_seconds), sgemm_flops(N, seconds=args.gemm_seconds)]
+    gemm = [sgemm_flops(1, args.gemm_sizes, args.gemm_seconds), sgemm_flops(N, args.gemm_sizes, args.gemm_seconds)]
     torch.set_num_threads(1)
 
     layer1, layer2 = nn.LSTM(50, 256, batch_first=True).eval(), nn.LSTM(512, 256, batch_first=True).eval()
@@ -113,16 +116,16 @@ def main() -> None:
         for _ in range(args.reps):
             predict_logits(ours, split, batch_size=B)
         all_tps = n_docs * T * args.reps / (time.perf_counter() - start)
-    after = [sgemm_flops(1, seconds=args.gemm_seconds), sgemm_flops(N, seconds=args.gemm_seconds)]
+    after = [sgemm_flops(1, args.gemm_sizes, args.gemm_seconds), sgemm_flops(N, args.gemm_sizes, args.gemm_seconds)]
     (gemm1, n1), (gemmN, nN) = (max(b, a) for b, a in zip(gemm, after))
     bound1, boundN = gemm1 / F, max(gemmN, N * gemm1) / F
     print(f"classic model: {F / 1e6:.2f} MFLOP per token in matrix products (2-layer BiLSTM 256 on 50d)")
-    print(f"sgemm fp32 (n x n torch.mm, n in 512/1024/2048, {args.gemm_seconds:g} s each, before and after the "
+    print(f"sgemm fp32 (n x n torch.mm, n in {'/'.join(map(str, args.gemm_sizes))}, {args.gemm_seconds:g} s each, before and after the "
           f"model runs), best: 1 thread {gemm1 / 1e9:.1f} GFLOP/s (n={n1}; before {gemm[0][0] / 1e9:.1f}, after "
           f"{after[0][0] / 1e9:.1f}); {N} threads {gemmN / 1e9:.1f} GFLOP/s (n={nN}; before {gemm[1][0] / 1e9:.1f}, "
           f"after {after[1][0] / 1e9:.1f})")
 
-    figures = benchlib.Figures("bench_lstm_ceiling")
+    figures = common.Figures("bench_lstm_ceiling")
     print(f"random ids, batch {B}, length {T} (no padding), inference, {args.reps} timed reps after a warm-up")
     print(f"  matmul bound, 1 thread:  {bound1:>9,.0f} tokens/s  (= {gemm1 / 1e9:.1f} GFLOP/s / {F / 1e6:.2f} MFLOP)")
     print(f"    ours, 1 thread                        {ours_tps:>9,.0f} tokens/s = {ours_tps / bound1:6.1%} of the bound"

@@ -1,5 +1,6 @@
 """Helpers shared by the benchmark scripts: the machine header, denormal flushing, length-stratified batch
-samples, and the figures file that scripts/bench.py collects. Not a benchmark itself."""
+samples, the figures file that benchmarks/bench.py collects, and the few measuring helpers the package does
+not need (a one-text tokenizer, the padding share of batches, a split's token count). Not a benchmark itself."""
 
 from __future__ import annotations
 
@@ -130,7 +131,7 @@ def bootstrap_ratio(base_seconds: np.ndarray, ours_seconds: np.ndarray, reps: in
 
 
 class Figures:
-    """The figures a script reports, for scripts/bench.py's summary (written with --json FILE)."""
+    """The figures a script reports, for benchmarks/bench.py's summary (written with --json FILE)."""
 
     def __init__(self, script: str):
         self.script = script
@@ -173,3 +174,33 @@ def run_predict(run_dir: Path, path: Path, out: Path) -> tuple[float, float, lis
     # kilobytes on Linux; the largest of the waited-for children (this one is the first, and its workers)
     rss = resource.getrusage(resource.RUSAGE_CHILDREN).ru_maxrss / 1024
     return seconds, rss, [json.loads(line) for line in Path(out).read_text().splitlines() if line]
+
+
+class Tokenizer:
+    """One text at a time, as `sentiment predict` tokenizes (its cleaning, split into whitespace chunks, each
+    distinct chunk tokenized once and kept in a memo): the one-at-a-time baselines' tokenizer."""
+
+    def __init__(self, lowercase: bool = True, cleaning=None, memo_size: int = 200_000):
+        from sentiment.data.tokenize import IMDB_CLEANING, ChunkMemo
+
+        self.cleaning = IMDB_CLEANING if cleaning is None else cleaning
+        self._memo = ChunkMemo(lowercase, memo_size)
+
+    def __call__(self, text: str) -> list[str]:
+        from sentiment.data.tokenize import split_chunks
+
+        chunks = split_chunks(text, self.cleaning)
+        memo = self._memo.fill(chunks)
+        return [token for chunk in chunks for token in memo[chunk]]
+
+
+def padding_share(lengths: np.ndarray, batches: list[np.ndarray]) -> float:
+    """Share of padded positions among all positions computed over (padding / (padding + real tokens))."""
+    real = sum(int(lengths[b].sum()) for b in batches)
+    total = sum(int(lengths[b].max()) * len(b) for b in batches if len(b))
+    return 1.0 - real / total if total else 0.0
+
+
+def n_tokens(split) -> int:
+    """Tokens of an EncodedSplit (its ids between its first and last offset)."""
+    return int(split.offsets[-1] - split.offsets[0])

@@ -1,12 +1,14 @@
 """Benchmark GloVe loading on a real file: first load (parse + write cache) and cached load.
 
-    python scripts/bench_glove.py --source ../shared/data/glove.6B.50d.zip   # or a glove.*.txt
+    python benchmarks/bench_glove.py --source ../shared/data/glove.6B.50d.zip   # or a glove.*.txt
 
 Each measurement runs in a fresh child process (so its peak RSS is its own and a cached load starts
 cold, as in a new training run), against a fresh temporary cache directory: one first load, then three
 cached loads (median reported). As a same-run baseline it times a naive pure-Python parse
-(`[float(x) for x in parts]` per line) of the same file, and checks all three give identical vectors.
-Exits 1 if a target (first load <= 5 s, cached load <= 0.5 s) is missed.
+(`[float(x) for x in parts]` per line) of the same file, and checks all three give identical vectors
+(exit code 1 if they differ). The first load and the naive parse do the same work (text to vectors); the
+cached load reads a cache instead, so its figure is against our own first load (what the cache saves), not
+against the parse.
 """
 
 from __future__ import annotations
@@ -28,10 +30,7 @@ from pathlib import Path
 import numpy as np
 
 sys.path.insert(0, str(Path(__file__).resolve().parent))
-from benchlib import cpu_busy_share  # noqa: E402
-
-FIRST_TARGET_S = 5.0
-CACHED_TARGET_S = 0.5
+from common import cpu_busy_share  # noqa: E402
 
 
 def naive_parse(source: Path, member: str | None) -> tuple[list[str], np.ndarray]:
@@ -93,7 +92,7 @@ def child(phase: str, source: Path, cache: Path) -> dict:
 def main() -> int:
     ap = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
     ap.add_argument("--source", type=Path, required=True, help="glove.*.txt or a .zip holding one")
-    ap.add_argument("--json", help="also write the figures to this file (for scripts/bench.py)")
+    ap.add_argument("--json", help="also write the figures to this file (for benchmarks/bench.py)")
     ap.add_argument("--phase", choices=["first", "cached", "naive"], help=argparse.SUPPRESS)
     ap.add_argument("--cache", type=Path, help=argparse.SUPPRESS)
     args = ap.parse_args()
@@ -123,27 +122,26 @@ def main() -> int:
     print(f"{first['words']:,} words, dim {first['dim']}, {first['skipped']} skipped lines; cache {cache_mb:.0f} MB; "
           f"first, cached and naive results identical: {'yes' if same else 'NO'}")
 
-    def row(name: str, wall: float, target: float | None, rss: float, extra: str = "") -> bool:
-        ok = target is None or wall <= target
-        verdict = "" if target is None else f"target <= {target:g} s  {'PASS' if ok else 'FAIL'}"
-        print(f"{name:<38} {wall:7.3f} s  {verdict:<22} peak RSS {rss:6.0f} MB{extra}")
-        return ok
+    def row(name: str, wall: float, rss: float, extra: str = "") -> None:
+        print(f"{name:<38} {wall:7.3f} s  peak RSS {rss:6.0f} MB{extra}")
 
-    ok = row("first load (parse + write cache)", first["wall"], FIRST_TARGET_S, first["rss_mb"])
-    ok &= row("cached load (median of 3)", cached_wall, CACHED_TARGET_S, max(r["rss_mb"] for r in cached),
-              "  runs: " + " ".join(f"{r['wall']:.3f}" for r in cached))
-    row("baseline: naive pure-Python parse", naive["wall"], None, naive["rss_mb"],
-        f"  ({naive['wall'] / first['wall']:.1f}x the first load, {naive['wall'] / cached_wall:.0f}x the cached load)")
+    row("first load (parse + write cache)", first["wall"], first["rss_mb"])
+    row("cached load (median of 3)", cached_wall, max(r["rss_mb"] for r in cached),
+        "  runs: " + " ".join(f"{r['wall']:.3f}" for r in cached) + f"  ({first['wall'] / cached_wall:.0f}x faster than "
+        "the first load: the cache saves the parse)")
+    row("baseline: naive pure-Python parse", naive["wall"], naive["rss_mb"],
+        f"  ({naive['wall'] / first['wall']:.1f}x the first load's time, the same work)")
     figures = {"script": "bench_glove", "notes": [f"first, cached and naive results identical: {same}"], "rows": [
         {"figure": f"GloVe {first['words']:,} x {first['dim']}: first load (parse + write cache) vs a naive Python parse",
          "ours": first["wall"], "baseline_name": "naive pure-Python parse", "baseline": naive["wall"], "unit": "s",
          "ratio": naive["wall"] / first["wall"], "higher_is_better": False, "sample": "1 run each", "headline": False},
-        {"figure": "GloVe: cached load (median of 3) vs a naive Python parse", "ours": cached_wall,
-         "baseline_name": "naive pure-Python parse", "baseline": naive["wall"], "unit": "s",
-         "ratio": naive["wall"] / cached_wall, "higher_is_better": False, "sample": "median of 3", "headline": False}]}
+        {"figure": "GloVe: cached load (median of 3) vs our first load: what the cache saves (not a parse)",
+         "ours": cached_wall, "baseline_name": "first load (parse + write cache)", "baseline": first["wall"],
+         "unit": "s", "ratio": first["wall"] / cached_wall, "higher_is_better": False, "sample": "median of 3",
+         "headline": False}]}
     if args.json:
         Path(args.json).write_text(json.dumps(figures, indent=1), encoding="utf-8")
-    return 0 if ok and same else 1
+    return 0 if same else 1
 
 
 if __name__ == "__main__":

@@ -1,7 +1,7 @@
 """Every speed figure in one command: the benchmark scripts one after the other (never two at once), each
 figure against a baseline timed in the same run, then one summary table.
 
-    python scripts/bench.py [--data-dir data] [--run runs/NAME] [--threads 2] [--quick]      # or: make bench
+    python benchmarks/bench.py [--data-dir data] [--run runs/NAME] [--threads 2] [--quick]   # or: make bench
 
 Runs, in this order (each script's own --help says what it measures and against what):
   bench_prepare       prepare cold / warm (median of 3) vs spaCy listing+reading+tokenizing the same files
@@ -18,16 +18,15 @@ Only when asked for (--with NAME..., or --only), since they need data beyond IMD
 tweets: --tweets-csv, default DATA_DIR/airline_tweets.csv; IMDB's train/unsup) and take longer:
   tweets              airline tweets: ours trained over --tweets-seeds seeds vs TF-IDF + logistic regression
                       on the same split (accuracy and macro-F1; minutes per seed)
-  files_scale         `sentiment prepare` on a 1M-row CSV of resampled tweets, cold and warm, vs the IMDB
-                      path's tokens/s
-  predict_tweets      `sentiment predict` on resampled tweets vs one tweet at a time; with --tweets-run, else
-                      the tweets benchmark's first seed (runs/bench_tweets/seedS)
+  predict_tweets      bench_predict on tweets resampled from --tweets-csv vs one tweet at a time; with
+                      --tweets-run, else the tweets benchmark's first seed (runs/bench_tweets/seed1)
   objectives          seconds per training step with AT, VAT, entropy minimisation and all three against a
                       plain step (configs/imdb_cpu_semisup.yaml; needs IMDB's train/unsup, tokenized once)
 
 The default sample sizes are meant to fit in about 10-12 minutes on 2 quiet cores, --quick in about half
-(estimated from the pieces; the packed-loop row grows with the square of its batches' length). Every sample size can be set on its own (they
-are printed before the runs and in the summary). Without --run, predict is timed with the newest
+(estimated from the pieces; the packed-loop row grows with the square of its batches' length), --smoke in
+seconds on tiny data (for the test suite: its figures mean nothing). Every sample size can be set on its own
+(they are printed before the runs and in the summary). Without --run, predict is timed with the newest
 runs/*/best.pt, else with an untrained run of configs/imdb_cpu.yaml (speed only; it says so).
 """
 
@@ -44,22 +43,24 @@ import tempfile
 import time
 from pathlib import Path
 
-import benchlib
+import common
 
 HERE = Path(__file__).resolve().parent
-ROOT = benchlib.ROOT
+ROOT = common.ROOT
 SCRIPTS = ("prepare", "glove", "rnn_padding", "lstm_ceiling", "train", "predict")
-EXTRA = ("tweets", "files_scale", "predict_tweets", "objectives")  # only with --with or --only
+EXTRA = ("tweets", "predict_tweets", "objectives")  # only with --with or --only
 FULL = dict(train_batches=40, random_batches=12, packed_batches=6, denormal_batches=4, eval_reviews=2000,
             predict_reviews=25000, predict_baseline=1000, ceiling_batch=256, ceiling_length=230, ceiling_reps=2,
             padding_length=400, padding_reps=3, cold_runs=1,
-            tweets_seeds=3, scale_rows=1_000_000, predict_tweets=100_000, predict_tweets_baseline=1000,
-            objective_batches=12)
+            tweets_seeds=3, predict_tweets=100_000, predict_tweets_baseline=1000, objective_batches=12)
 QUICK = dict(train_batches=16, random_batches=6, packed_batches=3, denormal_batches=2, eval_reviews=800,
              predict_reviews=5000, predict_baseline=300, ceiling_batch=128, ceiling_length=230, ceiling_reps=1,
              padding_length=400, padding_reps=1, cold_runs=1,
-             tweets_seeds=1, scale_rows=1_000_000, predict_tweets=20_000, predict_tweets_baseline=300,
-             objective_batches=4)
+             tweets_seeds=1, predict_tweets=20_000, predict_tweets_baseline=300, objective_batches=4)
+SMOKE = dict(train_batches=2, random_batches=1, packed_batches=1, denormal_batches=0, eval_reviews=20,
+             predict_reviews=20, predict_baseline=5, ceiling_batch=4, ceiling_length=8, ceiling_reps=1,
+             padding_length=8, padding_reps=1, cold_runs=1,
+             tweets_seeds=1, predict_tweets=50, predict_tweets_baseline=5, objective_batches=1)
 TWEETS_RUNS = ROOT / "runs" / "bench_tweets"  # bench_tweets.py's default --runs-dir
 
 
@@ -82,30 +83,31 @@ def commands(args, s: dict, run: Path | None, twrun: Path | None = None) -> dict
     glove = Path(args.data_dir) / "glove" / f"glove.6B.{args.glove_dim}d.txt"
     cmds = {
         "prepare": [str(HERE / "bench_prepare.py"), "--data-dir", args.data_dir, "--workers", t,
-                    "--cold-runs", str(s["cold_runs"]), "--glove-dim", str(args.glove_dim)],
+                    "--cold-runs", str(s["cold_runs"]), "--glove-dim", str(args.glove_dim)]
+                   + (["--warm-runs", "1"] if args.smoke else []),
         "glove": [str(HERE / "bench_glove.py"), "--source", str(glove)],
         "rnn_padding": [str(HERE / "bench_rnn_padding.py"), "--threads", t, "--length", str(s["padding_length"]),
                         "--reps", str(s["padding_reps"])],
         "lstm_ceiling": [str(HERE / "bench_lstm_ceiling.py"), "--threads", t, "--batch", str(s["ceiling_batch"]),
-                         "--length", str(s["ceiling_length"]), "--reps", str(s["ceiling_reps"])],
+                         "--length", str(s["ceiling_length"]), "--reps", str(s["ceiling_reps"])]
+                        + (["--gemm-seconds", "0", "--gemm-sizes", "256"] if args.smoke else []),
         "train": [str(HERE / "bench_train.py"), "--data-dir", args.data_dir, "--threads", t,
                   "--batches", str(s["train_batches"]), "--random-batches", str(s["random_batches"]),
                   "--packed-batches", str(s["packed_batches"]), "--denormal-batches", str(s["denormal_batches"]),
-                  "--eval-reviews", str(s["eval_reviews"])] + (["--no-flush-denormal"] if args.no_flush_denormal else []),
+                  "--eval-reviews", str(s["eval_reviews"])] + (["--no-flush-denormal"] if args.no_flush_denormal else [])
+                 + (["--set", "model.hidden_size=16"] if args.smoke else []),
         "predict": [str(HERE / "bench_predict.py"), "--data-dir", args.data_dir, "--reviews", str(s["predict_reviews"]),
                     "--baseline", str(s["predict_baseline"])] + (["--run", str(run)] if run else []),
         "tweets": [str(HERE / "bench_tweets.py"), "--csv", str(args.tweets_csv), "--threads", t, "--runs-dir",
                    str(TWEETS_RUNS), "--seeds", *map(str, range(1, s["tweets_seeds"] + 1))],
-        "files_scale": [str(HERE / "bench_files_scale.py"), "--csv", str(args.tweets_csv), "--data-dir", args.data_dir,
-                        "--rows", str(s["scale_rows"]), "--workers", t],
-        "predict_tweets": [str(HERE / "bench_predict_tweets.py"), "--csv", str(args.tweets_csv), "--tweets",
+        "predict_tweets": [str(HERE / "bench_predict.py"), "--csv", str(args.tweets_csv), "--texts",
                            str(s["predict_tweets"]), "--baseline", str(s["predict_tweets_baseline"])]
                           + (["--run", str(twrun)] if twrun else []),
         "objectives": [str(HERE / "bench_objectives.py"), "--data-dir", args.data_dir, "--threads", t,
-                       "--batches", str(s["objective_batches"])],
+                       "--batches", str(s["objective_batches"])] + [a for o in args.objectives_set for a in ("--set", o)],
     }
     if not Path(args.tweets_csv).is_file():
-        for name in ("tweets", "files_scale", "predict_tweets"):
+        for name in ("tweets", "predict_tweets"):
             cmds.pop(name)
     if twrun is None:
         cmds.pop("predict_tweets", None)
@@ -124,14 +126,16 @@ def fmt(value: float, unit: str) -> str:
     return f"{value:,.0f} {unit}"
 
 
-def main() -> int:
+def main(argv: list[str] | None = None) -> int:
     ap = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
     ap.add_argument("--data-dir", default=os.environ.get("SENTIMENT_DATA_DIR", "data"))
     ap.add_argument("--run", type=Path, help="run directory for the predict benchmark (default: the newest runs/*/best.pt)")
-    ap.add_argument("--threads", type=int, default=benchlib.usable_cores(),
+    ap.add_argument("--threads", type=int, default=common.usable_cores(),
                     help="torch threads / worker processes for ours and the baselines alike (default: usable cores)")
     ap.add_argument("--glove-dim", type=int, default=50)
     ap.add_argument("--quick", action="store_true", help="smaller samples: about half the time")
+    ap.add_argument("--smoke", action="store_true", help="tiny samples that run in seconds on tiny data, for the "
+                    "test suite (the figures mean nothing)")
     ap.add_argument("--only", nargs="+", choices=SCRIPTS + EXTRA, help="run only these benchmarks")
     ap.add_argument("--with", dest="extra", nargs="+", choices=EXTRA, default=[],
                     help="also run these (airline tweets; not in the default set)")
@@ -141,30 +145,33 @@ def main() -> int:
     ap.add_argument("--tweets-run", type=Path, help="run trained on the tweets, for predict_tweets (default: "
                     "runs/bench_tweets/seed1, trained by the tweets benchmark)")
     ap.add_argument("--no-flush-denormal", action="store_true", help="bench_train keeps denormal floats")
-    sizes = ap.add_argument_group("sample sizes (default: the full set; --quick: the quick set)")
+    ap.add_argument("--objectives-set", action="append", default=[], metavar="KEY=VALUE",
+                    help="config override for bench_objectives, repeatable")
+    sizes = ap.add_argument_group("sample sizes (default: the full set; --quick: the quick set; --smoke: tiny)")
     for key, value in FULL.items():
         sizes.add_argument(f"--{key.replace('_', '-')}", type=int, default=None,
-                           help=f"full {value}, quick {QUICK[key]}")
-    args = ap.parse_args()
+                           help=f"full {value}, quick {QUICK[key]}, smoke {SMOKE[key]}")
+    args = ap.parse_args(argv)
     args.tweets_csv = args.tweets_csv or Path(args.data_dir) / "airline_tweets.csv"
-    s = {k: (getattr(args, k) if getattr(args, k) is not None else (QUICK if args.quick else FULL)[k]) for k in FULL}
+    preset = SMOKE if args.smoke else QUICK if args.quick else FULL
+    s = {k: (getattr(args, k) if getattr(args, k) is not None else preset[k]) for k in FULL}
 
     # one benchmark at a time on this machine, even across two `make bench`
     lock = open(Path(tempfile.gettempdir()) / "sentiment-bench.lock", "w")
     try:
         fcntl.flock(lock, fcntl.LOCK_EX | fcntl.LOCK_NB)
     except OSError:
-        sys.exit("another scripts/bench.py is running on this machine; benchmarks must not overlap")
+        sys.exit("another benchmarks/bench.py is running on this machine; benchmarks must not overlap")
 
     run = args.run or newest_run()
     selected = [n for n in (args.only or SCRIPTS + tuple(args.extra)) if n not in args.skip]
     twrun = tweets_run(args, s, selected)
     cmds = {n: c for n, c in commands(args, s, run, twrun).items() if n in selected}
-    header = benchlib.machine_lines(args.threads)
+    header = common.machine_lines(args.threads)
     print("== make bench: speed figures, each against a baseline timed in the same command ==")
     for line in header:
         print("  " + line)
-    busy = benchlib.cpu_busy_share()
+    busy = common.cpu_busy_share()
     if busy is not None:
         header.append(f"CPUs {busy:.0%} busy over 1 s before the first benchmark"
                       + ("  WARNING: something else is running; figures will be noisy, and torch with several "
@@ -172,7 +179,7 @@ def main() -> int:
         print("  " + header[-1])
     print(f"  threads / worker processes for ours and the baselines: {args.threads}")
     print("  sample sizes: " + ", ".join(f"{k.replace('_', '-')} {v}" for k, v in s.items())
-          + (" (quick set)" if args.quick else ""))
+          + (" (smoke set: figures meaningless)" if args.smoke else " (quick set)" if args.quick else ""))
     print(f"  predict run: {run if run else 'none found: an untrained run of configs/imdb_cpu.yaml (speed only)'}")
     if "glove" in selected and "glove" not in cmds:
         print(f"  bench_glove skipped: no GloVe {args.glove_dim}d text file under {args.data_dir}/glove")
@@ -203,8 +210,7 @@ def main() -> int:
     print(f"  threads {args.threads}; total {total / 60:.1f} min; ratio = how many times faster ours is than the "
           "baseline timed in the same run (for a bound: the fraction of it reached); * = headline")
     for name, rc, wall, data in results:
-        # a script that wrote its figures and exits 1 missed a target (bench_glove); without figures it failed
-        status = "" if rc == 0 else f"  [exit code {rc}: {'a target missed' if data['rows'] else 'FAILED, no figures'}]"
+        status = "" if rc == 0 else f"  [exit code {rc}: FAILED{'' if data['rows'] else ', no figures'}]"
         print(f"\nbench_{name} ({wall:.0f} s){status}")
         for r in data["rows"]:
             bound = "bound" in r["baseline_name"]
@@ -214,7 +220,7 @@ def main() -> int:
                   f"  |  sample: {r['sample']}")
         for note in data.get("notes", []):
             print(f"{'':13}{note}")
-    return 0 if all(data["rows"] for _, _, _, data in results) else 1
+    return 0 if all(rc == 0 and data["rows"] for _, rc, _, data in results) else 1
 
 
 if __name__ == "__main__":

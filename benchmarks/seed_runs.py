@@ -5,7 +5,7 @@ Each seed is a plain `sentiment train` run (its own run directory, model chosen 
 read once at the end). Already finished run directories are read, not retrained, so the summary can
 be printed again, or completed after an interruption.
 
-    .venv/bin/python scripts/seed_runs.py --config configs/imdb_cpu.yaml --seeds 1 2 3 [--set KEY=VALUE ...]
+    .venv/bin/python benchmarks/seed_runs.py --config configs/imdb_cpu.yaml --seeds 1 2 3 [--set KEY=VALUE ...]
 
 --parallel starts every seed at once: on a GPU that a small recurrent model leaves mostly idle, three
 seeds side by side finish in about the time of one and a half run alone. Their seconds are then shared
@@ -67,7 +67,7 @@ def mean_sd(values: list[float]) -> str:
     return f"{100 * statistics.mean(values):.2f} ± {100 * sd:.2f}"
 
 
-def main() -> None:
+def main(argv: list[str] | None = None) -> None:
     parser = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
     parser.add_argument("--config", type=Path, required=True)
     parser.add_argument("--seeds", type=int, nargs="+", default=[1, 2, 3])
@@ -80,7 +80,7 @@ def main() -> None:
                         help="also score each run's best.pt reading at most N tokens per review (head+tail as "
                              "configured), on valid and test: what a run with data.eval_max_len=N would report for "
                              "the same checkpoint (its best epoch was still chosen as the run was configured)")
-    args = parser.parse_args()
+    args = parser.parse_args(argv)
     out = args.out or ROOT / "runs" / f"seeds-{args.config.stem}"
     commands = {}
     for seed in args.seeds:

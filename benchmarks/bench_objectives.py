@@ -1,7 +1,7 @@
 """What each training objective costs: seconds per step with AT, VAT, entropy minimisation and all of them,
 against a plain supervised step, in one run.
 
-    .venv/bin/python scripts/bench_objectives.py [--config configs/imdb_cpu_semisup.yaml] [--batches 12] [--threads 2]
+    .venv/bin/python benchmarks/bench_objectives.py [--config configs/imdb_cpu_semisup.yaml] [--batches 12] [--threads 2]
         [--set KEY=VALUE ...]
 
 Every row trains the config's model from the same initial weights over the same labeled batches (a
@@ -23,10 +23,10 @@ import statistics
 import time
 from pathlib import Path
 
-import benchlib
+import common
 import numpy as np
 
-ROOT = benchlib.ROOT
+ROOT = common.ROOT
 
 
 def main() -> None:
@@ -35,11 +35,11 @@ def main() -> None:
     parser.add_argument("--batches", type=int, default=12, help="labeled batches per variant (length-stratified)")
     parser.add_argument("--threads", type=int, default=2)
     parser.add_argument("--data-dir", default=None, help="IMDB (with train/unsup) and GloVe (default: the config's)")
-    parser.add_argument("--json", type=Path, default=None, help="write the figures here (for scripts/bench.py)")
+    parser.add_argument("--json", type=Path, default=None, help="write the figures here (for benchmarks/bench.py)")
     parser.add_argument("--set", dest="overrides", action="append", default=[], metavar="KEY=VALUE",
                         help="config override, repeatable (as `sentiment train --set`)")
     args = parser.parse_args()
-    benchlib.set_flush_denormal(True)
+    common.set_flush_denormal(True)
     import torch
 
     from sentiment.data.batching import BucketBatchSampler, UnlabeledStream, collate
@@ -50,7 +50,7 @@ def main() -> None:
     from sentiment.training.train import supervised_objective
 
     torch.set_num_threads(args.threads)
-    benchlib.print_header("== bench_objectives: seconds per training step, each objective against a plain step ==",
+    common.print_header("== bench_objectives: seconds per training step, each objective against a plain step ==",
                           args.threads)
     from sentiment.errors import SentimentError
 
@@ -65,7 +65,7 @@ def main() -> None:
     sampler = BucketBatchSampler(data.train.lengths(cfg.data.max_len), t.batch_size, seed=cfg.run.seed)
     all_batches = sampler.batches()
     padded = np.array([int(data.train.lengths(cfg.data.max_len)[b].max()) for b in all_batches])
-    chosen = [all_batches[i] for i in benchlib.stratified(padded, args.batches)]
+    chosen = [all_batches[i] for i in common.stratified(padded, args.batches)]
     stream = UnlabeledStream(data.unlabeled.lengths(t.unlabeled_max_len or cfg.data.max_len), t.unlabeled_batch_size,
                              seed=cfg.run.seed)
     unlabeled = [stream.next() for _ in chosen]
@@ -121,7 +121,7 @@ def main() -> None:
     for i in range(len(chosen)):
         for name in runners:  # in turns, batch by batch
             seconds[name].append(step(name, i))
-    lengths_desc = benchlib.describe(padded[benchlib.stratified(padded, args.batches)])
+    lengths_desc = common.describe(padded[common.stratified(padded, args.batches)])
     print(f"{len(chosen)} labeled batches of {t.batch_size} (padded lengths {lengths_desc}), each with an unlabeled "
           f"batch of {t.unlabeled_batch_size} read to {u_len} tokens; {args.threads} thread(s)")
     base_median = statistics.median(seconds["plain (supervised only)"])
@@ -133,7 +133,7 @@ def main() -> None:
         rows[name] = {"median_seconds": median, "ratio": median / base_median}
         print(f"{name:<38} {median:>14.3f} {median / base_median:>7.2f}x {epoch_seconds / 60:>14,.1f} min")
     print(f"an epoch is {len(all_batches)} labeled batches; the projection is the mean step over the sample times that")
-    if args.json:  # scripts/bench.py's summary: ratio = how many times faster than the baseline (< 1: slower)
+    if args.json:  # benchmarks/bench.py's summary: ratio = how many times faster than the baseline (< 1: slower)
         sample = f"{len(chosen)} labeled batches (padded {lengths_desc}) + unlabeled batches of {t.unlabeled_batch_size}"
         out = [{"figure": f"seconds per training step {name} (1 / ratio = plain steps it costs)", "unit": "s",
                 "ours": row["median_seconds"], "baseline": base_median, "baseline_name": "plain supervised step",

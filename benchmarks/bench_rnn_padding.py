@@ -5,7 +5,7 @@ One bidirectional GRU(128) layer (embed 50) on a batch of 64 reviews of length 4
 (pack_padded_sequence per direction), both on the same modules and weights. The packed backward
 is quadratic in length on CPU (pytorch/pytorch#149194), so expect a large ratio.
 
-    python scripts/bench_rnn_padding.py [--length 400] [--batch 64] [--reps 3] [--packed-reps 1] [--threads 2]
+    python benchmarks/bench_rnn_padding.py [--length 400] [--batch 64] [--reps 3] [--packed-reps 1] [--threads 2]
 
 Denormal floats are flushed to zero from the start, for both paths (as in bench_train.py).
 """
@@ -18,10 +18,10 @@ import sys
 import time
 from pathlib import Path
 
-import benchlib  # noqa: F401  (puts the checkout on sys.path)
+import common  # noqa: F401  (puts the checkout on sys.path)
 import torch
 
-# Run straight from a checkout (python scripts/bench_rnn_padding.py) without installing the package.
+# Run straight from a checkout (python benchmarks/bench_rnn_padding.py) without installing the package.
 sys.path.insert(0, str(Path(__file__).resolve().parents[1]))
 from sentiment.model import SentimentRNN  # noqa: E402
 
@@ -44,12 +44,12 @@ def main() -> None:
     # One packed step already takes ~15 s at length 400; more would turn seconds into minutes.
     parser.add_argument("--packed-reps", type=int, default=1, help="timed repetitions, packed path")
     parser.add_argument("--threads", type=int, default=2)
-    parser.add_argument("--json", help="also write the figures to this file (for scripts/bench.py)")
+    parser.add_argument("--json", help="also write the figures to this file (for benchmarks/bench.py)")
     args = parser.parse_args()
 
-    flush = benchlib.set_flush_denormal(True)  # before torch starts any thread
+    flush = common.set_flush_denormal(True)  # before torch starts any thread
     torch.set_num_threads(args.threads)
-    benchlib.print_header("== bench_rnn_padding: our padded layout vs pack_padded_sequence, forward+backward ==")
+    common.print_header("== bench_rnn_padding: our padded layout vs pack_padded_sequence, forward+backward ==")
     print(f"  {flush}")
     torch.manual_seed(0)
     model = SentimentRNN(vocab_size=10_000, embed_dim=50, hidden_size=128, num_layers=1, rnn="gru",
@@ -74,7 +74,7 @@ def main() -> None:
         print(f"pack={pack:<6}  forward {fwd:7.3f} s  backward {bwd:7.3f} s  "
               f"forward+backward {total:7.3f} s  (median of {reps})")
     print(f"ratio always/never (forward+backward): {results['always'] / results['never']:.1f}x")
-    figures = benchlib.Figures("bench_rnn_padding")
+    figures = common.Figures("bench_rnn_padding")
     figures.add(f"BiGRU(128) forward+backward, batch {args.batch} x length {args.length}: padded layout vs packed",
                 results["never"], "the same modules with pack_padded_sequence", results["always"], "s",
                 higher_is_better=False, sample=f"median of {args.reps} (packed: {args.packed_reps})")

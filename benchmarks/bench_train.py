@@ -1,6 +1,6 @@
 """Training and evaluation throughput of our loop against the classic recipe's own loop, in one run.
 
-    python scripts/bench_train.py --data-dir data [--batches 40] [--eval-reviews 2000] [--threads 2]
+    python benchmarks/bench_train.py --data-dir data [--batches 40] [--eval-reviews 2000] [--threads 2]
 
 The model for every row is the classic recipe, configs/imdb_bilstm.yaml with data.glove_dim=50: 2-layer
 BiLSTM 256 over GloVe 50d, final states concatenated (pooling: last), vocab 10k, batch 30, Adam 1e-3.
@@ -44,13 +44,13 @@ import sys
 import time
 from pathlib import Path
 
-import benchlib  # noqa: F401  (puts the checkout on sys.path)
+import common  # noqa: F401  (puts the checkout on sys.path)
 import numpy as np
 import torch
 import torch.nn as nn
 from torch.nn.utils.rnn import pack_padded_sequence
 
-ROOT = benchlib.ROOT
+ROOT = common.ROOT
 CONFIG = ROOT / "configs" / "imdb_bilstm.yaml"
 
 
@@ -97,7 +97,7 @@ class TrainLoop:
         return seconds
 
 
-# imported after benchlib has put the checkout on sys.path
+# imported after common has put the checkout on sys.path
 from sentiment.data.batching import BucketBatchSampler, collate  # noqa: E402
 from sentiment.config import load_config  # noqa: E402
 from sentiment.inference.evaluate import predict_logits  # noqa: E402
@@ -107,7 +107,7 @@ from sentiment.training.train import build_model  # noqa: E402
 
 def setup(args):
     """The classic config, its data, the batch lists and the two models (same seed -> same weights in a child)."""
-    cfg = load_config(CONFIG, ["data.glove_dim=50", f"data.data_dir={args.data_dir}"])
+    cfg = load_config(CONFIG, ["data.glove_dim=50", f"data.data_dir={args.data_dir}", *args.overrides])
     try:
         data = prepare_data(cfg.data)
         glove = "GloVe 50d"
@@ -153,7 +153,7 @@ def interleave(loops: list[TrainLoop], batches: list[np.ndarray], positions: lis
 def main() -> None:
     ap = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
     ap.add_argument("--data-dir", default="data")
-    ap.add_argument("--threads", type=int, default=benchlib.usable_cores(), help="torch threads (default: usable cores)")
+    ap.add_argument("--threads", type=int, default=common.usable_cores(), help="torch threads (default: usable cores)")
     ap.add_argument("--batches", type=int, default=40, help="HEADLINE sample: bucketed batches, one per length stratum")
     ap.add_argument("--random-batches", type=int, default=12, help="random-batch row sample (0: skip)")
     ap.add_argument("--packed-batches", type=int, default=6,
@@ -165,21 +165,24 @@ def main() -> None:
     ap.add_argument("--no-flush-denormal", action="store_true",
                     help="keep denormal floats (torch's default) instead of flushing them to zero")
     ap.add_argument("--eval-only", action="store_true", help="skip the training comparison")
-    ap.add_argument("--json", help="also write the figures to this file (for scripts/bench.py)")
+    ap.add_argument("--set", dest="overrides", action="append", default=[], metavar="KEY=VALUE",
+                    help="config override, repeatable (e.g. a smaller model for a smoke test: the figures are for the "
+                    "classic recipe as configured)")
+    ap.add_argument("--json", help="also write the figures to this file (for benchmarks/bench.py)")
     ap.add_argument("--child", action="store_true", help=argparse.SUPPRESS)  # the denormal row's child processes
     args = ap.parse_args()
 
     # first, before anything can start torch's thread pool: the pool's threads copy this thread's mode
-    flush_note = benchlib.set_flush_denormal(not args.no_flush_denormal)
+    flush_note = common.set_flush_denormal(not args.no_flush_denormal)
     torch.set_num_threads(args.threads)
     if args.child:
         return child(args)
 
-    benchlib.print_header("== bench_train: training and evaluation throughput, classic-recipe model ==",
+    common.print_header("== bench_train: training and evaluation throughput, classic-recipe model ==",
                           args.threads)
     print(f"  {flush_note}")
     cfg, data, glove, classic, ours, lengths, bucket, random = setup(args)
-    figures = benchlib.Figures("bench_train")
+    figures = common.Figures("bench_train")
     m = cfg.model
     print(f"model: {CONFIG.relative_to(ROOT)} with data.glove_dim=50: {m.num_layers}-layer Bi{m.rnn.upper()} "
           f"{m.hidden_size}, pooling {m.pooling}, batch {cfg.train.batch_size}, vocab {len(data.vocab):,}, "
@@ -195,18 +198,18 @@ def main() -> None:
 def compare_training(args, figures, classic, ours, train, lengths, bucket, random) -> None:
     pad_b, pad_r = padded(lengths, bucket), padded(lengths, random)
     print(f"train split: {len(train):,} reviews -> {len(bucket)} bucketed batches (padded length "
-          f"{benchlib.describe(pad_b)}), {len(random)} random batches (padded length {benchlib.describe(pad_r)})")
+          f"{common.describe(pad_b)}), {len(random)} random batches (padded length {common.describe(pad_r)})")
     print("training: collate + forward + backward + Adam per batch, non-pad tokens/s; one untimed warm-up step "
           "per loop on the sample's median batch first")
 
-    head = benchlib.stratified(pad_b, args.batches)  # positions into bucket, shortest first
+    head = common.stratified(pad_b, args.batches)  # positions into bucket, shortest first
     warm = bucket[int(head[len(head) // 2])]
     order = shuffled(head)
     tokens = real_tokens(lengths, bucket, head)
     print(f"\nHEADLINE  ours vs the classic recipe's loop: the same bucketed batches, no packing, interleaved "
           f"batch by batch")
     print(f"  sample: {len(head)} of {len(bucket)} bucketed batches, one from the middle of each length stratum; "
-          f"padded length {benchlib.describe(pad_b[head])}; {tokens:,} non-pad tokens")
+          f"padded length {common.describe(pad_b[head])}; {tokens:,} non-pad tokens")
     plain = TrainLoop(copy.deepcopy(classic), train, pack=False)
     mine = TrainLoop(copy.deepcopy(ours), train)
     interleave([plain, mine], bucket, order, warm)
@@ -221,10 +224,10 @@ def compare_training(args, figures, classic, ours, train, lengths, bucket, rando
 
     row("classic loop (nn.LSTM, bucketed, no packing, not exact)", tps_plain, s_plain.sum(), s_plain.sum() * epoch)
     row("ours (SentimentRNN, bucketed, exact)", tps_ours, s_ours.sum(), s_ours.sum() * epoch)
-    lo, hi = benchlib.bootstrap_ratio(s_plain, s_ours)
+    lo, hi = common.bootstrap_ratio(s_plain, s_ours)
     ratio = figures.add("training, classic model: ours vs the classic loop (bucketed, no packing)", tps_ours,
                         "classic loop, bucketed, no packing", tps_plain, "tokens/s", headline=True,
-                        sample=f"{len(head)} bucketed batches, padded length {benchlib.describe(pad_b[head])}")
+                        sample=f"{len(head)} bucketed batches, padded length {common.describe(pad_b[head])}")
     print(f"  speed-up ours / classic loop = {ratio:.2f}x  (90% bootstrap interval over the {len(head)} batches: "
           f"{lo:.2f}-{hi:.2f}x)")
     third = max(1, len(head) // 3)
@@ -234,7 +237,7 @@ def compare_training(args, figures, classic, ours, train, lengths, bucket, rando
 
     print("\nsecondary rows (labelled; not the headline)")
     if args.random_batches > 0:
-        rpos = benchlib.stratified(pad_r, args.random_batches)
+        rpos = common.stratified(pad_r, args.random_batches)
         rtok = real_tokens(lengths, random, rpos)
         loop = TrainLoop(copy.deepcopy(classic), train, pack=False)
         loop.step(random[int(rpos[0])])  # warm-up on the shortest
@@ -244,13 +247,13 @@ def compare_training(args, figures, classic, ours, train, lengths, bucket, rando
         tps = rtok / secs
         print(f"  [random] classic loop over RANDOM batches padded to their longest review, no packing")
         print(f"    sample: {len(rpos)} of {len(random)} random batches, one per length stratum; padded length "
-              f"{benchlib.describe(pad_r[rpos])}")
+              f"{common.describe(pad_r[rpos])}")
         row("classic loop, random batches", tps, secs, secs * len(random) / len(rpos))
         r = figures.add("training, classic model: ours vs the classic loop over random padded batches (secondary)",
                         tps_ours, "classic loop, random batches, no packing", tps, "tokens/s",
-                        sample=f"{len(rpos)} random batches, padded length {benchlib.describe(pad_r[rpos])}")
+                        sample=f"{len(rpos)} random batches, padded length {common.describe(pad_r[rpos])}")
         print(f"    ours (headline sample) / random-batch loop = {r:.2f}x")
-    sub = head[benchlib.stratified(pad_b[head], args.packed_batches)] if args.packed_batches > 0 else []
+    sub = head[common.stratified(pad_b[head], args.packed_batches)] if args.packed_batches > 0 else []
     if len(sub):
         loop = TrainLoop(copy.deepcopy(classic), train, pack=True)
         loop.step(bucket[int(head[0])])  # warm-up on the shortest batch of the sample (a packed step is slow)
@@ -260,14 +263,14 @@ def compare_training(args, figures, classic, ours, train, lengths, bucket, rando
         s_packed = sum(loop.seconds[p] for p in sub)
         s_mine = sum(mine.seconds[p] for p in sub)
         print(f"  [packed] classic loop with pack_padded_sequence (exact), on {len(sub)} of the headline batches, "
-              f"padded length {benchlib.describe(pad_b[sub])}")
+              f"padded length {common.describe(pad_b[sub])}")
         row("classic loop, bucketed, packed", ptok / s_packed, s_packed)
         row("ours on the same batches (from the headline run)", ptok / s_mine, s_mine)
         r = figures.add("training, classic model: ours vs the packed classic loop (secondary)", ptok / s_mine,
                         "classic loop, bucketed, packed", ptok / s_packed, "tokens/s",
-                        sample=f"{len(sub)} bucketed batches, padded length {benchlib.describe(pad_b[sub])}")
+                        sample=f"{len(sub)} bucketed batches, padded length {common.describe(pad_b[sub])}")
         print(f"    ours / packed loop = {r:.2f}x on the same batches")
-    sub = head[benchlib.stratified(pad_b[head], args.denormal_batches - 1)] if args.denormal_batches > 1 else head[:0]
+    sub = head[common.stratified(pad_b[head], args.denormal_batches - 1)] if args.denormal_batches > 1 else head[:0]
     if args.denormal_batches > 0:  # and the sample's longest batch, where denormals would show first
         sub = np.unique(np.append(sub, head[-1]))
         sub = sub[np.argsort(pad_b[sub], kind="stable")]
@@ -280,7 +283,8 @@ def denormal_row(args, figures, positions, lengths, bucket, pad_b) -> None:
     both start from the same weights and see the same batches, so the mode is the only difference."""
     def start(flush: bool) -> subprocess.Popen:
         cmd = [sys.executable, str(Path(__file__).resolve()), "--data-dir", args.data_dir,
-               "--threads", str(args.threads), "--child"] + ([] if flush else ["--no-flush-denormal"])
+               "--threads", str(args.threads), "--child"] + ([] if flush else ["--no-flush-denormal"]) \
+            + [a for o in args.overrides for a in ("--set", o)]
         proc = subprocess.Popen(cmd, stdin=subprocess.PIPE, stdout=subprocess.PIPE, text=True, bufsize=1)
         if proc.stdout.readline().strip() != "ready":  # set up one after the other, not at once
             raise RuntimeError(f"the flush={flush} child did not start")
@@ -293,7 +297,7 @@ def denormal_row(args, figures, positions, lengths, bucket, pad_b) -> None:
 
     print(f"  [denormal] the headline pair in two child processes, flush_denormal ON in one and OFF in the other, "
           f"stepped in turns on {len(positions)} of the headline batches (one per stratum and the longest), padded "
-          f"length {benchlib.describe(pad_b[positions])}")
+          f"length {common.describe(pad_b[positions])}")
     procs = {}
     try:
         for mode in ("on", "off"):
@@ -325,7 +329,7 @@ def denormal_row(args, figures, positions, lengths, bucket, pad_b) -> None:
               f"({off:.1f} s): flushing is {off / on:.2f}x the speed of keeping denormals")
         figures.add(f"training, {name}: flush_denormal on vs off (secondary)", tok / on,
                     "same loop, denormals kept", tok / off, "tokens/s",
-                    sample=f"{len(positions)} bucketed batches, padded length {benchlib.describe(pad_b[positions])}")
+                    sample=f"{len(positions)} bucketed batches, padded length {common.describe(pad_b[positions])}")
 
 
 def child(args) -> None:
@@ -362,9 +366,9 @@ def compare_evaluation(args, figures, classic, ours, test) -> None:
     keep = np.unique(np.linspace(0, len(test) - 1, min(args.eval_reviews, len(test))).astype(np.int64))
     ids, offsets = gather_docs(test.ids, test.offsets, keep)
     subset = type(test)(ids=ids, offsets=offsets, labels=test.labels[keep])
-    tokens = subset.n_tokens()
+    tokens = common.n_tokens(subset)
     print(f"\nevaluation (scoring only, whole reviews): {len(subset):,} evenly spaced test reviews "
-          f"({int(subset.labels.sum()):,} positive), {tokens:,} tokens, length {benchlib.describe(subset.lengths())}; "
+          f"({int(subset.labels.sum()):,} positive), {tokens:,} tokens, length {common.describe(subset.lengths())}; "
           f"each loop first scores the 30 shortest, untimed")
     short = np.argsort(subset.lengths(), kind="stable")[:30]
     ids, offsets = gather_docs(subset.ids, subset.offsets, short)
@@ -386,7 +390,7 @@ def compare_evaluation(args, figures, classic, ours, test) -> None:
     best = min(times, key=times.get)
     r = figures.add("evaluation, classic model: ours vs the faster classic loop", tokens / t_ours, best,
                     tokens / times[best], "tokens/s", headline=True,
-                    sample=f"{len(subset):,} test reviews, length {benchlib.describe(subset.lengths())} tokens")
+                    sample=f"{len(subset):,} test reviews, length {common.describe(subset.lengths())} tokens")
     print(f"  speed-up ours / faster classic loop ({best.split('bucketed, ')[-1].rstrip(')')}) = {r:.2f}x")
 
 
