@@ -154,7 +154,8 @@ class LoopState:
     epoch: int = 0  # epochs completed
     step_in_epoch: int = 0  # batches completed in the current epoch
     global_step: int = 0
-    best_valid_accuracy: float = -1.0  # the best validation score so far (the classifier's: accuracy)
+    best_valid_accuracy: float = -1.0  # the best validation score so far (the classifier's: accuracy); any value
+    # while best_epoch is 0 (no epoch scored yet)
     best_epoch: int = 0
     epochs_without_gain: int = 0
     # running sums of the current epoch, so a mid-epoch resume reports the same epoch metrics
@@ -618,11 +619,11 @@ class Engine:
                "global_batch_size": self.s.batch_size * self.ranks.rank.world_size * self.s.grad_accum}
         for name, value in zip(names, part_sums):  # each part's mean per step, before its weight
             row[self.columns[name]] = value / max(steps, 1)
-        improved = score > state.best_valid_accuracy
+        improved = state.best_epoch == 0 or score > state.best_valid_accuracy  # the first scored epoch is the best
         self.state = LoopState(epoch=epoch + 1, global_step=state.global_step, schedule_steps=state.schedule_steps,
                                world_size=self.ranks.rank.world_size, unlabeled_epoch=state.unlabeled_epoch,
                                unlabeled_step=state.unlabeled_step,
-                               best_valid_accuracy=max(score, state.best_valid_accuracy),
+                               best_valid_accuracy=score if improved else state.best_valid_accuracy,
                                best_epoch=epoch + 1 if improved else state.best_epoch,
                                epochs_without_gain=0 if improved else state.epochs_without_gain + 1)
         row["best"] = improved
