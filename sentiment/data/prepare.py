@@ -48,13 +48,6 @@ def gather_docs(ids: np.ndarray, offsets: np.ndarray, docs: np.ndarray) -> tuple
 
 
 
-
-def split_indices(cfg: DataConfig) -> tuple[dict[str, np.ndarray], str]:
-    """Source rows of train, valid and test, and how valid was carved (for studies of IMDB's splits)."""
-    source = load_source(cfg)
-    return source.splits, source.stats["valid_split"]
-
-
 def prepare_data(cfg: DataConfig, vocab: Vocab | None = None, *, with_embeddings: bool = True,
                  embedding_seed: int = 0, indices: dict[str, np.ndarray] | None = None,
                  label_space: LabelSpace | None = None, with_unlabeled: bool = True) -> PreparedData:
