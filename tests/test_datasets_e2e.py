@@ -353,8 +353,29 @@ def test_eval_and_resume_refuse_data_whose_split_changed(tmp_path):
     train(run_dir, tmp_path / "data", f"data.train_file={train_file}", "train.epochs=1")
     assert eval_json(run_dir)["n"] > 0  # unchanged data: fine
     write_csv(train_file, rows[5:])  # rows removed: every carve moves
-    one_line_error(*run("eval", "--run", str(run_dir)), "not the one it was trained with")
-    one_line_error(*run("train", "--resume", str(run_dir), "--set", "train.epochs=2"), "not the one it was trained with")
+    one_line_error(*run("eval", "--run", str(run_dir)), str(train_file), "trained with")
+    one_line_error(*run("train", "--resume", str(run_dir), "--set", "train.epochs=2"), str(train_file), "trained with")
+
+
+def test_eval_and_resume_refuse_flipped_labels_naming_the_file(tmp_path):
+    # issue 23 #5: same rows, same split membership, every test label flipped: refused, not scored as before
+    rows = make_rows({"negative": 60, "positive": 60}, seed=5)
+    train_file = write_csv(tmp_path / "train.csv", rows[:90])
+    test_file = write_csv(tmp_path / "test.csv", rows[90:])
+    run_dir = tmp_path / "run"
+    train(run_dir, tmp_path / "data", f"data.train_file={train_file}", f"data.test_file={test_file}",
+          "train.epochs=1")
+    stored = json.loads((run_dir / "data_fingerprint.json").read_text())["splits"]
+    assert set(stored) == {"train", "valid", "test"} and stored["test"]["rows"] == 30
+    before = eval_json(run_dir)
+    flip = {"negative": "positive", "positive": "negative"}
+    write_csv(test_file, [dict(r, label=flip[r["label"]]) for r in rows[90:]])
+    one_line_error(*run("eval", "--run", str(run_dir)), "test split", str(test_file), "--allow-changed-data")
+    code, text = run("eval", "--run", str(run_dir), "--json", "--allow-changed-data")
+    assert code == 0, text
+    assert json.loads(text.strip().splitlines()[-1])["accuracy"] == pytest.approx(1 - before["accuracy"])
+    assert eval_json(run_dir, "--split", "valid")["n"] > 0  # the valid split did not change: still fine
+    one_line_error(*run("train", "--resume", str(run_dir), "--set", "train.epochs=2"), str(test_file))
 
 
 def test_labels_with_stray_spaces_are_one_class(tmp_path):

@@ -33,6 +33,8 @@ def eval_(
     label_column: Optional[str] = typer.Option(None, help="Column or field of --data holding the label (default: "
                                                "the run's data.label_column): the run's label names; two-class "
                                                "runs also take 1/0, pos/neg, positive/negative, true/false."),
+    allow_changed_data: bool = typer.Option(False, "--allow-changed-data", help="Evaluate the run's own split even "
+                                            "if its texts or labels changed since training (refused by default)."),
 ) -> None:
     """Evaluate a run's checkpoint on its test (or valid) split, or on labeled texts (--data): accuracy,
     macro-F1, per-class precision/recall/F1 and the confusion matrix."""
@@ -50,7 +52,8 @@ def eval_(
                                                 checkpoint=checkpoint, device=device, batch_size=batch_size)
             title = f"{data} · {checkpoint}.pt"
         else:
-            metrics = evaluate_run(run, split=split, checkpoint=checkpoint, batch_size=batch_size, device=device)
+            metrics = evaluate_run(run, split=split, checkpoint=checkpoint, batch_size=batch_size, device=device,
+                                   allow_changed_data=allow_changed_data)
             skipped, title = 0, f"{split} split · {checkpoint}.pt"
     _note_skipped(skipped)
     _print_metrics(metrics.to_dict(), title, as_json)

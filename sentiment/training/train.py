@@ -24,6 +24,7 @@ import torch.nn as nn
 from sentiment.data.batching import BucketBatchSampler, UnlabeledStream, collate
 from sentiment.runs import (BEST, LAST, RESULTS, append_metrics, check_membership, code_version, load_checkpoint,
                                   load_labels, read_metrics, save_checkpoint, truncate_metrics, write_run_files)
+from sentiment.runs import check_data_fingerprints, write_data_fingerprints
 from sentiment.atomic import atomic_write_text
 from sentiment.config import Config
 from sentiment.errors import SentimentError
@@ -355,11 +356,13 @@ def train(cfg: Config, run_dir: Path, *, data: PreparedData | None = None, resum
             stray.unlink(missing_ok=True)
         checkpoint = load_checkpoint(run_dir / LAST, vocab)
         data = data or prepare_data(cfg.data, vocab, label_space=space)
+        check_data_fingerprints(run_dir, data.fingerprints)  # the file named, before the rows are compared
         check_membership(run_dir, data.membership)
     else:
         data = data or prepare_data(cfg.data, embedding_seed=cfg.run.seed)
         if rank.is_main:
             write_run_files(run_dir, cfg, data.vocab, data.label_space, data.membership)
+            write_data_fingerprints(run_dir, data.fingerprints)
 
     model = build_model(cfg, len(data.vocab), data.vocab.pad_index, data.label_space.num_outputs)
     if data.embeddings is not None:
