@@ -385,3 +385,36 @@ def test_labels_with_stray_spaces_are_one_class(tmp_path):
     results = train(tmp_path / "run", tmp_path / "data", f"data.train_file={write_csv(tmp_path / 's.csv', rows)}",
                     "train.epochs=1")
     assert results["labels"] == ["negative", "positive"]
+
+
+# ---------------------------------------------------------------- train --data (issue 22 point 6)
+def test_train_data_file_uses_the_own_data_recipe_and_chooses_max_len(tmp_path):
+    import yaml
+
+    rows = [{"tweet": r["text"], "sentiment": r["label"]} for r in make_rows({"negative": 50, "positive": 50}, seed=6)]
+    data_file = write_csv(tmp_path / "mine.csv", rows)
+    run_dir = tmp_path / "run"
+    code, text = run("train", "--data", str(data_file), "--text-column", "tweet", "--label-column", "sentiment",
+                     "--set", f"data.data_dir={tmp_path / 'data'}", "--set", "data.glove_dim=null",
+                     "--set", "train.epochs=1", "--set", "model.hidden_size=8", "--set", "data.workers=1", "--set", "model.embed_dim=8",
+                     "--run-dir", str(run_dir))
+    assert code == 0, text
+    saved = yaml.safe_load((run_dir / "config.yaml").read_text())
+    lengths = sorted(len(r["tweet"].split()) for r in rows)  # the words are the tokens here
+    chosen = saved["data"]["max_len"]
+    assert chosen == saved["data"]["eval_max_len"]
+    assert lengths[len(lengths) // 2] <= chosen <= lengths[-1] < 400  # from the texts, not IMDB's 400
+    assert f"data.max_len and data.eval_max_len = {chosen}" in text
+    assert saved["data"]["train_file"] == str(data_file) and saved["data"]["text_column"] == "tweet"
+    assert saved["model"]["rnn"] == "gru" and saved["data"]["placeholders"] is True  # the short-text recipe
+    assert "classes per split" in text  # the data summary prepare prints
+    # --set names it: kept as set
+    code, text = run("train", "--data", str(data_file), "--text-column", "tweet", "--label-column", "sentiment",
+                     "--set", f"data.data_dir={tmp_path / 'data'}", "--set", "data.glove_dim=null",
+                     "--set", "train.epochs=1", "--set", "model.embed_dim=8", "--set", "data.max_len=5",
+                     "--run-dir", str(tmp_path / "run2"), "--print-config")
+    assert code == 0 and "max_len: 5" in text
+
+
+def test_train_data_companions_need_data(tmp_path):
+    one_line_error(*run("train", "--text-column", "x"), "--text-column goes with --data")
