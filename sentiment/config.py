@@ -274,6 +274,8 @@ def validate(cfg: Config) -> None:
     """Values that have the right type but cannot work."""
     checks = [
         ("data.valid_fraction", 0 <= cfg.data.valid_fraction < 1, "must be in [0, 1)"),
+        ("data.label_column", cfg.data.dataset == "imdb" or cfg.data.label_column != cfg.data.text_column,
+         f"names the same column as data.text_column ({cfg.data.text_column!r}): name the column holding the labels"),
         ("data.max_len", cfg.data.max_len is None or cfg.data.max_len >= 1, "must be >= 1 or null"),
         ("data.eval_max_len", cfg.data.eval_max_len is None or cfg.data.eval_max_len >= 1, "must be >= 1 or null"),
         ("data.vocab_max_size", cfg.data.vocab_max_size is None or cfg.data.vocab_max_size >= 1, "must be >= 1 or null"),

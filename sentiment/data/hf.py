@@ -16,8 +16,9 @@ from __future__ import annotations
 import hashlib
 import json
 import os
+from contextlib import contextmanager
 from pathlib import Path
-from typing import TYPE_CHECKING, Any
+from typing import TYPE_CHECKING, Any, Iterator
 
 from sentiment.errors import SentimentError
 from sentiment.data.readers import Table, _label_str
@@ -120,14 +121,69 @@ def _load_from_disk(datasets: Any, path: Path, config: str | None) -> Any:
         raise SentimentError(f"data.hf_dataset: cannot read the saved dataset {path} ({_reason(e)})") from None
 
 
+_RESOLVE_SECONDS = 3.0  # a DNS server that does not answer is no network too
+
+
+def _hub_host() -> str:
+    from urllib.parse import urlparse
+
+    import huggingface_hub.constants
+
+    return urlparse(huggingface_hub.constants.ENDPOINT).hostname or "huggingface.co"
+
+
+def _resolves(host: str) -> bool:
+    """Whether the Hub's host name resolves, within _RESOLVE_SECONDS: without it `datasets` retries each
+    request for ~28 s, printing a line per retry, before it gives up."""
+    import socket
+    import threading
+
+    answer: list[bool] = []
+
+    def lookup() -> None:
+        try:
+            socket.getaddrinfo(host, 443)
+            answer.append(True)
+        except OSError:
+            answer.append(False)
+
+    thread = threading.Thread(target=lookup, daemon=True)
+    thread.start()
+    thread.join(_RESOLVE_SECONDS)
+    return bool(answer and answer[0])
+
+
+@contextmanager
+def _offline(datasets: Any) -> Iterator[None]:
+    """`datasets` and huggingface_hub in offline mode (as HF_HUB_OFFLINE=1), for this load only: the local
+    cache still serves a dataset loaded before, and nothing is requested, retried or logged."""
+    import huggingface_hub.constants
+
+    saved = datasets.config.HF_HUB_OFFLINE, huggingface_hub.constants.HF_HUB_OFFLINE
+    datasets.config.HF_HUB_OFFLINE = huggingface_hub.constants.HF_HUB_OFFLINE = True
+    try:
+        yield
+    finally:
+        datasets.config.HF_HUB_OFFLINE, huggingface_hub.constants.HF_HUB_OFFLINE = saved
+
+
 def _load_from_hub(datasets: Any, name: str, config: str | None) -> Any:
     what = repr(name) + (f" (config {config!r})" if config is not None else "")
+    offline = bool(getattr(datasets.config, "HF_HUB_OFFLINE", False))
+    unresolved = None
+    if not offline and not _resolves(_hub_host()):
+        unresolved = _hub_host()
     try:
-        return datasets.load_dataset(name, config)
+        if unresolved is None:
+            return datasets.load_dataset(name, config)
+        with _offline(datasets):
+            return datasets.load_dataset(name, config)
     except ConnectionError:  # offline (HF_HUB_OFFLINE=1) or the Hub unreachable, and nothing cached
-        offline = bool(getattr(datasets.config, "HF_HUB_OFFLINE", False))
-        hub = "offline mode is on (HF_HUB_OFFLINE)" if offline else "the Hugging Face Hub is unreachable"
-        hint = "" if offline else " (HF_HUB_OFFLINE=1 skips the Hub's retries)"
+        if unresolved is not None:
+            hub, hint = f"the Hugging Face Hub ({unresolved}) cannot be reached (its name does not resolve)", ""
+        else:
+            hub = "offline mode is on (HF_HUB_OFFLINE)" if offline else "the Hugging Face Hub is unreachable"
+            hint = "" if offline else " (HF_HUB_OFFLINE=1 skips the Hub's retries)"
         raise SentimentError(f"data.hf_dataset: could not load {what}: {hub} and the dataset is not in the local "
                              f"cache; a directory written by save_to_disk works offline{hint}") from None
     except datasets.exceptions.DatasetNotFoundError as e:
