@@ -418,3 +418,68 @@ def test_train_data_file_uses_the_own_data_recipe_and_chooses_max_len(tmp_path):
 
 def test_train_data_companions_need_data(tmp_path):
     one_line_error(*run("train", "--text-column", "x"), "--text-column goes with --data")
+
+
+# ---------------------------------------------------------------- one label normalisation (issue 23 #1, #2)
+def test_1_and_1_0_are_one_class_in_training_eval_data_and_prepare(tmp_path):
+    rows = make_rows({"negative": 60, "positive": 60}, seed=7, names={"negative": "0", "positive": "1"})
+    for i, r in enumerate(rows):
+        r["label"] = r["label"] + (".0" if i % 2 else "")
+    train_file = write_csv(tmp_path / "floats.csv", rows)
+    settings = [f"data.data_dir={tmp_path / 'data'}", "data.dataset=files", f"data.train_file={train_file}", *FAST]
+    code, text = run("prepare", *set_args(settings))
+    assert code == 0, text
+    assert "labels merged" in text and "'0', '0.0' -> '0'" in text and "'1', '1.0' -> '1'" in text
+    results = train(tmp_path / "run", tmp_path / "data", f"data.train_file={train_file}", "train.epochs=1")
+    assert results["labels"] == ["0", "1"]
+    assert json.loads((tmp_path / "run" / "labels.json").read_text())["labels"] == ["0", "1"]
+    # eval --data of a two-class run takes 1.0/0.0 from a CSV, and the same rows as 1/0 give the same figures
+    as_ints = write_csv(tmp_path / "ints.csv", [dict(r, label=r["label"].removesuffix(".0")) for r in rows])
+    a = eval_json(tmp_path / "run", "--data", str(train_file))
+    b = eval_json(tmp_path / "run", "--data", str(as_ints))
+    assert (a["accuracy"], a["n"], a["confusion"]) == (b["accuracy"], b["n"], b["confusion"])
+
+
+def test_eval_data_does_not_read_0_1_as_the_classes_of_a_1_2_run(tmp_path):
+    rows = make_rows({"negative": 60, "positive": 60}, seed=8, names={"negative": "1", "positive": "2"})
+    train(tmp_path / "run", tmp_path / "data", f"data.train_file={write_csv(tmp_path / 'stars.csv', rows)}",
+          "train.epochs=1")
+    shifted = write_csv(tmp_path / "shifted.csv", [dict(r, label=str(int(r["label"]) - 1)) for r in rows[:20]])
+    one_line_error(*run("eval", "--run", str(tmp_path / "run"), "--data", str(shifted)), "unknown label '0'",
+                   "'1', '2'")
+
+
+# ---------------------------------------------------------------- faults as one line (issue 23 #8, #9, #10)
+def test_data_faults_are_one_line_and_write_no_run(tmp_path, monkeypatch):
+    import os
+
+    good = make_rows({"negative": 30, "positive": 30}, seed=9)
+    pos_neg = tmp_path / "reviews"
+    for folder in ("pos", "neg"):
+        (pos_neg / folder).mkdir(parents=True)
+        for i, r in enumerate(good[:20]):
+            (pos_neg / folder / f"{i}_5.txt").write_text(r["text"], encoding="utf-8")
+    (pos_neg / "neg" / "99_1.txt").symlink_to(tmp_path / "gone.txt")
+    fifo = tmp_path / "pipe.csv"
+    os.mkfifo(fifo)
+    surrogate = tmp_path / "cut.jsonl"
+    surrogate.write_text("".join(json.dumps(r) + "\n" for r in good[:5]) + '{"text": "so good \\ud83d", "label": '
+                         '"positive"}\n', encoding="utf-8")
+    nested = write_jsonl(tmp_path / "nested.jsonl", good[:3] + [{"text": {"body": "hi"}, "label": "positive"}])
+    dup = tmp_path / "dup.csv"
+    dup.write_text("text,text,label\n" + "".join(f"{r['text']},x,{r['label']}\n" for r in good), encoding="utf-8")
+    empty = write_csv(tmp_path / "blank_texts.csv", [dict(r, text="") for r in good])
+    cases = [(pos_neg, ["99_1.txt", "symbolic link"]), (fifo, ["pipe.csv", "not a regular file"]),
+             (surrogate, ["cut.jsonl: line 6", "lone surrogate"]), (nested, ["nested.jsonl: line 4", "JSON object"]),
+             (dup, ["dup.csv", "'text' appears twice"]), (empty, ["blank_texts.csv", "every row's text"])]
+    for path, needles in cases:
+        code, text = run("train", *set_args([f"data.data_dir={tmp_path / 'data'}", "data.dataset=files",
+                                             f"data.train_file={path}", *FAST]), "--run-dir", str(tmp_path / "run"))
+        one_line_error(code, text, *needles)
+        assert not (tmp_path / "run").exists()
+    blocker = tmp_path / "cache_file"
+    blocker.write_text("")
+    monkeypatch.setenv("SENTIMENT_CACHE_DIR", str(blocker))
+    code, text = run("train", *set_args([f"data.data_dir={tmp_path / 'data'}", "data.dataset=files",
+                                         f"data.train_file={dup}", *FAST]), "--run-dir", str(tmp_path / "run"))
+    one_line_error(code, text, "SENTIMENT_CACHE_DIR", "is a file")
