@@ -104,22 +104,24 @@ def test_indices_mapping_is_applied():
     assert table.labels == [t[1:] for t in expected]
 
 
-def test_hub_name_and_config_passed_through(monkeypatch):
-    calls = []
-
-    def fake_load_dataset(name, config=None):
-        calls.append((name, config))
-        glue = Features({"sentence": Value("string"), "label": ClassLabel(names=["bad", "ok"])})
-        return DatasetDict({"train": Dataset.from_dict({"sentence": ["fine"], "label": [1]}, features=glue),
-                            "validation": Dataset.from_dict({"sentence": ["meh"], "label": [0]}, features=glue)})
-
-    monkeypatch.setattr(datasets, "load_dataset", fake_load_dataset)
-    tables, _ = load_hf_tables(_cfg("nyu-mll/glue", hf_config="sst2", hf_valid_split="validation",
-                                    text_column="sentence"))
-    assert calls == [("nyu-mll/glue", "sst2")]
-    assert tables["train"].source == "nyu-mll/glue:sst2[train]"
-    assert tables["valid"].source == "nyu-mll/glue:sst2[validation]"
-    assert (tables["train"].labels, tables["valid"].labels) == (["ok"], ["bad"])
+def test_a_dataset_repository_with_configs_is_read_as_the_hub_would(tmp_path, capfd):
+    """A name and a config go through the real `datasets.load_dataset`, here on a local copy of a Hub dataset
+    repository (configs declared in README.md), offline and without progress bars."""
+    repo = tmp_path / "glue"
+    (repo / "sst2").mkdir(parents=True)
+    (repo / "sst2" / "train.csv").write_text("sentence,label\nfine,1\nnice,1\n", encoding="utf-8")
+    (repo / "sst2" / "validation.csv").write_text("sentence,label\nmeh,0\n", encoding="utf-8")
+    (repo / "README.md").write_text("---\nconfigs:\n- config_name: sst2\n  data_files:\n  - split: train\n"
+                                    "    path: sst2/train.csv\n  - split: validation\n    path: sst2/validation.csv\n"
+                                    "---\n", encoding="utf-8")
+    capfd.readouterr()
+    tables, _ = load_hf_tables(_cfg(repo, hf_config="sst2", hf_valid_split="validation", text_column="sentence"))
+    assert tables["train"].source == f"{repo}:sst2[train]"
+    assert tables["valid"].source == f"{repo}:sst2[validation]"
+    assert (tables["train"].texts, tables["valid"].texts) == (["fine", "nice"], ["meh"])
+    assert (tables["train"].labels, tables["valid"].labels) == (["1", "1"], ["0"])
+    assert capfd.readouterr().err == ""
+    assert "config 'nope'" in _error(_cfg(repo, hf_config="nope"))
 
 
 def test_single_dataset_is_the_train_split(tmp_path):

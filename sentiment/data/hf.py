@@ -46,7 +46,10 @@ def load_hf_tables(cfg: DataConfig, unlabeled: bool = False) -> tuple[dict[str, 
         wanted = {"unlabeled": cfg.unlabeled}
     datasets = _import_datasets()
     local = _local_path(name)
-    if local is not None:
+    if local is not None and local.is_dir() and (local / "README.md").is_file() and not _is_saved(local):
+        loaded = _load_repository(datasets, local, cfg.hf_config)  # a clone of a Hub dataset repository
+        label = name if cfg.hf_config is None else f"{name}:{cfg.hf_config}"
+    elif local is not None:
         loaded = _load_from_disk(datasets, local, cfg.hf_config)
         label = name
     else:
@@ -105,13 +108,34 @@ def _local_path(name: str) -> Path | None:
     return None
 
 
+def _is_saved(path: Path) -> bool:
+    return (path / "dataset_dict.json").is_file() or (path / "state.json").is_file()
+
+
+def _load_repository(datasets: Any, path: Path, config: str | None) -> Any:
+    """A local copy of a Hub dataset repository (data files, with configs declared in README.md), read as
+    the Hub's copy would be, without the network and without progress bars."""
+    what = f"{path}" + (f" (config {config!r})" if config is not None else "")
+    bars = datasets.utils.logging.is_progress_bar_enabled()
+    datasets.utils.logging.disable_progress_bar()
+    try:
+        with _offline(datasets):
+            return datasets.load_dataset(str(path), config)
+    except (datasets.exceptions.DatasetsError, OSError, ValueError, RuntimeError) as e:
+        raise SentimentError(f"data.hf_dataset: could not load the dataset repository {what} ({_reason(e)})") from None
+    finally:
+        if bars:
+            datasets.utils.logging.enable_progress_bar()
+
+
 def _load_from_disk(datasets: Any, path: Path, config: str | None) -> Any:
     if not path.is_dir():
         raise SentimentError(f"data.hf_dataset: {path} is a file, not a directory written by save_to_disk "
                              "(for a .csv, .jsonl or .parquet file use data.dataset: files)")
-    if not ((path / "dataset_dict.json").is_file() or (path / "state.json").is_file()):
+    if not _is_saved(path):
         raise SentimentError(f"data.hf_dataset: {path} is not a saved dataset (it has neither dataset_dict.json "
-                             "nor state.json); write one with Dataset.save_to_disk or DatasetDict.save_to_disk")
+                             "nor state.json, nor a README.md declaring data files); write one with "
+                             "Dataset.save_to_disk or DatasetDict.save_to_disk")
     if config is not None:
         raise SentimentError(f"data.hf_config is {config!r}, but {path} is a saved dataset, which has no "
                              "configurations: unset data.hf_config")
