@@ -26,5 +26,5 @@ def cache_dir(data_dir: Path) -> Path:
         from sentiment.errors import SentimentError
 
         named = f"${CACHE_DIR_ENV} ({path})" if os.environ.get(CACHE_DIR_ENV) else f"the cache directory {path}"
-        raise SentimentError(f"{named} is a file, not a directory: point it at a directory")
+        raise SentimentError(f"cannot write the cache: {named} is a file, not a directory: point it at a directory")
     return path
