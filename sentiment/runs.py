@@ -181,8 +181,8 @@ def write_data_fingerprints(run_dir: Path, fingerprints: dict[str, dict]) -> Non
                           json.dumps({"format": 1, "splits": fingerprints}, indent=2) + "\n")
 
 
-def check_data_fingerprints(run_dir: Path, fingerprints: dict[str, dict],
-                            splits: tuple[str, ...] = ("train", "valid", "test"), *, allow_changed: bool = False) -> None:
+def check_data_fingerprints(run_dir: Path, fingerprints: dict[str, dict], splits: tuple[str, ...] = ("train", "valid", "test"),
+                            *, allow_changed: bool = False) -> None:
     """Refuse data whose splits hold other texts or labels than the run was trained with (a label flipped,
     a review rewritten), naming the file; runs written before fingerprints existed are not checked.
     allow_changed: accept it (`eval --allow-changed-data`)."""

@@ -86,7 +86,8 @@ def _print_prepare_stats(stats: dict[str, Any]) -> None:
     style = "[yellow]" if split.startswith("random (") else ""
     console.print(f"{style}validation: {split} split{'[/]' if style else ''}")
     if s.get("labels_merged"):
-        merged = "; ".join(f"{', '.join(map(repr, spellings))} -> {name!r}" for name, spellings in s["labels_merged"].items())
+        merged = "; ".join(f"{', '.join(map(repr, spellings))} -> {name!r}"
+                           for name, spellings in s["labels_merged"].items())
         console.print(f"labels merged (space, case and 1.0 = 1 do not make classes): {escape(merged)}", soft_wrap=True)
     if s.get("empty_texts_skipped"):
         console.print(f"[yellow]skipped {s['empty_texts_skipped']:,} rows with empty text[/]")

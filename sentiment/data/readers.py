@@ -339,8 +339,8 @@ def _json_object(path: Path, n: int, line: str) -> dict:
 def _check_scalar(path: Path, n: int, field: str, value: Any) -> None:
     """{"text": {"body": ...}} would otherwise train on a Python repr of the object."""
     if isinstance(value, (dict, list)):
-        raise SentimentError(f"{path}: line {n}: field {field!r} is a JSON {'object' if isinstance(value, dict) else 'array'}, "
-                             "not text or a single value")
+        kind = "object" if isinstance(value, dict) else "array"
+        raise SentimentError(f"{path}: line {n}: field {field!r} is a JSON {kind}, not text or a single value")
 
 
 def _check_no_surrogate(path: Path, n: int, *values: str | None) -> None:
