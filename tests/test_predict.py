@@ -278,7 +278,7 @@ def bad_files(tmp: Path) -> dict[str, Path]:
 
 @pytest.mark.parametrize("command, name, extra, needles", [
     ("predict", "nope.txt", [], ["nope.txt", "not found"]),
-    ("predict", "plain_dir", [], ["is a directory without .txt files"]),
+    ("predict", "plain_dir", [], ["holds no .txt files", "is a directory"]),
     ("predict", "missing_column.csv", [], ["no column 'text'", "'id', 'review'"]),
     ("predict", "missing_field.jsonl", ["--text-column", "body"], ["no line has a field 'body'", "'review', 'id'"]),
     ("predict", "bad_json.jsonl", [], ["line 2", "not valid JSON"]),

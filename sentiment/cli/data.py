@@ -113,6 +113,9 @@ def _print_prepare_stats(stats: dict[str, Any]) -> None:
             total = max(sum(counts), 1)
             table.add_row(split_name, *(f"{c:,} ({c / total:.0%})" for c in counts))
         console.print(table)
+    if s.get("unlabeled_invalid_utf8_files"):
+        console.print(f"[yellow]{s['unlabeled_invalid_utf8_files']} unlabeled files had invalid UTF-8 (decoded with "
+                      "replacement)[/]")
     if s.get("invalid_utf8_files"):
         console.print(f"[yellow]{s['invalid_utf8_files']} review files had invalid UTF-8 (decoded with replacement)[/]")
     if "glove_vocab_coverage" in s:

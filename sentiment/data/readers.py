@@ -138,7 +138,7 @@ read_unlabeled = read_texts  # data.unlabeled's texts: the same reader as predic
 def _read_txt_dir(path: Path) -> Table:
     files = sorted(path.glob("*.txt"), key=_natural)
     if not files:
-        raise SentimentError(f"{path} is a directory without .txt files (nor pos/ and neg/ folders)")
+        raise SentimentError(f"{path} holds no .txt files (it is a directory without pos/ and neg/ folders too)")
     texts, replaced = _read_txt_files(files)
     return Table(texts, None, list(range(1, len(texts) + 1)), str(path), replaced)
 

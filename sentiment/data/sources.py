@@ -69,7 +69,7 @@ def load_source(cfg: DataConfig, label_space: LabelSpace | None = None, *, with_
             what = part.source
         source = attach_unlabeled(source, part.tokens, part.ids, part.offsets)
         source.stats.update(unlabeled_source=what, unlabeled_from_cache=part.from_cache,
-                            unlabeled_seconds=time.perf_counter() - t0)
+                            unlabeled_seconds=time.perf_counter() - t0, unlabeled_invalid_utf8_files=part.replaced)
     return source
 
 
@@ -147,7 +147,7 @@ def _imdb_unsup(cfg: DataConfig) -> "_Part":
         raise SentimentError(f"data.unlabeled: unsup asks for IMDB's unlabeled reviews, but {e}") from None
     n = len(corpus)
     return _Part(corpus.tokens, corpus.ids, corpus.offsets, np.full(n, -1, np.int32), [], np.zeros(n, np.uint64),
-                 np.arange(1, n + 1), "IMDB train/unsup", from_cache=from_cache)
+                 np.arange(1, n + 1), "IMDB train/unsup", from_cache=from_cache, replaced=corpus.invalid_utf8)
 
 
 # ---------------------------------------------------------------- files and datasets
@@ -291,10 +291,17 @@ def _file_part(path: Path, cfg: DataConfig, labeled: bool) -> _Part:
     content = _directory_hash(path) if path.is_dir() else _file_hash(path)
     key = f"file\0{content}\0{path.name}\0{_settings_key(cfg, (cfg.text_column, label_column))}"
     read = (lambda: read_table(path, cfg.text_column, label_column)) if labeled else (
-        lambda: read_texts(path, cfg.text_column))
+        lambda: _unlabeled(path, cfg.text_column))
     part = _cached_part(key, cache_dir(Path(cfg.data_dir)), lambda: _part_from_table(read(), cfg, str(path)))
     part.source = str(path)  # a cache entry written for a copy elsewhere (same name and bytes) names that copy
     return part
+
+
+def _unlabeled(path: Path, text_column: str) -> Table:
+    try:
+        return read_texts(path, text_column)
+    except SentimentError as e:  # say which setting named the file
+        raise SentimentError(f"data.unlabeled: {e}") from None
 
 
 def _hf_parts(cfg: DataConfig, unlabeled: bool = False) -> dict[str, _Part]:
