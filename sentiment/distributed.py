@@ -83,13 +83,6 @@ def shutdown() -> None:
         dist.destroy_process_group()
 
 
-def barrier(rank: Rank) -> None:
-    if rank.distributed:
-        import torch.distributed as dist
-
-        dist.barrier()
-
-
 def all_reduce_sum(rank: Rank, values: torch.Tensor) -> torch.Tensor:
     """The sum of `values` over ranks (a new tensor on values' device)."""
     if not rank.distributed:

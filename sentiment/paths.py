@@ -21,4 +21,10 @@ def default_runs_dir() -> Path:
 def cache_dir(data_dir: Path) -> Path:
     """Derived artefacts (tokenized corpus, parsed GloVe) live beside the data they come from, unless
     $SENTIMENT_CACHE_DIR moves them (a read-only data directory, or a benchmark that wants a cold cache)."""
-    return Path(os.environ.get(CACHE_DIR_ENV) or Path(data_dir) / "cache")
+    path = Path(os.environ.get(CACHE_DIR_ENV) or Path(data_dir) / "cache")
+    if path.exists() and not path.is_dir():
+        from sentiment.errors import SentimentError
+
+        named = f"${CACHE_DIR_ENV} ({path})" if os.environ.get(CACHE_DIR_ENV) else f"the cache directory {path}"
+        raise SentimentError(f"cannot write the cache: {named} is a file, not a directory: point it at a directory")
+    return path

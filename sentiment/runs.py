@@ -192,3 +192,37 @@ def truncate_metrics(run_dir: Path, epochs_done: int) -> None:
     """On resume, drop rows of epochs after the checkpoint (they will be trained again)."""
     rows = [r for r in read_metrics(run_dir) if r.get("epoch", 0) <= epochs_done]
     atomic_write_text(Path(run_dir) / METRICS_FILE, "".join(json.dumps(r) + "\n" for r in rows))
+
+
+# ---------------------------------------------------------------- data fingerprints
+DATA_FINGERPRINT_FILE = "data_fingerprint.json"
+
+
+def write_data_fingerprints(run_dir: Path, fingerprints: dict[str, dict]) -> None:
+    """Store each split's content digest (sentiment.data.fingerprint.data_fingerprints) in the run."""
+    if fingerprints:
+        atomic_write_text(Path(run_dir) / DATA_FINGERPRINT_FILE,
+                          json.dumps({"format": 1, "splits": fingerprints}, indent=2) + "\n")
+
+
+def check_data_fingerprints(run_dir: Path, fingerprints: dict[str, dict], splits: tuple[str, ...] = ("train", "valid", "test"),
+                            *, allow_changed: bool = False) -> None:
+    """Refuse data whose splits hold other texts or labels than the run was trained with (a label flipped,
+    a review rewritten), naming the file; runs written before fingerprints existed are not checked.
+    allow_changed: accept it (`eval --allow-changed-data`)."""
+    path = Path(run_dir) / DATA_FINGERPRINT_FILE
+    if allow_changed or not path.is_file():
+        return
+    try:
+        saved = json.loads(path.read_text(encoding="utf-8"))["splits"]
+    except (OSError, ValueError, KeyError, TypeError) as e:
+        raise SentimentError(f"{path} is not a data fingerprint file ({e})") from None
+    for name in splits:
+        old, new = saved.get(name), fingerprints.get(name)
+        if old is None or new is None or old.get("sha256") == new.get("sha256"):
+            continue
+        rows = (f" ({old.get('rows', '?'):,} rows then, {new['rows']:,} now)" if old.get("rows") != new.get("rows")
+                else "")
+        raise SentimentError(f"the {name} split's texts or labels in {new.get('source') or old.get('source')} are not "
+                             f"the ones {run_dir} was trained with{rows}: the data changed since; its figures would "
+                             "not be comparable (eval --allow-changed-data evaluates anyway)")

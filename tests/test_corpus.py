@@ -12,7 +12,7 @@ from sentiment.data import corpus as corpus_mod
 from sentiment.data.corpus import load_corpus, tokenize_files
 from sentiment.errors import DataMissingError
 from sentiment.data.imdb import SPLIT_CODES, imdb_dir, list_reviews
-from sentiment.data.tokenize import Tokenizer
+from _tokenizer import Tokenizer
 
 
 def doc_tokens(corpus, i: int) -> list[str]:

@@ -353,8 +353,29 @@ def test_eval_and_resume_refuse_data_whose_split_changed(tmp_path):
     train(run_dir, tmp_path / "data", f"data.train_file={train_file}", "train.epochs=1")
     assert eval_json(run_dir)["n"] > 0  # unchanged data: fine
     write_csv(train_file, rows[5:])  # rows removed: every carve moves
-    one_line_error(*run("eval", "--run", str(run_dir)), "not the one it was trained with")
-    one_line_error(*run("train", "--resume", str(run_dir), "--set", "train.epochs=2"), "not the one it was trained with")
+    one_line_error(*run("eval", "--run", str(run_dir)), str(train_file), "trained with")
+    one_line_error(*run("train", "--resume", str(run_dir), "--set", "train.epochs=2"), str(train_file), "trained with")
+
+
+def test_eval_and_resume_refuse_flipped_labels_naming_the_file(tmp_path):
+    # issue 23 #5: same rows, same split membership, every test label flipped: refused, not scored as before
+    rows = make_rows({"negative": 60, "positive": 60}, seed=5)
+    train_file = write_csv(tmp_path / "train.csv", rows[:90])
+    test_file = write_csv(tmp_path / "test.csv", rows[90:])
+    run_dir = tmp_path / "run"
+    train(run_dir, tmp_path / "data", f"data.train_file={train_file}", f"data.test_file={test_file}",
+          "train.epochs=1")
+    stored = json.loads((run_dir / "data_fingerprint.json").read_text())["splits"]
+    assert set(stored) == {"train", "valid", "test"} and stored["test"]["rows"] == 30
+    before = eval_json(run_dir)
+    flip = {"negative": "positive", "positive": "negative"}
+    write_csv(test_file, [dict(r, label=flip[r["label"]]) for r in rows[90:]])
+    one_line_error(*run("eval", "--run", str(run_dir)), "test split", str(test_file), "--allow-changed-data")
+    code, text = run("eval", "--run", str(run_dir), "--json", "--allow-changed-data")
+    assert code == 0, text
+    assert json.loads(text.strip().splitlines()[-1])["accuracy"] == pytest.approx(1 - before["accuracy"])
+    assert eval_json(run_dir, "--split", "valid")["n"] > 0  # the valid split did not change: still fine
+    one_line_error(*run("train", "--resume", str(run_dir), "--set", "train.epochs=2"), str(test_file))
 
 
 def test_labels_with_stray_spaces_are_one_class(tmp_path):
@@ -364,3 +385,101 @@ def test_labels_with_stray_spaces_are_one_class(tmp_path):
     results = train(tmp_path / "run", tmp_path / "data", f"data.train_file={write_csv(tmp_path / 's.csv', rows)}",
                     "train.epochs=1")
     assert results["labels"] == ["negative", "positive"]
+
+
+# ---------------------------------------------------------------- train --data (issue 22 point 6)
+def test_train_data_file_uses_the_own_data_recipe_and_chooses_max_len(tmp_path):
+    import yaml
+
+    rows = [{"tweet": r["text"], "sentiment": r["label"]} for r in make_rows({"negative": 50, "positive": 50}, seed=6)]
+    data_file = write_csv(tmp_path / "mine.csv", rows)
+    run_dir = tmp_path / "run"
+    code, text = run("train", "--data", str(data_file), "--text-column", "tweet", "--label-column", "sentiment",
+                     "--set", f"data.data_dir={tmp_path / 'data'}", "--set", "data.glove_dim=null",
+                     "--set", "train.epochs=1", "--set", "model.hidden_size=8", "--set", "data.workers=1", "--set", "model.embed_dim=8",
+                     "--run-dir", str(run_dir))
+    assert code == 0, text
+    saved = yaml.safe_load((run_dir / "config.yaml").read_text())
+    lengths = sorted(len(r["tweet"].split()) for r in rows)  # the words are the tokens here
+    chosen = saved["data"]["max_len"]
+    assert chosen == saved["data"]["eval_max_len"]
+    assert lengths[len(lengths) // 2] <= chosen <= lengths[-1] < 400  # from the texts, not IMDB's 400
+    assert f"data.max_len and data.eval_max_len = {chosen}" in text
+    assert saved["data"]["train_file"] == str(data_file) and saved["data"]["text_column"] == "tweet"
+    assert saved["model"]["rnn"] == "gru" and saved["data"]["placeholders"] is True  # the short-text recipe
+    assert "classes per split" in text  # the data summary prepare prints
+    # --set names it: kept as set
+    code, text = run("train", "--data", str(data_file), "--text-column", "tweet", "--label-column", "sentiment",
+                     "--set", f"data.data_dir={tmp_path / 'data'}", "--set", "data.glove_dim=null",
+                     "--set", "train.epochs=1", "--set", "model.embed_dim=8", "--set", "data.max_len=5",
+                     "--run-dir", str(tmp_path / "run2"), "--print-config")
+    assert code == 0 and "max_len: 5" in text
+
+
+def test_train_data_companions_need_data(tmp_path):
+    one_line_error(*run("train", "--text-column", "x"), "--text-column goes with --data")
+
+
+# ---------------------------------------------------------------- one label normalisation (issue 23 #1, #2)
+def test_1_and_1_0_are_one_class_in_training_eval_data_and_prepare(tmp_path):
+    rows = make_rows({"negative": 60, "positive": 60}, seed=7, names={"negative": "0", "positive": "1"})
+    for i, r in enumerate(rows):
+        r["label"] = r["label"] + (".0" if i % 2 else "")
+    train_file = write_csv(tmp_path / "floats.csv", rows)
+    settings = [f"data.data_dir={tmp_path / 'data'}", "data.dataset=files", f"data.train_file={train_file}", *FAST]
+    code, text = run("prepare", *set_args(settings))
+    assert code == 0, text
+    assert "labels merged" in text and "'0', '0.0' -> '0'" in text and "'1', '1.0' -> '1'" in text
+    results = train(tmp_path / "run", tmp_path / "data", f"data.train_file={train_file}", "train.epochs=1")
+    assert results["labels"] == ["0", "1"]
+    assert json.loads((tmp_path / "run" / "labels.json").read_text())["labels"] == ["0", "1"]
+    # eval --data of a two-class run takes 1.0/0.0 from a CSV, and the same rows as 1/0 give the same figures
+    as_ints = write_csv(tmp_path / "ints.csv", [dict(r, label=r["label"].removesuffix(".0")) for r in rows])
+    a = eval_json(tmp_path / "run", "--data", str(train_file))
+    b = eval_json(tmp_path / "run", "--data", str(as_ints))
+    assert (a["accuracy"], a["n"], a["confusion"]) == (b["accuracy"], b["n"], b["confusion"])
+
+
+def test_eval_data_does_not_read_0_1_as_the_classes_of_a_1_2_run(tmp_path):
+    rows = make_rows({"negative": 60, "positive": 60}, seed=8, names={"negative": "1", "positive": "2"})
+    train(tmp_path / "run", tmp_path / "data", f"data.train_file={write_csv(tmp_path / 'stars.csv', rows)}",
+          "train.epochs=1")
+    shifted = write_csv(tmp_path / "shifted.csv", [dict(r, label=str(int(r["label"]) - 1)) for r in rows[:20]])
+    one_line_error(*run("eval", "--run", str(tmp_path / "run"), "--data", str(shifted)), "unknown label '0'",
+                   "'1', '2'")
+
+
+# ---------------------------------------------------------------- faults as one line (issue 23 #8, #9, #10)
+def test_data_faults_are_one_line_and_write_no_run(tmp_path, monkeypatch):
+    import os
+
+    good = make_rows({"negative": 30, "positive": 30}, seed=9)
+    pos_neg = tmp_path / "reviews"
+    for folder in ("pos", "neg"):
+        (pos_neg / folder).mkdir(parents=True)
+        for i, r in enumerate(good[:20]):
+            (pos_neg / folder / f"{i}_5.txt").write_text(r["text"], encoding="utf-8")
+    (pos_neg / "neg" / "99_1.txt").symlink_to(tmp_path / "gone.txt")
+    fifo = tmp_path / "pipe.csv"
+    os.mkfifo(fifo)
+    surrogate = tmp_path / "cut.jsonl"
+    surrogate.write_text("".join(json.dumps(r) + "\n" for r in good[:5]) + '{"text": "so good \\ud83d", "label": '
+                         '"positive"}\n', encoding="utf-8")
+    nested = write_jsonl(tmp_path / "nested.jsonl", good[:3] + [{"text": {"body": "hi"}, "label": "positive"}])
+    dup = tmp_path / "dup.csv"
+    dup.write_text("text,text,label\n" + "".join(f"{r['text']},x,{r['label']}\n" for r in good), encoding="utf-8")
+    empty = write_csv(tmp_path / "blank_texts.csv", [dict(r, text="") for r in good])
+    cases = [(pos_neg, ["99_1.txt", "symbolic link"]), (fifo, ["pipe.csv", "not a regular file"]),
+             (surrogate, ["cut.jsonl: line 6", "lone surrogate"]), (nested, ["nested.jsonl: line 4", "JSON object"]),
+             (dup, ["dup.csv", "'text' appears twice"]), (empty, ["blank_texts.csv", "every row's text"])]
+    for path, needles in cases:
+        code, text = run("train", *set_args([f"data.data_dir={tmp_path / 'data'}", "data.dataset=files",
+                                             f"data.train_file={path}", *FAST]), "--run-dir", str(tmp_path / "run"))
+        one_line_error(code, text, *needles)
+        assert not (tmp_path / "run").exists()
+    blocker = tmp_path / "cache_file"
+    blocker.write_text("")
+    monkeypatch.setenv("SENTIMENT_CACHE_DIR", str(blocker))
+    code, text = run("train", *set_args([f"data.data_dir={tmp_path / 'data'}", "data.dataset=files",
+                                         f"data.train_file={dup}", *FAST]), "--run-dir", str(tmp_path / "run"))
+    one_line_error(code, text, "SENTIMENT_CACHE_DIR", "is a file")

@@ -89,35 +89,39 @@ def test_other_column_names(tmp_path):
     assert (table.texts, table.labels) == (["so good"], ["pos"])
 
 
-def test_indices_mapping_is_applied(monkeypatch):
-    """A shuffled or selected split keeps its rows in an indices mapping: the Table must follow it."""
+def test_indices_mapping_is_applied():
+    """A shuffled or selected split keeps its rows in an indices mapping: the Table must follow it (a real
+    `datasets` Dataset, read by the function that turns every split into a Table)."""
+    from sentiment.data.hf import _table
+
     ds = Dataset.from_dict({"text": [f"t{i}" for i in range(20)], "label": [str(i) for i in range(20)]})
     picked = ds.shuffle(seed=3).select(range(5))
     assert picked._indices is not None
     expected = [picked[i]["text"] for i in range(5)]
     assert expected != ["t0", "t1", "t2", "t3", "t4"]
-    monkeypatch.setattr(datasets, "load_dataset", lambda name, config=None: DatasetDict({"train": picked}))
-    table = load_hf_tables(_cfg("someone/shuffled"))[0]["train"]
+    table = _table(datasets, picked, "text", "label", "shuffled[train]")
     assert table.texts == expected
     assert table.labels == [t[1:] for t in expected]
 
 
-def test_hub_name_and_config_passed_through(monkeypatch):
-    calls = []
-
-    def fake_load_dataset(name, config=None):
-        calls.append((name, config))
-        glue = Features({"sentence": Value("string"), "label": ClassLabel(names=["bad", "ok"])})
-        return DatasetDict({"train": Dataset.from_dict({"sentence": ["fine"], "label": [1]}, features=glue),
-                            "validation": Dataset.from_dict({"sentence": ["meh"], "label": [0]}, features=glue)})
-
-    monkeypatch.setattr(datasets, "load_dataset", fake_load_dataset)
-    tables, _ = load_hf_tables(_cfg("nyu-mll/glue", hf_config="sst2", hf_valid_split="validation",
-                                    text_column="sentence"))
-    assert calls == [("nyu-mll/glue", "sst2")]
-    assert tables["train"].source == "nyu-mll/glue:sst2[train]"
-    assert tables["valid"].source == "nyu-mll/glue:sst2[validation]"
-    assert (tables["train"].labels, tables["valid"].labels) == (["ok"], ["bad"])
+def test_a_dataset_repository_with_configs_is_read_as_the_hub_would(tmp_path, capfd):
+    """A name and a config go through the real `datasets.load_dataset`, here on a local copy of a Hub dataset
+    repository (configs declared in README.md), offline and without progress bars."""
+    repo = tmp_path / "glue"
+    (repo / "sst2").mkdir(parents=True)
+    (repo / "sst2" / "train.csv").write_text("sentence,label\nfine,1\nnice,1\n", encoding="utf-8")
+    (repo / "sst2" / "validation.csv").write_text("sentence,label\nmeh,0\n", encoding="utf-8")
+    (repo / "README.md").write_text("---\nconfigs:\n- config_name: sst2\n  data_files:\n  - split: train\n"
+                                    "    path: sst2/train.csv\n  - split: validation\n    path: sst2/validation.csv\n"
+                                    "---\n", encoding="utf-8")
+    capfd.readouterr()
+    tables, _ = load_hf_tables(_cfg(repo, hf_config="sst2", hf_valid_split="validation", text_column="sentence"))
+    assert tables["train"].source == f"{repo}:sst2[train]"
+    assert tables["valid"].source == f"{repo}:sst2[validation]"
+    assert (tables["train"].texts, tables["valid"].texts) == (["fine", "nice"], ["meh"])
+    assert (tables["train"].labels, tables["valid"].labels) == (["1", "1"], ["0"])
+    assert capfd.readouterr().err == ""
+    assert "config 'nope'" in _error(_cfg(repo, hf_config="nope"))
 
 
 def test_single_dataset_is_the_train_split(tmp_path):
@@ -209,14 +213,16 @@ def test_unlabeled_classlabel_row(tmp_path):
     assert "(neg, pos)" in message
 
 
-def test_out_of_range_classlabel(monkeypatch):
-    # ClassLabel refuses 2 when it encodes data, so give plain codes a two-class ClassLabel afterwards
+def test_out_of_range_classlabel(tmp_path):
+    # ClassLabel refuses 2 when it encodes data, so give plain codes a two-class ClassLabel afterwards, and
+    # save it: the directory then reads back through load_from_disk as any saved dataset does
     codes = Dataset.from_dict({"text": ["a", "b", "c"], "label": [0, 1, 2]})
     narrowed = Dataset(codes.data, info=datasets.DatasetInfo(features=CLASSES))
     assert isinstance(narrowed.features["label"], ClassLabel)
-    monkeypatch.setattr(datasets, "load_dataset", lambda name, config=None: DatasetDict({"train": narrowed}))
-    message = _error(_cfg("someone/broken"))
-    assert "someone/broken[train]: row 3: label 2 is out of range" in message and "2 classes" in message
+    path = tmp_path / "broken"
+    DatasetDict({"train": narrowed}).save_to_disk(str(path))
+    message = _error(_cfg(path))
+    assert f"{path}[train]: row 3: label 2 is out of range" in message and "2 classes" in message
 
 
 @pytest.mark.parametrize("value", [None, "", "  "])
@@ -261,19 +267,31 @@ def test_hub_unreachable_offline(monkeypatch):
     assert "offline mode is on" in message and "save_to_disk works offline" in message
 
 
-def test_hub_unreachable_online(monkeypatch):
-    """Not offline, but no network: `datasets` retries, then raises ConnectionError (faked here)."""
-    def unreachable(name, config=None):
-        raise ConnectionError(f"Couldn't reach '{name}' on the Hub (LocalEntryNotFoundError)")
+def test_hub_unreachable_online_fails_fast_and_quietly(monkeypatch, capfd):
+    """Not offline, but no network (a Hub host name that cannot resolve, whatever this machine's network):
+    the real `datasets` path, which used to retry for ~28 s printing 11 lines, now fails in seconds, silently,
+    with one line."""
+    import time
+
+    import huggingface_hub.constants
 
     monkeypatch.setattr(datasets.config, "HF_HUB_OFFLINE", False)
-    monkeypatch.setattr(datasets, "load_dataset", unreachable)
-    message = _error(_cfg("stanfordnlp/imdb"))
-    assert "the Hugging Face Hub is unreachable" in message and "HF_HUB_OFFLINE=1" in message
+    monkeypatch.setattr(huggingface_hub.constants, "HF_HUB_OFFLINE", False)
+    monkeypatch.setattr(huggingface_hub.constants, "ENDPOINT", "https://hub.sentiment-test.invalid")
+    monkeypatch.setattr(datasets.config, "HF_ENDPOINT", "https://hub.sentiment-test.invalid", raising=False)
+    capfd.readouterr()
+    t0 = time.monotonic()
+    message = _error(_cfg("nobody-sentiment-test/no-such-dataset"))
+    assert time.monotonic() - t0 < 10
+    assert "hub.sentiment-test.invalid" in message and "cannot be reached" in message and "save_to_disk" in message
+    out, err = capfd.readouterr()
+    assert out == "" and err == ""
+    assert datasets.config.HF_HUB_OFFLINE is False  # offline for that load only
 
 
 def test_unknown_hub_dataset(monkeypatch):
-    """What an online Hub answers for a name it lacks (raised by the real exception class)."""
+    """What an online Hub answers for a name it lacks (raised by the real exception class). A fake: this
+    answer needs the Hub, which tests must not."""
     def not_found(name, config=None):
         raise datasets.exceptions.DatasetNotFoundError(f"Dataset '{name}' doesn't exist on the Hub or cannot be "
                                                        "accessed.")
@@ -285,6 +303,7 @@ def test_unknown_hub_dataset(monkeypatch):
 
 
 def test_unknown_config(monkeypatch):
+    """The Hub's answer for a config a dataset lacks. A fake: this answer needs the Hub, which tests must not."""
     def bad_config(name, config=None):
         raise ValueError(f"BuilderConfig '{config}' not found.\nAvailable: ['plain_text']")
 

@@ -9,7 +9,7 @@ import numpy as np
 import pytest
 
 from sentiment.errors import DataMissingError, SentimentError
-from sentiment.data.imdb import (fingerprint, imdb_dir, list_reviews, movie_ids, movie_validation_split,
+from sentiment.data.imdb import (fingerprint, imdb_dir, list_reviews, movie_ids, 
                            validation_split)
 
 
@@ -208,7 +208,48 @@ def test_validation_split_fraction_out_of_range(fraction: float):
         validation_split(LABELS, fraction, seed=0)
 
 
-# --- movie_validation_split ----------------------------------------------------------------------------
+# --- the movie split: sources.grouped_split with movies as groups -------------------------------------
+
+
+def movie_validation_split(labels, movies, fraction, seed):
+    from sentiment.data.sources import grouped_split
+
+    return grouped_split(labels, np.asarray(movies), fraction, seed, 2)
+
+
+def frozen_movie_split(labels, movies, fraction, seed):
+    """imdb.movie_validation_split as it was before the two group splitters became one (commit 5be685b):
+    runs trained with it must find the same validation rows (splits.npz) on eval and resume."""
+    labels = np.asarray(labels)
+    quota = {int(c): int(round(fraction * int((labels == c).sum()))) for c in np.unique(labels)}
+    members = {}
+    for i, movie in enumerate(movies):
+        members.setdefault(movie, []).append(i)
+    titles = sorted(members)
+    taken = {c: 0 for c in quota}
+    valid = []
+    for t in np.random.default_rng(seed).permutation(len(titles)):
+        rows = members[titles[t]]
+        counts = {c: 0 for c in quota}
+        for i in rows:
+            counts[int(labels[i])] += 1
+        if all(taken[c] + counts[c] <= quota[c] for c in quota):
+            valid.extend(rows)
+            for c in quota:
+                taken[c] += counts[c]
+            if taken == quota:
+                break
+    valid_idx = np.sort(np.asarray(valid, dtype=np.int64))
+    return np.setdiff1d(np.arange(len(labels)), valid_idx, assume_unique=True), valid_idx
+
+
+@pytest.mark.parametrize("seed", [0, 1, 42])
+@pytest.mark.parametrize("fraction", [0.1, 0.2])
+def test_the_one_grouped_split_gives_the_movie_split_old_runs_were_trained_with(seed, fraction):
+    labels, movies = movie_world(seed)
+    new = movie_validation_split(labels, movies, fraction, seed)
+    old = frozen_movie_split(labels, movies, fraction, seed)
+    assert new[0].tolist() == old[0].tolist() and new[1].tolist() == old[1].tolist()
 
 
 def movie_world(seed: int = 0) -> tuple[np.ndarray, list[str]]:

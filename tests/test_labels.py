@@ -149,6 +149,31 @@ def test_two_class_index_accepts_the_usual_spellings():
     assert odd.index(["neg", "pos"]).tolist() == [1, 0]
 
 
+def test_synonyms_apply_only_when_unambiguous_for_the_runs_own_names():
+    # issue 23 #2: a run whose classes are "1" and "2" must not read 0/1 through the 0/1 spellings ([0, 0])
+    stars = LabelSpace(("1", "2"))
+    assert stars.index(["1", "2", "2.0"]).tolist() == [0, 1, 1]
+    with pytest.raises(SentimentError, match="unknown label '0'"):
+        stars.index(["0", "1"])
+    # names that are not a negative/positive pair take no spellings: which of good/bad is "1" is not ours to guess
+    with pytest.raises(SentimentError, match="unknown label '1'"):
+        LabelSpace(("bad", "good")).index(["1"])
+    # a 0/1 run reads pos/neg and true/false; a false/true run reads 0/1
+    assert LabelSpace(("0", "1")).index(["pos", "neg", "TRUE", "1.0"]).tolist() == [1, 0, 1, 1]
+    assert LabelSpace(("false", "true")).index(["1", "0"]).tolist() == [1, 0]
+
+
+def test_one_normalisation_of_label_values():
+    from sentiment.data.labels import merged_labels, normalize_label
+
+    assert [normalize_label(v) for v in ["1.0", " 1 ", "+1", "01", "1e1", "-0.0", "2.5", " Positive ", "NaN"]] == \
+        ["1", "1", "1", "1", "10", "0", "2.5", "positive", "nan"]
+    assert merged_labels(["1", "1.0", "0", "pos"]) == {"1": ["1", "1.0"]}
+    # a run trained with 1 and 1.0 as two classes (before labels were normalised) maps each as stored
+    old = LabelSpace(("0", "0.0", "1", "1.0"))
+    assert old.index(["1.0", "1", "0.0", "0"]).tolist() == [3, 2, 1, 0]
+
+
 def test_k_class_index_does_not_take_binary_spellings():
     space = LabelSpace(("0", "1", "2"))
     assert space.index(["2", "0"]).tolist() == [2, 0]

@@ -278,12 +278,12 @@ def bad_files(tmp: Path) -> dict[str, Path]:
 
 @pytest.mark.parametrize("command, name, extra, needles", [
     ("predict", "nope.txt", [], ["nope.txt", "not found"]),
-    ("predict", "plain_dir", [], ["is a directory"]),
+    ("predict", "plain_dir", [], ["holds no .txt files", "is a directory"]),
     ("predict", "missing_column.csv", [], ["no column 'text'", "'id', 'review'"]),
-    ("predict", "missing_field.jsonl", ["--text-column", "body"], ["line 1", "no field 'body'", "'review', 'id'"]),
+    ("predict", "missing_field.jsonl", ["--text-column", "body"], ["no line has a field 'body'", "'review', 'id'"]),
     ("predict", "bad_json.jsonl", [], ["line 2", "not valid JSON"]),
     ("predict", "array.jsonl", [], ["line 1", "not an object"]),
-    ("predict", "unclosed_quote.csv", [], ["line 4", "not valid CSV"]),
+    ("predict", "unclosed_quote.csv", [], ["line 3", "never closed"]),
     ("predict", "empty.txt", [], ["empty.txt is empty"]),
     ("predict", "blank.csv", [], ["blank.csv is empty"]),
     ("predict", "header_only.csv", [], ["no rows"]),
@@ -312,10 +312,44 @@ def test_other_predict_mistakes(trained, tmp_path):
     one_line_error(*run("predict", "--run", str(tmp_path / "norun"), "great"), "not found")
 
 
-def test_invalid_utf8_is_decoded_with_replacement(trained, tmp_path):
+def test_invalid_utf8_in_a_predict_file_is_an_error_naming_file_and_line(trained, tmp_path):
+    # the rule training and eval --data follow: the user's own files are strict UTF-8
     latin1 = tmp_path / "latin1.txt"
-    latin1.write_bytes("Un film génial, great\nawful\n".encode("latin-1"))
-    assert len(probabilities(*run("predict", "--run", str(trained[0]), "--file", str(latin1)))) == 2
+    latin1.write_bytes("awful\nUn film génial, great\n".encode("latin-1"))
+    one_line_error(*run("predict", "--run", str(trained[0]), "--file", str(latin1)), "latin1.txt: line 2",
+                   "not valid UTF-8")
+    as_csv = tmp_path / "latin1.csv"
+    as_csv.write_bytes("text\nawful\nUn film génial\n".encode("latin-1"))
+    one_line_error(*run("predict", "--run", str(trained[0]), "--file", str(as_csv)), "latin1.csv: line 3",
+                   "not valid UTF-8")
+
+
+def test_predict_on_parquet_and_a_pos_neg_directory_gives_eval_datas_probabilities(trained, sample_probs, tmp_path):
+    pa = pytest.importorskip("pyarrow")
+    pq = pytest.importorskip("pyarrow.parquet")
+    run_dir, data = str(trained[0]), trained[1]
+    parquet = tmp_path / "reviews.parquet"
+    pq.write_table(pa.table({"id": list(range(len(SAMPLE))), "review": SAMPLE}), parquet)
+    assert probabilities(*run("predict", "--run", run_dir, "--json", "--file", str(parquet),
+                              "--text-column", "review")) == sample_probs
+    # a pos/neg directory: predict reads pos/ then neg/ as eval --data does; its probabilities give eval's figures
+    test_dir = data / "aclImdb" / "test"
+    probs = np.array(probabilities(*run("predict", "--run", run_dir, "--json", "--file", str(test_dir))))
+    texts, labels = read_labeled(test_dir)
+    assert len(probs) == len(texts)
+    code, text = run("eval", "--run", run_dir, "--json", "--data", str(test_dir))
+    assert code == 0, text
+    metrics = json.loads(text.strip().splitlines()[-1])
+    assert metrics["accuracy"] == pytest.approx(float(np.mean((probs >= 0.5) == (labels == 1))), abs=1e-12)
+    eps = 1e-12
+    loss = float(np.mean(-(labels * np.log(np.maximum(probs, eps)) + (1 - labels) * np.log(np.maximum(1 - probs, eps)))))
+    assert metrics["loss"] == pytest.approx(loss, abs=BATCH_TOL)
+    # and the Parquet file of the same labeled texts, through eval --data, gives the same figures
+    labeled = tmp_path / "labeled.parquet"
+    pq.write_table(pa.table({"text": texts, "label": ["pos" if y else "neg" for y in labels]}), labeled)
+    code, text = run("eval", "--run", run_dir, "--json", "--data", str(labeled))
+    assert code == 0, text
+    assert json.loads(text.strip().splitlines()[-1])["accuracy"] == metrics["accuracy"]
 
 
 def test_help_lists_predict():

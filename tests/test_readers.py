@@ -4,6 +4,8 @@ problem a user can cause is one SentimentError line that names the file (and the
 from __future__ import annotations
 
 import json
+import os
+import subprocess
 import sys
 from collections import Counter
 from pathlib import Path
@@ -228,9 +230,41 @@ def test_bytes_that_are_not_utf8_name_their_line(tmp_path):
     error(path, "line 100002", "0xff")
 
 
-def test_predict_keeps_replacing_bad_bytes(tmp_path):
-    # read_table is strict; reading reviews to predict stays forgiving
-    assert read_texts(write(tmp_path / "data.csv", b"text\ncaf\xe9\n")) == ["caf\ufffd"]
+def test_reading_texts_to_predict_is_as_strict_as_training(tmp_path):
+    # one decoding rule for files in every command: predict's reader names the file and line too
+    for name, content in (("data.csv", b"text\nfine\ncaf\xe9\n"), ("data.txt", b"fine\ncaf\xe9\n"),
+                          ("data.jsonl", b'{"text": "fine"}\n{"text": "caf\xe9"}\n')):
+        with pytest.raises(SentimentError, match=rf"{name}: line (3|2) is not valid UTF-8"):
+            read_texts(write(tmp_path / name, content))
+    with pytest.raises(SentimentError, match="standard input: line 2 is not valid UTF-8"):
+        readers.read_stream(b"fine\ncaf\xe9\n")
+
+
+def test_predicts_reader_reads_every_format_training_reads(tmp_path):
+    texts = ["good one", "bad one", "so-so"]
+    labels = ["pos", "neg", "pos"]
+    csv_path = write(tmp_path / "a.csv", "text,label\n" + "".join(f"{t},{l}\n" for t, l in zip(texts, labels)))
+    jsonl_path = write_jsonl(tmp_path / "a.jsonl", [{"text": t, "label": l} for t, l in zip(texts, labels)])
+    parquet_path = write_parquet(tmp_path / "a.parquet", {"text": texts, "label": labels})
+    for path in (csv_path, jsonl_path, parquet_path):
+        assert read_texts(path).texts == texts
+    root = tmp_path / "dir"
+    for folder, names in (("pos", ["2_9.txt", "10_8.txt"]), ("neg", ["1_1.txt"])):
+        (root / folder).mkdir(parents=True)
+        for i, name in enumerate(names):
+            (root / folder / name).write_text(f"{folder} {i}", encoding="utf-8")
+    assert read_texts(root).texts == read_table(root).texts == ["pos 0", "pos 1", "neg 0"]
+    assert read_texts(write(tmp_path / "plain.txt", "one\ntwo\n")).texts == ["one", "two"]
+
+
+def test_directories_replace_bad_bytes_as_imdb_and_count_the_files(tmp_path):
+    root = tmp_path / "dir"
+    (root / "pos").mkdir(parents=True)
+    (root / "neg").mkdir()
+    (root / "pos" / "1_9.txt").write_bytes(b"caf\xe9 fine")
+    (root / "neg" / "1_1.txt").write_bytes(b"bad")
+    table = read_table(root)
+    assert table.texts == ["caf\ufffd fine", "bad"] and table.replaced == 1
 
 
 def test_malformed_jsonl(tmp_path):
@@ -254,12 +288,78 @@ def test_not_a_parquet_file(tmp_path):
     error(write(tmp_path / "data.parquet", "text,label\na,pos\n"), "not a readable Parquet file")
 
 
-# ---------------------------------------------------------------- speed
-def test_csv_rows_are_plain_lists_not_records(tmp_path, monkeypatch):
-    """A million-row file goes through one loop of list appends: no per-row objects."""
-    def no_records(*args, **kwargs):
-        raise AssertionError("read_table built a Record")
+# ---------------------------------------------------------------- faults
+def test_a_lone_surrogate_in_jsonl_is_an_error_naming_the_line(tmp_path):
+    # a tweet cut in the middle of an emoji: valid JSON, not text
+    path = write(tmp_path / "data.jsonl", '{"text": "fine", "label": 1}\n{"text": "cut \\ud83d", "label": 0}\n')
+    error(path, "line 2", "lone surrogate")
+    error(write(tmp_path / "l.jsonl", '{"text": "a", "label": "\\udc00"}\n'), "line 1", "lone surrogate")
+    with pytest.raises(SentimentError, match="line 2 holds a lone surrogate"):
+        read_texts(path)
+    # a pair that makes one character is fine
+    assert read_table(write(tmp_path / "ok.jsonl", '{"text": "\\ud83d\\ude00", "label": 1}\n')).texts == ["\U0001f600"]
 
-    monkeypatch.setattr(readers, "Record", no_records)
-    path = write(tmp_path / "data.csv", "text,label\n" + "a review,pos\n" * 1000)
-    assert len(read_table(path)) == 1000
+
+def test_json_objects_or_lists_as_text_or_label_are_refused(tmp_path):
+    error(write_jsonl(tmp_path / "a.jsonl", [{"text": "a", "label": 1}, {"text": {"body": "b"}, "label": 0}]),
+          "line 2", "'text' is a JSON object")
+    error(write_jsonl(tmp_path / "b.jsonl", [{"text": "a", "label": [1]}]), "line 1", "'label' is a JSON array")
+
+
+def test_duplicate_column_names_are_refused(tmp_path):
+    error(write(tmp_path / "data.csv", "text,text,label\na,b,pos\n"), "'text' appears twice")
+    pa = pytest.importorskip("pyarrow")
+    pq = pytest.importorskip("pyarrow.parquet")
+    path = tmp_path / "data.parquet"
+    pq.write_table(pa.Table.from_arrays([pa.array(["a"]), pa.array(["b"]), pa.array(["pos"])],
+                                        names=["text", "text", "label"]), path)
+    error(path, "'text' appears twice")
+
+
+def test_the_same_column_for_text_and_label_says_so(tmp_path):
+    path = write(tmp_path / "data.csv", "text,label\na,pos\n")
+    with pytest.raises(SentimentError, match="text column and the label column are both 'text'"):
+        read_table(path, "text", "text")
+
+
+def test_a_named_pipe_is_refused_not_read_for_ever(tmp_path):
+    fifo = tmp_path / "data.csv"
+    os.mkfifo(fifo)
+    error(fifo, "not a regular file")
+    with pytest.raises(SentimentError, match="not a regular file"):
+        read_texts(fifo)
+
+
+def test_a_dangling_symlink_in_a_pos_neg_directory(tmp_path):
+    root = tmp_path / "dir"
+    (root / "pos").mkdir(parents=True)
+    (root / "neg").mkdir()
+    (root / "pos" / "1_9.txt").write_text("good", encoding="utf-8")
+    (root / "neg" / "1_1.txt").symlink_to(tmp_path / "gone.txt")
+    error(root, "1_1.txt", "symbolic link", "does not exist")
+
+
+def test_reading_leaves_csvs_field_size_limit_as_it_was(tmp_path):
+    import csv
+
+    before = csv.field_size_limit()
+    long = "x" * 200_000  # over csv's default 128 KiB limit
+    assert read_table(write(tmp_path / "data.csv", f"text,label\n{long},pos\n")).texts == [long]
+    assert csv.field_size_limit() == before
+
+
+def test_importing_the_readers_changes_no_global_state():
+    code = ("import csv; before = csv.field_size_limit(); import sentiment.data.readers; "
+            "assert csv.field_size_limit() == before, csv.field_size_limit()")
+    subprocess.run([sys.executable, "-c", code], check=True, cwd=Path(__file__).resolve().parents[1])
+
+
+# ---------------------------------------------------------------- speed
+def test_a_large_csv_is_read_in_one_pass(tmp_path):
+    """A million-row file is the use case: 100,000 rows come back whole and in order."""
+    rows = 100_000
+    path = write(tmp_path / "data.csv", "text,label\n" + "".join(f"review {i},{'pos' if i % 2 else 'neg'}\n"
+                                                                   for i in range(rows)))
+    table = read_table(path)
+    assert len(table) == rows and table.texts[-1] == f"review {rows - 1}" and table.lines[-1] == rows + 1
+    assert Counter(table.labels) == {"pos": rows // 2, "neg": rows // 2}

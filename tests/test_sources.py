@@ -304,3 +304,107 @@ def test_a_label_only_in_a_given_split_file_is_an_error_naming_its_line(tmp_path
     with pytest.raises(SentimentError) as info:
         load_source(config(tmp_path, train, test_file=str(test)))
     assert str(info.value).startswith(f"{test}: line 3: label 'delivery' in the test split is not a training label")
+
+
+# ---------------------------------------------------------------- one label normalisation (issue 23 #1)
+@pytest.mark.parametrize("suffix", [".csv", ".jsonl"])
+def test_labels_that_mean_one_class_are_one_class_in_every_format(tmp_path, suffix):
+    rows = texts_of({"quality": 40, "billing": 40})
+    spell = {"quality": ["1", "1.0", " 1 "], "billing": ["0", "0.0", "+0"]}
+    for i, row in enumerate(rows):
+        row["label"] = spell[row["label"]][i % 3]
+    if suffix == ".csv":
+        train = write_csv(tmp_path / "train.csv", rows)
+    else:
+        import json
+
+        train = tmp_path / "train.jsonl"
+        train.write_text("".join(json.dumps({"text": r["text"], "label": float(r["label"]) if i % 2 else r["label"]})
+                                 + "\n" for i, r in enumerate(rows)), encoding="utf-8")
+    source = load_source(config(tmp_path, train))
+    assert source.label_space.names == ("0", "1")
+    if suffix == ".csv":
+        # surrounding space is dropped as the file is read; the rest is merged and reported
+        assert source.stats["labels_merged"] == {"1": ["1", "1.0"], "0": ["+0", "0", "0.0"]}
+
+
+def test_labels_differing_in_case_and_space_are_one_class(tmp_path):
+    rows = texts_of({"quality": 40, "billing": 40})
+    for i, row in enumerate(rows):
+        row["label"] = {"quality": ["Positive", "positive", "POSITIVE "], "billing": ["negative", "Negative", "negative"]}[
+            row["label"]][i % 3]
+    source = load_source(config(tmp_path, write_csv(tmp_path / "train.csv", rows)))
+    assert source.label_space.names == ("negative", "positive")
+    assert source.stats["labels_merged"]["positive"] == ["POSITIVE", "Positive", "positive"]
+
+
+def test_a_run_trained_with_1_and_1_0_as_two_classes_maps_its_data_as_stored(tmp_path):
+    from sentiment.data.labels import LabelSpace
+
+    rows = texts_of({"quality": 20, "billing": 20, "delivery": 20})
+    names = {"quality": "1", "billing": "1.0", "delivery": "0"}
+    for row in rows:
+        row["label"] = names[row["label"]]
+    old = LabelSpace(("0", "1", "1.0"))  # what such a run stored in labels.json before labels were normalised
+    source = load_source(config(tmp_path, write_csv(tmp_path / "train.csv", rows)), old)
+    got = [old.names[i] for i in source.labels[source.splits["train"]]]
+    file_labels = read_table(tmp_path / "train.csv").labels
+    assert got == [file_labels[r] for r in source.membership["train"].tolist()]
+
+
+# ---------------------------------------------------------------- faults (issue 23 #7, #9, #10; smaller)
+def write_pos_neg(root: Path, n: int = 30) -> Path:
+    for folder, cue in (("pos", "great"), ("neg", "awful")):
+        (root / folder).mkdir(parents=True, exist_ok=True)
+        for i in range(n):
+            (root / folder / f"{i}_5.txt").write_text(f"a {cue} film number {i}", encoding="utf-8")
+    return root
+
+
+def test_a_pos_neg_directory_is_cached_by_content_not_name_size_mtime(tmp_path):
+    import os
+
+    root = write_pos_neg(tmp_path / "reviews")
+    first = load_source(config(tmp_path, root))
+    assert "great" in first.tokens and "super" not in first.tokens
+    f = root / "pos" / "3_5.txt"
+    st = f.stat()
+    f.write_text("a super film number 3", encoding="utf-8")  # the same size
+    assert f.stat().st_size == st.st_size
+    os.utime(f, ns=(st.st_atime_ns, st.st_mtime_ns))  # the mtime kept
+    second = load_source(config(tmp_path, root))
+    assert second.stats["corpus_from_cache"] is False
+    assert "super" in second.tokens
+
+
+def test_a_splits_cache_entry_with_rows_out_of_range_is_carved_again(tmp_path):
+    train = write_csv(tmp_path / "train.csv", texts_of({"quality": 30, "billing": 30}))
+    first = load_source(config(tmp_path, train))
+    [entry] = (tmp_path / "data" / "cache").glob("splits-*.npz")
+    np.savez(entry, counts=np.array([0, 0]), train=np.array([0, 10_000]), valid=np.array([1]), test=np.array([2]))
+    again = load_source(config(tmp_path, train))
+    assert all(np.array_equal(first.splits[n], again.splits[n]) for n in first.splits)
+
+
+def test_a_cache_dir_that_is_a_file_is_one_error(tmp_path, monkeypatch):
+    blocker = tmp_path / "cachefile"
+    blocker.write_text("not a directory")
+    monkeypatch.setenv("SENTIMENT_CACHE_DIR", str(blocker))
+    train = write_csv(tmp_path / "train.csv", texts_of({"quality": 30, "billing": 30}))
+    with pytest.raises(SentimentError, match="SENTIMENT_CACHE_DIR .* is a file, not a directory"):
+        load_source(config(tmp_path, train))
+
+
+def test_a_named_pipe_as_train_file_is_refused_at_once(tmp_path):
+    import os
+
+    fifo = tmp_path / "train.csv"
+    os.mkfifo(fifo)
+    with pytest.raises(SentimentError, match="not a regular file"):
+        load_source(config(tmp_path, fifo))
+
+
+def test_every_text_empty_says_so(tmp_path):
+    rows = [{"text": "", "label": "pos" if i % 2 else "neg"} for i in range(20)]
+    with pytest.raises(SentimentError, match="every row's text \\(column 'text'\\) is empty"):
+        load_source(config(tmp_path, write_csv(tmp_path / "train.csv", rows)))

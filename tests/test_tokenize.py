@@ -5,7 +5,8 @@ from __future__ import annotations
 import pytest
 import spacy
 
-from sentiment.data.tokenize import IMDB_CLEANING, Cleaning, Tokenizer, clean_text, split_chunks, tokenize_chunks
+from _tokenizer import Tokenizer
+from sentiment.data.tokenize import IMDB_CLEANING, Cleaning, clean_text, split_chunks, tokenize_chunks
 
 TRICKY = [
     "I don't know, can't say. I'm gonna go, won't you?",

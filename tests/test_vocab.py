@@ -189,13 +189,14 @@ def test_prepared_vocab_counts_the_training_split_only(tmp_path: Path):
     from conftest import make_imdb
     from sentiment.config import load_config
     from sentiment.data.corpus import load_corpus
-    from sentiment.data.prepare import prepare_data, split_indices
+    from sentiment.data.prepare import prepare_data
+    from sentiment.data.sources import load_source
 
     data_dir = make_imdb(tmp_path / "data")
     cfg = load_config(None, [f"data.data_dir={data_dir}", "data.workers=1", "data.glove_dim=null",
                              "model.embed_dim=8"]).data
     corpus, _ = load_corpus(data_dir, workers=1)
-    idx, _ = split_indices(cfg)
+    idx = load_source(cfg).splits
     planted = {"train": "zztrainonly", "valid": "zzvalidonly", "test": "zztestonly"}
     rows = {name: int(idx[name][3]) for name in planted}  # the 4th review of each split
     for name, row in rows.items():

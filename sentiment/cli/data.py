@@ -85,6 +85,10 @@ def _print_prepare_stats(stats: dict[str, Any]) -> None:
     split = s.get("valid_split", "random")
     style = "[yellow]" if split.startswith("random (") else ""
     console.print(f"{style}validation: {split} split{'[/]' if style else ''}")
+    if s.get("labels_merged"):
+        merged = "; ".join(f"{', '.join(map(repr, spellings))} -> {name!r}"
+                           for name, spellings in s["labels_merged"].items())
+        console.print(f"labels merged (space, case and 1.0 = 1 do not make classes): {escape(merged)}", soft_wrap=True)
     if s.get("empty_texts_skipped"):
         console.print(f"[yellow]skipped {s['empty_texts_skipped']:,} rows with empty text[/]")
     if s.get("duplicate_texts"):
@@ -109,6 +113,9 @@ def _print_prepare_stats(stats: dict[str, Any]) -> None:
             total = max(sum(counts), 1)
             table.add_row(split_name, *(f"{c:,} ({c / total:.0%})" for c in counts))
         console.print(table)
+    if s.get("unlabeled_invalid_utf8_files"):
+        console.print(f"[yellow]{s['unlabeled_invalid_utf8_files']} unlabeled files had invalid UTF-8 (decoded with "
+                      "replacement)[/]")
     if s.get("invalid_utf8_files"):
         console.print(f"[yellow]{s['invalid_utf8_files']} review files had invalid UTF-8 (decoded with replacement)[/]")
     if "glove_vocab_coverage" in s:

@@ -33,6 +33,8 @@ def eval_(
     label_column: Optional[str] = typer.Option(None, help="Column or field of --data holding the label (default: "
                                                "the run's data.label_column): the run's label names; two-class "
                                                "runs also take 1/0, pos/neg, positive/negative, true/false."),
+    allow_changed_data: bool = typer.Option(False, "--allow-changed-data", help="Evaluate the run's own split even "
+                                            "if its texts or labels changed since training (refused by default)."),
 ) -> None:
     """Evaluate a run's checkpoint on its test (or valid) split, or on labeled texts (--data): accuracy,
     macro-F1, per-class precision/recall/F1 and the confusion matrix."""
@@ -50,7 +52,8 @@ def eval_(
                                                 checkpoint=checkpoint, device=device, batch_size=batch_size)
             title = f"{data} · {checkpoint}.pt"
         else:
-            metrics = evaluate_run(run, split=split, checkpoint=checkpoint, batch_size=batch_size, device=device)
+            metrics = evaluate_run(run, split=split, checkpoint=checkpoint, batch_size=batch_size, device=device,
+                                   allow_changed_data=allow_changed_data)
             skipped, title = 0, f"{split} split · {checkpoint}.pt"
     _note_skipped(skipped)
     _print_metrics(metrics.to_dict(), title, as_json)
@@ -89,9 +92,12 @@ def predict(
     texts: Optional[list[str]] = typer.Argument(None, help="Reviews to classify (default: --file, else standard "
                                                 "input, one review per line)."),
     run: Path = typer.Option(..., "--run", help="A run directory written by `sentiment train`."),
-    file: Optional[Path] = typer.Option(None, "--file", "-f", help="Reviews from a file: plain text one per line, "
-                                        ".csv/.tsv with a header, or .jsonl (see --text-column); - for stdin."),
-    text_column: str = typer.Option("text", help="Column (CSV/TSV) or field (JSONL) of --file holding the text."),
+    file: Optional[Path] = typer.Option(None, "--file", "-f", help="Reviews from a file: .csv/.tsv with a header, "
+                                        ".jsonl or .parquet (see --text-column), a directory with pos/ and neg/ "
+                                        "folders (or of .txt files), else plain text one per line; - for stdin. "
+                                        "Read as training and `eval --data` read it: files must be UTF-8."),
+    text_column: str = typer.Option("text", help="Column (CSV/TSV/Parquet) or field (JSONL) of --file holding "
+                                    "the text."),
     threshold: Optional[float] = typer.Option(None, help="Two-class runs only: the probability of the positive "
                                               "class from which a text gets it (default 0.5). Runs with more "
                                               "classes predict the most probable one."),
@@ -121,7 +127,11 @@ def predict(
         if texts:
             inputs = list(texts)
         elif file is not None and str(file) != "-":
-            inputs = read_texts(file, text_column)
+            table = read_texts(file, text_column)
+            inputs = table.texts
+            if table.replaced:
+                err_console.print(f"[yellow]note:[/] {table.replaced:,} files of {escape(str(file))} had invalid "
+                                  "UTF-8 (decoded with replacement, as IMDB is)")
         else:
             if sys.stdin.isatty():
                 err_console.print("reading reviews from standard input, one per line (Ctrl-D to finish)…")

@@ -84,13 +84,27 @@ def train(
                                         "machine (DistributedDataParallel through torch.distributed.run, as "
                                         "`torchrun --standalone --nproc-per-node N -m sentiment train ...`): one per "
                                         "GPU, or CPU processes of one thread each."),
+    data_file: Optional[Path] = typer.Option(None, "--data", help="Train on your own labeled texts: a .csv, .tsv, "
+                                             ".jsonl or .parquet file, or a directory with pos/ and neg/ folders "
+                                             "(sets data.dataset=files, data.train_file). Without --config it "
+                                             "starts from the short-text recipe and picks data.max_len from the "
+                                             "texts."),
+    text_column: Optional[str] = typer.Option(None, "--text-column", help="With --data: the column (field) "
+                                              "holding the text (default text)."),
+    label_column: Optional[str] = typer.Option(None, "--label-column", help="With --data: the column (field) "
+                                               "holding the label (default label)."),
+    valid_data: Optional[Path] = typer.Option(None, "--valid-data", help="With --data: the validation split's "
+                                              "file (default: carved from --data)."),
+    test_data: Optional[Path] = typer.Option(None, "--test-data", help="With --data: the test split's file "
+                                             "(default: carved from --data)."),
 ) -> None:
     """Train a classifier as a config says; the run directory gets config, vocab, metrics and checkpoints.
 
     Under torchrun every process runs this command: the main one writes and prints, the others train their
     share of each epoch's batches.
     """
-    from sentiment.config import dump_config, load_config
+    from sentiment.config import dump_config, load_config, own_data_config
+    from sentiment.cli.data import _print_prepare_stats
     from sentiment import distributed
     from sentiment.data.prepare import prepare_data
     from sentiment.floats import flush_denormals
@@ -104,10 +118,14 @@ def train(
         return
     with user_errors():
         rank = distributed.from_env()
+        own = _own_data(data_file, text_column, label_column, valid_data, test_data, resume)
         if resume is not None:
             cfg, target = _resume_config(resume, config, set_)
+        elif own is not None:
+            cfg = own_data_config(config, set_, own)
         else:
             cfg = load_config(config, set_)
+        if resume is None:
             target = run_dir or Path(cfg.run.output_dir) / f"{cfg.run.name or 'run'}-{datetime.now():%Y%m%d-%H%M%S}"
         if print_config:
             if rank.is_main:
@@ -125,6 +143,11 @@ def train(
                 distributed.together(rank, lambda: _claim_run_dir(target, overwrite, check_only=True),
                                      only=rank.is_main, what="checking the run directory")
                 data = distributed.once_per_machine(rank, lambda: prepare_data(cfg.data, embedding_seed=cfg.run.seed))
+                chosen = _choose_lengths(cfg, data, set_) if own is not None and config is None else ""
+                if rank.is_main:
+                    _print_prepare_stats(data.stats)
+                    if chosen:
+                        console.print(chosen, soft_wrap=True)
                 distributed.together(rank, lambda: _claim_run_dir(target, overwrite), only=rank.is_main,
                                      what="creating the run directory")
             if rank.is_main:
@@ -142,6 +165,42 @@ def train(
             distributed.shutdown()
     if rank.is_main:
         _print_results(results)
+
+
+def _own_data(data_file: Path | None, text_column: str | None, label_column: str | None, valid_data: Path | None,
+              test_data: Path | None, resume: Path | None) -> dict[str, Any] | None:
+    """The data.* keys `--data` and its companions set, or None without --data."""
+    given = {"--text-column": text_column, "--label-column": label_column, "--valid-data": valid_data,
+             "--test-data": test_data}
+    if data_file is None:
+        stray = [flag for flag, value in given.items() if value is not None]
+        if stray:
+            raise SentimentError(f"{stray[0]} goes with --data FILE (the training file)")
+        return None
+    if resume is not None:
+        raise SentimentError("--data starts a new run; --resume continues one with the data it was trained on")
+    return {"train_file": data_file, "valid_file": valid_data, "test_file": test_data, "text_column": text_column,
+            "label_column": label_column}
+
+
+def _choose_lengths(cfg: Any, data: Any, overrides: list[str]) -> str:
+    """`train --data` without --config: data.max_len and data.eval_max_len from the training texts' token
+    counts, unless --set names them; what was chosen, as one line to print (it is stored in config.yaml)."""
+    import numpy as np
+
+    from sentiment.config import MAX_LEN_CAP, MAX_LEN_PERCENTILE, choose_max_len
+
+    named = {s.split("=", 1)[0].strip() for s in overrides}
+    keys = [k for k in ("max_len", "eval_max_len") if f"data.{k}" not in named]
+    if not keys:
+        return ""
+    lengths = np.diff(data.train.offsets)
+    chosen = choose_max_len(lengths)
+    for key in keys:
+        setattr(cfg.data, key, chosen)
+    return (f"{' and '.join(f'data.{k}' for k in keys)} = {chosen}: the {MAX_LEN_PERCENTILE}th percentile of the "
+            f"training texts' token counts (longest {int(lengths.max(initial=0)):,}; capped at {MAX_LEN_CAP}); "
+            "--set data.max_len=N to choose")
 
 
 _TORCHRUN_LOG = re.compile(r"^(\[?[WIEF]\d{4}|\*{5}|Setting OMP_NUM_THREADS|Traceback|  |\S+Error|\[rank|torch\.distributed)")

@@ -34,9 +34,6 @@ class EncodedSplit:
         lengths = np.diff(self.offsets)
         return np.minimum(lengths, max_len) if max_len else lengths
 
-    def n_tokens(self) -> int:
-        return int(self.offsets[-1] - self.offsets[0])
-
 
 def truncate(ids: np.ndarray, max_len: int | None, mode: str = "head+tail") -> np.ndarray:
     """At most max_len ids. `head+tail` keeps the first quarter and the last three quarters of the budget:
@@ -152,9 +149,3 @@ class UnlabeledStream:
         self.step += 1
         return batch
 
-
-def padding_share(lengths: np.ndarray, batches: list[np.ndarray]) -> float:
-    """Share of padded positions among all positions computed over (padding / (padding + real tokens))."""
-    real = sum(int(lengths[b].sum()) for b in batches)
-    total = sum(int(lengths[b].max()) * len(b) for b in batches if len(b))
-    return 1.0 - real / total if total else 0.0

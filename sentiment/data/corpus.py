@@ -21,7 +21,8 @@ from pathlib import Path
 import numpy as np
 
 from sentiment.data.imdb import SPLIT_CODES, fingerprint, imdb_dir, list_reviews
-from sentiment.data.tokenize import IMDB_CLEANING, Cleaning, clean_text, init_tokenizer, spacy_version, tokenize_chunks
+from sentiment.data.tokenize import (IMDB_CLEANING, Cleaning, clean_text, init_tokenizer, into_table, spacy_version,
+                                     tokenize_chunks)
 from sentiment.atomic import atomic_write_bytes
 from sentiment.errors import SentimentError
 from sentiment.workers import run_in_workers
@@ -161,9 +162,7 @@ def _tokenize_parts(parts: list, lowercase: bool, workers: int, parallel: bool,
     chunk_index: dict[str, int] = {}
     flat_parts, length_parts = [], []
     for uniq, ids, lengths in parts:
-        setdefault = chunk_index.setdefault
-        local_to_global = np.fromiter((setdefault(c, len(chunk_index)) for c in uniq), dtype=np.int32, count=len(uniq))
-        flat_parts.append(local_to_global[ids])
+        flat_parts.append(into_table(chunk_index, uniq)[ids])
         length_parts.append(lengths)
     chunk_ids = np.concatenate(flat_parts) if flat_parts else np.zeros(0, np.int32)
     doc_chunks = np.concatenate(length_parts)
@@ -189,9 +188,7 @@ def _tokenize_parts(parts: list, lowercase: bool, workers: int, parallel: bool,
     base = 0
     for k, (packed, counts, local_ids) in enumerate(results):
         local = packed.split("\n") if local_ids.size else []
-        setdefault = table.setdefault
-        local_to_global = np.fromiter((setdefault(t, len(table)) for t in local), dtype=np.int32, count=len(local))
-        token_parts.append(local_to_global[local_ids])
+        token_parts.append(into_table(table, local)[local_ids])
         n_tok[k::stride] = counts
         chunk_start[k::stride] = base + np.cumsum(counts) - counts
         base += len(local_ids)

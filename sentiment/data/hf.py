@@ -16,8 +16,9 @@ from __future__ import annotations
 import hashlib
 import json
 import os
+from contextlib import contextmanager
 from pathlib import Path
-from typing import TYPE_CHECKING, Any
+from typing import TYPE_CHECKING, Any, Iterator
 
 from sentiment.errors import SentimentError
 from sentiment.data.readers import Table, _label_str
@@ -45,7 +46,10 @@ def load_hf_tables(cfg: DataConfig, unlabeled: bool = False) -> tuple[dict[str, 
         wanted = {"unlabeled": cfg.unlabeled}
     datasets = _import_datasets()
     local = _local_path(name)
-    if local is not None:
+    if local is not None and local.is_dir() and (local / "README.md").is_file() and not _is_saved(local):
+        loaded = _load_repository(datasets, local, cfg.hf_config)  # a clone of a Hub dataset repository
+        label = name if cfg.hf_config is None else f"{name}:{cfg.hf_config}"
+    elif local is not None:
         loaded = _load_from_disk(datasets, local, cfg.hf_config)
         label = name
     else:
@@ -104,13 +108,34 @@ def _local_path(name: str) -> Path | None:
     return None
 
 
+def _is_saved(path: Path) -> bool:
+    return (path / "dataset_dict.json").is_file() or (path / "state.json").is_file()
+
+
+def _load_repository(datasets: Any, path: Path, config: str | None) -> Any:
+    """A local copy of a Hub dataset repository (data files, with configs declared in README.md), read as
+    the Hub's copy would be, without the network and without progress bars."""
+    what = f"{path}" + (f" (config {config!r})" if config is not None else "")
+    bars = datasets.utils.logging.is_progress_bar_enabled()
+    datasets.utils.logging.disable_progress_bar()
+    try:
+        with _offline(datasets):
+            return datasets.load_dataset(str(path), config)
+    except (datasets.exceptions.DatasetsError, OSError, ValueError, RuntimeError) as e:
+        raise SentimentError(f"data.hf_dataset: could not load the dataset repository {what} ({_reason(e)})") from None
+    finally:
+        if bars:
+            datasets.utils.logging.enable_progress_bar()
+
+
 def _load_from_disk(datasets: Any, path: Path, config: str | None) -> Any:
     if not path.is_dir():
         raise SentimentError(f"data.hf_dataset: {path} is a file, not a directory written by save_to_disk "
                              "(for a .csv, .jsonl or .parquet file use data.dataset: files)")
-    if not ((path / "dataset_dict.json").is_file() or (path / "state.json").is_file()):
+    if not _is_saved(path):
         raise SentimentError(f"data.hf_dataset: {path} is not a saved dataset (it has neither dataset_dict.json "
-                             "nor state.json); write one with Dataset.save_to_disk or DatasetDict.save_to_disk")
+                             "nor state.json, nor a README.md declaring data files); write one with "
+                             "Dataset.save_to_disk or DatasetDict.save_to_disk")
     if config is not None:
         raise SentimentError(f"data.hf_config is {config!r}, but {path} is a saved dataset, which has no "
                              "configurations: unset data.hf_config")
@@ -120,14 +145,69 @@ def _load_from_disk(datasets: Any, path: Path, config: str | None) -> Any:
         raise SentimentError(f"data.hf_dataset: cannot read the saved dataset {path} ({_reason(e)})") from None
 
 
+_RESOLVE_SECONDS = 3.0  # a DNS server that does not answer is no network too
+
+
+def _hub_host() -> str:
+    from urllib.parse import urlparse
+
+    import huggingface_hub.constants
+
+    return urlparse(huggingface_hub.constants.ENDPOINT).hostname or "huggingface.co"
+
+
+def _resolves(host: str) -> bool:
+    """Whether the Hub's host name resolves, within _RESOLVE_SECONDS: without it `datasets` retries each
+    request for ~28 s, printing a line per retry, before it gives up."""
+    import socket
+    import threading
+
+    answer: list[bool] = []
+
+    def lookup() -> None:
+        try:
+            socket.getaddrinfo(host, 443)
+            answer.append(True)
+        except OSError:
+            answer.append(False)
+
+    thread = threading.Thread(target=lookup, daemon=True)
+    thread.start()
+    thread.join(_RESOLVE_SECONDS)
+    return bool(answer and answer[0])
+
+
+@contextmanager
+def _offline(datasets: Any) -> Iterator[None]:
+    """`datasets` and huggingface_hub in offline mode (as HF_HUB_OFFLINE=1), for this load only: the local
+    cache still serves a dataset loaded before, and nothing is requested, retried or logged."""
+    import huggingface_hub.constants
+
+    saved = datasets.config.HF_HUB_OFFLINE, huggingface_hub.constants.HF_HUB_OFFLINE
+    datasets.config.HF_HUB_OFFLINE = huggingface_hub.constants.HF_HUB_OFFLINE = True
+    try:
+        yield
+    finally:
+        datasets.config.HF_HUB_OFFLINE, huggingface_hub.constants.HF_HUB_OFFLINE = saved
+
+
 def _load_from_hub(datasets: Any, name: str, config: str | None) -> Any:
     what = repr(name) + (f" (config {config!r})" if config is not None else "")
+    offline = bool(getattr(datasets.config, "HF_HUB_OFFLINE", False))
+    unresolved = None
+    if not offline and not _resolves(_hub_host()):
+        unresolved = _hub_host()
     try:
-        return datasets.load_dataset(name, config)
+        if unresolved is None:
+            return datasets.load_dataset(name, config)
+        with _offline(datasets):
+            return datasets.load_dataset(name, config)
     except ConnectionError:  # offline (HF_HUB_OFFLINE=1) or the Hub unreachable, and nothing cached
-        offline = bool(getattr(datasets.config, "HF_HUB_OFFLINE", False))
-        hub = "offline mode is on (HF_HUB_OFFLINE)" if offline else "the Hugging Face Hub is unreachable"
-        hint = "" if offline else " (HF_HUB_OFFLINE=1 skips the Hub's retries)"
+        if unresolved is not None:
+            hub, hint = f"the Hugging Face Hub ({unresolved}) cannot be reached (its name does not resolve)", ""
+        else:
+            hub = "offline mode is on (HF_HUB_OFFLINE)" if offline else "the Hugging Face Hub is unreachable"
+            hint = "" if offline else " (HF_HUB_OFFLINE=1 skips the Hub's retries)"
         raise SentimentError(f"data.hf_dataset: could not load {what}: {hub} and the dataset is not in the local "
                              f"cache; a directory written by save_to_disk works offline{hint}") from None
     except datasets.exceptions.DatasetNotFoundError as e:

@@ -98,43 +98,6 @@ def movie_ids(root: Path, names: list[str]) -> list[str] | None:
 _TITLE = re.compile(r"/title/(tt\d+)")
 
 
-def movie_validation_split(labels: np.ndarray, movies: list[str], fraction: float,
-                           seed: int) -> tuple[np.ndarray, np.ndarray]:
-    """Split indices into (train, valid) so that no movie has reviews on both sides, as IMDB's own
-    train and test share no movies. Seeded, and label-balanced as far as whole movies allow: movies
-    are visited in a seeded random order and a movie joins validation when it keeps every label's
-    count within round(fraction * that label's count). Most movies have one to a few reviews, so the
-    quotas fill to within a few reviews (IMDB: 1,250 + 1,250 of 25,000 for fraction 0.1)."""
-    if not 0.0 <= fraction < 1.0:
-        raise SentimentError(f"data.valid_fraction must be in [0, 1), got {fraction}")
-    labels = np.asarray(labels)
-    if len(movies) != len(labels):
-        raise ValueError(f"{len(movies)} movie ids for {len(labels)} reviews")
-    classes = np.unique(labels)
-    quota = {int(c): int(round(fraction * int((labels == c).sum()))) for c in classes}
-    members: dict[str, list[int]] = {}
-    for i, movie in enumerate(movies):
-        members.setdefault(movie, []).append(i)
-    titles = sorted(members)
-    order = np.random.default_rng(seed).permutation(len(titles))
-    taken = {c: 0 for c in quota}
-    valid: list[int] = []
-    for t in order:
-        rows = members[titles[t]]
-        counts = {c: 0 for c in quota}
-        for i in rows:
-            counts[int(labels[i])] += 1
-        if all(taken[c] + counts[c] <= quota[c] for c in quota):
-            valid.extend(rows)
-            for c in quota:
-                taken[c] += counts[c]
-            if taken == quota:
-                break
-    valid_idx = np.sort(np.asarray(valid, dtype=np.int64))
-    train = np.setdiff1d(np.arange(len(labels)), valid_idx, assume_unique=True)
-    return train, valid_idx
-
-
 def validation_split(labels: np.ndarray, fraction: float, seed: int) -> tuple[np.ndarray, np.ndarray]:
     """Split indices into (train, valid), label-balanced and seeded: the same arguments give the same split."""
     if not 0.0 <= fraction < 1.0:

@@ -22,8 +22,34 @@ if TYPE_CHECKING:
 
 from sentiment.errors import SentimentError
 
-# What two-class runs accept in `eval --data` besides their own label names: index 1 is the positive class.
+# The usual spellings of a two-class pair, by normalised value: index 1 is the positive class. A run accepts them
+# only when its own two names are one negative and one positive spelling, in that order (see LabelSpace.index).
 BINARY_SPELLINGS = {"1": 1, "0": 0, "pos": 1, "neg": 0, "positive": 1, "negative": 0, "true": 1, "false": 0}
+_NUMBER = re.compile(r"[+-]?(\d+\.?\d*|\.\d+)([eE][+-]?\d+)?")
+
+
+def normalize_label(value: str) -> str:
+    """The one rule that says when two label values are the same class, for every reader and command:
+    surrounding white space is dropped, case is folded to lower case, and a number that is an integer is
+    written as one (" 1.0" -> "1", "+2" -> "2", "1e1" -> "10"), as JSON and Parquet numbers already read.
+    New runs store their label names normalised; runs trained before keep their names as stored."""
+    v = value.strip()
+    if _NUMBER.fullmatch(v):
+        number = float(v)
+        if number.is_integer() and abs(number) < 2**53:
+            return str(int(number))
+    return v.lower()
+
+
+def merged_labels(values: Iterable[str]) -> dict[str, list[str]]:
+    """Normalised label -> the distinct spellings that became it, where there was more than one spelling or
+    the spelling changed (for `prepare` and `train` to report what was merged)."""
+    groups: dict[str, list[str]] = {}
+    for v in values:
+        groups.setdefault(normalize_label(v), []).append(v)
+    return {k: sorted(vs) for k, vs in groups.items() if len(vs) > 1 or vs[0].strip() != k}
+
+
 IMDB_LABELS = ("negative", "positive")  # IMDB runs, and runs written before label spaces existed
 
 
@@ -108,31 +134,45 @@ class LabelSpace:
         return np.asarray(logits).argmax(axis=1)
 
     # ------------------------------------------------------------ mapping names
+    def lookup(self) -> dict[str, int]:
+        """Label value -> class index, by the one rule (normalize_label): each name as stored, then each
+        name's normalised form (unless two names share it: a run trained with "1" and "1.0" as two classes
+        maps each as stored, and nothing else), then, for a two-class run whose names are themselves the
+        negative and positive spellings of BINARY_SPELLINGS (0/1, neg/pos, ...), those spellings."""
+        table = {name: i for i, name in enumerate(self.names)}
+        normalized = [normalize_label(n) for n in self.names]
+        for i, key in enumerate(normalized):
+            if normalized.count(key) == 1:
+                table.setdefault(key, i)
+        if self.binary and [BINARY_SPELLINGS.get(k) for k in normalized] == [0, 1]:
+            for key, i in BINARY_SPELLINGS.items():
+                table.setdefault(key, i)
+        return table
+
     def index(self, values: Iterable[str], where: Sequence[str] | None = None, source: str = "") -> np.ndarray:
-        """Class indices of label values. A two-class space also accepts the usual spellings of
-        positive and negative (1/0, pos/neg, positive/negative, true/false). Unknown values: one error
-        naming them (and where the first one is)."""
-        lookup = {name: i for i, name in enumerate(self.names)}
-        folded = {name.strip().lower(): i for i, name in enumerate(self.names)}
+        """Class indices of label values, as lookup() maps them (a value is looked up as written, then
+        normalised). Unknown values: one error naming them (and where the first one is)."""
+        table = self.lookup()
+        memo: dict[str, int] = {}
         out, unknown, first = [], {}, None
         for n, value in enumerate(values):
-            i = lookup.get(value)
+            i = memo.get(value)
             if i is None:
-                key = value.strip().lower()
-                i = folded.get(key)
-                if i is None and self.binary:
-                    i = BINARY_SPELLINGS.get(key)
-            if i is None:
+                i = table.get(value)
+                if i is None:
+                    i = table.get(normalize_label(value), -1)
+                memo[value] = i
+            if i < 0:
                 unknown[value] = unknown.get(value, 0) + 1
                 if first is None:
                     first = n
-                i = -1
             out.append(i)
         if unknown:
             values = list(unknown)
             others = f" (and {', '.join(map(repr, values[1:4]))}{' …' if len(values) > 4 else ''})" if len(values) > 1 else ""
             at = f"{where[first]}: " if where is not None else (f"{source}: " if source else "")
-            spellings = " (or 1/0, pos/neg, positive/negative, true/false)" if self.binary else ""
+            spellings = (" (or 1/0, pos/neg, positive/negative, true/false)"
+                         if "true" in table and "true" not in self.names else "")
             raise SentimentError(f"{at}unknown label {values[0]!r}{others}; this run knows "
                                  f"{', '.join(map(repr, self.names))}{spellings}")
         return np.asarray(out, dtype=np.int64)

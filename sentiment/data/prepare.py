@@ -9,6 +9,7 @@ from pathlib import Path
 import numpy as np
 
 from sentiment.data.batching import EncodedSplit
+from sentiment.data.fingerprint import data_fingerprints
 from sentiment.config import DataConfig
 from sentiment.errors import SentimentError
 from sentiment.data.labels import IMDB_LABELS, LabelSpace
@@ -29,6 +30,7 @@ class PreparedData:
     label_space: LabelSpace = field(default_factory=lambda: LabelSpace(IMDB_LABELS))
     membership: dict[str, np.ndarray] = field(default_factory=dict)  # each split's rows in its source's numbering
     unlabeled: EncodedSplit | None = None  # texts without labels (data.unlabeled), labels -1
+    fingerprints: dict[str, dict] = field(default_factory=dict)  # each split's content digest (data.fingerprint)
 
 
 def gather_docs(ids: np.ndarray, offsets: np.ndarray, docs: np.ndarray) -> tuple[np.ndarray, np.ndarray]:
@@ -46,13 +48,6 @@ def gather_docs(ids: np.ndarray, offsets: np.ndarray, docs: np.ndarray) -> tuple
     gather = np.repeat(offsets[docs] - new_offsets[:-1], lengths) + np.arange(new_offsets[-1])
     return ids[gather], new_offsets
 
-
-
-
-def split_indices(cfg: DataConfig) -> tuple[dict[str, np.ndarray], str]:
-    """Source rows of train, valid and test, and how valid was carved (for studies of IMDB's splits)."""
-    source = load_source(cfg)
-    return source.splits, source.stats["valid_split"]
 
 
 def prepare_data(cfg: DataConfig, vocab: Vocab | None = None, *, with_embeddings: bool = True,
@@ -75,6 +70,9 @@ def prepare_data(cfg: DataConfig, vocab: Vocab | None = None, *, with_embeddings
                              f"{len(idx['train'])} training rows is none, and the best epoch is chosen on it; "
                              "raise data.valid_fraction")
 
+    fingerprints = data_fingerprints(source.tokens, source.ids, source.offsets, source.labels,
+                                     {n: idx[n] for n in ("train", "valid", "test") if n in idx},
+                                     source.label_space.names, split_sources(cfg))
     gathered = {name: gather_docs(source.ids, source.offsets, docs) for name, docs in idx.items()}
     unlabeled_flat = gather_docs(source.ids, source.offsets, source.unlabeled) if len(source.unlabeled) else None
     new_vocab = vocab is None
@@ -133,4 +131,15 @@ def prepare_data(cfg: DataConfig, vocab: Vocab | None = None, *, with_embeddings
     extra = {name: split for name, split in splits.items() if name not in ("train", "valid", "test")}
     membership = source.membership if indices is None else dict(indices)
     return PreparedData(vocab, splits["train"], splits["valid"], splits["test"], embeddings, stats, extra, space,
-                        membership, unlabeled)
+                        membership, unlabeled, fingerprints)
+
+
+def split_sources(cfg: DataConfig) -> dict[str, str]:
+    """What each split is read from, for messages: the file, the dataset, or IMDB's directory."""
+    if cfg.dataset == "files":
+        return {"train": str(cfg.train_file), "valid": str(cfg.valid_file or cfg.train_file),
+                "test": str(cfg.test_file or cfg.train_file)}
+    if cfg.dataset == "hf":
+        return {n: str(cfg.hf_dataset) for n in ("train", "valid", "test")}
+    imdb = str(Path(cfg.data_dir) / "aclImdb")
+    return {"train": imdb, "valid": imdb, "test": imdb}

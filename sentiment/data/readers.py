@@ -1,6 +1,17 @@
 """Reading texts (and labels) from files and streams: CSV/TSV with a header, JSONL, Parquet, aclImdb-style
-pos/neg directories, plain text one per line. Used by training on one's own data, `eval --data` and
-`predict --file` alike."""
+pos/neg directories, directories of .txt files, plain text one per line. The one set of readers behind
+training on one's own data, `eval --data` and `predict --file` alike.
+
+Decoding, one rule per kind of source, the same in every command:
+- files (CSV, TSV, JSONL, plain text, standard input): strict UTF-8 (a BOM is dropped); a byte that is not
+  UTF-8, a NUL byte, or a JSON lone surrogate ("\\ud83d", half of an emoji) is an error naming the file and
+  line. A file is the user's data: it should be fixed, not silently learned from.
+- Parquet (and Hugging Face datasets): Arrow's strings, which are UTF-8 by construction.
+- directories of .txt files (pos/ and neg/ folders, unlabeled-text folders: the aclImdb layout, which
+  IMDB's own reviews share): as IMDB is read, invalid bytes become U+FFFD and the files that had any are
+  counted (Table.replaced) and reported, so that `eval --data aclImdb/test` matches `sentiment eval`.
+Only regular files are read: a named pipe or a device would block or never end.
+"""
 
 from __future__ import annotations
 
@@ -8,25 +19,49 @@ import codecs
 import csv
 import io
 import json
+import os
 import re
+import stat
 import sys
-from collections.abc import Sequence
+from contextlib import contextmanager
 from dataclasses import dataclass
 from pathlib import Path
-from typing import Any
+from typing import Any, Iterator
 
 from sentiment.errors import SentimentError
 
 FORMATS = {".csv": "csv", ".tsv": "tsv", ".tab": "tsv", ".jsonl": "jsonl", ".ndjson": "jsonl", ".json": "jsonl"}
-
-# csv refuses fields over 128 KiB by default, but one long review (100,000 tokens) is bigger than that.
-csv.field_size_limit(min(sys.maxsize, 2**31 - 1))
+TABLE_SUFFIXES = (*FORMATS, ".parquet")
 
 
-def decode(raw: bytes, name: str | Path) -> str:
-    """UTF-8 text (invalid bytes become U+FFFD, as in training); NUL bytes mean it is not text at all."""
-    _check_no_nul(raw, name)
-    return raw.decode("utf-8-sig", errors="replace")  # -sig: drop the BOM that Excel puts in CSVs
+@contextmanager
+def _long_csv_fields() -> Iterator[None]:
+    """csv refuses fields over 128 KiB by default, but one long review (100,000 tokens) is bigger than that.
+    The limit is process-wide, so it is raised only while a file is read, and restored after."""
+    previous = csv.field_size_limit(min(sys.maxsize, 2**31 - 1))
+    try:
+        yield
+    finally:
+        csv.field_size_limit(previous)
+
+
+def check_regular_file(path: Path) -> os.stat_result:
+    """The file's stat, or one error: missing, a dangling symbolic link, a directory, or not a regular file."""
+    path = Path(path)
+    try:
+        st = path.stat()
+    except FileNotFoundError:
+        if path.is_symlink():
+            raise SentimentError(f"{path} is a symbolic link to {os.readlink(path)}, which does not exist") from None
+        raise SentimentError(f"{path} not found") from None
+    except OSError as e:
+        raise SentimentError(f"cannot read {path}: {e.strerror or e}") from None
+    if stat.S_ISDIR(st.st_mode):
+        raise SentimentError(f"{path} is a directory, not a file")
+    if not stat.S_ISREG(st.st_mode):
+        raise SentimentError(f"{path} is not a regular file (a named pipe, socket or device): save the data to "
+                             "a file first")
+    return st
 
 
 def _check_no_nul(raw: bytes, name: str | Path) -> None:
@@ -37,23 +72,22 @@ def _check_no_nul(raw: bytes, name: str | Path) -> None:
                              "not UTF-8 text")
 
 
-def _read_bytes(path: Path) -> bytes:
+def read_bytes(path: Path) -> bytes:
+    """A regular file's bytes, or one error naming it."""
+    check_regular_file(path)
     try:
-        return path.read_bytes()
-    except FileNotFoundError:
-        raise SentimentError(f"{path} not found") from None
-    except IsADirectoryError:
-        raise SentimentError(f"{path} is a directory, not a file") from None
+        return Path(path).read_bytes()
     except OSError as e:
         raise SentimentError(f"cannot read {path}: {e.strerror or e}") from None
 
 
-def read_file(path: Path) -> str:
-    path = Path(path)
-    text = decode(_read_bytes(path), path)
-    if not text.strip():
-        raise SentimentError(f"{path} is empty")
-    return text
+def decode_strict(raw: bytes, name: str | Path) -> str:
+    """A file's text by the files rule: UTF-8 (BOM dropped), else one error naming the line."""
+    _check_no_nul(raw, name)
+    try:
+        return raw.decode("utf-8-sig")
+    except UnicodeDecodeError:
+        raise _not_utf8(name, raw) from None
 
 
 def split_lines(text: str) -> list[str]:
@@ -70,107 +104,56 @@ def _as_str(value: Any) -> str | None:
     return value if isinstance(value, str) else str(value)
 
 
-@dataclass
-class Record:
-    where: str  # "row 3 (line 4)": for error messages
-    values: tuple[str | None, ...]  # the requested columns, None where the row lacks one
-
-
-def read_records(path: Path, columns: Sequence[str]) -> list[Record]:
-    """The given columns of each row of a CSV, TSV or JSONL file (blank lines are not rows)."""
-    path = Path(path)
-    kind = FORMATS.get(path.suffix.lower())
-    if kind is None:
-        raise SentimentError(f"{path}: unknown format {path.suffix or '(no suffix)'}; use .csv, .tsv or .jsonl")
-    text = read_file(path)
-    records = _read_jsonl(path, text, columns) if kind == "jsonl" else _read_csv(path, text, columns, kind)
-    if not records:
-        raise SentimentError(f"{path} has a header but no rows")
-    return records
-
-
-def _read_csv(path: Path, text: str, columns: Sequence[str], kind: str) -> list[Record]:
-    # strict: an unclosed quote is an error, instead of silently swallowing the rest of the file
-    reader = csv.reader(io.StringIO(text, newline=""), delimiter="\t" if kind == "tsv" else ",", strict=True)
-    records: list[Record] = []
-    try:
-        header = [h.strip() for h in next(reader)]
-        missing = [c for c in columns if c not in header]
-        if missing:
-            raise SentimentError(f"{path}: no column {missing[0]!r} (columns: {', '.join(map(repr, header))})")
-        index = [header.index(c) for c in columns]
-        while True:
-            line = reader.line_num + 1
-            try:
-                row = next(reader)
-            except StopIteration:
-                break
-            if not row:
-                continue  # a blank line
-            values = tuple(row[i] if i < len(row) else None for i in index)
-            records.append(Record(f"row {len(records) + 1} (line {line})", values))
-    except csv.Error as e:
-        raise SentimentError(f"{path}: line {reader.line_num} is not valid {kind.upper()} ({e})") from None
-    return records
-
-
-def _json_object(path: Path, n: int, line: str) -> dict:
-    """Line n of a JSONL file as the JSON object it must be, or one error naming the line."""
-    try:
-        obj = json.loads(line)
-    except ValueError as e:
-        raise SentimentError(f"{path}: line {n} is not valid JSON ({getattr(e, 'msg', e)}); "
-                             "expected one JSON object per line") from None
-    if not isinstance(obj, dict):
-        raise SentimentError(f"{path}: line {n} is a JSON {type(obj).__name__}, not an object; "
-                             "expected one JSON object per line")
-    return obj
-
-
-def _read_jsonl(path: Path, text: str, columns: Sequence[str]) -> list[Record]:
-    records: list[Record] = []
-    for n, line in enumerate(split_lines(text), 1):
-        if not line.strip():
-            continue
-        obj = _json_object(path, n, line)
-        missing = [c for c in columns if c not in obj]
-        if missing:
-            raise SentimentError(f"{path}: line {n} has no field {missing[0]!r} "
-                                 f"(fields: {', '.join(map(repr, obj)) or 'none'})")
-        records.append(Record(f"row {len(records) + 1} (line {n})", tuple(_as_str(obj[c]) for c in columns)))
-    return records
-
-
-def read_texts(path: Path, text_column: str = "text") -> list[str]:
-    """Reviews from a file: one per line for plain text, else the text column of each row."""
-    path = Path(path)
-    if path.suffix.lower() not in FORMATS:
-        return split_lines(read_file(path))
-    return [r.values[0] or "" for r in read_records(path, [text_column])]
-
-
 def read_stream(raw: bytes, name: str = "standard input") -> list[str]:
-    """Reviews from bytes read off a stream (stdin), one per line."""
-    text = decode(raw, name)
+    """Reviews from bytes read off a stream (stdin), one per line, decoded as files are."""
+    text = decode_strict(raw, name)
     if not text.strip():
         raise SentimentError(f"no reviews: {name} is empty")
     return split_lines(text)
 
 
-def read_unlabeled(path: Path, text_column: str = "text") -> Table:
-    """Texts without labels (data.unlabeled): a .txt file (one text per line), a directory of .txt files
-    (one text each, as aclImdb's train/unsup), or the text column of a .csv, .tsv, .jsonl or .parquet file."""
+def read_texts(path: Path, text_column: str = "text") -> Table:
+    """Texts without labels, from whatever the readers read: the text column of a .csv, .tsv, .jsonl or
+    .parquet file; a pos/neg directory (pos/ then neg/, as `eval --data` reads it); a directory of .txt
+    files (one text each, as aclImdb's train/unsup); any other file as plain text, one text per line.
+    `predict --file` and data.unlabeled both read through it."""
     path = Path(path)
     if path.is_dir():
-        files = sorted(path.glob("*.txt"), key=_natural)
-        if not files:
-            raise SentimentError(f"data.unlabeled: {path} holds no .txt files")
-        texts = [_read_bytes(f).decode("utf-8", errors="replace") for f in files]
-        return Table(texts, None, list(range(1, len(texts) + 1)), str(path))
-    if path.suffix.lower() in (".txt", ""):
-        texts = split_lines(read_file(path))
-        return Table(texts, None, list(range(1, len(texts) + 1)), str(path))
-    return read_table(path, text_column, None)
+        if (path / "pos").is_dir() and (path / "neg").is_dir():
+            return _read_pos_neg(path, labeled=False)
+        return _read_txt_dir(path)
+    if path.suffix.lower() in TABLE_SUFFIXES:
+        return read_table(path, text_column, None)
+    raw = read_bytes(path)
+    text = decode_strict(raw, path)
+    if not text.strip():
+        raise SentimentError(f"{path} is empty")
+    texts = split_lines(text)
+    return Table(texts, None, list(range(1, len(texts) + 1)), str(path))
+
+
+read_unlabeled = read_texts  # data.unlabeled's texts: the same reader as predict's
+
+
+def _read_txt_dir(path: Path) -> Table:
+    files = sorted(path.glob("*.txt"), key=_natural)
+    if not files:
+        raise SentimentError(f"{path} holds no .txt files (it is a directory without pos/ and neg/ folders too)")
+    texts, replaced = _read_txt_files(files)
+    return Table(texts, None, list(range(1, len(texts) + 1)), str(path), replaced)
+
+
+def _read_txt_files(files: list[Path]) -> tuple[list[str], int]:
+    """The texts of .txt files by the directories rule (bad bytes replaced), and how many had bad bytes."""
+    texts, replaced = [], 0
+    for f in files:
+        raw = read_bytes(f)
+        try:
+            texts.append(raw.decode("utf-8"))
+        except UnicodeDecodeError:
+            texts.append(raw.decode("utf-8", errors="replace"))
+            replaced += 1
+    return texts, replaced
 
 
 @dataclass
@@ -182,6 +165,7 @@ class Table:
     labels: list[str] | None  # the label column's values as strings, never empty
     lines: list[int]  # 1-based line of each row in the file (row number for Parquet/datasets), for messages
     source: str  # the file (or dataset) name, for messages
+    replaced: int = 0  # files of a directory whose invalid UTF-8 was replaced (the directories rule)
 
     def __len__(self) -> int:
         return len(self.texts)
@@ -194,16 +178,18 @@ def read_table(path: Path, text_column: str = "text", label_column: str | None =
     """The texts (and labels, unless label_column is None) of a CSV/TSV, JSONL or Parquet file, or of a
     directory in the aclImdb layout (pos/ and neg/ folders of .txt reviews, labeled "pos"/"neg").
 
-    Unlike read_texts this is strict: a training set with mangled bytes or a missing label should be
-    fixed, not silently learned from. Rows with no text are kept, as "", for the caller to count. Blank
-    lines are not rows. Table.lines is the line where each row starts (the header is line 1); for
-    Parquet and directories, which have no lines, it is the 1-based row number.
+    Decoded by the module's rules (files strict, directories as IMDB). A missing label, a duplicate column
+    name or a non-scalar JSON value is an error naming the line. Rows with no text are kept, as "", for the
+    caller to count. Blank lines are not rows. Table.lines is the line where each row starts (the header is
+    line 1); for Parquet and directories, which have no lines, it is the 1-based row number.
     """
     path = Path(path)
+    if label_column is not None and label_column == text_column:
+        raise SentimentError(f"the text column and the label column are both {text_column!r}: name the column "
+                             "that holds the labels (data.label_column, --label-column)")
     if path.is_dir():
         return _read_pos_neg(path, labeled=label_column is not None)
-    if not path.exists():
-        raise SentimentError(f"{path} not found")
+    check_regular_file(path)
     suffix = path.suffix.lower()
     if suffix == ".parquet":
         return _parquet_table(path, text_column, label_column)
@@ -211,7 +197,7 @@ def read_table(path: Path, text_column: str = "text", label_column: str | None =
     if kind is None:
         raise SentimentError(f"{path}: unknown format {suffix or '(no suffix)'}; use .csv, .tsv, .jsonl, "
                              ".parquet or a directory with pos/ and neg/ folders")
-    raw = _read_bytes(path)
+    raw = read_bytes(path)
     body = raw.removeprefix(codecs.BOM_UTF8)
     if not body or body.isspace():
         raise SentimentError(f"{path} is empty")
@@ -222,7 +208,8 @@ def read_table(path: Path, text_column: str = "text", label_column: str | None =
         if kind == "jsonl":
             texts, labels, lines = _jsonl_columns(path, stream, text_column, label_column)
         else:
-            texts, labels, lines = _csv_columns(path, stream, text_column, label_column, kind)
+            with _long_csv_fields():
+                texts, labels, lines = _csv_columns(path, stream, text_column, label_column, kind)
     except UnicodeDecodeError:
         raise _not_utf8(path, raw) from None
     if labels is not None:
@@ -230,7 +217,7 @@ def read_table(path: Path, text_column: str = "text", label_column: str | None =
     return Table(texts, labels, lines, str(path))
 
 
-def _not_utf8(path: Path, raw: bytes) -> SentimentError:
+def _not_utf8(path: str | Path, raw: bytes) -> SentimentError:
     """Where the first bad byte is: the streaming decoder only knows its offset within a chunk."""
     try:
         raw.decode("utf-8")  # not -sig: a BOM is valid UTF-8, so offsets stay the file's own
@@ -239,6 +226,15 @@ def _not_utf8(path: Path, raw: bytes) -> SentimentError:
         return SentimentError(f"{path}: line {line} is not valid UTF-8 (byte {raw[e.start]:#04x} at offset "
                               f"{e.start}); save the file as UTF-8")
     raise AssertionError("the streaming decoder failed on bytes that decode")
+
+
+def _check_unique_columns(path: Path, names: list[str]) -> None:
+    """`text,text,label` would silently read the first `text`: which one was meant is the user's to say."""
+    seen = set()
+    for name in names:
+        if name and name in seen:
+            raise SentimentError(f"{path}: the column name {name!r} appears twice in the header; rename one")
+        seen.add(name)
 
 
 def _is_blank(row: list[str]) -> bool:
@@ -258,6 +254,7 @@ def _csv_columns(path: Path, stream: io.TextIOWrapper, text_column: str, label_c
                 break
         else:
             raise SentimentError(f"{path} is empty")
+        _check_unique_columns(path, header)
         for column in (text_column, label_column):
             if column is not None and column not in header:
                 raise SentimentError(f"{path}: no column {column!r} (columns: {', '.join(map(repr, header))})")
@@ -307,12 +304,16 @@ def _jsonl_columns(path: Path, stream: io.TextIOWrapper, text_column: str, label
         text = obj.get(text_column)
         if text_column in obj:
             with_text += 1
+            _check_scalar(path, n, text_column, text)
         texts.append(text if isinstance(text, str) else _as_str(text) or "")
         if label_column is not None:
             if label_column not in obj:
                 raise SentimentError(f"{path}: line {n} has no field {label_column!r} "
                                      f"(fields: {', '.join(map(repr, obj)) or 'none'})")
+            _check_scalar(path, n, label_column, obj[label_column])
             labels.append(_label_str(obj[label_column]))
+        if "\\u" in line:  # only an escape can spell a lone surrogate: the common line costs one search
+            _check_no_surrogate(path, n, texts[-1], labels[-1] if label_column is not None else None)
         lines.append(n)
     if not lines:
         raise SentimentError(f"{path} is empty")
@@ -320,6 +321,38 @@ def _jsonl_columns(path: Path, stream: io.TextIOWrapper, text_column: str, label
         raise SentimentError(f"{path}: no line has a field {text_column!r} "
                              f"(fields of line {lines[0]}: {', '.join(map(repr, first)) or 'none'})")
     return texts, labels if label_column is not None else None, lines
+
+
+def _json_object(path: Path, n: int, line: str) -> dict:
+    """Line n of a JSONL file as the JSON object it must be, or one error naming the line."""
+    try:
+        obj = json.loads(line)
+    except ValueError as e:
+        raise SentimentError(f"{path}: line {n} is not valid JSON ({getattr(e, 'msg', e)}); "
+                             "expected one JSON object per line") from None
+    if not isinstance(obj, dict):
+        raise SentimentError(f"{path}: line {n} is a JSON {type(obj).__name__}, not an object; "
+                             "expected one JSON object per line")
+    return obj
+
+
+def _check_scalar(path: Path, n: int, field: str, value: Any) -> None:
+    """{"text": {"body": ...}} would otherwise train on a Python repr of the object."""
+    if isinstance(value, (dict, list)):
+        kind = "object" if isinstance(value, dict) else "array"
+        raise SentimentError(f"{path}: line {n}: field {field!r} is a JSON {kind}, not text or a single value")
+
+
+def _check_no_surrogate(path: Path, n: int, *values: str | None) -> None:
+    """A lone surrogate ("\\ud83d": a tweet cut in the middle of an emoji) is valid JSON but not text: it
+    cannot be encoded, and would fail deep inside the tokenizer."""
+    for value in values:
+        if value is not None:
+            try:
+                value.encode("utf-8")
+            except UnicodeEncodeError as e:
+                raise SentimentError(f"{path}: line {n} holds a lone surrogate {value[e.start]!r} (half of a "
+                                     "character cut in two, often an emoji): remove or complete it") from None
 
 
 def _label_str(value: Any) -> str | None:
@@ -346,11 +379,12 @@ def _parquet_table(path: Path, text_column: str, label_column: str | None) -> Ta
         import pyarrow.parquet as pq
     except ImportError:
         raise SentimentError(f"{path}: reading Parquet needs pyarrow: pip install 'sentiment[parquet]' (or pip install pyarrow)") from None
-    if path.stat().st_size == 0:
+    if check_regular_file(path).st_size == 0:
         raise SentimentError(f"{path} is empty")
     wanted = [text_column] if label_column is None else [text_column, label_column]
     try:
         names = pq.read_schema(path).names
+        _check_unique_columns(path, names)
         for column in wanted:
             if column not in names:
                 raise SentimentError(f"{path}: no column {column!r} (columns: {', '.join(map(repr, names))})")
@@ -387,14 +421,21 @@ def _read_pos_neg(root: Path, labeled: bool) -> Table:
                              "point at aclImdb/test, not aclImdb)")
     texts: list[str] = []
     labels: list[str] = []
+    replaced = 0
     for folder in ("pos", "neg"):
-        files = sorted((root / folder).glob("*.txt"), key=_natural)
-        # replacing bad bytes exactly as corpus.py reads IMDB, so that the numbers match `sentiment eval`
-        texts += [_read_bytes(f).decode("utf-8", errors="replace") for f in files]
-        labels += [folder] * len(files)
+        # bad bytes replaced exactly as corpus.py reads IMDB, so that the numbers match `sentiment eval`
+        folder_texts, bad = _read_txt_files(pos_neg_files(root, folder))
+        texts += folder_texts
+        replaced += bad
+        labels += [folder] * len(folder_texts)
     if not texts:
         raise SentimentError(f"{root}: pos/ and neg/ hold no .txt reviews")
-    return Table(texts, labels if labeled else None, list(range(1, len(texts) + 1)), str(root))
+    return Table(texts, labels if labeled else None, list(range(1, len(texts) + 1)), str(root), replaced)
+
+
+def pos_neg_files(root: Path, folder: str) -> list[Path]:
+    """The .txt files of root/folder in the order they are read (the content cache hashes them in it too)."""
+    return sorted((Path(root) / folder).glob("*.txt"), key=_natural)
 
 
 def _natural(path: Path) -> list:

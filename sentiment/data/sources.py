@@ -22,12 +22,12 @@ import numpy as np
 from sentiment.atomic import atomic_write_bytes
 from sentiment.config import DataConfig
 from sentiment.errors import SentimentError
-from sentiment.data.labels import IMDB_LABELS, LabelSpace, sort_labels
+from sentiment.data.labels import IMDB_LABELS, LabelSpace, merged_labels, normalize_label, sort_labels
 from sentiment.paths import cache_dir
-from sentiment.data.readers import Table, read_table, read_unlabeled
-from sentiment.data.tokenize import Cleaning, spacy_version
+from sentiment.data.readers import Table, check_regular_file, pos_neg_files, read_bytes, read_table, read_texts
+from sentiment.data.tokenize import Cleaning, into_table, spacy_version
 
-FILES_CACHE_VERSION = 2
+FILES_CACHE_VERSION = 3  # 3: labels normalised, strict file decoding, pos/neg keyed by content
 
 
 @dataclass
@@ -69,7 +69,7 @@ def load_source(cfg: DataConfig, label_space: LabelSpace | None = None, *, with_
             what = part.source
         source = attach_unlabeled(source, part.tokens, part.ids, part.offsets)
         source.stats.update(unlabeled_source=what, unlabeled_from_cache=part.from_cache,
-                            unlabeled_seconds=time.perf_counter() - t0)
+                            unlabeled_seconds=time.perf_counter() - t0, unlabeled_invalid_utf8_files=part.replaced)
     return source
 
 
@@ -78,8 +78,7 @@ def attach_unlabeled(source: SourceData, tokens: list[str], ids: np.ndarray, off
     any whose tokens equal a validation or test text's, are left out (and counted): training on a held-out
     text, even unlabeled, would flatter the figures chosen and reported on it."""
     table = {t: i for i, t in enumerate(source.tokens)}
-    setdefault = table.setdefault
-    mapping = np.fromiter((setdefault(t, len(table)) for t in tokens), dtype=np.int32, count=len(tokens))
+    mapping = into_table(table, tokens)
     new_ids = mapping[ids] if len(ids) else np.zeros(0, np.int32)
     n, m = len(source.labels), len(offsets) - 1
 
@@ -107,7 +106,7 @@ def attach_unlabeled(source: SourceData, tokens: list[str], ids: np.ndarray, off
 # ---------------------------------------------------------------- IMDB
 def _load_imdb(cfg: DataConfig) -> SourceData:
     from sentiment.data.corpus import load_corpus
-    from sentiment.data.imdb import imdb_dir, movie_ids, movie_validation_split, validation_split
+    from sentiment.data.imdb import imdb_dir, movie_ids, validation_split
 
     t0 = time.perf_counter()
     data_dir = Path(cfg.data_dir)
@@ -123,7 +122,9 @@ def _load_imdb(cfg: DataConfig) -> SourceData:
         else:
             method = "movie"
     if method == "movie":
-        train_rel, valid_rel = movie_validation_split(labels, movies, cfg.valid_fraction, cfg.split_seed)
+        # no movie on both sides, as IMDB's own train and test share no movies
+        train_rel, valid_rel = grouped_split(labels, np.asarray(movies), cfg.valid_fraction, cfg.split_seed,
+                                             len(IMDB_LABELS))
     else:
         train_rel, valid_rel = validation_split(labels, cfg.valid_fraction, cfg.split_seed)
     splits = {"train": train_all[train_rel], "valid": train_all[valid_rel], "test": corpus.select("test")}
@@ -146,7 +147,7 @@ def _imdb_unsup(cfg: DataConfig) -> "_Part":
         raise SentimentError(f"data.unlabeled: unsup asks for IMDB's unlabeled reviews, but {e}") from None
     n = len(corpus)
     return _Part(corpus.tokens, corpus.ids, corpus.offsets, np.full(n, -1, np.int32), [], np.zeros(n, np.uint64),
-                 np.arange(1, n + 1), "IMDB train/unsup", from_cache=from_cache)
+                 np.arange(1, n + 1), "IMDB train/unsup", from_cache=from_cache, replaced=corpus.invalid_utf8)
 
 
 # ---------------------------------------------------------------- files and datasets
@@ -164,6 +165,7 @@ class _Part:
     source: str
     from_cache: bool = False
     key: str = ""  # the cache key: what the part was made from, and how
+    replaced: int = 0  # files of a directory whose invalid UTF-8 was replaced (readers' directories rule)
 
     def __len__(self) -> int:
         return len(self.hashes)
@@ -190,7 +192,7 @@ def _part_from_table(table: Table, cfg: DataConfig, source: str) -> _Part:
     texts, table.texts, table.labels, table.lines = table.texts, [], None, []
     tokens, ids, offsets, hashes = tokenize_texts(texts, cfg.lowercase, cfg.resolved_workers(), cleaning_of(cfg),
                                                   consume=True)
-    return _Part(tokens, ids, offsets, codes, names, hashes, lines, source)
+    return _Part(tokens, ids, offsets, codes, names, hashes, lines, source, replaced=table.replaced)
 
 
 def _settings_key(cfg: DataConfig, columns: tuple[str | None, ...]) -> str:
@@ -200,6 +202,7 @@ def _settings_key(cfg: DataConfig, columns: tuple[str | None, ...]) -> str:
 
 def _file_hash(path: Path) -> str:
     h = hashlib.sha256()
+    check_regular_file(path)  # a named pipe would be read here, then again by the reader: a hang
     try:
         with open(path, "rb") as f:
             while block := f.read(1 << 22):
@@ -210,11 +213,21 @@ def _file_hash(path: Path) -> str:
 
 
 def _directory_hash(path: Path) -> str:
-    """pos/neg directories: (name, size, mtime) of each file, as the IMDB cache does."""
+    """A pos/neg directory or a directory of .txt files, keyed by content like a file: the name and bytes of
+    each file the readers would read. (Name, size and mtime would serve stale tokens after a same-size
+    rewrite with the mtime kept.) IMDB's corpus cache, by contrast, is keyed by the name, size and mtime of
+    each review (imdb.fingerprint): aclImdb is a checksummed download nobody edits, and hashing its 100,000
+    files on every start would cost more than reading its cache. GloVe's cache is keyed the same way
+    (size and mtime of the checksummed vectors file)."""
     h = hashlib.sha256()
-    for f in sorted(p for p in path.rglob("*.txt")):
-        st = f.stat()
-        h.update(f"{f.relative_to(path)}\0{st.st_size}\0{st.st_mtime_ns}\n".encode())
+    if (path / "pos").is_dir() and (path / "neg").is_dir():
+        files = [(folder, f) for folder in ("pos", "neg") for f in pos_neg_files(path, folder)]
+    else:
+        files = [("", f) for f in sorted(path.glob("*.txt"))]
+    for folder, f in files:
+        data = read_bytes(f)
+        h.update(f"{folder}/{f.name}\0{len(data)}\0".encode("utf-8", "surrogateescape"))
+        h.update(data)
     return h.hexdigest()
 
 
@@ -248,7 +261,8 @@ def _save_part(part: _Part, path: Path) -> None:
     # label names are JSON: a label may hold a newline, which the token packing does not allow
     np.savez(buf, tokens=_pack(part.tokens), ids=part.ids, offsets=part.offsets, label_codes=part.label_codes,
              label_names=np.frombuffer(json.dumps(part.label_names).encode(), np.uint8), hashes=part.hashes,
-             lines=part.lines, source=np.frombuffer(part.source.encode("utf-8", "surrogatepass"), np.uint8))
+             lines=part.lines, source=np.frombuffer(part.source.encode("utf-8", "surrogatepass"), np.uint8),
+             replaced=np.array(part.replaced, np.int64))
     path.parent.mkdir(parents=True, exist_ok=True)
     atomic_write_bytes(path, buf.getvalue())
 
@@ -258,12 +272,14 @@ def _load_part(path: Path) -> _Part | None:
         with np.load(path) as z:
             part = _Part(_unpack(z["tokens"]), z["ids"], z["offsets"], z["label_codes"],
                          json.loads(z["label_names"].tobytes().decode()), z["hashes"], z["lines"],
-                         z["source"].tobytes().decode("utf-8", "surrogatepass"), from_cache=True)
+                         z["source"].tobytes().decode("utf-8", "surrogatepass"), from_cache=True,
+                         replaced=int(z["replaced"]))
     except (OSError, ValueError, KeyError, EOFError, zipfile.BadZipFile, UnicodeDecodeError):
         return None
     n = len(part.hashes)
     ok = (len(part.offsets) == n + 1 and part.offsets[-1] == len(part.ids) and len(part.label_codes) == n
-          and (len(part.ids) == 0 or int(part.ids.max()) < len(part.tokens)))
+          and len(part.lines) == n and (len(part.ids) == 0 or int(part.ids.max()) < len(part.tokens))
+          and (n == 0 or int(part.label_codes.max()) < len(part.label_names)))
     return part if ok else None
 
 
@@ -275,10 +291,17 @@ def _file_part(path: Path, cfg: DataConfig, labeled: bool) -> _Part:
     content = _directory_hash(path) if path.is_dir() else _file_hash(path)
     key = f"file\0{content}\0{path.name}\0{_settings_key(cfg, (cfg.text_column, label_column))}"
     read = (lambda: read_table(path, cfg.text_column, label_column)) if labeled else (
-        lambda: read_unlabeled(path, cfg.text_column))
+        lambda: _unlabeled(path, cfg.text_column))
     part = _cached_part(key, cache_dir(Path(cfg.data_dir)), lambda: _part_from_table(read(), cfg, str(path)))
     part.source = str(path)  # a cache entry written for a copy elsewhere (same name and bytes) names that copy
     return part
+
+
+def _unlabeled(path: Path, text_column: str) -> Table:
+    try:
+        return read_texts(path, text_column)
+    except SentimentError as e:  # say which setting named the file
+        raise SentimentError(f"data.unlabeled: {e}") from None
 
 
 def _hf_parts(cfg: DataConfig, unlabeled: bool = False) -> dict[str, _Part]:
@@ -302,37 +325,45 @@ def _merge_tokens(parts: list[_Part]) -> tuple[list[str], list[np.ndarray]]:
     table: dict[str, int] = {}
     renumbered = []
     for part in parts:
-        setdefault = table.setdefault
-        mapping = np.fromiter((setdefault(t, len(table)) for t in part.tokens), dtype=np.int32, count=len(part.tokens))
+        mapping = into_table(table, part.tokens)
         renumbered.append(mapping[part.ids] if len(part.ids) else part.ids)
     return list(table), renumbered
 
 
-def _label_space(cfg: DataConfig, train: _Part) -> LabelSpace:
+def _label_space(cfg: DataConfig, train: _Part) -> tuple[LabelSpace, dict[str, list[str]]]:
+    """The run's classes, from the training labels normalised (labels.normalize_label) or data.labels, and
+    which spellings were merged into one class (" Pos", "pos"; "1.0", "1")."""
     present = np.bincount(train.label_codes, minlength=len(train.label_names)) > 0
     found = [n for n, p in zip(train.label_names, present) if p]
+    merged = merged_labels(found)
     if cfg.labels is None:
-        if len(found) < 2:
-            raise SentimentError(f"{train.source}: every training row has the label {found[0]!r}: a classifier "
-                                 "needs at least two classes" if found else f"{train.source}: no training rows")
-        return LabelSpace(sort_labels(found))
+        classes = list(dict.fromkeys(normalize_label(n) for n in found))
+        if len(classes) < 2:
+            raise SentimentError(f"{train.source}: every training row has the label {classes[0]!r}: a classifier "
+                                 "needs at least two classes" if classes else f"{train.source}: no training rows")
+        return LabelSpace(sort_labels(classes)), merged
     space = LabelSpace(tuple(cfg.labels))
-    stray = [n for n in found if n not in space.names]
+    lookup = space.lookup()
+    codes = {n: lookup.get(n, lookup.get(normalize_label(n), -1)) for n in found}
+    stray = [n for n, i in codes.items() if i < 0]
     if stray:
         raise SentimentError(f"data.labels {list(space.names)} lacks {', '.join(map(repr, stray))}, found in "
                              f"{train.source}'s column {cfg.label_column!r}")
-    absent = [n for n in space.names if n not in found]
+    absent = [n for i, n in enumerate(space.names) if i not in codes.values()]
     if absent:
         raise SentimentError(f"data.labels names {', '.join(map(repr, absent))}, which no training row of "
                              f"{train.source} has (labels there: {', '.join(map(repr, found))})")
-    return space
+    return space, merged
 
 
 def _class_indices(part: _Part, space: LabelSpace, what: str) -> np.ndarray:
-    """Class index of each row of a part; labels the space lacks are an error that names them."""
-    lookup = {name: i for i, name in enumerate(space.names)}
-    mapping = np.array([lookup.get(n, -1) for n in part.label_names] or [-1], dtype=np.int64)
-    if (mapping < 0).any() and len(part.label_names):
+    """Class index of each row of a part, mapped as every command maps labels (LabelSpace.index); labels the
+    space lacks are an error that names them and the first row that has one."""
+    if not len(part.label_names):
+        return np.full(len(part.label_codes), -1, np.int64)
+    lookup = space.lookup()
+    mapping = np.array([lookup.get(n, lookup.get(normalize_label(n), -1)) for n in part.label_names], dtype=np.int64)
+    if (mapping < 0).any():
         unknown = [n for n, m in zip(part.label_names, mapping) if m < 0]
         first = int(np.flatnonzero(np.isin(part.label_codes, np.flatnonzero(mapping < 0)))[0])
         raise SentimentError(f"{part.where(first)}: label {unknown[0]!r} in the {what} split is not a training label "
@@ -423,15 +454,21 @@ def _save_splits(path: Path, splits: dict[str, np.ndarray], duplicated: int, str
     atomic_write_bytes(path, buf.getvalue())
 
 
-def _load_splits(path: Path | None) -> tuple[dict[str, np.ndarray], int, int] | None:
+def _load_splits(path: Path | None, rows: int) -> tuple[dict[str, np.ndarray], int, int] | None:
+    """A cached carve, if it is one of these `rows` rows (validated as _load_part validates a part: an entry
+    that does not fit is carved again, never used)."""
     if path is None or not path.exists():
         return None
     try:
         with np.load(path) as z:
             duplicated, straddling = (int(v) for v in z["counts"])
-            return {name: z[name] for name in ("train", "valid", "test")}, duplicated, straddling
+            splits = {name: z[name] for name in ("train", "valid", "test")}
     except (OSError, ValueError, KeyError, EOFError, zipfile.BadZipFile):
         return None
+    for split in splits.values():
+        if split.ndim != 1 or split.dtype.kind not in "iu" or (len(split) and (split.min() < 0 or split.max() >= rows)):
+            return None
+    return splits, duplicated, straddling
 
 
 def _load_tables(cfg: DataConfig, label_space: LabelSpace | None) -> SourceData:
@@ -444,7 +481,10 @@ def _load_tables(cfg: DataConfig, label_space: LabelSpace | None) -> SourceData:
     order = [name for name in ("train", "valid", "test") if name in parts]
     tokens, ids_list = _merge_tokens([parts[n] for n in order])
     train = parts["train"]
-    space = label_space or _label_space(cfg, train)
+    if not (np.diff(train.offsets) > 0).any():
+        raise SentimentError(f"{train.source}: every row's text (column {cfg.text_column!r}) is empty: check "
+                             "data.text_column")
+    space, merged = (label_space, {}) if label_space is not None else _label_space(cfg, train)
     labels = {name: _class_indices(parts[name], space, name) for name in order}
 
     # rows in the merged numbering, empty texts left out of every split (counted)
@@ -456,7 +496,7 @@ def _load_tables(cfg: DataConfig, label_space: LabelSpace | None) -> SourceData:
         base += len(parts[name])
     all_labels = np.concatenate([labels[n] for n in order])
     split_cache = _split_cache_path(cfg, parts, space)
-    cached = _load_splits(split_cache)
+    cached = _load_splits(split_cache, sum(len(parts[n]) for n in order))
     if cached is not None:
         splits, duplicated, straddling = cached
     else:
@@ -482,5 +522,6 @@ def _load_tables(cfg: DataConfig, label_space: LabelSpace | None) -> SourceData:
              "reviews": base, "source": ", ".join(parts[n].source for n in order),
              "valid_split": "given" if "valid" in parts else "carved",
              "empty_texts_skipped": sum(skipped.values()), "duplicate_texts": duplicated,
-             "duplicates_across_splits": straddling, "invalid_utf8_files": 0}
+             "duplicates_across_splits": straddling, "labels_merged": merged,
+             "invalid_utf8_files": sum(parts[n].replaced for n in order)}
     return SourceData(tokens, ids, offsets, all_labels, splits, space, membership, stats)

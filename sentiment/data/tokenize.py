@@ -164,19 +164,9 @@ class ChunkMemo:
         return self.table
 
 
-class Tokenizer:
-    """Tokenize single texts (prediction time) with a memo of chunks already seen."""
-
-    def __init__(self, lowercase: bool = True, memo_size: int = 200_000, cleaning: Cleaning = IMDB_CLEANING):
-        self.lowercase = lowercase
-        self.cleaning = cleaning
-        self._memo = ChunkMemo(lowercase, memo_size)
-
-    def __call__(self, text: str) -> list[str]:
-        chunks = split_chunks(text, self.cleaning)
-        memo = self._memo.fill(chunks)
-        return [tok for c in chunks for tok in memo[c]]
-
-    def pipe(self, texts: Iterable[str]) -> Iterable[list[str]]:
-        for text in texts:
-            yield self(text)
+def into_table(table: dict[str, int], strings: list[str]) -> np.ndarray:
+    """The one token-table remap: each string's id in `table` (int32), adding those it lacks in order of
+    first appearance. Merging workers' chunk or token tables, files' token tables and unlabeled texts' all
+    go through it."""
+    setdefault = table.setdefault
+    return np.fromiter((setdefault(t, len(table)) for t in strings), dtype=np.int32, count=len(strings))

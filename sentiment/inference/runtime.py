@@ -7,7 +7,8 @@ from pathlib import Path
 
 import torch
 
-from sentiment.runs import BEST, LAST, check_membership, load_checkpoint, load_labels, load_run
+from sentiment.runs import (BEST, LAST, check_data_fingerprints, check_membership, load_checkpoint, load_labels,
+                            load_run)
 from sentiment.config import Config
 from sentiment.device import resolve_device
 from sentiment.errors import SentimentError
@@ -49,12 +50,16 @@ def load_trained(run_dir: Path, checkpoint: str = "best", device: str | None = N
 
 
 def evaluate_run(run_dir: Path, *, split: str = "test", checkpoint: str = "best", batch_size: int | None = None,
-                 device: str | None = None) -> Metrics:
+                 device: str | None = None, allow_changed_data: bool = False) -> Metrics:
+    """The run's metrics on a split of its own data, refused if that split's rows, texts or labels are not
+    the ones it was trained with (allow_changed_data: score changed texts and labels anyway)."""
     from sentiment.data.prepare import prepare_data
 
     run = load_trained(run_dir, checkpoint, device)
     data = prepare_data(run.cfg.data, run.vocab, label_space=run.label_space, with_unlabeled=False)
-    check_membership(run_dir, data.membership, (split,))
+    check_data_fingerprints(run_dir, data.fingerprints, (split,), allow_changed=allow_changed_data)
+    if not allow_changed_data:
+        check_membership(run_dir, data.membership, (split,))
     if split == "test" and not len(data.test):
         raise SentimentError(f"{run_dir}'s data has no test split (data.test_file is null and data.test_fraction 0): "
                              "evaluate --split valid, or --data a labeled file")

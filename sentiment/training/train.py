@@ -33,6 +33,7 @@ from sentiment.model import build_model
 from sentiment.data.labels import LabelSpace
 from sentiment.runs import (BEST, LAST, RESULTS, check_membership, code_version, load_checkpoint, load_labels,
                             read_metrics, write_run_files)
+from sentiment.runs import check_data_fingerprints, write_data_fingerprints
 from sentiment.training.engine import (Engine, EngineSettings, LoopState, Reporter, StopFlag,  # noqa: F401
                                        TrainingDiverged, TrainingInterrupted, graceful_stop, rng_state, schedule,
                                        seed_everything, set_rng_state)
@@ -158,6 +159,7 @@ def _data_and_checkpoint(cfg: Config, run_dir: Path, data: PreparedData | None, 
         data = data or prepare_data(cfg.data, embedding_seed=cfg.run.seed)
         if rank.is_main:
             write_run_files(run_dir, cfg, data.vocab, data.label_space, data.membership)
+            write_data_fingerprints(run_dir, data.fingerprints)
         return data, None
     from sentiment.runs import load_run
 
@@ -168,6 +170,7 @@ def _data_and_checkpoint(cfg: Config, run_dir: Path, data: PreparedData | None, 
     checkpoint = load_checkpoint(run_dir / LAST, vocab)
     check_resume_config(run_dir, saved, cfg, checkpoint)
     data = data or prepare_data(cfg.data, vocab, label_space=space)
+    check_data_fingerprints(run_dir, data.fingerprints)  # the file named, before the rows are compared
     check_membership(run_dir, data.membership)
     return data, checkpoint
 
