@@ -151,3 +151,23 @@ def test_bad_input_is_one_error_line(binary_run, tmp_path):
     one_line_error(code, text, "lone.onnx.json")
     code, text = run("predict", "--model", str(tmp_path / "lone.onnx"), "--run", str(binary_run), "great")
     one_line_error(code, text, "one of them")
+
+
+def test_bench_export_help_and_smoke(binary_run, tmp_path):
+    import os
+    import subprocess
+    import sys
+
+    script = Path(__file__).resolve().parents[1] / "benchmarks" / "bench_export.py"
+    env = {**os.environ, "OMP_NUM_THREADS": "1"}
+    done = subprocess.run([sys.executable, str(script), "--help"], capture_output=True, text=True, env=env)
+    assert done.returncode == 0 and "--formats" in done.stdout
+    reviews = tmp_path / "reviews.txt"
+    reviews.write_text("\n".join(t for t in TEXTS if t) + "\n", encoding="utf-8")
+    done = subprocess.run([sys.executable, str(script), "--run", str(binary_run), "--data", str(reviews),
+                           "--formats", "onnx", "--repeats", "1", "--json"], capture_output=True, text=True, env=env,
+                          timeout=600)
+    assert done.returncode == 0, done.stderr
+    results = json.loads(done.stdout)
+    assert results["reviews"] == 5 and results["onnx"]["max_abs_delta_prob"] <= PARITY
+    assert results["onnx"]["tokens_per_s"] > 0 and results["torch_eager"]["tokens_per_s"] > 0

@@ -222,3 +222,21 @@ def test_bad_input_is_one_error_line(trained, tmp_path):
         busy.listen()
         result = runner.invoke(app, ["serve", "--run", str(trained), "--port", str(busy.getsockname()[1])])
         one_line_error(result.exit_code, result.output, "cannot listen on 127.0.0.1")
+
+
+def test_bench_serve_help_and_smoke(trained, tmp_path):
+    script = ROOT / "benchmarks" / "bench_serve.py"
+    env = {**os.environ, "OMP_NUM_THREADS": "1"}
+    done = subprocess.run([sys.executable, str(script), "--help"], capture_output=True, text=True, env=env)
+    assert done.returncode == 0 and "--clients" in done.stdout
+    reviews = tmp_path / "reviews.txt"
+    reviews.write_text("\n".join(SAMPLE[:2] + SAMPLE[3:5]) + "\n", encoding="utf-8")
+    done = subprocess.run([sys.executable, str(script), "--run", str(trained), "--data", str(reviews), "--clients",
+                           "1,2", "--seconds", "0.5", "--warmup", "0.1", "--threads", "1", "--in-process-repeats",
+                           "3", "--json"], capture_output=True, text=True, env=env, timeout=600)
+    assert done.returncode == 0, done.stderr
+    results = json.loads(done.stdout)
+    for mode in ("batched", "alone"):
+        assert [r["clients"] for r in results[mode]] == [1, 2]
+        assert all(r["requests"] > 0 and r["p99_ms"] >= r["p50_ms"] > 0 for r in results[mode])
+    assert results["in_process_ms"] > 0
