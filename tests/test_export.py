@@ -171,3 +171,24 @@ def test_bench_export_help_and_smoke(binary_run, tmp_path):
     results = json.loads(done.stdout)
     assert results["reviews"] == 5 and results["onnx"]["max_abs_delta_prob"] <= PARITY
     assert results["onnx"]["tokens_per_s"] > 0 and results["torch_eager"]["tokens_per_s"] > 0
+
+
+def test_the_documented_function_agrees_with_predict_model(binary_run, tmp_path):
+    """docs/serving.md's text-to-probabilities function, without this package, gives predict --model's rows."""
+    out = tmp_path / "doc.onnx"
+    code, text = run("export", "--run", str(binary_run), "--format", "onnx", "--out", str(out))
+    assert code == 0, text
+    doc = (Path(__file__).resolve().parents[1] / "docs" / "serving.md").read_text(encoding="utf-8")
+    source = doc.split("```python\n", 1)[1].split("```", 1)[0]
+    source = source[: source.index('meta, session = load("model.onnx")')]  # the functions, not the example call
+    namespace: dict = {}
+    exec(compile(source, "serving.md", "exec"), namespace)
+    meta, session = namespace["load"](str(out))
+    probs = namespace["probabilities"](TEXTS + ["<br /><br />"], meta, session)
+    expected = predict_rows("--model", str(out))
+    for row, p in zip(expected, probs):
+        if "error" in row:
+            assert np.isnan(p).all()
+        else:
+            assert abs(row["probability"] - p[1]) <= 1e-6
+    assert np.isnan(probs[-1]).all()
