@@ -44,11 +44,12 @@ def free_port() -> int:
         return s.getsockname()[1]
 
 
-def start_server(run_dir: Path, *extra: str) -> tuple[subprocess.Popen, int]:
+def start_server(*source_and_options: str) -> tuple[subprocess.Popen, int]:
+    """A server process on a free port, ready; source_and_options: --run DIR (or --model FILE) and others."""
     port = free_port()
     env = {**os.environ, "PYTHONPATH": str(ROOT), "OMP_NUM_THREADS": "1"}
-    proc = subprocess.Popen([sys.executable, "-m", "sentiment", "serve", "--run", str(run_dir), "--port", str(port),
-                             "--threads", "1", *extra], env=env, stdout=subprocess.PIPE, stderr=subprocess.STDOUT)
+    proc = subprocess.Popen([sys.executable, "-m", "sentiment", "serve", *source_and_options, "--port", str(port),
+                             "--threads", "1"], env=env, stdout=subprocess.PIPE, stderr=subprocess.STDOUT)
     deadline = time.monotonic() + 120
     while time.monotonic() < deadline:
         assert proc.poll() is None, proc.stdout.read().decode()
@@ -112,7 +113,7 @@ def trained(tmp_path_factory) -> Path:
 
 @pytest.fixture(scope="module")
 def server(trained):
-    proc, port = start_server(trained, "--log-batches")
+    proc, port = start_server("--run", str(trained), "--log-batches")
     yield port
     code, out = stop(proc)
     assert code == 0, out
@@ -190,7 +191,7 @@ def test_concurrent_clients_get_their_own_answers(server, trained):
 
 
 def test_sigterm_answers_every_request_in_flight_and_exits_0(trained):
-    proc, port = start_server(trained)
+    proc, port = start_server("--run", str(trained))
     long_texts = [" ".join(["the film was great but the plot was dull and boring"] * 40)] * 300
     answers: list[tuple[int, float]] = []
 
@@ -232,11 +233,29 @@ def test_bench_serve_help_and_smoke(trained, tmp_path):
     reviews = tmp_path / "reviews.txt"
     reviews.write_text("\n".join(SAMPLE[:2] + SAMPLE[3:5]) + "\n", encoding="utf-8")
     done = subprocess.run([sys.executable, str(script), "--run", str(trained), "--data", str(reviews), "--clients",
-                           "1,2", "--seconds", "0.5", "--warmup", "0.1", "--threads", "1", "--in-process-repeats",
+                           "2", "--seconds", "0.3", "--warmup", "0.1", "--threads", "1", "--in-process-repeats",
                            "3", "--json"], capture_output=True, text=True, env=env, timeout=600)
     assert done.returncode == 0, done.stderr
     results = json.loads(done.stdout)
     for mode in ("batched", "alone"):
-        assert [r["clients"] for r in results[mode]] == [1, 2]
+        assert [r["clients"] for r in results[mode]] == [2]
         assert all(r["requests"] > 0 and r["p99_ms"] >= r["p50_ms"] > 0 for r in results[mode])
     assert results["in_process_ms"] > 0
+
+
+def test_serving_an_exported_onnx_model_answers_as_predict_model(trained, tmp_path):
+    pytest.importorskip("onnxruntime")
+    out = tmp_path / "model.onnx"
+    result = runner.invoke(app, ["export", "--run", str(trained), "--format", "onnx", "--out", str(out)])
+    assert result.exit_code == 0, result.output
+    result = runner.invoke(app, ["predict", "--model", str(out), "--json", *SAMPLE])
+    expected = [json.loads(line) for line in result.output.splitlines() if line.startswith("{")]
+    proc, port = start_server("--model", str(out))
+    try:
+        status, body = request(port, "POST", "/predict", {"texts": SAMPLE})
+        assert status == 200
+        assert_same_rows(body["predictions"], expected)
+        assert request(port, "GET", "/info")[1]["labels"] == ["negative", "positive"]
+    finally:
+        code, log = stop(proc)
+    assert code == 0, log

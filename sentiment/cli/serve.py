@@ -14,7 +14,10 @@ from sentiment.cli.app import app, err_console, user_errors, _check_checkpoint
 
 @app.command()
 def serve(
-    run: Path = typer.Option(..., "--run", help="A run directory written by `sentiment train`."),
+    run: Optional[Path] = typer.Option(None, "--run", help="A run directory written by `sentiment train`."),
+    model: Optional[Path] = typer.Option(None, "--model", help="Instead of --run: a model written by `sentiment "
+                                         "export` (scored by onnxruntime or torch.export). --run (torch) is the "
+                                         "default; benchmarks/bench_export.py compares their speed."),
     host: str = typer.Option("127.0.0.1", help="Address to listen on (0.0.0.0: every interface)."),
     port: int = typer.Option(8000, help="Port to listen on."),
     checkpoint: str = typer.Option("best", help="Which checkpoint: best or last."),
@@ -43,6 +46,8 @@ def serve(
 
     with user_errors():
         _check_checkpoint(checkpoint)
+        if (run is None) == (model is None):
+            raise SentimentError("give --run (a run directory) or --model (an exported model), one of them")
         if threshold is not None and not 0.0 <= threshold <= 1.0:
             raise SentimentError(f"--threshold must be between 0 and 1, got {threshold}")
         for name, value in (("--workers", workers), ("--batch-tokens", batch_tokens), ("--max-texts", max_texts),
@@ -53,8 +58,9 @@ def serve(
             raise SentimentError(f"--max-wait-ms must be >= 0, got {max_wait_ms}")
         if not 0 < port < 65536:
             raise SentimentError(f"--port must be in 1..65535, got {port}")
-        opts = ServeOptions(str(run), checkpoint, threshold, max_wait_ms, batch_tokens, batching, max_texts,
-                            max_bytes, max_chars, threads, workers, log_batches)
+        opts = ServeOptions(None if run is None else str(run), checkpoint, threshold, max_wait_ms, batch_tokens,
+                            batching, max_texts, max_bytes, max_chars, threads, workers, log_batches,
+                            None if model is None else str(model))
         run_server(opts, host, port, log_level=log_level, access_log=access_log)
 
 

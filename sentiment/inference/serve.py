@@ -38,7 +38,7 @@ log = logging.getLogger("uvicorn.error")  # uvicorn's own logger: its format, it
 class ServeOptions:
     """Everything a server process needs; JSON-serialisable, so --workers processes get the same."""
 
-    run: str
+    run: str | None  # a run directory, or
     checkpoint: str = "best"
     threshold: float | None = None  # two-class runs: P(positive) from which a text gets it (default 0.5)
     max_wait_ms: float = 5.0  # how long a batch waits for requests still being tokenized
@@ -50,6 +50,7 @@ class ServeOptions:
     threads: int | None = None  # torch threads per process (default: CPU cores / workers)
     workers: int = 1
     log_batches: bool = False
+    model: str | None = None  # instead of run: a `sentiment export` file, scored by onnxruntime or torch.export
 
     def resolved_threads(self) -> int:
         return self.threads or max(1, (os.cpu_count() or 1) // max(1, self.workers))
@@ -67,12 +68,21 @@ class Scorer:
         from sentiment.inference.predict import encoding_of
         from sentiment.inference.runtime import load_trained
 
-        run = load_trained(Path(opts.run), opts.checkpoint, "cpu")
+        if opts.model is not None:
+            from sentiment.data.labels import LabelSpace
+            from sentiment.inference.exported import encoding_from, load_exported
+
+            self.model = load_exported(Path(opts.model), opts.resolved_threads())
+            self.space = LabelSpace(tuple(self.model.meta["labels"]))
+            self.enc, self.batch_size = encoding_from(self.model.meta), 256
+            summary = self.model.meta.get("model", {})
+        else:
+            run = load_trained(Path(opts.run), opts.checkpoint, "cpu")
+            self.model, self.space = run.model, run.label_space
+            self.enc = replace(encoding_of(run), workers=1)  # no forking inside a server
+            self.batch_size, summary = run.cfg.train.eval_batch_size, model_summary(run.cfg)
         torch.set_num_threads(opts.resolved_threads())
-        self.run, self.model, self.space = run, run.model, run.label_space
-        self.enc = replace(encoding_of(run), workers=1)  # no forking inside a server
-        self.batch_size = run.cfg.train.eval_batch_size
-        self.summary = {**model_summary(run.cfg), "vocab_size": len(run.vocab), "max_len": self.enc.max_len,
+        self.summary = {**summary, "vocab_size": len(self.enc.vocab), "max_len": self.enc.max_len,
                         "truncate": self.enc.truncate, "lowercase": self.enc.lowercase,
                         "cleaning": asdict(self.enc.cleaning)}
         init_tokenizer()
@@ -187,12 +197,22 @@ class BodyLimit:
 
     def __init__(self, app: Any, max_bytes: int) -> None:
         self.app, self.max_bytes = app, max_bytes
+        self.drain_bytes = max(4 * max_bytes, 8 << 20)  # read (and drop) a body this big before answering 413
+
+    async def _drain(self, receive: Any, size: int = 0) -> None:
+        while size <= self.drain_bytes:
+            message = await receive()
+            size += len(message.get("body", b""))
+            if message["type"] != "http.request" or not message.get("more_body", False):
+                return
 
     async def __call__(self, scope: dict, receive: Any, send: Any) -> None:
         if scope["type"] != "http":
             return await self.app(scope, receive, send)
         declared = dict(scope["headers"]).get(b"content-length", b"")
         if declared.isdigit() and int(declared) > self.max_bytes:
+            if int(declared) <= self.drain_bytes:
+                await self._drain(receive)  # a client still sending would see a broken pipe, not the 413
             return await self._too_large(send)
         chunks, size, more = [], 0, True
         while more:  # read it all (it is small), counting: a chunked body declares no length
@@ -201,9 +221,11 @@ class BodyLimit:
                 return
             chunks.append(message.get("body", b""))
             size += len(chunks[-1])
-            if size > self.max_bytes:
-                return await self._too_large(send)
             more = message.get("more_body", False)
+            if size > self.max_bytes:
+                if more:
+                    await self._drain(receive, size)
+                return await self._too_large(send)
         replayed = False
 
         async def replay() -> dict:
@@ -261,7 +283,7 @@ def create_app(opts: ServeOptions, scorer: Scorer | None = None) -> Any:
         state["tokenizer"].shutdown(wait=False)
         batcher.pool.shutdown(wait=False)
 
-    app = FastAPI(title="sentiment", description=f"Predictions of the run {opts.run}", lifespan=lifespan)
+    app = FastAPI(title="sentiment", description=f"Predictions of {opts.model or opts.run}", lifespan=lifespan)
     app.add_middleware(BodyLimit, max_bytes=opts.max_bytes)
 
     @app.get("/health")
@@ -273,8 +295,9 @@ def create_app(opts: ServeOptions, scorer: Scorer | None = None) -> Any:
     @app.get("/info")
     async def info() -> Any:
         s = state["scorer"]
-        results = _results(Path(opts.run))
-        return {"run": opts.run, "checkpoint": opts.checkpoint, "labels": list(s.space.names),
+        run = opts.run or s.model.meta.get("run")  # an exported model names the run it came from
+        results = _results(Path(run)) if run else {}
+        return {"run": run, "model_file": opts.model, "checkpoint": opts.checkpoint, "labels": list(s.space.names),
                 "model": s.summary, "valid": _figures(results.get("valid")), "test": _figures(results.get("test")),
                 "commit": results.get("commit"), "threshold": opts.threshold,
                 "limits": {"max_texts": opts.max_texts, "max_bytes": opts.max_bytes, "max_chars": opts.max_chars},
@@ -378,7 +401,12 @@ def serve(opts: ServeOptions, host: str = "127.0.0.1", port: int = 8000, *, log_
         return
     from sentiment.runs import load_run
 
-    load_run(Path(opts.run))  # not a run: one line here, not one traceback per worker
+    if opts.model is not None:  # not loadable: one line here, not one traceback per worker
+        from sentiment.inference.exported import load_exported
+
+        load_exported(Path(opts.model))
+    else:
+        load_run(Path(opts.run))
     os.environ[OPTIONS_ENV] = json.dumps(asdict(opts))
     with _exit_quietly_on_signals():
         uvicorn.run("sentiment.inference.serve:app_from_environment", factory=True, workers=opts.workers, **common)
