@@ -182,12 +182,17 @@ def test_concurrent_clients_get_their_own_answers(server, trained):
             except AssertionError as e:
                 failures.append(f"{text[:20]}: {e}")
 
+    before = request(server, "GET", "/info")[1]["scored"]
     threads = [threading.Thread(target=client, args=(t,)) for t in texts]
     for t in threads:
         t.start()
     for t in threads:
         t.join()
     assert not failures, failures
+    after = request(server, "GET", "/info")[1]["scored"]
+    requests_, rounds = after["requests"] - before["requests"], after["rounds"] - before["rounds"]
+    assert requests_ == 15 * len(texts)
+    assert rounds < requests_, "concurrent requests were never scored together"
 
 
 def test_sigterm_answers_every_request_in_flight_and_exits_0(trained):

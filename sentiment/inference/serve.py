@@ -119,6 +119,7 @@ class Batcher:
         self.pending: list[_Job] = []
         self.tokenizing = 0  # requests being tokenized: they will join the queue soon
         self.arrived = asyncio.Event()
+        self.stats = {"rounds": 0, "requests": 0, "texts": 0, "tokens": 0}  # scored so far (GET /info)
         self.pool = ThreadPoolExecutor(1, thread_name_prefix="score")
 
     async def logits(self, rows: list[np.ndarray]) -> np.ndarray:
@@ -181,6 +182,8 @@ class Batcher:
         start = time.perf_counter()
         logits = await asyncio.get_running_loop().run_in_executor(self.pool, self.scorer.score, split) if rows else \
             np.zeros((0,) if self.scorer.space.binary else (0, self.scorer.space.num_classes), np.float32)
+        for key, value in (("rounds", 1), ("requests", len(jobs)), ("texts", len(rows)), ("tokens", int(lengths.sum()))):
+            self.stats[key] += value
         if self.opts.log_batches:
             log.info("batch: %d requests, %d texts, %d tokens, %.1f ms", len(jobs), len(rows), int(lengths.sum()),
                      1000 * (time.perf_counter() - start))
@@ -302,7 +305,8 @@ def create_app(opts: ServeOptions, scorer: Scorer | None = None) -> Any:
                 "commit": results.get("commit"), "threshold": opts.threshold,
                 "limits": {"max_texts": opts.max_texts, "max_bytes": opts.max_bytes, "max_chars": opts.max_chars},
                 "batching": {"enabled": opts.batching, "max_wait_ms": opts.max_wait_ms,
-                             "batch_tokens": opts.batch_tokens}, "threads": opts.resolved_threads()}
+                             "batch_tokens": opts.batch_tokens}, "threads": opts.resolved_threads(),
+                "scored": dict(state["batcher"].stats)}
 
     @app.post("/predict")
     async def predict(request: PredictRequest) -> Any:
