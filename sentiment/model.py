@@ -34,6 +34,8 @@ if TYPE_CHECKING:
 RNN_TYPES = {"lstm": nn.LSTM, "gru": nn.GRU, "rnn": nn.RNN}
 POOLINGS = ("last", "max", "mean", "max+mean")
 PACK_MODES = ("auto", "always", "never")
+# torch.export (sentiment export --format torch) is tracing: value-dependent checks are skipped (torch < 2.5: never)
+_is_exporting = getattr(torch.compiler, "is_exporting", lambda: False)
 
 
 class SentimentRNN(nn.Module):
@@ -150,12 +152,17 @@ class SentimentRNN(nn.Module):
             raise ValueError(f"expected ids [B, T] and lengths [B], got {tuple(ids.shape)} and "
                              f"{tuple(lengths.shape)}")
         batch, seq_len = ids.shape
-        use_pack = self.pack == "always" or (self.pack == "auto" and ids.is_cuda)
+        exporting = _is_exporting()
+        use_pack = (self.pack == "always" or (self.pack == "auto" and ids.is_cuda)) and not exporting
         # A length outside 1..T would read another review's state (0 picks the row before it). Lengths
         # come from collate on the CPU, where checking them is free; callers on CUDA should pass them
         # so (the copy to the GPU is then asynchronous, and packing reuses the CPU copy). Lengths
         # already on the GPU are checked there, without waiting for the result.
-        if lengths.device.type == "cpu":
+        if exporting:
+            # torch.export (and the ONNX exporter built on it) cannot branch on tensor values: the exported
+            # graph takes lengths on trust, and the caller (sentiment.inference.exported) checks them instead
+            cpu_lengths = None
+        elif lengths.device.type == "cpu":
             if batch and (int(lengths.min()) < 1 or int(lengths.max()) > seq_len):
                 raise ValueError(f"lengths must be in 1..{seq_len}, got min {int(lengths.min())} "
                                  f"max {int(lengths.max())}")

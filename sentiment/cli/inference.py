@@ -91,7 +91,11 @@ def _print_metrics(m: dict[str, Any], title: str, as_json: bool) -> None:
 def predict(
     texts: Optional[list[str]] = typer.Argument(None, help="Reviews to classify (default: --file, else standard "
                                                 "input, one review per line)."),
-    run: Path = typer.Option(..., "--run", help="A run directory written by `sentiment train`."),
+    run: Optional[Path] = typer.Option(None, "--run", help="A run directory written by `sentiment train`."),
+    model: Optional[Path] = typer.Option(None, "--model", help="Instead of --run: a model written by `sentiment "
+                                         "export` (ONNX or torch.export, with its OUT.json beside it), scored with "
+                                         "onnxruntime or torch.export.load. The text side still needs spaCy's "
+                                         "tokenizer, the run's cleaning and head+tail truncation (from OUT.json)."),
     file: Optional[Path] = typer.Option(None, "--file", "-f", help="Reviews from a file: .csv/.tsv with a header, "
                                         ".jsonl or .parquet (see --text-column), a directory with pos/ and neg/ "
                                         "folders (or of .txt files), else plain text one per line; - for stdin. "
@@ -120,6 +124,8 @@ def predict(
         if threshold is not None and not 0.0 <= threshold <= 1.0:
             raise SentimentError(f"--threshold must be between 0 and 1, got {threshold}")
         _check_checkpoint(checkpoint)
+        if (run is None) == (model is None):
+            raise SentimentError("give --run (a run directory) or --model (an exported model), one of them")
         if batch_size is not None and batch_size < 1:
             raise SentimentError(f"--batch-size must be >= 1, got {batch_size}")
         if texts and file is not None:
@@ -136,7 +142,12 @@ def predict(
             if sys.stdin.isatty():
                 err_console.print("reading reviews from standard input, one per line (Ctrl-D to finish)…")
             inputs = read_stream(sys.stdin.buffer.read())
-        probs, space = predict_texts(run, inputs, checkpoint=checkpoint, device=device, batch_size=batch_size)
+        if model is not None:
+            from sentiment.inference.exported import predict_exported
+
+            probs, space = predict_exported(model, inputs, batch_size=batch_size or 256)
+        else:
+            probs, space = predict_texts(run, inputs, checkpoint=checkpoint, device=device, batch_size=batch_size)
         rows = prediction_rows(probs, space, threshold)
     _note_skipped(sum("error" in r for r in rows))
     if as_json if as_json is not None else not sys.stdout.isatty():

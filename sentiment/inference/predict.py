@@ -108,20 +108,30 @@ def predict_texts(run_dir: Path, texts: Sequence[str], *, checkpoint: str = "bes
     """Class probabilities [N, K] of each text, in input order, as `sentiment eval` computes them, and the
     run's label space (column k is the probability of label_space.names[k]); rows of NaN for texts without
     a single token (empty rows), which are not scored."""
-    from sentiment.inference.evaluate import predict_logits
     from sentiment.inference.runtime import load_trained
 
     run = load_trained(run_dir, checkpoint, device)
-    enc = encoding_of(run)
+    probs = score_texts(run.model, texts, encoding_of(run), run.label_space,
+                        batch_size=batch_size or run.cfg.train.eval_batch_size, device=run.device)
+    return probs, run.label_space
+
+
+def score_texts(model: Any, texts: Sequence[str], enc: Encoding, space: LabelSpace, *, batch_size: int,
+                device: Any = "cpu", workers: int | None = None) -> np.ndarray:
+    """Class probabilities [N, K] of texts under `model` (a SentimentRNN, or anything called as model(ids,
+    lengths) -> logits, e.g. an exported model); NaN rows for texts without a token. Raises when every text
+    is empty."""
+    from sentiment.inference.evaluate import predict_logits
+
     split, keep = drop_empty(encode_texts(texts, enc))
     if not keep.any():
         raise SentimentError(f"nothing to predict: {'the review is' if len(texts) == 1 else 'every review is'} "
                              "empty (no words)")
-    logits = predict_logits(run.model, split, batch_size=batch_size or run.cfg.train.eval_batch_size,
-                            device=run.device, max_len=enc.max_len, truncate=enc.truncate)
-    probs = np.full((len(texts), run.label_space.num_classes), np.nan)
-    probs[keep] = run.label_space.probabilities(logits)  # as evaluate() computes them
-    return probs, run.label_space
+    logits = predict_logits(model, split, batch_size=batch_size, device=device, max_len=enc.max_len,
+                            truncate=enc.truncate, workers=workers)
+    probs = np.full((len(texts), space.num_classes), np.nan)
+    probs[keep] = space.probabilities(logits)  # as evaluate() computes them
+    return probs
 
 
 def prediction_rows(probs: np.ndarray, space: LabelSpace, threshold: float | None = None) -> list[dict[str, Any]]:

@@ -1,0 +1,122 @@
+"""Scoring with an exported model (`sentiment export`): the file through onnxruntime or torch.export.load,
+the text side from its sidecar JSON. `sentiment predict --model PATH` uses this.
+
+The graph only maps token ids to logits. Going from text to ids still needs what training did: the sidecar's
+cleaning (`<br />` as whitespace, URL/@mention placeholders, entity/quote normalisation), spaCy's rule-based
+English tokenizer (`spacy.blank("en")`) on each whitespace chunk, lowercasing, the vocabulary (unknown words
+-> unk_index), and truncation to max_len (head+tail keeps the first quarter and the last three quarters).
+docs/serving.md shows the same in a few lines without this package.
+"""
+
+from __future__ import annotations
+
+import io
+import json
+from collections.abc import Sequence
+from dataclasses import dataclass
+from pathlib import Path
+from typing import Any
+
+import numpy as np
+import torch
+
+from sentiment.errors import SentimentError
+from sentiment.inference.export import FORMATS, SIDECAR_VERSION, sidecar_path
+
+
+@dataclass
+class ExportedModel:
+    """An exported model, called like a SentimentRNN: model(ids [B, T], lengths [B]) -> logits."""
+
+    path: Path
+    meta: dict[str, Any]
+    backend: Any  # onnxruntime.InferenceSession, or the torch.export program's module
+    training: bool = False
+
+    @property
+    def num_outputs(self) -> int:
+        return 1 if len(self.meta["labels"]) == 2 else len(self.meta["labels"])
+
+    def eval(self) -> "ExportedModel":
+        return self
+
+    def train(self, mode: bool = True) -> "ExportedModel":
+        return self
+
+    def __call__(self, ids: torch.Tensor, lengths: torch.Tensor) -> torch.Tensor:
+        if ids.dim() != 2 or lengths.shape != ids.shape[:1]:
+            raise ValueError(f"expected ids [B, T] and lengths [B], got {tuple(ids.shape)} and {tuple(lengths.shape)}")
+        # the graph takes lengths on trust (a value check cannot be exported): a length outside 1..T would
+        # read another review's positions
+        if len(lengths) and (int(lengths.min()) < 1 or int(lengths.max()) > ids.shape[1]):
+            raise ValueError(f"lengths must be in 1..{ids.shape[1]}")
+        feeds = {"ids": ids.to(torch.int64), "lengths": lengths.to(torch.int64)}
+        if self.meta["format"] == "onnx":
+            (logits,) = self.backend.run([self.meta["output"]], {k: v.numpy() for k, v in feeds.items()})
+            logits = torch.from_numpy(logits)
+        else:
+            with torch.inference_mode():
+                logits = self.backend(**feeds)
+        return logits.squeeze(-1) if self.num_outputs == 1 else logits
+
+
+def load_exported(path: Path, threads: int | None = None) -> ExportedModel:
+    """The model at path and its sidecar (PATH.json); one error line for anything missing or foreign."""
+    path = Path(path)
+    if not path.is_file():
+        raise SentimentError(f"exported model {path} not found")
+    sidecar = sidecar_path(path)
+    try:
+        meta = json.loads(sidecar.read_text(encoding="utf-8"))
+    except FileNotFoundError:
+        raise SentimentError(f"{path} has no {sidecar.name} beside it (written by `sentiment export`)") from None
+    except (OSError, ValueError) as e:
+        raise SentimentError(f"cannot read {sidecar}: {e}") from None
+    if not isinstance(meta, dict) or meta.get("format") not in FORMATS or meta.get("version") != SIDECAR_VERSION:
+        raise SentimentError(f"{sidecar} is not the sidecar of a `sentiment export` (format {FORMATS}, "
+                             f"version {SIDECAR_VERSION})")
+    extra = [name for name in meta["inputs"] if name not in ("ids", "lengths")]
+    if extra:
+        raise SentimentError(f"{path} takes inputs this version cannot compute ({', '.join(extra)}): upgrade sentiment")
+    if meta["format"] == "onnx":
+        try:
+            import onnxruntime as ort
+        except ImportError:
+            raise SentimentError("scoring an ONNX model needs onnxruntime: pip install 'sentiment[export]'") from None
+        options = ort.SessionOptions()
+        if threads:
+            options.intra_op_num_threads = threads
+            options.inter_op_num_threads = 1
+        try:
+            backend = ort.InferenceSession(str(path), options, providers=["CPUExecutionProvider"])
+        except Exception as e:  # onnxruntime raises its own classes for a file that is not ONNX
+            raise SentimentError(f"onnxruntime cannot load {path}: {str(e).splitlines()[0]}") from None
+    else:
+        try:
+            backend = torch.export.load(io.BytesIO(path.read_bytes())).module()  # any file name, not only .pt2
+        except Exception as e:  # a file that is not a torch.export archive
+            raise SentimentError(f"torch.export.load cannot load {path}: {str(e).splitlines()[0]}") from None
+    return ExportedModel(path, meta, backend)
+
+
+def encoding_from(meta: dict[str, Any]) -> Any:
+    """The predict.Encoding a sidecar describes (vocab, cleaning, lowercasing, truncation)."""
+    from sentiment.data.tokenize import Cleaning
+    from sentiment.data.vocab import Vocab
+    from sentiment.inference.predict import Encoding
+
+    return Encoding(Vocab(meta["vocab"]), meta["lowercase"], meta["max_len"], meta["truncate"], workers=1,
+                    cleaning=Cleaning(**meta["cleaning"]))
+
+
+def predict_exported(path: Path, texts: Sequence[str], *, batch_size: int = 256,
+                     threads: int | None = None) -> tuple[np.ndarray, Any]:
+    """What predict_texts gives, from an exported model: probabilities [N, K] (NaN rows for empty texts)
+    and the label space."""
+    from sentiment.data.labels import LabelSpace
+    from sentiment.inference.predict import score_texts
+
+    model = load_exported(path, threads)
+    space = LabelSpace(tuple(model.meta["labels"]))
+    probs = score_texts(model, texts, encoding_from(model.meta), space, batch_size=batch_size, workers=1)
+    return probs, space

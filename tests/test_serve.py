@@ -1,0 +1,266 @@
+"""`sentiment serve`: a real server process on a free port of 127.0.0.1, answering what `sentiment predict`
+answers; limits (413), bad requests (422), empty texts, concurrent clients, and a graceful SIGTERM."""
+
+from __future__ import annotations
+
+import http.client
+import json
+import os
+import signal
+import socket
+import subprocess
+import sys
+import threading
+import time
+from pathlib import Path
+
+import pytest
+from typer.testing import CliRunner
+
+from sentiment.cli import app
+from conftest import TINY_TRAINING, make_imdb, one_line_error, set_args
+
+pytest.importorskip("fastapi")
+pytest.importorskip("uvicorn")
+
+runner = CliRunner()
+ROOT = Path(__file__).resolve().parents[1]
+FAST = ["data.glove_dim=null", "model.embed_dim=16", "run.threads=1", "data.workers=1", "train.epochs=2",
+        *TINY_TRAINING]
+SAMPLE = [
+    " ".join(["The film was great and the cast was wonderful."] * 12),
+    "awful",
+    "",
+    'He said "superb", and I loved it.',
+    " ".join(["A boring, dull mess with the worst plot."] * 30),
+    "<br /><br />",
+    "Terrible. Hated it.<br /><br />Really.",
+]
+
+
+def free_port() -> int:
+    with socket.socket() as s:
+        s.bind(("127.0.0.1", 0))
+        return s.getsockname()[1]
+
+
+def start_server(*source_and_options: str) -> tuple[subprocess.Popen, int]:
+    """A server process on a free port, ready; source_and_options: --run DIR (or --model FILE) and others."""
+    port = free_port()
+    env = {**os.environ, "PYTHONPATH": str(ROOT), "OMP_NUM_THREADS": "1"}
+    proc = subprocess.Popen([sys.executable, "-m", "sentiment", "serve", *source_and_options, "--port", str(port),
+                             "--threads", "1"], env=env, stdout=subprocess.PIPE, stderr=subprocess.STDOUT)
+    deadline = time.monotonic() + 120
+    while time.monotonic() < deadline:
+        assert proc.poll() is None, proc.stdout.read().decode()
+        try:
+            if request(port, "GET", "/health")[0] == 200:
+                return proc, port
+        except OSError:
+            time.sleep(0.2)
+    proc.kill()
+    raise AssertionError("the server did not become ready")
+
+
+def stop(proc: subprocess.Popen) -> tuple[int, str]:
+    if proc.poll() is None:
+        proc.send_signal(signal.SIGTERM)
+    out, _ = proc.communicate(timeout=60)
+    return proc.returncode, out.decode()
+
+
+def request(port: int, method: str, path: str, body: bytes | dict | None = None) -> tuple[int, dict]:
+    conn = http.client.HTTPConnection("127.0.0.1", port, timeout=60)
+    try:
+        data = json.dumps(body).encode() if isinstance(body, dict) else body
+        conn.request(method, path, body=data, headers={"Content-Type": "application/json"})
+        response = conn.getresponse()
+        return response.status, json.loads(response.read() or b"null")
+    finally:
+        conn.close()
+
+
+def predict_cli(run_dir: Path, *texts: str, extra: tuple[str, ...] = ()) -> list[dict]:
+    result = runner.invoke(app, ["predict", "--run", str(run_dir), "--json", *extra, *texts])
+    assert result.exit_code == 0, result.output
+    return [json.loads(line) for line in result.output.splitlines() if line.startswith("{")]
+
+
+def assert_same_rows(got: list[dict], expected: list[dict]) -> None:
+    assert len(got) == len(expected)
+    for g, e in zip(got, expected):
+        assert g.keys() == e.keys(), (g, e)
+        if "error" in e:
+            assert g == e
+            continue
+        assert g["label"] == e["label"]
+        assert g["probs"].keys() == e["probs"].keys()
+        for name, p in e["probs"].items():
+            assert abs(g["probs"][name] - p) <= 1e-6, (g, e)
+        if "probability" in e:
+            assert abs(g["probability"] - e["probability"]) <= 1e-6
+
+
+@pytest.fixture(scope="module")
+def trained(tmp_path_factory) -> Path:
+    base = tmp_path_factory.mktemp("serve")
+    data = make_imdb(base / "data", n_per_class=60, with_glove=False)
+    run_dir = base / "run"
+    result = runner.invoke(app, ["train", *set_args([f"data.data_dir={data}", *FAST]), "--run-dir", str(run_dir)])
+    assert result.exit_code == 0, result.output
+    return run_dir
+
+
+@pytest.fixture(scope="module")
+def server(trained):
+    proc, port = start_server("--run", str(trained), "--log-batches")
+    yield port
+    code, out = stop(proc)
+    assert code == 0, out
+
+
+def test_health_and_info(server, trained):
+    assert request(server, "GET", "/health") == (200, {"status": "ready"})
+    status, info = request(server, "GET", "/info")
+    assert status == 200
+    assert info["labels"] == ["negative", "positive"]
+    assert info["model"]["rnn"] and info["model"]["vocab_size"] > 2
+    assert info["valid"]["accuracy"] == json.loads((trained / "results.json").read_text())["valid"]["accuracy"]
+    assert "commit" in info
+
+
+def test_predict_equals_sentiment_predict(server, trained):
+    expected = predict_cli(trained, *SAMPLE)
+    status, body = request(server, "POST", "/predict", {"texts": SAMPLE})
+    assert status == 200
+    assert_same_rows(body["predictions"], expected)
+    for text, row in zip(SAMPLE, expected):  # one at a time, and as {"text": ...}
+        status, one = request(server, "POST", "/predict", {"text": text})
+        assert status == 200
+        assert_same_rows([one], [row])
+    assert expected[2] == {"error": "empty text: skipped"}  # an empty text is answered, as predict answers it
+
+
+def test_threshold_as_predict_takes_it(server, trained):
+    expected = predict_cli(trained, *SAMPLE, extra=("--threshold", "0.9"))
+    status, body = request(server, "POST", "/predict", {"texts": SAMPLE, "threshold": 0.9})
+    assert status == 200
+    assert_same_rows(body["predictions"], expected)
+
+
+@pytest.mark.parametrize("body, needle", [
+    ({"texts": ["fine"] * 1001}, "1,001 texts"),
+    ({"text": "x" * 100_001}, "100,001 characters"),
+    ({"texts": ["great movie " * 1000] * 200}, "bytes"),
+])
+def test_too_much_is_413_with_a_message(server, body, needle):
+    status, answer = request(server, "POST", "/predict", body)
+    assert status == 413 and needle in answer["detail"], answer
+
+
+@pytest.mark.parametrize("body", [
+    b"{not json", b'{"texts": "a string"}', b'{"texts": [1, 2]}', b'{"text": 3}', b"{}",
+    b'{"text": "a", "texts": ["b"]}', b'{"txt": "typo"}', b'{"text": "a", "threshold": 2}', b"[]",
+])
+def test_bad_requests_are_422_saying_what_is_wrong(server, body):
+    status, answer = request(server, "POST", "/predict", body)
+    assert status == 422, answer
+    assert answer["detail"], answer
+
+
+def test_concurrent_clients_get_their_own_answers(server, trained):
+    texts = [t for t in SAMPLE if t.strip("<br /> ")]
+    expected = {t: row for t, row in zip(texts, predict_cli(trained, *texts))}
+    failures: list[str] = []
+
+    def client(text: str) -> None:
+        for _ in range(15):
+            status, row = request(server, "POST", "/predict", {"text": text})
+            try:
+                assert status == 200
+                assert_same_rows([row], [expected[text]])
+            except AssertionError as e:
+                failures.append(f"{text[:20]}: {e}")
+
+    before = request(server, "GET", "/info")[1]["scored"]
+    threads = [threading.Thread(target=client, args=(t,)) for t in texts]
+    for t in threads:
+        t.start()
+    for t in threads:
+        t.join()
+    assert not failures, failures
+    after = request(server, "GET", "/info")[1]["scored"]
+    requests_, rounds = after["requests"] - before["requests"], after["rounds"] - before["rounds"]
+    assert requests_ == 15 * len(texts)
+    assert rounds < requests_, "concurrent requests were never scored together"
+
+
+def test_sigterm_answers_every_request_in_flight_and_exits_0(trained):
+    proc, port = start_server("--run", str(trained))
+    long_texts = [" ".join(["the film was great but the plot was dull and boring"] * 40)] * 300
+    answers: list[tuple[int, float]] = []
+
+    def client() -> None:
+        status, body = request(port, "POST", "/predict", {"texts": long_texts})
+        answers.append((status if len(body["predictions"]) == len(long_texts) else -1, time.monotonic()))
+
+    threads = [threading.Thread(target=client) for _ in range(6)]
+    for t in threads:
+        t.start()
+    time.sleep(0.5)  # every request sent and read; scoring them all takes longer
+    signalled = time.monotonic()
+    proc.send_signal(signal.SIGTERM)
+    for t in threads:
+        t.join(60)
+    code, out = stop(proc)
+    assert [a[0] for a in answers] == [200] * 6, out
+    assert any(at > signalled for _, at in answers), "no request was still in flight at SIGTERM"
+    assert code == 0, out
+    assert "Traceback" not in out
+
+
+def test_bad_input_is_one_error_line(trained, tmp_path):
+    port = free_port()
+    result = runner.invoke(app, ["serve", "--run", str(tmp_path), "--port", str(port)])
+    one_line_error(result.exit_code, result.output, "not a run directory")
+    with socket.socket() as busy:
+        busy.bind(("127.0.0.1", 0))
+        busy.listen()
+        result = runner.invoke(app, ["serve", "--run", str(trained), "--port", str(busy.getsockname()[1])])
+        one_line_error(result.exit_code, result.output, "cannot listen on 127.0.0.1")
+
+
+def test_bench_serve_help_and_smoke(trained, tmp_path):
+    script = ROOT / "benchmarks" / "bench_serve.py"
+    env = {**os.environ, "OMP_NUM_THREADS": "1"}
+    done = subprocess.run([sys.executable, str(script), "--help"], capture_output=True, text=True, env=env)
+    assert done.returncode == 0 and "--clients" in done.stdout
+    reviews = tmp_path / "reviews.txt"
+    reviews.write_text("\n".join(SAMPLE[:2] + SAMPLE[3:5]) + "\n", encoding="utf-8")
+    done = subprocess.run([sys.executable, str(script), "--run", str(trained), "--data", str(reviews), "--clients",
+                           "2", "--seconds", "0.3", "--warmup", "0.1", "--threads", "1", "--in-process-repeats",
+                           "3", "--json"], capture_output=True, text=True, env=env, timeout=600)
+    assert done.returncode == 0, done.stderr
+    results = json.loads(done.stdout)
+    for mode in ("batched", "alone"):
+        assert [r["clients"] for r in results[mode]] == [2]
+        assert all(r["requests"] > 0 and r["p99_ms"] >= r["p50_ms"] > 0 for r in results[mode])
+    assert results["in_process_ms"] > 0
+
+
+def test_serving_an_exported_onnx_model_answers_as_predict_model(trained, tmp_path):
+    pytest.importorskip("onnxruntime")
+    out = tmp_path / "model.onnx"
+    result = runner.invoke(app, ["export", "--run", str(trained), "--format", "onnx", "--out", str(out)])
+    assert result.exit_code == 0, result.output
+    result = runner.invoke(app, ["predict", "--model", str(out), "--json", *SAMPLE])
+    expected = [json.loads(line) for line in result.output.splitlines() if line.startswith("{")]
+    proc, port = start_server("--model", str(out))
+    try:
+        status, body = request(port, "POST", "/predict", {"texts": SAMPLE})
+        assert status == 200
+        assert_same_rows(body["predictions"], expected)
+        assert request(port, "GET", "/info")[1]["labels"] == ["negative", "positive"]
+    finally:
+        code, log = stop(proc)
+    assert code == 0, log
