@@ -53,7 +53,8 @@ def evaluate_run(run_dir: Path, *, split: str = "test", checkpoint: str = "best"
     from sentiment.data.prepare import prepare_data
 
     run = load_trained(run_dir, checkpoint, device)
-    data = prepare_data(run.cfg.data, run.vocab, label_space=run.label_space, with_unlabeled=False)
+    data = prepare_data(run.cfg.data, run.vocab, label_space=run.label_space, with_unlabeled=False,
+                        token_hashes=run.cfg.model.ngrams is not None)
     check_membership(run_dir, data.membership, (split,))
     if split == "test" and not len(data.test):
         raise SentimentError(f"{run_dir}'s data has no test split (data.test_file is null and data.test_fraction 0): "

@@ -34,6 +34,7 @@ from sentiment.distributed import (Rank, all_reduce_sum, any_rank, broadcast, br
 from sentiment.distributed import init as init_distributed
 from sentiment.data.labels import LabelSpace
 from sentiment.model import build_model
+from sentiment.ngrams import init_statistics, ngram_inputs, parameter_groups
 from sentiment.training.objectives import COLUMNS, Batch, ExtraObjectives
 from sentiment.data.prepare import PreparedData, prepare_data
 
@@ -244,8 +245,8 @@ def supervised_objective(space: LabelSpace, weights: torch.Tensor | None = None)
     tensors, so the loop reads them when it reports and no step waits for the device."""
 
     def objective(model: nn.Module, ids: torch.Tensor, lengths: torch.Tensor,
-                  labels: torch.Tensor) -> tuple[torch.Tensor, torch.Tensor]:
-        logits = model(ids, lengths)
+                  labels: torch.Tensor, **inputs: Any) -> tuple[torch.Tensor, torch.Tensor]:
+        logits = model(ids, lengths, **inputs)  # inputs: the n-gram branch's (sentiment.ngrams.ngram_inputs)
         return space.loss(logits, labels, weights), space.correct(logits.detach(), labels)
 
     return objective
@@ -354,10 +355,10 @@ def train(cfg: Config, run_dir: Path, *, data: PreparedData | None = None, resum
         for stray in run_dir.glob(".*.tmp"):  # a write cut short by kill -9: never loaded, only disk space
             stray.unlink(missing_ok=True)
         checkpoint = load_checkpoint(run_dir / LAST, vocab)
-        data = data or prepare_data(cfg.data, vocab, label_space=space)
+        data = data or prepare_data(cfg.data, vocab, label_space=space, token_hashes=cfg.model.ngrams is not None)
         check_membership(run_dir, data.membership)
     else:
-        data = data or prepare_data(cfg.data, embedding_seed=cfg.run.seed)
+        data = data or prepare_data(cfg.data, embedding_seed=cfg.run.seed, token_hashes=cfg.model.ngrams is not None)
         if rank.is_main:
             write_run_files(run_dir, cfg, data.vocab, data.label_space, data.membership)
 
@@ -366,6 +367,8 @@ def train(cfg: Config, run_dir: Path, *, data: PreparedData | None = None, resum
         model.load_embeddings(data.embeddings)
     if cfg.model.normalize_embeddings and checkpoint is None:
         model.set_word_frequencies(data.vocab.counts)
+    if checkpoint is None:  # the n-gram branch's weighting, from the training rows (a resumed run loads it)
+        init_statistics(model, cfg, data.train, data.label_space.num_classes)
     model.to(device)
     params = list(model.parameters())
     use_amp = cfg.train.amp and device.type == "cuda"
@@ -376,7 +379,7 @@ def train(cfg: Config, run_dir: Path, *, data: PreparedData | None = None, resum
     # gradient makes fused Adam skip that step on the device (found_inf), and the loop reads the flag, the loss
     # and the accuracy when it reports. fp16's grad scaler skips overflow steps itself, so it keeps the eager path.
     lazy = (cfg.train.lazy_sync if cfg.train.lazy_sync is not None else device.type == "cuda") and not scaler.is_enabled()
-    optimizer = torch.optim.Adam(params, lr=cfg.train.lr, weight_decay=cfg.train.weight_decay,
+    optimizer = torch.optim.Adam(parameter_groups(model, cfg), lr=cfg.train.lr, weight_decay=cfg.train.weight_decay,
                                  **({"fused": True} if lazy else {}))
     sampler = BucketBatchSampler(data.train.lengths(cfg.data.max_len), cfg.train.batch_size, seed=cfg.run.seed,
                                  bucket=cfg.train.bucket, num_replicas=rank.world_size, rank=rank.rank)
@@ -444,7 +447,7 @@ def train(cfg: Config, run_dir: Path, *, data: PreparedData | None = None, resum
     stopped_early = patience is not None and state.epochs_without_gain >= patience  # a resumed, finished run
     for epoch in range(state.epoch, cfg.train.epochs if not stopped_early else state.epoch):
         trainable = _embeddings_trainable(cfg, epoch)
-        if trainable != model.embedding.weight.requires_grad:
+        if model.has_rnn and trainable != model.embedding_trainable:
             model.set_embedding_trainable(trainable)
             net = _wrap(model, rank, device, manual)  # DDP syncs the parameters that needed gradients when built
         sampler.set_epoch(epoch)
@@ -458,6 +461,7 @@ def train(cfg: Config, run_dir: Path, *, data: PreparedData | None = None, resum
             # train.grad_accum batches make one optimizer step (a group ends early at the epoch's end)
             boundary = (i + 1) % accum == 0 or i + 1 == len(batches)
             ids, lengths, labels = collate(data.train, indices, cfg.data.max_len, cfg.data.truncate, data.vocab.pad_index)
+            inputs = ngram_inputs(model, data.train, indices, cfg.data.max_len, cfg.data.truncate, device)
             # lengths stay on the CPU: the model checks them there and packing needs them there
             if device.type == "cuda":  # pinned: the copies below really are asynchronous
                 ids, labels = ids.pin_memory(), labels.pin_memory()
@@ -469,19 +473,23 @@ def train(cfg: Config, run_dir: Path, *, data: PreparedData | None = None, resum
                 # DDP all-reduces gradients on the group's last backward only
                 with net.no_sync() if rank.distributed and not boundary else nullcontext():
                     with torch.autocast(device.type, dtype=amp_dtype, enabled=use_amp):
-                        loss, correct = objective(net, ids, lengths, labels)
+                        loss, correct = objective(net, ids, lengths, labels, **inputs)
                     scaler.scale(loss / accum if accum > 1 else loss).backward()
             else:
                 unlabeled = None
                 if stream is not None:
-                    u_ids, u_lengths, _ = collate(data.unlabeled, stream.next(), unlabeled_len, cfg.data.truncate,
+                    u_indices = stream.next()
+                    u_ids, u_lengths, _ = collate(data.unlabeled, u_indices, unlabeled_len, cfg.data.truncate,
                                                   data.vocab.pad_index)
                     if device.type == "cuda":
                         u_ids = u_ids.pin_memory()
-                    unlabeled = Batch(u_ids.to(device, non_blocking=True), u_lengths)
+                    unlabeled = Batch(u_ids.to(device, non_blocking=True), u_lengths,
+                                      ngrams=ngram_inputs(model, data.unlabeled, u_indices, unlabeled_len,
+                                                          cfg.data.truncate, device).get("ngrams"))
                     state.unlabeled_epoch, state.unlabeled_step = stream.epoch, stream.step
                 with torch.autocast(device.type, dtype=amp_dtype, enabled=use_amp):
-                    loss, correct, parts = extras.step(model, Batch(ids, lengths, labels), unlabeled, backward)
+                    loss, correct, parts = extras.step(model, Batch(ids, lengths, labels, inputs.get("ngrams")), unlabeled,
+                                                             backward)
                 if boundary and rank.distributed:
                     _average_gradients(params, rank)
             if boundary:
