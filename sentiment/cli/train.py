@@ -124,7 +124,8 @@ def train(
                 # directory is created, or an --overwrite'n one deleted
                 distributed.together(rank, lambda: _claim_run_dir(target, overwrite, check_only=True),
                                      only=rank.is_main, what="checking the run directory")
-                data = distributed.once_per_machine(rank, lambda: prepare_data(cfg.data, embedding_seed=cfg.run.seed))
+                data = distributed.once_per_machine(rank, lambda: prepare_data(
+                    cfg.data, embedding_seed=cfg.run.seed, token_hashes=cfg.model.ngrams is not None))
                 distributed.together(rank, lambda: _claim_run_dir(target, overwrite), only=rank.is_main,
                                      what="creating the run directory")
             if rank.is_main:
