@@ -264,3 +264,35 @@ def test_config_checks_for_the_branch():
     with pytest.raises(SentimentError, match="model.ngrams.n must be in 1..8"):
         load_config(None, ["model.ngrams.n=0"])
     assert load_config(None, []).model.ngrams is None  # off by default
+
+
+def test_ddp_run_with_the_branch_then_eval_and_predict_through_the_cli(phrases, tmp_path):
+    """Two processes (DDP, gloo) train a GRU + branch; `sentiment eval` reproduces its test figures, `eval --data`
+    scores new labeled text, and `sentiment predict` tells the phrase apart (the n-grams computed there too)."""
+    env = {**os.environ, "SENTIMENT_DIST_TIMEOUT": "30", "PYTHONPATH": str(Path(__file__).resolve().parents[1])}
+    env.pop("SENTIMENT_CACHE_DIR", None)
+
+    def sentiment(*args: str) -> subprocess.CompletedProcess:
+        return subprocess.run([sys.executable, "-m", "sentiment", *args], capture_output=True, text=True, env=env,
+                              timeout=600)
+
+    settings = [s for s in FAST if not s.startswith(("data.test_fraction", "run.eval_test"))]
+    settings += [f"data.train_file={phrases}", f"data.data_dir={tmp_path / 'data'}", "model.hidden_size=8",
+                 "model.ngrams.buckets=4096", "model.ngrams.lr=0.1", "train.epochs=3", "data.test_fraction=0.2"]
+    run_dir = tmp_path / "run"
+    done = sentiment("train", "--nproc", "2", *[a for s in settings for a in ("--set", s)], "--run-dir", str(run_dir))
+    assert done.returncode == 0, done.stdout + done.stderr
+    results = json.loads((run_dir / "results.json").read_text())
+    assert results["processes"] == 2 and results["test"]["accuracy"] > 0.9, results["test"]
+    out = sentiment("eval", "--run", str(run_dir), "--json")
+    assert out.returncode == 0, out.stderr
+    figures = json.loads(out.stdout.strip().splitlines()[-1])
+    assert figures["confusion"] == results["test"]["confusion"]
+    new = write_csv(tmp_path / "new.csv", phrase_rows(40, seed=7))
+    out = sentiment("eval", "--run", str(run_dir), "--data", str(new), "--json")
+    assert out.returncode == 0, out.stderr
+    assert json.loads(out.stdout.strip().splitlines()[-1])["accuracy"] > 0.9
+    out = sentiment("predict", "--run", str(run_dir), "--json", "the plot was not bad", "the plot was bad not")
+    assert out.returncode == 0, out.stderr
+    labels = [json.loads(line)["label"] for line in out.stdout.strip().splitlines()[-2:]]
+    assert labels == ["1", "0"], out.stdout
