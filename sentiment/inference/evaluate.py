@@ -119,7 +119,8 @@ def _score_batches(assigned: list[int]) -> tuple[np.ndarray, np.ndarray]:
         for b in assigned:
             ids, lengths, _ = collate(split, batches[b], max_len, truncate)
             indices.append(batches[b])
-            logits.append(model(ids, lengths, **ngram_inputs(model, split, batches[b], max_len, truncate)).float().numpy())
+            inputs = ngram_inputs(model, split, batches[b], max_len, truncate)  # {} without an n-gram branch
+            logits.append(model(ids, lengths, **inputs).float().numpy())
     if not indices:
         return np.zeros(0, np.int64), np.zeros((0,) if model.num_outputs == 1 else (0, model.num_outputs), np.float32)
     return np.concatenate(indices), np.concatenate(logits)
@@ -165,7 +166,8 @@ def predict_logits(model: nn.Module, split: EncodedSplit, *, batch_size: int = 2
             for indices in batches:
                 ids, lengths, _ = collate(split, indices, max_len, truncate)
                 inputs = ngram_inputs(model, split, indices, max_len, truncate, device)  # {} without an n-gram branch
-                out = model(ids.to(device, non_blocking=True), lengths, **inputs)  # lengths stay on the CPU: checked there
+                # lengths stay on the CPU: checked there
+                out = model(ids.to(device, non_blocking=True), lengths, **inputs)
                 logits[indices] = out.float().cpu().numpy()
     finally:
         _scoring_job = None
