@@ -240,7 +240,9 @@ class NgramBranch(nn.Module):
         weights = values.float() * self.scale[ids]
         if self.norm == "l2" and ids.numel():
             sizes = torch.diff(offsets, append=offsets.new_tensor([ids.numel()]))
-            text_of = torch.repeat_interleave(torch.arange(len(offsets), device=ids.device), sizes)
+            # output_size: known on the host, so CUDA need not wait to learn it
+            text_of = torch.repeat_interleave(torch.arange(len(offsets), device=ids.device), sizes,
+                                              output_size=ids.numel())
             squares = torch.zeros(len(offsets), device=ids.device).index_add_(0, text_of, weights.square())
             weights = weights * torch.rsqrt(squares.clamp_min(1e-12))[text_of]
         weights = F.dropout(weights, self.dropout, self.training)

@@ -296,3 +296,13 @@ def test_ddp_run_with_the_branch_then_eval_and_predict_through_the_cli(phrases, 
     assert out.returncode == 0, out.stderr
     labels = [json.loads(line)["label"] for line in out.stdout.strip().splitlines()[-2:]]
     assert labels == ["1", "0"], out.stdout
+
+
+def test_the_branch_reads_the_truncated_text_only_when_told():
+    docs = [[f"w{i}" for i in range(40)]]
+    split = split_of(docs, [0])
+    whole = collate_ngrams(split, [0], NgramSpec(2, 2**16, True), max_len=8, mode="head+tail")
+    cut = collate_ngrams(split, [0], NgramSpec(2, 2**16, False), max_len=8, mode="head+tail")
+    assert set(whole.ids.tolist()) == reference_ngrams(docs[0], 2, 2**16)
+    kept = docs[0][:2] + docs[0][-6:]  # head+tail: a quarter of the budget from the head
+    assert set(cut.ids.tolist()) == reference_ngrams(kept, 2, 2**16)
