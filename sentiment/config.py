@@ -82,8 +82,28 @@ class DataConfig:
 
 
 @dataclass
+class NgramConfig:
+    """A linear branch over hashed word n-grams (sentiment/ngrams.py) whose logits add to the recurrent head's."""
+
+    n: int = 2  # 1..n-grams of the tokens (as strings: words outside the vocabulary keep their features)
+    buckets: int = 2**20  # hashed n-gram ids; collisions are rare below ~10% of this many distinct n-grams
+    # per-bucket scale, from the labeled training rows: none (counts), tfidf (smoothed idf, as scikit-learn), nb
+    # (Naive Bayes log-count ratios on binarized counts, NBSVM; two classes only)
+    weighting: Literal["none", "tfidf", "nb"] = "tfidf"
+    norm: Literal["l2", "none"] = "l2"  # each text's weighted n-gram vector scaled to unit length
+    dropout: float = 0.0  # on the n-gram weights, in training
+    # whole: the branch reads the whole text (it costs O(tokens), and a linear model gains from every word a
+    # review holds, which is how TF-IDF + LR reads it); truncated: what the recurrent part reads (data.max_len,
+    # data.eval_max_len, data.truncate)
+    text: Literal["whole", "truncated"] = "whole"
+    lr: Optional[float] = None  # the branch's learning rate; null: train.lr
+    weight_decay: float = 0.0  # the branch's own L2 penalty (Adam's weight_decay in its parameter group)
+
+
+@dataclass
 class ModelConfig:
-    rnn: Literal["lstm", "gru", "rnn"] = "gru"
+    # none: no recurrent part; the n-gram branch (model.ngrams) alone
+    rnn: Literal["lstm", "gru", "rnn", "none"] = "gru"
     embed_dim: Optional[int] = None  # only without GloVe; with GloVe it is the GloVe dimension
     hidden_size: int = 128
     num_layers: int = 1
@@ -98,6 +118,8 @@ class ModelConfig:
     # Embeddings scaled to zero mean and unit variance per dimension, weighted by word frequency (Miyato et
     # al. 2017), so an adversarial perturbation's size means the same for every word and every run.
     normalize_embeddings: bool = False
+    # null: off (the default, and the classic recipe); e.g. `ngrams: {n: 2, weighting: tfidf}` adds the branch
+    ngrams: Optional[NgramConfig] = None
 
 
 @dataclass
@@ -329,6 +351,7 @@ def validate(cfg: Config) -> None:
         ("data.unlabeled", cfg.data.unlabeled is None or cfg.data.dataset != "imdb" or cfg.data.unlabeled == "unsup",
          "must be unsup (IMDB's train/unsup reviews) when data.dataset is imdb"),
         *_objective_checks(cfg),
+        *_ngram_checks(cfg),
         ("run.threads", cfg.run.threads is None or cfg.run.threads >= 1, "must be >= 1 or null"),
         ("run.checkpoint_minutes", cfg.run.checkpoint_minutes >= 0, "must be >= 0"),
         ("run.device", cfg.run.device in ("auto", "cpu", "mps") or cfg.run.device.startswith("cuda"),
@@ -354,6 +377,23 @@ def _objective_checks(cfg: Config) -> list[tuple[str, bool, str]]:
     if vat is not None:
         checks += [("train.virtual_adversarial.xi", vat.xi > 0, "must be > 0"),
                    ("train.virtual_adversarial.power_iterations", vat.power_iterations >= 1, "must be >= 1")]
+    return checks
+
+
+def _ngram_checks(cfg: Config) -> list[tuple[str, bool, str]]:
+    g = cfg.model.ngrams
+    checks = [("model.ngrams", cfg.model.rnn != "none" or g is not None,
+               "must be set when model.rnn is none (the n-gram branch is then the whole model)")]
+    if cfg.model.rnn == "none":
+        checks += [(f"train.{name}", getattr(cfg.train, name) is None,
+                    "needs a recurrent part (model.rnn is none): its perturbations live on the word embeddings")
+                   for name in ("adversarial", "virtual_adversarial", "entropy_minimization")]
+    if g is not None:
+        checks += [("model.ngrams.n", 1 <= g.n <= 8, "must be in 1..8"),
+                   ("model.ngrams.buckets", 1 <= g.buckets <= 2**26, "must be in 1..2**26"),
+                   ("model.ngrams.dropout", 0 <= g.dropout < 1, "must be in [0, 1)"),
+                   ("model.ngrams.lr", g.lr is None or g.lr > 0, "must be > 0 or null"),
+                   ("model.ngrams.weight_decay", g.weight_decay >= 0, "must be >= 0")]
     return checks
 
 

@@ -27,6 +27,7 @@ import torch.nn as nn
 from torch.nn.utils.rnn import pack_padded_sequence, pad_packed_sequence
 
 from sentiment.errors import SentimentError
+from sentiment.ngrams import NgramBatch, NgramBranch, build_branch
 
 if TYPE_CHECKING:
     from sentiment.config import Config
@@ -55,9 +56,12 @@ class SentimentRNN(nn.Module):
         pack: str = "auto",
         num_outputs: int = 1,
         normalize_embeddings: bool = False,
+        ngrams: NgramBranch | None = None,
     ) -> None:
         super().__init__()
-        if rnn not in RNN_TYPES:
+        if rnn == "none" and ngrams is None:
+            raise ValueError("rnn='none' needs an n-gram branch (ngrams)")
+        if rnn not in RNN_TYPES and rnn != "none":
             raise ValueError(f"rnn must be one of {sorted(RNN_TYPES)}, got {rnn!r}")
         if pooling not in POOLINGS:
             raise ValueError(f"pooling must be one of {list(POOLINGS)}, got {pooling!r}")
@@ -84,9 +88,13 @@ class SentimentRNN(nn.Module):
         self.pack = pack
         self.num_outputs = num_outputs
         num_dirs = 2 if bidirectional else 1
+        self.normalize_embeddings = normalize_embeddings and rnn != "none"
+        # the bag-of-n-grams branch (sentiment/ngrams.py), whose logits add to the recurrent head's; None: off
+        self.ngrams = ngrams
+        if rnn == "none":  # the branch alone: no embedding, no recurrent stack, no head
+            return
 
         self.embedding = nn.Embedding(vocab_size, embed_dim, padding_idx=pad_index)
-        self.normalize_embeddings = normalize_embeddings
         if normalize_embeddings:
             # each word's share of the training text: the weights of the mean and variance the embeddings are
             # normalised by (set_word_frequencies; saved with the weights, so inference normalises alike)
@@ -114,11 +122,26 @@ class SentimentRNN(nn.Module):
         width = self.hidden_size * (2 if self.bidirectional else 1)
         return 2 * width if self.pooling == "max+mean" else width
 
-    def forward(self, ids: torch.Tensor, lengths: torch.Tensor, embedded: torch.Tensor | None = None) -> torch.Tensor:
+    @property
+    def has_rnn(self) -> bool:
+        return self.rnn_type != "none"
+
+    @property
+    def embedding_trainable(self) -> bool:
+        return self.has_rnn and self.embedding.weight.requires_grad
+
+    def forward(self, ids: torch.Tensor, lengths: torch.Tensor, embedded: torch.Tensor | None = None,
+                ngrams: NgramBatch | None = None) -> torch.Tensor:
         """ids [B, T] right-padded with pad_index, lengths [B] (each in 1..T) -> logits [B] (one output,
         two classes) or [B, num_outputs]. `embedded` [B, T, embed_dim] replaces `embed(ids)`: the adversarial
-        objectives pass the embedded batch plus a perturbation."""
-        logits = self.fc(self.output_dropout(self.features(ids, lengths, embedded)))
+        objectives pass the embedded batch plus a perturbation (the n-gram branch is not perturbed). `ngrams`:
+        the batch's n-grams (sentiment.ngrams.collate_ngrams), needed by a model with the branch."""
+        logits = self.fc(self.output_dropout(self.features(ids, lengths, embedded))) if self.has_rnn else None
+        if self.ngrams is not None:
+            if ngrams is None:
+                raise ValueError("this model has an n-gram branch: pass ngrams= (sentiment.ngrams.ngram_inputs)")
+            branch = self.ngrams(ngrams)
+            logits = branch if logits is None else logits + branch
         return logits.squeeze(-1) if self.num_outputs == 1 else logits
 
     def embed(self, ids: torch.Tensor) -> torch.Tensor:
@@ -141,6 +164,8 @@ class SentimentRNN(nn.Module):
     @torch.no_grad()
     def set_word_frequencies(self, counts: "np.ndarray | list[int]") -> None:
         """The weights of the normalisation: each vocab entry's count in the training (and unlabeled) text."""
+        if not self.normalize_embeddings:  # no recurrent part (model.rnn none): no embeddings to normalise
+            return
         counts = torch.as_tensor(np.asarray(counts, dtype=np.float64))
         if counts.shape != self.word_frequencies.shape or counts.sum() <= 0:
             raise ValueError(f"expected {self.word_frequencies.shape[0]} non-negative counts, not all zero")
@@ -240,6 +265,8 @@ class SentimentRNN(nn.Module):
         The pad row is zeroed so that padding stays the zero vector nn.Embedding starts it as,
         whatever the matrix holds there (padding_idx keeps it from ever being trained).
         """
+        if not self.has_rnn:  # nothing reads word vectors
+            return
         weight = self.embedding.weight
         matrix = torch.as_tensor(matrix)
         if matrix.dim() != 2 or matrix.shape[0] != weight.shape[0]:
@@ -254,6 +281,8 @@ class SentimentRNN(nn.Module):
 
     def set_embedding_trainable(self, trainable: bool) -> None:
         """Freeze (False) or unfreeze (True) the embedding, e.g. to fine-tune GloVe after warm-up."""
+        if not self.has_rnn:
+            return
         self.embedding.weight.requires_grad_(trainable)
 
 
@@ -265,4 +294,5 @@ def build_model(cfg: "Config", vocab_size: int, pad_index: int = 0, num_outputs:
         num_layers=m.num_layers, rnn=m.rnn, bidirectional=m.bidirectional, dropout=m.dropout,
         embed_dropout=m.embed_dropout, output_dropout=m.output_dropout, pooling=m.pooling,
         pad_index=pad_index, pack=m.pack, num_outputs=num_outputs, normalize_embeddings=m.normalize_embeddings,
+        ngrams=build_branch(cfg, num_outputs),
     )

@@ -142,7 +142,8 @@ def train(
                 # directory is created, or an --overwrite'n one deleted
                 distributed.together(rank, lambda: _claim_run_dir(target, overwrite, check_only=True),
                                      only=rank.is_main, what="checking the run directory")
-                data = distributed.once_per_machine(rank, lambda: prepare_data(cfg.data, embedding_seed=cfg.run.seed))
+                data = distributed.once_per_machine(rank, lambda: prepare_data(
+                    cfg.data, embedding_seed=cfg.run.seed, token_hashes=cfg.model.ngrams is not None))
                 chosen = _choose_lengths(cfg, data, set_) if own is not None and config is None else ""
                 if rank.is_main:
                     _print_prepare_stats(data.stats)

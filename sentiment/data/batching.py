@@ -26,6 +26,11 @@ class EncodedSplit:
     ids: np.ndarray  # int32
     offsets: np.ndarray  # int64 [n + 1]
     labels: np.ndarray  # class index of each review (IMDB: 1 positive, 0 negative)
+    # 64-bit hashes of each review's token strings (sentiment.ngrams.hash_tokens), for the n-gram branch: review
+    # i's are hashes[hash_offsets[i]:hash_offsets[i+1]] (the whole review, where ids may be truncated); None
+    # when no n-gram branch reads them
+    hashes: np.ndarray | None = None
+    hash_offsets: np.ndarray | None = None
 
     def __len__(self) -> int:
         return len(self.labels)
@@ -33,6 +38,17 @@ class EncodedSplit:
     def lengths(self, max_len: int | None = None) -> np.ndarray:
         lengths = np.diff(self.offsets)
         return np.minimum(lengths, max_len) if max_len else lengths
+
+    def take(self, rows: np.ndarray) -> "EncodedSplit":
+        """The given reviews, in that order, as a split of their own (ids, labels and token hashes)."""
+        from sentiment.data.prepare import gather_docs
+
+        rows = np.asarray(rows, dtype=np.int64)
+        ids, offsets = gather_docs(self.ids, self.offsets, rows)
+        hashes = hash_offsets = None
+        if self.hashes is not None:
+            hashes, hash_offsets = gather_docs(self.hashes, self.hash_offsets, rows)
+        return EncodedSplit(ids, offsets, self.labels[rows], hashes, hash_offsets)
 
 
 def truncate(ids: np.ndarray, max_len: int | None, mode: str = "head+tail") -> np.ndarray:

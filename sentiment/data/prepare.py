@@ -52,13 +52,15 @@ def gather_docs(ids: np.ndarray, offsets: np.ndarray, docs: np.ndarray) -> tuple
 
 def prepare_data(cfg: DataConfig, vocab: Vocab | None = None, *, with_embeddings: bool = True,
                  embedding_seed: int = 0, indices: dict[str, np.ndarray] | None = None,
-                 label_space: LabelSpace | None = None, with_unlabeled: bool = True) -> PreparedData:
+                 label_space: LabelSpace | None = None, with_unlabeled: bool = True,
+                 token_hashes: bool = False) -> PreparedData:
     """Everything training needs. Pass the run's `vocab` (and `label_space`) to encode with them instead
     of building new ones (evaluation, resume); embeddings are only loaded for a new vocab. `embedding_seed`
     draws the random rows of words GloVe lacks: training passes run.seed, so they vary with the run's seed
     while the split (split_seed) stays put. `indices` (source rows of "train", "valid", "test" and any
     further names, which land in `extra`) replaces the configured split, for studies of splits.
-    with_unlabeled: also encode data.unlabeled's texts (training; scoring passes False and never reads them)."""
+    with_unlabeled: also encode data.unlabeled's texts (training; scoring passes False and never reads them).
+    token_hashes: also give every split its token strings' hashes (EncodedSplit.hashes), for an n-gram branch."""
     t0 = time.perf_counter()
     data_dir = Path(cfg.data_dir)
     source = load_source(cfg, label_space, with_unlabeled=with_unlabeled)
@@ -99,6 +101,14 @@ def prepare_data(cfg: DataConfig, vocab: Vocab | None = None, *, with_embeddings
     if unlabeled_flat is not None:
         unlabeled = EncodedSplit(ids=table_to_vocab[unlabeled_flat[0]], offsets=unlabeled_flat[1],
                                  labels=np.full(len(source.unlabeled), -1, np.int64))
+    if token_hashes:  # the token table's strings hashed once; each split reads its tokens' hashes through it
+        from sentiment.ngrams import hash_tokens
+
+        table_hashes = hash_tokens(source.tokens)
+        for name, (flat, offsets) in gathered.items():
+            splits[name].hashes, splits[name].hash_offsets = table_hashes[flat], offsets
+        if unlabeled is not None:
+            unlabeled.hashes, unlabeled.hash_offsets = table_hashes[unlabeled_flat[0]], unlabeled_flat[1]
     space = source.label_space
     stats = {**source.stats, "vocab_size": len(vocab), "train": len(idx["train"]), "valid": len(idx["valid"]),
              "test": len(idx["test"]), "labels": list(space.names),

@@ -13,6 +13,7 @@ import torch.nn as nn
 from sentiment.data.batching import EncodedSplit, collate
 from sentiment.distributed import Rank
 from sentiment.data.labels import IMDB_LABELS, LabelSpace
+from sentiment.ngrams import ngram_inputs
 from sentiment.workers import run_in_workers
 
 
@@ -118,7 +119,8 @@ def _score_batches(assigned: list[int]) -> tuple[np.ndarray, np.ndarray]:
         for b in assigned:
             ids, lengths, _ = collate(split, batches[b], max_len, truncate)
             indices.append(batches[b])
-            logits.append(model(ids, lengths).float().numpy())
+            inputs = ngram_inputs(model, split, batches[b], max_len, truncate)  # {} without an n-gram branch
+            logits.append(model(ids, lengths, **inputs).float().numpy())
     if not indices:
         return np.zeros(0, np.int64), np.zeros((0,) if model.num_outputs == 1 else (0, model.num_outputs), np.float32)
     return np.concatenate(indices), np.concatenate(logits)
@@ -163,7 +165,9 @@ def predict_logits(model: nn.Module, split: EncodedSplit, *, batch_size: int = 2
         else:
             for indices in batches:
                 ids, lengths, _ = collate(split, indices, max_len, truncate)
-                out = model(ids.to(device, non_blocking=True), lengths)  # lengths stay on the CPU: checked there
+                inputs = ngram_inputs(model, split, indices, max_len, truncate, device)  # {} without an n-gram branch
+                # lengths stay on the CPU: checked there
+                out = model(ids.to(device, non_blocking=True), lengths, **inputs)
                 logits[indices] = out.float().cpu().numpy()
     finally:
         _scoring_job = None
@@ -197,10 +201,7 @@ def _evaluate_shard(model: nn.Module, split: EncodedSplit, space: LabelSpace, ra
     from sentiment.distributed import all_reduce_sum
 
     rows = np.arange(rank.rank, len(split), rank.world_size)
-    lengths = np.diff(split.offsets)
-    shard = EncodedSplit(np.concatenate([split.ids[split.offsets[i]:split.offsets[i + 1]] for i in rows.tolist()])
-                         if len(rows) else split.ids[:0],
-                         np.concatenate([[0], np.cumsum(lengths[rows])]).astype(np.int64), split.labels[rows])
+    shard = split.take(rows)
     k = space.num_classes
     if len(shard):  # no forked scoring workers under DDP: each rank is one process on its own share
         logits = predict_logits(model, shard, batch_size=batch_size, device=device, max_len=max_len,

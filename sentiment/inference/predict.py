@@ -44,6 +44,7 @@ class Encoding:
     truncate: str
     workers: int = 2
     cleaning: Cleaning = IMDB_CLEANING
+    ngrams: bool = False  # also hash each whole text's token strings, for the run's n-gram branch
 
 
 def encoding_of(run: Any) -> Encoding:
@@ -52,22 +53,44 @@ def encoding_of(run: Any) -> Encoding:
 
     d = run.cfg.data
     return Encoding(run.vocab, d.lowercase, d.eval_max_len or UNCAPPED_MAX_LEN, d.truncate, d.resolved_workers(),
-                    cleaning_of(d))
+                    cleaning_of(d), run.cfg.model.ngrams is not None)
 
 
 _job: tuple[Sequence[str], Encoding, ChunkMemo] | None = None  # forked workers inherit it (each its own memo)
 
 
-def _encode_range(bounds: tuple[int, int]) -> tuple[np.ndarray, np.ndarray]:
+def _encode_range(bounds: tuple[int, int]) -> tuple[np.ndarray, np.ndarray, np.ndarray | None, np.ndarray | None]:
     """Worker: ids of texts[start:end], truncated, as one flat int32 array and int64 lengths: compact
-    to send back. Each distinct whitespace chunk is tokenized once (what corpus.py does for training)."""
+    to send back. Each distinct whitespace chunk is tokenized once (what corpus.py does for training).
+    With enc.ngrams also the whole texts' token hashes and their lengths (else None, None)."""
     texts, enc, chunk_memo = _job
     chunked = [split_chunks(t, enc.cleaning) for t in texts[bounds[0] : bounds[1]]]
+    if enc.ngrams:
+        return _encode_with_hashes(chunked, enc, chunk_memo)
     memo = chunk_memo.fill(chain.from_iterable(chunked))
     rows = [truncate(np.fromiter(chain.from_iterable(map(memo.__getitem__, chunks)), dtype=np.int32),
                      enc.max_len, enc.truncate) for chunks in chunked]
     lengths = np.fromiter(map(len, rows), dtype=np.int64, count=len(rows))
-    return (np.concatenate(rows) if rows else np.zeros(0, np.int32)), lengths
+    return (np.concatenate(rows) if rows else np.zeros(0, np.int32)), lengths, None, None
+
+
+def _encode_with_hashes(chunked: list[list[str]], enc: Encoding,
+                        chunk_memo: ChunkMemo) -> tuple[np.ndarray, np.ndarray, np.ndarray, np.ndarray]:
+    """_encode_range for a run with an n-gram branch: the memo holds tokens (not ids); the task's distinct
+    tokens are encoded and hashed in one go (sentiment.ngrams.hash_tokens, as prepare hashes the token table)."""
+    from sentiment.ngrams import hash_tokens
+
+    memo = chunk_memo.fill(chain.from_iterable(chunked))
+    docs = [list(chain.from_iterable(map(memo.__getitem__, chunks))) for chunks in chunked]
+    table = {t: i for i, t in enumerate(dict.fromkeys(chain.from_iterable(docs)))}
+    vocab_ids = np.asarray(enc.vocab.encode(table), dtype=np.int32)
+    table_hashes = hash_tokens(list(table))
+    whole = [np.fromiter(map(table.__getitem__, doc), dtype=np.int64, count=len(doc)) for doc in docs]
+    rows = [truncate(vocab_ids[w], enc.max_len, enc.truncate) for w in whole]
+    lengths = np.fromiter(map(len, rows), dtype=np.int64, count=len(rows))
+    hash_lengths = np.fromiter(map(len, whole), dtype=np.int64, count=len(whole))
+    flat_whole = np.concatenate(whole) if whole else np.zeros(0, np.int64)
+    return (np.concatenate(rows) if rows else np.zeros(0, np.int32)), lengths, table_hashes[flat_whole], hash_lengths
 
 
 def encode_texts(texts: Sequence[str], enc: Encoding, labels: np.ndarray | None = None) -> EncodedSplit:
@@ -79,7 +102,7 @@ def encode_texts(texts: Sequence[str], enc: Encoding, labels: np.ndarray | None 
     # forked workers inherit the texts and the vocab instead of receiving them pickled; where there is
     # no fork (Windows), one process does it all
     parallel = workers > 1 and len(texts) >= _PARALLEL_MIN_TEXTS and "fork" in multiprocessing.get_all_start_methods()
-    _job = (texts, enc, ChunkMemo(enc.lowercase, _MEMO_SIZE, enc.vocab.encode))
+    _job = (texts, enc, ChunkMemo(enc.lowercase, _MEMO_SIZE, None if enc.ngrams else enc.vocab.encode))
     try:
         if parallel:
             parts = run_in_workers(_encode_range, tasks, workers)
@@ -91,7 +114,12 @@ def encode_texts(texts: Sequence[str], enc: Encoding, labels: np.ndarray | None 
     lengths = np.concatenate([p[1] for p in parts]) if parts else np.zeros(0, np.int64)
     offsets = np.concatenate([[0], np.cumsum(lengths)]).astype(np.int64)
     labels = np.zeros(len(texts), np.int64) if labels is None else np.asarray(labels, dtype=np.int64)
-    return EncodedSplit(ids=ids, offsets=offsets, labels=labels)
+    split = EncodedSplit(ids=ids, offsets=offsets, labels=labels)
+    if enc.ngrams:
+        split.hashes = np.concatenate([p[2] for p in parts]) if parts else np.zeros(0, np.uint64)
+        hash_lengths = np.concatenate([p[3] for p in parts]) if parts else np.zeros(0, np.int64)
+        split.hash_offsets = np.concatenate([[0], np.cumsum(hash_lengths)]).astype(np.int64)
+    return split
 
 
 def drop_empty(split: EncodedSplit) -> tuple[EncodedSplit, np.ndarray]:
@@ -99,7 +127,10 @@ def drop_empty(split: EncodedSplit) -> tuple[EncodedSplit, np.ndarray]:
     lengths = split.lengths()
     keep = lengths > 0
     offsets = np.concatenate([[0], np.cumsum(lengths[keep])]).astype(np.int64)
-    return EncodedSplit(split.ids, offsets, split.labels[keep]), keep  # empty reviews own no ids
+    hash_offsets = None
+    if split.hashes is not None:  # an empty review owns no hashes either
+        hash_offsets = np.concatenate([[0], np.cumsum(np.diff(split.hash_offsets)[keep])]).astype(np.int64)
+    return EncodedSplit(split.ids, offsets, split.labels[keep], split.hashes, hash_offsets), keep
 
 
 # ---------------------------------------------------------------- predicting

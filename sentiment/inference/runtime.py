@@ -56,7 +56,8 @@ def evaluate_run(run_dir: Path, *, split: str = "test", checkpoint: str = "best"
     from sentiment.data.prepare import prepare_data
 
     run = load_trained(run_dir, checkpoint, device)
-    data = prepare_data(run.cfg.data, run.vocab, label_space=run.label_space, with_unlabeled=False)
+    data = prepare_data(run.cfg.data, run.vocab, label_space=run.label_space, with_unlabeled=False,
+                        token_hashes=run.cfg.model.ngrams is not None)
     check_data_fingerprints(run_dir, data.fingerprints, (split,), allow_changed=allow_changed_data)
     if not allow_changed_data:
         check_membership(run_dir, data.membership, (split,))

@@ -32,6 +32,7 @@ import torch.nn.functional as F
 from sentiment.config import TrainConfig
 from sentiment.errors import SentimentError
 from sentiment.data.labels import LabelSpace
+from sentiment.ngrams import NgramBatch
 
 # metrics.jsonl columns, in this order, for the objectives a run has on
 COLUMNS = {"adversarial": "train_adversarial_loss", "virtual_adversarial": "train_virtual_adversarial_loss",
@@ -44,6 +45,12 @@ class Batch:
     lengths: torch.Tensor  # [B] on the CPU
     labels: torch.Tensor | None = None  # [B] class indices on the device; None for unlabeled texts
     unlabeled: "Batch | None" = None  # the unlabeled texts read beside this labeled batch, if any
+    ngrams: NgramBatch | None = None  # the n-gram branch's input (sentiment.ngrams), on the device; unperturbed
+
+    @property
+    def inputs(self) -> dict:
+        """The model's inputs besides ids, lengths and embedded."""
+        return {} if self.ngrams is None else {"ngrams": self.ngrams}
 
     @property
     def rows(self) -> int:
@@ -65,7 +72,7 @@ class Supervised:
         self.space, self.class_weights = space, class_weights
 
     def __call__(self, model: nn.Module, batch: Batch) -> tuple[torch.Tensor, dict[str, torch.Tensor]]:
-        logits = model(batch.ids, batch.lengths)
+        logits = model(batch.ids, batch.lengths, **batch.inputs)
         return (self.space.loss(logits, batch.labels, self.class_weights),
                 {"correct": self.space.correct(logits.detach(), batch.labels)})
 
@@ -167,7 +174,7 @@ class ExtraObjectives:
                 x.requires_grad_()
         # the random state before the recurrent stack's dropout, which VAT on this batch replays
         labeled_state = _rng_state(device) if self.virtual_adversarial is not None and unlabeled is None else None
-        logits = model(batch.ids, batch.lengths, embedded=x)
+        logits = model(batch.ids, batch.lengths, embedded=x, **batch.inputs)
         supervised = space.loss(logits, batch.labels, self.class_weights)
         correct = space.correct(logits.detach(), batch.labels)
         terms = []
@@ -177,7 +184,8 @@ class ExtraObjectives:
             backward(supervised, retain_graph=True)
             grad = x.grad if x.grad is not None else torch.zeros_like(x)
             r = self.adversarial.epsilon * unit_perturbation(grad, batch.lengths).to(x.dtype)
-            adversarial = space.loss(model(batch.ids, batch.lengths, embedded=x + r), batch.labels, self.class_weights)
+            adversarial = space.loss(model(batch.ids, batch.lengths, embedded=x + r, **batch.inputs), batch.labels,
+                                     self.class_weights)
             parts["adversarial"] = adversarial.detach()
             terms.append(self.adversarial.weight * adversarial)
         else:
@@ -187,7 +195,7 @@ class ExtraObjectives:
             if unlabeled is not None:
                 xu = model.embed(unlabeled.ids)
                 state = _rng_state(device)
-                logits_u = model(unlabeled.ids, unlabeled.lengths, embedded=xu)
+                logits_u = model(unlabeled.ids, unlabeled.lengths, embedded=xu, **unlabeled.inputs)
                 target = unlabeled
             else:  # no unlabeled text: the labeled batch, its predictions and its dropout masks
                 xu, state, logits_u, target = x, labeled_state, logits, batch
@@ -199,7 +207,8 @@ class ExtraObjectives:
                 vat = self.virtual_adversarial
                 r = vat.epsilon * self.vat_direction(model, target, xu.detach(), logits_u.detach(), state)
                 with _replay(state, device):
-                    perturbed = model(target.ids, target.lengths, embedded=xu + r.to(xu.dtype))
+                    perturbed = model(target.ids, target.lengths, embedded=xu + r.to(xu.dtype),
+                                      **target.inputs)
                 loss = divergence(logits_u.detach(), perturbed)
                 parts["virtual_adversarial"] = loss.detach()
                 terms.append(vat.weight * loss)
@@ -217,14 +226,14 @@ class ExtraObjectives:
         x = x.float() if amp else x
         if amp:
             with torch.no_grad(), exact, _replay(state, device):
-                clean_logits = model(batch.ids, batch.lengths, embedded=x)
+                clean_logits = model(batch.ids, batch.lengths, embedded=x, **batch.inputs)
         d = torch.randn_like(x)
         for _ in range(vat.power_iterations):
             d = (vat.xi * unit_perturbation(d, batch.lengths)).to(x.dtype).requires_grad_()
             if not self.checked_probe:
                 self._check_probe(x, d.detach(), batch.lengths)
             with exact, _replay(state, device):
-                kl = divergence(clean_logits, model(batch.ids, batch.lengths, embedded=x + d))
+                kl = divergence(clean_logits, model(batch.ids, batch.lengths, embedded=x + d, **batch.inputs))
             (d,) = torch.autograd.grad(kl, d)
         self.checked_probe = True
         return unit_perturbation(d, batch.lengths)

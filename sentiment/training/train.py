@@ -30,6 +30,7 @@ from sentiment.errors import SentimentError
 from sentiment.floats import flush_denormals
 from sentiment.inference.evaluate import Metrics, evaluate
 from sentiment.model import build_model
+from sentiment.ngrams import init_statistics, ngram_inputs, parameter_groups
 from sentiment.data.labels import LabelSpace
 from sentiment.runs import (BEST, LAST, RESULTS, check_membership, code_version, load_checkpoint, load_labels,
                             read_metrics, write_run_files)
@@ -73,8 +74,10 @@ class LabeledStream:
     each with a batch of the unlabeled texts beside it when an objective reads them (that stream's place is kept in
     LoopState.unlabeled_epoch/_step)."""
 
-    def __init__(self, cfg: Config, data: PreparedData, rank: Rank, device: torch.device, unlabeled: bool) -> None:
+    def __init__(self, cfg: Config, data: PreparedData, rank: Rank, device: torch.device, unlabeled: bool,
+                 model: nn.Module) -> None:
         self.cfg, self.data, self.rank, self.device, self.wants_unlabeled = cfg, data, rank, device, unlabeled
+        self.model = model  # asked only which n-gram inputs it reads (sentiment.ngrams.ngram_inputs)
         self.sampler = BucketBatchSampler(data.train.lengths(cfg.data.max_len), cfg.train.batch_size,
                                           seed=cfg.run.seed, bucket=cfg.train.bucket, num_replicas=rank.world_size,
                                           rank=rank.rank)
@@ -100,12 +103,17 @@ class LabeledStream:
         d, cfg = self.data, self.cfg
         ids, lengths, labels = collate(d.train, self.batches[i], cfg.data.max_len, cfg.data.truncate,
                                        d.vocab.pad_index)
+        ngrams = ngram_inputs(self.model, d.train, self.batches[i], cfg.data.max_len, cfg.data.truncate,
+                              self.device).get("ngrams")
         ids, labels = self._to_device(ids, labels)
-        batch = Batch(ids, lengths, labels)
+        batch = Batch(ids, lengths, labels, ngrams=ngrams)
         if self.unlabeled is not None:
-            u_ids, u_lengths, _ = collate(d.unlabeled, self.unlabeled.next(), cfg.train.unlabeled_max_len
-                                          or cfg.data.max_len, cfg.data.truncate, d.vocab.pad_index)
-            batch.unlabeled = Batch(self._to_device(u_ids)[0], u_lengths)
+            u_len = cfg.train.unlabeled_max_len or cfg.data.max_len
+            u_indices = self.unlabeled.next()
+            u_ids, u_lengths, _ = collate(d.unlabeled, u_indices, u_len, cfg.data.truncate, d.vocab.pad_index)
+            u_ngrams = ngram_inputs(self.model, d.unlabeled, u_indices, u_len, cfg.data.truncate,
+                                    self.device).get("ngrams")
+            batch.unlabeled = Batch(self._to_device(u_ids)[0], u_lengths, ngrams=u_ngrams)
         return batch
 
     def restore(self, state: LoopState) -> None:
@@ -156,7 +164,7 @@ def _data_and_checkpoint(cfg: Config, run_dir: Path, data: PreparedData | None, 
     """A new run: its data, and the run files written. A resumed one: the run's own vocab and labels, its last.pt,
     and data whose splits are the ones it was trained on."""
     if not resume:
-        data = data or prepare_data(cfg.data, embedding_seed=cfg.run.seed)
+        data = data or prepare_data(cfg.data, embedding_seed=cfg.run.seed, token_hashes=cfg.model.ngrams is not None)
         if rank.is_main:
             write_run_files(run_dir, cfg, data.vocab, data.label_space, data.membership)
             write_data_fingerprints(run_dir, data.fingerprints)
@@ -169,7 +177,7 @@ def _data_and_checkpoint(cfg: Config, run_dir: Path, data: PreparedData | None, 
         stray.unlink(missing_ok=True)
     checkpoint = load_checkpoint(run_dir / LAST, vocab)
     check_resume_config(run_dir, saved, cfg, checkpoint)
-    data = data or prepare_data(cfg.data, vocab, label_space=space)
+    data = data or prepare_data(cfg.data, vocab, label_space=space, token_hashes=cfg.model.ngrams is not None)
     check_data_fingerprints(run_dir, data.fingerprints)  # the file named, before the rows are compared
     check_membership(run_dir, data.membership)
     return data, checkpoint
@@ -181,6 +189,8 @@ def _model(cfg: Config, data: PreparedData, device: torch.device, fresh: bool) -
         model.load_embeddings(data.embeddings)
     if cfg.model.normalize_embeddings and fresh:
         model.set_word_frequencies(data.vocab.counts)
+    if fresh:  # the n-gram branch's weighting, from the training rows (a resumed run loads it)
+        init_statistics(model, cfg, data.train, data.label_space.num_classes)
     return model.to(device)
 
 
@@ -203,7 +213,7 @@ def train(cfg: Config, run_dir: Path, *, data: PreparedData | None = None, resum
     model = _model(cfg, data, device, fresh=checkpoint is None)
     weights = class_weights(cfg, data, device)
     objective, reads_unlabeled = _objective(cfg, data, rank, reporter, weights)
-    stream = LabeledStream(cfg, data, rank, device, reads_unlabeled)
+    stream = LabeledStream(cfg, data, rank, device, reads_unlabeled, model)
     if len(stream) == 0:
         raise SentimentError(f"{len(data.train):,} training rows make fewer batches of {cfg.train.batch_size} than "
                              f"there are processes ({rank.world_size}): lower train.batch_size or the process count")
@@ -218,12 +228,13 @@ def train(cfg: Config, run_dir: Path, *, data: PreparedData | None = None, resum
 
     def unfreeze(epoch: int) -> None:
         trainable = _embeddings_trainable(cfg, epoch)
-        if trainable != model.embedding.weight.requires_grad:
+        if model.has_rnn and trainable != model.embedding_trainable:
             model.set_embedding_trainable(trainable)
 
     engine = Engine(model, stream, objective, validate, engine_settings(cfg), run_dir, rank=rank, device=device,
                     seed=cfg.run.seed, reporter=reporter, stop=stop, checkpoint=checkpoint, before_epoch=unfreeze,
-                    extra_state=lambda: {"vocab": data.vocab.itos, "config": cfg.to_dict()})
+                    extra_state=lambda: {"vocab": data.vocab.itos, "config": cfg.to_dict()},
+                    param_groups=parameter_groups(model, cfg))
     engine.run()
     return finish(cfg, run_dir, data, device, rank)
 

@@ -1,0 +1,280 @@
+"""The bag-of-n-grams branch: a linear model over hashed word n-grams whose logits add to the recurrent head's.
+
+Why: TF-IDF + logistic regression matches our recurrent models on IMDB and short texts, and the two make
+different errors (issue 24; NBSVM, Wang & Manning 2012; Mesnil et al. 2014). The branch is that linear
+model, trained jointly with the recurrent one.
+
+- Tokens are hashed as STRINGS (64-bit FNV-1a over their UTF-8 bytes), not as vocabulary ids: a rare word the
+  vocabulary maps to <unk> keeps its own features. `hash_tokens` is the one function training (the token
+  table in prepare), evaluation and prediction (predict.encode_texts) use, so a text gets the same n-gram
+  ids everywhere; Python's randomised hash() is never used.
+- An n-gram's id combines its tokens' hashes (multiply, xor), is mixed (murmur3's fmix64, salted by the
+  order) and taken modulo `buckets`. N-grams never cross texts.
+- Per text, the branch reads each distinct n-gram id once, with its count. The model weighs it by a per-bucket
+  scale (none: 1, tfidf: smoothed idf as scikit-learn computes it, nb: the Naive Bayes log-count ratio,
+  binarized counts as NBSVM) computed from the labeled training rows only and kept in the model's state
+  (so every checkpoint, eval and predict carry it); n-grams never seen in training weigh 0, as a fitted
+  vectorizer ignores unknown terms. The weighted vector is L2-normalised per text (norm: l2) and summed by
+  an nn.EmbeddingBag(buckets, outputs): the cost is linear in the text's length.
+- The n-gram ids are computed outside the torch graph (numpy) and passed in as (ids, offsets, counts):
+  what an exported model takes as its second input.
+"""
+
+from __future__ import annotations
+
+from dataclasses import dataclass
+from typing import TYPE_CHECKING, Any, NamedTuple, Sequence
+
+import numpy as np
+import torch
+import torch.nn as nn
+import torch.nn.functional as F
+
+from sentiment.errors import SentimentError
+
+if TYPE_CHECKING:
+    from sentiment.config import Config
+    from sentiment.data.batching import EncodedSplit
+
+FNV_OFFSET = np.uint64(0xCBF29CE484222325)
+FNV_PRIME = np.uint64(0x100000001B3)
+COMBINE = np.uint64(0x9E3779B97F4A7C15)  # the golden-ratio multiplier: spreads the previous n-gram's bits
+ORDER_SALT = [np.uint64((0x5851F42D4C957F2D * k) & 0xFFFFFFFFFFFFFFFF) for k in range(16)]
+WEIGHTINGS = ("none", "tfidf", "nb")
+NB_ALPHA = 1.0  # NBSVM's smoothing
+
+
+def hash_tokens(tokens: Sequence[str]) -> np.ndarray:
+    """64-bit FNV-1a of each token's UTF-8 bytes, uint64 [len(tokens)]. Vectorised over the tokens: step j
+    folds byte j of every token at least j+1 bytes long (tokens sorted longest first, so those are a prefix)."""
+    n = len(tokens)
+    out = np.full(n, FNV_OFFSET, dtype=np.uint64)
+    if n == 0:
+        return out
+    encoded = [t.encode("utf-8", "surrogatepass") for t in tokens]
+    lengths = np.fromiter(map(len, encoded), dtype=np.int64, count=n)
+    flat = np.frombuffer(b"".join(encoded), dtype=np.uint8).astype(np.uint64)
+    starts = np.cumsum(lengths) - lengths
+    order = np.argsort(-lengths, kind="stable")
+    sorted_lengths, sorted_starts = lengths[order], starts[order]
+    h = out[order]
+    descending = -sorted_lengths  # ascending, for searchsorted
+    for j in range(int(sorted_lengths[0])):
+        m = int(np.searchsorted(descending, -j, side="left"))  # tokens longer than j bytes
+        h[:m] ^= flat[sorted_starts[:m] + j]
+        h[:m] *= FNV_PRIME  # wraps modulo 2**64, as FNV wants
+    out[order] = h
+    return out
+
+
+def _fmix64(x: np.ndarray) -> np.ndarray:
+    x = x ^ (x >> np.uint64(33))
+    x = x * np.uint64(0xFF51AFD7ED558CCD)
+    x = x ^ (x >> np.uint64(33))
+    x = x * np.uint64(0xC4CEB9FE1A85EC53)
+    return x ^ (x >> np.uint64(33))
+
+
+def ngram_ids(hashes: np.ndarray, offsets: np.ndarray, n: int, buckets: int) -> tuple[np.ndarray, np.ndarray]:
+    """Bucket ids of every 1..n-gram of the texts whose token hashes are hashes[offsets[i]:offsets[i+1]], and
+    the text each belongs to (both int64). N-grams stop at a text's end."""
+    hashes = np.asarray(hashes, dtype=np.uint64)
+    lengths = np.diff(np.asarray(offsets, dtype=np.int64))
+    text_of = np.repeat(np.arange(len(lengths), dtype=np.int64), lengths)
+    ids, texts = [], []
+    combined = hashes
+    for k in range(1, n + 1):
+        if k > 1:
+            if len(combined) <= 1:
+                break
+            # combined[i] covers tokens i..i+k-1
+            combined = (combined[:-1] * COMBINE) ^ hashes[k - 1:]
+            within = text_of[: len(combined)] == text_of[k - 1:]
+        else:
+            within = slice(None)
+        bucket = (_fmix64(combined ^ ORDER_SALT[k]) % np.uint64(buckets)).astype(np.int64)
+        ids.append(bucket[within])
+        texts.append(text_of[: len(combined)][within])
+    if not ids:
+        return np.zeros(0, np.int64), np.zeros(0, np.int64)
+    return np.concatenate(ids), np.concatenate(texts)
+
+
+def bags(hashes: np.ndarray, offsets: np.ndarray, n: int, buckets: int) -> tuple[np.ndarray, np.ndarray, np.ndarray]:
+    """Each text's distinct n-gram ids (ascending) with their counts: (ids, bag offsets [B], counts), the
+    input of nn.EmbeddingBag. A text's bag depends on that text alone."""
+    ids, texts = ngram_ids(hashes, offsets, n, buckets)
+    keys, counts = np.unique(texts * buckets + ids, return_counts=True)
+    texts, ids = np.divmod(keys, buckets)
+    bag_offsets = np.searchsorted(texts, np.arange(len(offsets) - 1), side="left").astype(np.int64)
+    return ids, bag_offsets, counts.astype(np.float32)
+
+
+@dataclass(frozen=True)
+class NgramSpec:
+    """What the branch reads: 1..n-grams hashed into `buckets`, of the whole text or the truncated one."""
+
+    n: int
+    buckets: int
+    whole_text: bool
+
+
+class NgramBatch(NamedTuple):
+    """A batch's n-grams as the branch takes them: distinct ids, where each text's bag starts, and counts."""
+
+    ids: torch.Tensor  # int64 [N]
+    offsets: torch.Tensor  # int64 [B]
+    counts: torch.Tensor  # float32 [N]
+
+    def to(self, device: torch.device | str) -> "NgramBatch":
+        return NgramBatch(*(t.to(device, non_blocking=True) for t in self))
+
+
+def spec_of(model: nn.Module) -> NgramSpec | None:
+    branch = getattr(model, "ngrams", None)
+    return branch.spec if isinstance(branch, NgramBranch) else None
+
+
+def _rows(split: "EncodedSplit", indices: np.ndarray, spec: NgramSpec, max_len: int | None,
+          mode: str) -> tuple[np.ndarray, np.ndarray]:
+    """The token hashes the branch reads for these rows, laid end to end, and their offsets."""
+    from sentiment.data.batching import truncate
+
+    if split.hashes is None:
+        raise SentimentError("this model has an n-gram branch but its data carries no token hashes "
+                             "(prepare_data(token_hashes=True) / an Encoding with ngrams)")
+    offs = split.hash_offsets
+    rows = [split.hashes[offs[i]:offs[i + 1]] for i in np.asarray(indices, dtype=np.int64).tolist()]
+    if not spec.whole_text:
+        rows = [truncate(r, max_len, mode) for r in rows]
+    lengths = np.fromiter(map(len, rows), dtype=np.int64, count=len(rows))
+    flat = np.concatenate(rows) if rows else np.zeros(0, np.uint64)
+    return flat, np.concatenate([[0], np.cumsum(lengths)]).astype(np.int64)
+
+
+def collate_ngrams(split: "EncodedSplit", indices: Sequence[int] | np.ndarray, spec: NgramSpec,
+                   max_len: int | None = None, mode: str = "head+tail") -> NgramBatch:
+    """The n-grams of rows `indices` of the split (max_len and mode cut them as collate cuts the ids, unless
+    the branch reads the whole text)."""
+    flat, offsets = _rows(split, np.asarray(indices), spec, max_len, mode)
+    ids, bag_offsets, counts = bags(flat, offsets, spec.n, spec.buckets)
+    return NgramBatch(torch.from_numpy(ids), torch.from_numpy(bag_offsets), torch.from_numpy(counts))
+
+
+def ngram_inputs(model: nn.Module, split: "EncodedSplit", indices: Sequence[int] | np.ndarray,
+                 max_len: int | None = None, mode: str = "head+tail",
+                 device: torch.device | str | None = None) -> dict[str, Any]:
+    """The model's keyword inputs besides ids and lengths: {"ngrams": ...} for a model with the branch, else {}."""
+    spec = spec_of(model)
+    if spec is None:
+        return {}
+    batch = collate_ngrams(split, indices, spec, max_len, mode)
+    return {"ngrams": batch.to(device) if device is not None else batch}
+
+
+def ngram_statistics(split: "EncodedSplit", spec: NgramSpec, weighting: str, num_classes: int,
+                     max_len: int | None = None, mode: str = "head+tail", chunk: int = 4096) -> np.ndarray:
+    """The per-bucket scale [buckets] (float32) for `weighting`, from the split's rows (the labeled training
+    rows): 0 for buckets no training text has; else 1 (none), scikit-learn's smoothed idf ln((1+n)/(1+df)) + 1
+    (tfidf), or the Naive Bayes log-count ratio log((p/|p|1) / (q/|q|1)) with p = alpha + the number of
+    positive texts holding the n-gram, q the same over negative texts, the norms over the buckets seen (nb)."""
+    if weighting not in WEIGHTINGS:
+        raise SentimentError(f"model.ngrams.weighting must be one of {', '.join(WEIGHTINGS)}, got {weighting!r}")
+    if weighting == "nb" and num_classes != 2:
+        raise SentimentError(f"model.ngrams.weighting nb is for two classes; this data has {num_classes} "
+                             "(use tfidf or none)")
+    df = np.zeros(spec.buckets, np.float64)
+    positive = np.zeros(spec.buckets, np.float64)
+    labels = np.asarray(split.labels, dtype=np.int64)
+    for start in range(0, len(split), chunk):
+        rows = np.arange(start, min(start + chunk, len(split)))
+        flat, offsets = _rows(split, rows, spec, max_len, mode)
+        ids, bag_offsets, _ = bags(flat, offsets, spec.n, spec.buckets)
+        text_of = np.searchsorted(bag_offsets, np.arange(len(ids)), side="right") - 1
+        df += np.bincount(ids, minlength=spec.buckets)
+        if weighting == "nb":
+            positive += np.bincount(ids, weights=(labels[rows][text_of] == 1).astype(np.float64),
+                                    minlength=spec.buckets)
+    seen = df > 0
+    scale = np.zeros(spec.buckets, np.float64)
+    if weighting == "none":
+        scale[seen] = 1.0
+    elif weighting == "tfidf":
+        scale[seen] = np.log((1.0 + len(split)) / (1.0 + df[seen])) + 1.0
+    else:
+        p = NB_ALPHA + positive[seen]
+        q = NB_ALPHA + (df[seen] - positive[seen])
+        scale[seen] = np.log(p / p.sum()) - np.log(q / q.sum())
+    return scale.astype(np.float32)
+
+
+class NgramBranch(nn.Module):
+    """logits [B, outputs] = sum over a text's distinct n-grams of weight_g * table[g] + bias, where weight_g is
+    its count (1 under nb) times the bucket's scale, L2-normalised over the text (norm l2), dropped out in
+    training. The table starts at zero: the joint model starts as the recurrent one."""
+
+    def __init__(self, spec: NgramSpec, num_outputs: int, weighting: str = "tfidf", norm: str = "l2",
+                 dropout: float = 0.0) -> None:
+        super().__init__()
+        if weighting not in WEIGHTINGS:
+            raise ValueError(f"weighting must be one of {WEIGHTINGS}, got {weighting!r}")
+        self.spec = spec
+        self.weighting = weighting
+        self.norm = norm
+        self.dropout = dropout
+        self.table = nn.EmbeddingBag(spec.buckets, num_outputs, mode="sum")
+        nn.init.zeros_(self.table.weight)
+        self.bias = nn.Parameter(torch.zeros(num_outputs))
+        self.register_buffer("scale", torch.ones(spec.buckets))  # set_statistics: from the training rows
+
+    @torch.no_grad()
+    def set_statistics(self, scale: np.ndarray) -> None:
+        scale = torch.as_tensor(np.asarray(scale, dtype=np.float32))
+        if scale.shape != self.scale.shape:
+            raise ValueError(f"expected {self.scale.shape[0]} bucket scales, got {tuple(scale.shape)}")
+        self.scale.copy_(scale.to(self.scale.device))
+
+    def forward(self, ngrams: NgramBatch) -> torch.Tensor:
+        ids, offsets, counts = ngrams
+        values = torch.ones_like(counts) if self.weighting == "nb" else counts
+        weights = values.float() * self.scale[ids]
+        if self.norm == "l2" and ids.numel():
+            sizes = torch.diff(offsets, append=offsets.new_tensor([ids.numel()]))
+            # output_size: known on the host, so CUDA need not wait to learn it
+            text_of = torch.repeat_interleave(torch.arange(len(offsets), device=ids.device), sizes,
+                                              output_size=ids.numel())
+            squares = torch.zeros(len(offsets), device=ids.device).index_add_(0, text_of, weights.square())
+            weights = weights * torch.rsqrt(squares.clamp_min(1e-12))[text_of]
+        weights = F.dropout(weights, self.dropout, self.training)
+        return self.table(ids, offsets, per_sample_weights=weights) + self.bias
+
+
+def build_branch(cfg: "Config", num_outputs: int) -> NgramBranch | None:
+    """The branch model.ngrams describes, or None when it is off."""
+    g = cfg.model.ngrams
+    if g is None:
+        return None
+    return NgramBranch(NgramSpec(g.n, g.buckets, g.text == "whole"), num_outputs, g.weighting, g.norm, g.dropout)
+
+
+def init_statistics(model: nn.Module, cfg: "Config", train: "EncodedSplit", num_classes: int) -> None:
+    """A new run's branch gets its weighting's statistics from the training split (a resumed one loads them)."""
+    branch = getattr(model, "ngrams", None)
+    if isinstance(branch, NgramBranch):
+        branch.set_statistics(ngram_statistics(train, branch.spec, branch.weighting, num_classes,
+                                               cfg.data.max_len, cfg.data.truncate))
+
+
+def parameter_groups(model: nn.Module, cfg: "Config") -> list[dict[str, Any]]:
+    """The optimizer's parameter groups: the recurrent model with train.lr and train.weight_decay; the branch
+    with its own model.ngrams.lr (null: train.lr) and model.ngrams.weight_decay (a 2**20-row table trained
+    without decay overfits where logistic regression's C is tuned)."""
+    branch = getattr(model, "ngrams", None)
+    if not isinstance(branch, NgramBranch):
+        return [{"params": list(model.parameters())}]
+    own = {id(p) for p in branch.parameters()}
+    rest = [p for p in model.parameters() if id(p) not in own]
+    g = cfg.model.ngrams
+    groups = [{"params": list(branch.parameters()), "lr": g.lr if g.lr is not None else cfg.train.lr,
+               "weight_decay": g.weight_decay}]
+    return ([{"params": rest}] if rest else []) + groups
