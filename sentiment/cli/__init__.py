@@ -5,6 +5,7 @@ One module per command group; importing them registers their commands on `app`, 
 
 from sentiment.cli.app import app
 from sentiment.cli import data, train, inference  # noqa: F401,E402  (registers the commands)
+from sentiment.cli import pretrain  # noqa: F401,E402
 
 
 def main() -> None:
