@@ -96,10 +96,10 @@ def _wrap_training_loss(monkeypatch, after_calls: int, poison) -> None:
     def poisoned_objective(*args, **kwargs):
         objective = real(*args, **kwargs)
 
-        def wrapped(model, ids, lengths, labels):
+        def wrapped(model, batch):  # an objective: (model, batch) -> (loss, stats)
             calls["n"] += 1
-            loss, correct = objective(model, ids, lengths, labels)
-            return (poison(loss) if calls["n"] > after_calls else loss), correct
+            loss, stats = objective(model, batch)
+            return (poison(loss) if calls["n"] > after_calls else loss), stats
 
         return wrapped
 

@@ -207,6 +207,7 @@ def _claim_run_dir(path: Path, overwrite: bool, check_only: bool = False) -> Non
 def _resume_config(run_dir: Path, config: Path | None, overrides: list[str]):
     from sentiment.runs import LAST, load_run
     from sentiment.config import config_from_dict, load_config
+    from sentiment.training.resume import check_resume_config
 
     saved, _ = load_run(run_dir)
     if not (run_dir / LAST).exists():
@@ -218,25 +219,8 @@ def _resume_config(run_dir: Path, config: Path | None, overrides: list[str]):
         from sentiment.config import apply_overrides
 
         wanted = config_from_dict(apply_overrides(saved.to_dict(), overrides))
-    changed = _changed_keys(saved.to_dict(), wanted.to_dict())
-    allowed = {"train.epochs", "train.early_stopping_patience", "train.eval_batch_size", "run.device",
-               "run.threads", "run.eval_test", "run.output_dir", "run.checkpoint_minutes", "run.flush_denormal", "data.data_dir",
-               "data.workers"}
-    refused = [k for k in changed if k not in allowed]
-    if refused:
-        raise SentimentError(f"cannot resume {run_dir} with a changed config ({', '.join(refused)}): "
-                             "those keys change the model or its training; start a new run instead")
+    check_resume_config(run_dir, saved, wanted)  # train() checks again, with last.pt's schedule
     return wanted, run_dir
-
-
-def _changed_keys(a: dict, b: dict, prefix: str = "") -> list[str]:
-    keys = []
-    for k in a.keys() | b.keys():
-        if isinstance(a.get(k), dict) and isinstance(b.get(k), dict):
-            keys += _changed_keys(a[k], b[k], f"{prefix}{k}.")
-        elif a.get(k) != b.get(k):
-            keys.append(f"{prefix}{k}")
-    return sorted(keys)
 
 
 def _print_results(results: dict[str, Any]) -> None:

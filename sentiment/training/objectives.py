@@ -13,8 +13,10 @@ true length (padding gets none). Every forward of one VAT computation replays th
 the clean and perturbed predictions share their dropout masks: the divergence is exactly 0 at r = 0, and
 the probe measures the perturbation, not dropout noise. Two classes use the sigmoid, K classes the softmax.
 
-`ExtraObjectives.step` runs its own backward passes (the adversarial direction needs the gradient of a
-first one) through the loop's `backward`, which scales for accumulation and mixed precision.
+Each is an objective of the training engine (sentiment.training.engine): `objective(model, batch) -> (loss,
+stats)`. `Supervised` is the plain loss; `ExtraObjectives` composes the others on top of it and runs its own
+backward passes (the adversarial direction needs the gradient of a first one) through the engine's `backward`,
+which scales for accumulation and mixed precision.
 """
 
 from __future__ import annotations
@@ -41,6 +43,31 @@ class Batch:
     ids: torch.Tensor  # [B, T] on the device
     lengths: torch.Tensor  # [B] on the CPU
     labels: torch.Tensor | None = None  # [B] class indices on the device; None for unlabeled texts
+    unlabeled: "Batch | None" = None  # the unlabeled texts read beside this labeled batch, if any
+
+    @property
+    def rows(self) -> int:
+        return int(self.ids.shape[0])
+
+    @property
+    def tokens(self) -> int:
+        return int(self.lengths.sum())  # lengths are on the CPU: no wait
+
+
+class Supervised:
+    """The supervised loss: (model, batch) -> (mean loss, {"correct": rows predicted right}), tensors, so the engine
+    reads them when it reports and no step waits for the device."""
+
+    columns: dict[str, str] = {}
+    backward_inside = False
+
+    def __init__(self, space: LabelSpace, class_weights: torch.Tensor | None = None) -> None:
+        self.space, self.class_weights = space, class_weights
+
+    def __call__(self, model: nn.Module, batch: Batch) -> tuple[torch.Tensor, dict[str, torch.Tensor]]:
+        logits = model(batch.ids, batch.lengths)
+        return (self.space.loss(logits, batch.labels, self.class_weights),
+                {"correct": self.space.correct(logits.detach(), batch.labels)})
 
 
 def unit_perturbation(g: torch.Tensor, lengths: torch.Tensor) -> torch.Tensor:
@@ -114,6 +141,15 @@ class ExtraObjectives:
         self.has_unlabeled = has_unlabeled
         self.checked_probe = False
         self.names = [name for name in COLUMNS if getattr(cfg, name) is not None]
+        self.columns = {name: COLUMNS[name] for name in self.names}
+
+    backward_inside = True  # the engine averages gradients across ranks itself
+
+    def __call__(self, model: nn.Module, batch: Batch, *,
+                 backward: Backward) -> tuple[torch.Tensor, dict[str, torch.Tensor]]:
+        """The engine's objective: `step` on the batch and the unlabeled one read beside it."""
+        loss, correct, parts = self.step(model, batch, batch.unlabeled, backward)
+        return loss, {"correct": correct, **parts}
 
     @property
     def wants_unlabeled_batch(self) -> bool:
