@@ -181,3 +181,70 @@ def test_stratified_limit_keeps_class_shares_and_varies_with_the_seed():
     assert np.array_equal(picked, stratified_limit(labels, 10, seed=1))
     assert not np.array_equal(picked, stratified_limit(labels, 10, seed=2))
     assert len(stratified_limit(labels, 500, seed=1)) == 100
+
+
+# ---------------------------------------------------------------- `sentiment pretrain` on the engine
+TINY_PRETRAIN = ["model.hidden_size=16", "pretrain.bptt=10", "pretrain.batch_size=8", "pretrain.warmup_steps=2",
+                 "pretrain.held_out_fraction=0.1", "pretrain.held_out_windows=10", "pretrain.epoch_tokens=600",
+                 "run.threads=1"]
+
+
+@pytest.fixture(scope="module")
+def lm_data(tmp_path_factory) -> Path:
+    from conftest import make_imdb
+
+    return make_imdb(tmp_path_factory.mktemp("pretrain") / "data", n_per_class=30)
+
+
+def test_pretraining_resumed_mid_epoch_ends_bitwise_as_an_uninterrupted_run(lm_data, tmp_path):
+    from conftest import StopAfter
+    from sentiment.runs import LAST, load_checkpoint
+    from sentiment.training.engine import TrainingInterrupted
+    from sentiment.training.pretrain import pretrain
+
+    cfg = load_config(None, [f"data.data_dir={lm_data}", *TINY_PRETRAIN, "pretrain.epochs=2", "pretrain.output=sampled",
+                             "pretrain.samples=16"])
+    whole = tmp_path / "whole"
+    whole.mkdir()
+    pretrain(cfg, whole)
+    parts = tmp_path / "parts"
+    parts.mkdir()
+    with pytest.raises(TrainingInterrupted, match="sentiment pretrain --resume"):
+        pretrain(cfg, parts, stop=StopAfter(4))  # mid-epoch 1 (7 steps an epoch)
+    assert 0 < load_checkpoint(parts / LAST)["loop"]["step_in_epoch"] < 7
+    results = pretrain(cfg, parts, resume=True)
+    a, b = load_checkpoint(whole / LAST), load_checkpoint(parts / LAST)
+    assert a["model"].keys() == b["model"].keys()
+    for key in a["model"]:
+        assert torch.equal(a["model"][key], b["model"][key]), key
+    assert results["epochs_run"] == 2 and results["held_out_forward_perplexity"] > 1
+
+
+def test_pretrain_then_fine_tune_end_to_end(lm_data, tmp_path):
+    from typer.testing import CliRunner
+
+    from conftest import one_line_error, set_args
+    from sentiment.cli import app
+    from sentiment.runs import BEST, load_checkpoint, read_metrics
+
+    runner = CliRunner()
+    lm_dir, ft_dir = tmp_path / "lm", tmp_path / "ft"
+    base = [f"data.data_dir={lm_data}", "model.hidden_size=16", "run.threads=1"]
+    done = runner.invoke(app, ["pretrain", "--run-dir", str(lm_dir), *set_args(base + TINY_PRETRAIN)])
+    assert done.exit_code == 0, done.output
+    assert "fine-tune with" in done.output
+    rows = read_metrics(lm_dir)
+    assert {"train_forward_loss", "train_backward_loss", "valid_forward_perplexity", "valid_backward_perplexity",
+            "tokens_per_s"} <= rows[0].keys()
+    assert (lm_dir / BEST).is_file() and (lm_dir / "curves.png").is_file() and (lm_dir / PRETRAIN_TEXTS).is_file()
+    fine = base + ["train.epochs=2", "train.batch_size=16", f"model.init_from={lm_dir}", "train.layer_lr_decay=2.6",
+                   "model.gradual_unfreeze=true", "data.vocab_max_size=50"]
+    done = runner.invoke(app, ["train", "--run-dir", str(ft_dir), *set_args(fine)])
+    assert done.exit_code == 0, done.output
+    assert "data.vocab_max_size not used" in done.output
+    assert (ft_dir / "vocab.json").read_text() == (lm_dir / "vocab.json").read_text()
+    classifier_state = load_checkpoint(ft_dir / BEST)["model"]
+    assert not any(k.startswith("heads.") for k in classifier_state)
+    # another validation carve puts pretraining texts into validation: refused, in one line
+    done = runner.invoke(app, ["train", "--run-dir", str(tmp_path / "leak"), *set_args(fine + ["data.split_seed=7"])])
+    one_line_error(done.exit_code, done.output, "were pretraining text")

@@ -13,7 +13,7 @@ import typer
 from rich.markup import escape
 
 from sentiment.cli.app import ConfigOption, SetOption, app, console, user_errors
-from sentiment.cli.train import RichReporter, _changed_keys, _claim_run_dir, _launch
+from sentiment.cli.train import RichReporter, _claim_run_dir, _launch
 from sentiment.errors import SentimentError
 
 # what a resumed pretraining may change: where and how fast it runs, and its time budget
@@ -114,6 +114,7 @@ def pretrain(
 def _resume_config(run_dir: Path, config: Path | None, overrides: list[str]):
     from sentiment.config import apply_overrides, config_from_dict, load_config
     from sentiment.runs import LAST, load_run
+    from sentiment.training.resume import changed_keys
 
     saved, _ = load_run(run_dir)
     if not (run_dir / LAST).exists():
@@ -123,7 +124,7 @@ def _resume_config(run_dir: Path, config: Path | None, overrides: list[str]):
         wanted.run.name = saved.run.name
     else:
         wanted = config_from_dict(apply_overrides(saved.to_dict(), overrides))
-    refused = [k for k in _changed_keys(saved.to_dict(), wanted.to_dict()) if k not in RESUMABLE_KEYS]
+    refused = [k for k in changed_keys(saved.to_dict(), wanted.to_dict()) if k not in RESUMABLE_KEYS]
     if refused:
         raise SentimentError(f"cannot resume {run_dir} with a changed config ({', '.join(refused)}): those keys change "
                              "the language model or its training; start a new run instead")

@@ -92,7 +92,7 @@ def train(
     """
     from sentiment.config import dump_config, load_config
     from sentiment import distributed
-    from sentiment.data.prepare import prepare_data
+    from sentiment.training.transfer import prepare_training_data
     from sentiment.floats import flush_denormals
     from sentiment.device import resolve_device
     from sentiment.training.train import graceful_stop
@@ -124,7 +124,7 @@ def train(
                 # directory is created, or an --overwrite'n one deleted
                 distributed.together(rank, lambda: _claim_run_dir(target, overwrite, check_only=True),
                                      only=rank.is_main, what="checking the run directory")
-                data = distributed.once_per_machine(rank, lambda: prepare_data(cfg.data, embedding_seed=cfg.run.seed))
+                data = distributed.once_per_machine(rank, lambda: prepare_training_data(cfg))
                 distributed.together(rank, lambda: _claim_run_dir(target, overwrite), only=rank.is_main,
                                      what="creating the run directory")
             if rank.is_main:

@@ -28,6 +28,7 @@ language-model pretraining later) supplies the parts that differ:
 - `settings` (`EngineSettings`): epochs, optimizer, schedule, accumulation, clipping, AMP, host syncs,
   early-stopping patience, checkpoint_minutes, batch_size (for the row's global batch) and max_minutes.
 - `extra_state()`: what the task adds to every checkpoint (the classifier: vocab and config).
+- `param_groups`: the optimizer's parameter groups, each with its own "lr" (discriminative rates); default one.
 - `before_epoch(epoch)`: a hook before each epoch (the classifier unfreezes embeddings there; the engine
   re-wraps DDP when the parameters that train change).
 - `checkpoint`: last.pt's dict to resume from (the task has loaded and checked it); resumed on another process
@@ -372,7 +373,8 @@ class Engine:
                  settings: EngineSettings, run_dir: Path, *, rank: Rank, device: torch.device, seed: int,
                  reporter: Reporter | None = None, stop: Any = None, checkpoint: dict[str, Any] | None = None,
                  extra_state: Callable[[], dict[str, Any]] = dict,
-                 before_epoch: Callable[[int], None] | None = None) -> None:
+                 before_epoch: Callable[[int], None] | None = None,
+                 param_groups: list[dict[str, Any]] | None = None) -> None:
         self.model, self.stream, self.objective, self.validate = model, stream, objective, validate
         self.columns: dict[str, str] = getattr(objective, "columns", {})
         self.backward_inside: bool = getattr(objective, "backward_inside", False)
@@ -382,7 +384,8 @@ class Engine:
         self.reporter, self.stop, self.extra_state = reporter, stop if stop is not None else False, extra_state
         self.params = list(model.parameters())
         self._setup_precision()
-        self.optimizer = torch.optim.Adam(self.params, lr=settings.lr, weight_decay=settings.weight_decay,
+        # param_groups: the optimizer's groups, each with its own "lr" (discriminative rates); default: one, at lr
+        self.optimizer = torch.optim.Adam(param_groups or self.params, lr=settings.lr, weight_decay=settings.weight_decay,
                                           **({"fused": True} if self.sync.lazy else {}))
         n_batches = stream.set_epoch(0)
         if n_batches == 0:
@@ -449,7 +452,7 @@ class Engine:
         state.schedule_steps = max(1, state.schedule_steps * old // world_size)
         state.unlabeled_step = state.unlabeled_step * old // world_size
         state.world_size = world_size
-        scheduler.lr_lambdas = [self._factor(state.schedule_steps)]
+        scheduler.lr_lambdas = [self._factor(state.schedule_steps)] * len(scheduler.optimizer.param_groups)
         scheduler.last_epoch = scheduler.last_epoch * old // world_size  # optimizer steps, counted like the rest
         # the rates of the new place: what LambdaLR.get_lr() computes, without its "call step()" warning
         for group, base in zip(scheduler.optimizer.param_groups, scheduler.base_lrs):

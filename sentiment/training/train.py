@@ -39,6 +39,8 @@ from sentiment.training.engine import (Engine, EngineSettings, LoopState, Report
                                        seed_everything, set_rng_state)
 from sentiment.training.objectives import COLUMNS, Batch, ExtraObjectives, Supervised
 from sentiment.training.resume import check_resume_config
+from sentiment.training.transfer import (apply_gradual_unfreeze, ignored_keys_note, load_encoder, parameter_groups,
+                                         prepare_training_data)
 
 
 def lr_factor(cfg: Config, total_steps: int):
@@ -156,7 +158,7 @@ def _data_and_checkpoint(cfg: Config, run_dir: Path, data: PreparedData | None, 
     """A new run: its data, and the run files written. A resumed one: the run's own vocab and labels, its last.pt,
     and data whose splits are the ones it was trained on."""
     if not resume:
-        data = data or prepare_data(cfg.data, embedding_seed=cfg.run.seed)
+        data = data or prepare_training_data(cfg)
         if rank.is_main:
             write_run_files(run_dir, cfg, data.vocab, data.label_space, data.membership)
         return data, None
@@ -199,6 +201,11 @@ def train(cfg: Config, run_dir: Path, *, data: PreparedData | None = None, resum
     seed_everything(cfg.run.seed)
     data, checkpoint = _data_and_checkpoint(cfg, run_dir, data, resume, rank)
     model = _model(cfg, data, device, fresh=checkpoint is None)
+    if checkpoint is None and cfg.model.init_from:  # the encoder from a pretrained run, a new head
+        load_encoder(model, Path(cfg.model.init_from), data.vocab)
+        note = ignored_keys_note(cfg)
+        if note and reporter and rank.is_main:
+            reporter.note(note)
     weights = class_weights(cfg, data, device)
     objective, reads_unlabeled = _objective(cfg, data, rank, reporter, weights)
     stream = LabeledStream(cfg, data, rank, device, reads_unlabeled)
@@ -215,12 +222,16 @@ def train(cfg: Config, run_dir: Path, *, data: PreparedData | None = None, resum
                 "valid_seconds": valid.seconds}, valid.accuracy
 
     def unfreeze(epoch: int) -> None:
+        if cfg.model.gradual_unfreeze:
+            return apply_gradual_unfreeze(model, epoch, cfg.model.unfreeze_after, cfg.model.freeze_embeddings)
         trainable = _embeddings_trainable(cfg, epoch)
         if trainable != model.embedding.weight.requires_grad:
             model.set_embedding_trainable(trainable)
 
+    groups = parameter_groups(model, cfg.train.lr, cfg.train.layer_lr_decay) if cfg.train.layer_lr_decay else None
     engine = Engine(model, stream, objective, validate, engine_settings(cfg), run_dir, rank=rank, device=device,
                     seed=cfg.run.seed, reporter=reporter, stop=stop, checkpoint=checkpoint, before_epoch=unfreeze,
+                    param_groups=groups,
                     extra_state=lambda: {"vocab": data.vocab.itos, "config": cfg.to_dict()})
     engine.run()
     return finish(cfg, run_dir, data, device, rank)

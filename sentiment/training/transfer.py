@@ -164,3 +164,15 @@ def apply_gradual_unfreeze(model: "SentimentRNN", epoch: int, every: int | None,
         trainable = k < unfrozen and not (is_embedding and freeze_embeddings)
         for p in params:
             p.requires_grad_(trainable)
+
+
+def prepare_training_data(cfg: "Config") -> "PreparedData":
+    """A new classifier run's data: with model.init_from, encoded with that run's vocabulary (no GloVe: the embedding
+    comes from the run) and checked against the texts it pretrained on; else as data.* says."""
+    from sentiment.data.prepare import prepare_data
+
+    if not cfg.model.init_from:
+        return prepare_data(cfg.data, embedding_seed=cfg.run.seed)
+    data = prepare_data(cfg.data, init_vocab(cfg), with_embeddings=False)
+    check_not_pretrained_on(Path(cfg.model.init_from), data)
+    return data
