@@ -248,3 +248,52 @@ def test_pretrain_then_fine_tune_end_to_end(lm_data, tmp_path):
     # another validation carve puts pretraining texts into validation: refused, in one line
     done = runner.invoke(app, ["train", "--run-dir", str(tmp_path / "leak"), *set_args(fine + ["data.split_seed=7"])])
     one_line_error(done.exit_code, done.output, "were pretraining text")
+
+
+def test_two_gloo_processes_pretrain_as_one_process_over_both_ranks_windows(lm_data, tmp_path):
+    """DDP averages the ranks' gradients: the same as one process whose loss is the mean of both ranks' window
+    batches (no dropout, constant rate, the adaptive softmax: nothing random but the windows)."""
+    import os
+    import subprocess
+    import sys
+
+    from conftest import set_args
+    from sentiment.data.prepare import prepare_data
+    from sentiment.runs import LAST, load_checkpoint
+    from sentiment.training.engine import seed_everything
+    from sentiment.training.lm import LanguageModelObjective, WindowStream, build_language_model
+    from sentiment.training.pretrain import pretraining_text_of
+
+    run_dir = tmp_path / "ddp"
+    settings = [f"data.data_dir={lm_data}", *TINY_PRETRAIN, "pretrain.epochs=2", "pretrain.warmup_steps=0",
+                "pretrain.lr_schedule=constant", "model.embed_dropout=0", "model.output_dropout=0", "run.device=cpu",
+                "pretrain.epoch_tokens=800"]
+    env = {**os.environ, "SENTIMENT_DIST_TIMEOUT": "30", "OMP_NUM_THREADS": "1"}
+    done = subprocess.run([sys.executable, "-m", "torch.distributed.run", "--standalone", "--nproc-per-node", "2",
+                           "-m", "sentiment", "pretrain", "--run-dir", str(run_dir), *set_args(settings)],
+                          capture_output=True, text=True, env=env, timeout=300)
+    assert done.returncode == 0, done.stderr[-3000:]
+
+    cfg = load_config(None, settings)
+    torch.set_num_threads(1)
+    data = prepare_data(cfg.data, embedding_seed=cfg.run.seed)
+    seed_everything(cfg.run.seed)
+    model = build_language_model(cfg, len(data.vocab), data.vocab.pad_index)
+    model.load_embeddings(data.embeddings)
+    text = pretraining_text_of(cfg, data)
+    p = cfg.pretrain
+    streams = [WindowStream(text.train, p.bptt, p.batch_size, seed=cfg.run.seed, device=torch.device("cpu"),
+                            epoch_tokens=p.epoch_tokens, num_replicas=2, rank=r) for r in range(2)]
+    optimizer = torch.optim.Adam(model.parameters(), lr=p.lr)
+    objective = LanguageModelObjective()
+    for epoch in range(p.epochs):
+        n = [s.set_epoch(epoch) for s in streams][0]
+        for i in range(n):
+            optimizer.zero_grad()
+            (sum(objective(model, s.batch(i))[0] for s in streams) / 2).backward()
+            torch.nn.utils.clip_grad_norm_(model.parameters(), p.grad_clip)
+            optimizer.step()
+    trained = load_checkpoint(run_dir / LAST)["model"]
+    assert trained.keys() == model.state_dict().keys()
+    for name, value in model.state_dict().items():
+        assert torch.allclose(trained[name], value, atol=1e-5), name
