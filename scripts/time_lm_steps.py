@@ -59,7 +59,7 @@ def main() -> None:
             if i >= args.warmup:
                 seconds += time.perf_counter() - started
                 tokens += batch.tokens
-            loss = float(value)
+            loss = float(value.detach())
         print(json.dumps({"output": output, "steps": args.steps, "tokens_per_s": round(tokens / seconds),
                           "seconds_per_step": round(seconds / args.steps, 3), "last_loss": round(loss, 3)}), flush=True)
 
