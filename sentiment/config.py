@@ -94,7 +94,7 @@ class ModelConfig:
     dropout: float = 0.5  # between recurrent layers
     embed_dropout: float = 0.5
     output_dropout: float = 0.5  # on the pooled features before the final Linear
-    pooling: Literal["last", "max", "mean", "max+mean"] = "max+mean"
+    pooling: Literal["last", "max", "mean", "max+mean", "last+max+mean"] = "max+mean"  # last+max+mean: ULMFiT's
     freeze_embeddings: bool = False
     unfreeze_after: Optional[int] = None  # epochs after which frozen embeddings start training
     pack: Literal["auto", "always", "never"] = "auto"  # pack_padded_sequence only where fast (cuDNN)

@@ -245,6 +245,9 @@ def test_pretrain_then_fine_tune_end_to_end(lm_data, tmp_path):
     assert (ft_dir / "vocab.json").read_text() == (lm_dir / "vocab.json").read_text()
     classifier_state = load_checkpoint(ft_dir / BEST)["model"]
     assert not any(k.startswith("heads.") for k in classifier_state)
+    import json
+
+    assert json.loads((ft_dir / "results.json").read_text())["init_from"] == str(lm_dir)
     # another validation carve puts pretraining texts into validation: refused, in one line
     done = runner.invoke(app, ["train", "--run-dir", str(tmp_path / "leak"), *set_args(fine + ["data.split_seed=7"])])
     one_line_error(done.exit_code, done.output, "were pretraining text")
@@ -297,3 +300,19 @@ def test_two_gloo_processes_pretrain_as_one_process_over_both_ranks_windows(lm_d
     assert trained.keys() == model.state_dict().keys()
     for name, value in model.state_dict().items():
         assert torch.allclose(trained[name], value, atol=1e-5), name
+
+
+def test_concat_pooling_is_the_last_states_then_max_then_mean():
+    from sentiment.model import SentimentRNN
+
+    torch.manual_seed(0)
+    model = SentimentRNN(20, 8, 6, 1, "gru", pooling="last+max+mean", pack="never").eval()
+    ids, lengths = torch.randint(2, 20, (3, 7)), torch.tensor([7, 4, 1])
+    assert model.output_features == 36 and model.fc.in_features == 36
+    with torch.no_grad():
+        got = model.features(ids, lengths)
+        expected = []
+        for pooling in ("last", "max+mean"):
+            model.pooling = pooling
+            expected.append(model.features(ids, lengths))
+    assert torch.equal(got, torch.cat(expected, dim=1))

@@ -269,7 +269,9 @@ def finish(cfg: Config, run_dir: Path, data: PreparedData, device: torch.device,
                                "valid_split": data.stats.get("valid_split", cfg.data.valid_split),
                                "selected_on": "valid", "labels": list(data.label_space.names),
                                "objectives": ["supervised"] + [n for n in COLUMNS if getattr(cfg.train, n) is not None],
-                               "unlabeled_texts": len(data.unlabeled) if data.unlabeled is not None else 0}
+                               "unlabeled_texts": len(data.unlabeled) if data.unlabeled is not None else 0,
+                               # few-label runs say how many labels they trained on (validation's: valid.n)
+                               "train_rows": len(data.train), "init_from": cfg.model.init_from}
     # the test split is read once, here, for the checkpoint validation chose (files may have no test split)
     splits = {"valid": data.valid} | ({"test": data.test} if cfg.run.eval_test and len(data.test) else {})
     for name, split in splits.items():
