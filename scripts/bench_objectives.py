@@ -105,7 +105,7 @@ def main() -> None:
         started = time.perf_counter()
         optimizer.zero_grad(set_to_none=True)
         if extras is None:
-            loss, _ = plain(model, ids, lengths, labels)
+            loss, _ = plain(model, Batch(ids, lengths, labels))
             loss.backward()
         else:
             u_ids, u_lengths = unlabeled_batches[i]

@@ -3,6 +3,10 @@
 A run directory holds everything needed to evaluate, resume or serve a model without the config file
 it came from: config.yaml (resolved), vocab.json, labels.json (class names), splits.npz (which source rows
 went to train, valid and test), metrics.jsonl, best.pt, last.pt, curves.png and results.json. Checkpoints are written atomically and loaded with weights_only=True (no pickle code).
+
+Run directories have a format version (RUN_FORMAT_VERSION), in run.json beside the run files and in every
+checkpoint ("run_format_version"). A run directory without run.json was written before versions existed: version
+0, read as it is (tests/test_compat.py keeps such a run evaluating, predicting and resuming).
 """
 
 from __future__ import annotations
@@ -30,11 +34,13 @@ CHECKPOINT_FORMAT = 1
 CONFIG_FILE, VOCAB_FILE, METRICS_FILE = "config.yaml", "vocab.json", "metrics.jsonl"
 LABELS_FILE, SPLITS_FILE = "labels.json", "splits.npz"
 BEST, LAST, RESULTS, CURVES = "best.pt", "last.pt", "results.json", "curves.png"
+# 1: run.json (this version) written with the run files; 0: run directories written before it
+RUN_FORMAT_VERSION, RUN_FILE = 1, "run.json"
 
 
 def save_checkpoint(path: Path, state: dict[str, Any]) -> None:
     buf = io.BytesIO()
-    torch.save({"format": CHECKPOINT_FORMAT, **state}, buf)
+    torch.save({"format": CHECKPOINT_FORMAT, "run_format_version": RUN_FORMAT_VERSION, **state}, buf)
     atomic_write(Path(path), lambda f: f.write(buf.getbuffer()))
 
 
@@ -96,6 +102,7 @@ def write_run_files(run_dir: Path, cfg: Config, vocab: Vocab, label_space: Label
                     membership: dict[str, np.ndarray] | None = None) -> None:
     """What inference needs besides a checkpoint (config, vocab, label names), and which source rows went
     to train, valid and test (for audits and for baselines that must use the same split)."""
+    atomic_write_text(run_dir / RUN_FILE, json.dumps({"format_version": RUN_FORMAT_VERSION}) + "\n")
     atomic_write_text(run_dir / CONFIG_FILE, dump_config(cfg))
     vocab.save(run_dir / VOCAB_FILE)
     (label_space or LabelSpace(IMDB_LABELS)).save(run_dir / LABELS_FILE)
@@ -103,6 +110,22 @@ def write_run_files(run_dir: Path, cfg: Config, vocab: Vocab, label_space: Label
         buf = io.BytesIO()
         np.savez_compressed(buf, **{name: np.asarray(rows, dtype=np.int64) for name, rows in membership.items()})
         atomic_write_bytes(run_dir / SPLITS_FILE, buf.getvalue())
+
+
+def run_format_version(run_dir: Path) -> int:
+    """The format version of a run directory: run.json's, or 0 for runs written before it existed. A version newer
+    than this code reads is refused."""
+    path = Path(run_dir) / RUN_FILE
+    if not path.is_file():
+        return 0
+    try:
+        version = json.loads(path.read_text(encoding="utf-8"))["format_version"]
+    except (ValueError, KeyError, TypeError, OSError):
+        raise SentimentError(f"{path} is not a run file of sentiment (expected {{\"format_version\": N}})") from None
+    if not isinstance(version, int) or not 0 <= version <= RUN_FORMAT_VERSION:
+        raise SentimentError(f"{run_dir} has run format version {version}; this sentiment reads versions up to "
+                             f"{RUN_FORMAT_VERSION}: upgrade sentiment to use it")
+    return version
 
 
 def load_labels(run_dir: Path) -> LabelSpace:
@@ -136,6 +159,7 @@ def load_run(run_dir: Path) -> tuple[Config, Vocab]:
         raise SentimentError(f"run directory {run_dir} not found")
     if not (run_dir / CONFIG_FILE).is_file() or not (run_dir / VOCAB_FILE).is_file():
         raise SentimentError(f"{run_dir} is not a run directory (no {CONFIG_FILE} and {VOCAB_FILE})")
+    run_format_version(run_dir)  # a run from a newer sentiment: refused, not misread
     raw = read_yaml(run_dir / CONFIG_FILE)  # one-line errors, safe_load: no Python tags
     if isinstance(raw.get("data"), dict):
         raw["data"].setdefault("valid_split", "random")  # runs written before the movie split carved at random

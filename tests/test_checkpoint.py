@@ -38,16 +38,34 @@ def test_results_record_commit_seeds_and_split_method(tiny_data, tmp_path):
         assert results["device"] == f"cpu ({torch.get_num_threads()} thread{'s' if torch.get_num_threads() > 1 else ''})"
 
 
-def test_the_commit_is_read_once_so_a_commit_made_while_training_is_not_recorded(monkeypatch):
-    code_version.cache_clear()
-    first = code_version()
+def test_the_commit_is_read_once_so_a_commit_made_while_training_is_not_recorded(tiny_data, tmp_path, monkeypatch):
+    """train() reads the commit as it starts: a commit made while it trains (git answers another HEAD from the
+    first epoch's validation on) is not the one results.json records."""
+    from sentiment.training import train as train_mod
 
-    def moved_on(*args, **kwargs):  # what git would answer after another commit
-        status = "status" in args[0]  # a clean tree: nothing to report
-        return subprocess.CompletedProcess(args[0], 0, stdout="" if status else "0" * 40 + "\n", stderr="")
+    real_run = subprocess.run
+    head = {"commit": "a" * 40}
 
-    monkeypatch.setattr(subprocess, "run", moved_on)
-    assert code_version() == first
-    code_version.cache_clear()  # a new process reads git again
-    assert code_version() == "0" * 40
-    code_version.cache_clear()
+    def git(*args, **kwargs):  # git answers what `head` says; every other command runs
+        if args and list(args[0][:1]) == ["git"]:
+            out = "" if "status" in args[0] else head["commit"] + "\n"  # a clean tree
+            return subprocess.CompletedProcess(args[0], 0, stdout=out, stderr="")
+        return real_run(*args, **kwargs)
+
+    real_evaluate = train_mod.evaluate
+
+    def evaluate_after_a_commit(*args, **kwargs):
+        head["commit"] = "b" * 40
+        return real_evaluate(*args, **kwargs)
+
+    monkeypatch.setattr(subprocess, "run", git)
+    monkeypatch.setattr(train_mod, "evaluate", evaluate_after_a_commit)
+    code_version.cache_clear()  # a new process: nothing read yet
+    try:
+        cfg = load_config(None, [f"data.data_dir={tiny_data}", *TINY_TRAINING, "train.epochs=1", "run.eval_test=false"])
+        results = train(cfg, tmp_path)
+        assert head["commit"] == "b" * 40  # git moved on while the run trained
+        assert results["commit"] == "a" * 40
+        assert json.loads((tmp_path / "results.json").read_text())["commit"] == "a" * 40
+    finally:
+        code_version.cache_clear()

@@ -375,3 +375,24 @@ def test_training_reads_max_len_and_evaluation_eval_max_len_head_plus_tail(tmp_p
     assert max(map(len, trained_rows)) == 8 and max(map(len, scored_rows)) == 20
     long_review = next(r for r in reviews(test) if len(r) > 20)
     assert tuple(long_review[:5].tolist()) + tuple(long_review[-15:].tolist()) in scored_rows
+
+
+def test_results_json_writes_a_confusion_matrix_one_row_per_line(trained):
+    import re
+
+    run_dir, results, _ = trained
+    text = (run_dir / RESULTS).read_text()
+    assert json.loads(text) == json.loads(json.dumps(results))
+    assert not [line for line in text.splitlines() if re.fullmatch(r"\s*-?[\d.eE+-]+,?", line)]  # no lone numbers
+    k = len(results["test"]["confusion"])
+    rows = [line for line in text.splitlines() if re.fullmatch(r"\s*\[[\d, ]+\],?", line)]
+    assert len(rows) >= 2 * k  # valid's and test's matrices, a row a line
+
+
+def test_a_500_class_confusion_matrix_is_compact():
+    rng = np.random.default_rng(0)
+    results = {"test": {"confusion": rng.integers(0, 50, (500, 500)).tolist(), "loss": 0.5, "labels": ["a", "b"]}}
+    text = train_mod.compact_json(results)
+    assert json.loads(text) == results
+    assert len(text) < 1.5e6  # one number per line: 5.7 MB
+    assert len(text.splitlines()) < 520

@@ -7,7 +7,7 @@ place), signals (StopFlag from `graceful_stop`: save and raise TrainingInterrupt
 wall-clock budget, metrics.jsonl rows and progress reporting. A task (the classifier in train.py; the
 language-model pretraining later) supplies the parts that differ:
 
-    engine = Engine(model, stream, objective, validate, settings, run_dir, rank=rank, device=device,
+    engine = Engine(model, stream, objective, validate, settings, run_dir, rank=rank, device=device, seed=seed,
                     reporter=reporter, stop=stop, checkpoint=last_pt_or_None, extra_state=lambda: {...},
                     before_epoch=None)
     engine.run()                    # trains to settings.epochs (or the budget, early stopping, a stop request)
@@ -23,10 +23,17 @@ language-model pretraining later) supplies the parts that differ:
   name -> the metrics.jsonl column of its mean per step). A plain function is an objective. One that needs
   gradients of its own (AT, VAT) sets `backward_inside = True`: it gets `backward=` (scaled for accumulation and
   fp16) and back-propagates itself; the engine then averages gradients across ranks itself, not through DDP.
-- `validate(model) -> (metrics, score)`: after each epoch; metrics are the row's validation columns (keys ending
-  in "seconds" go after the timing columns), the best checkpoint is the one with the highest score.
+- `validate(model) -> (metrics, score)`: after each epoch, on every rank (a collective evaluation may share the
+  work); metrics are the row's validation columns (keys ending in "seconds" go after the timing columns), and
+  best.pt is the epoch with the highest score (an LM: minus the held-out loss). Rows also get epoch, step,
+  train_loss, train_accuracy, lr, seconds, tokens_per_s, processes, device, global_batch_size and best.
+- `rank` (distributed.Rank) and `seed`: under torchrun each rank reseeds from (seed, rank, step) for its own
+  dropout; the main rank alone writes. `reporter` (`Reporter`, main rank only): epoch_start/step/epoch_end/note.
+- `stop`: a StopFlag (`with graceful_stop() as stop:`): checked after each optimizer step (under DDP every
+  Ranks.AGREE_EVERY steps, agreed), then last.pt is saved and TrainingInterrupted raised (exit code 130).
 - `settings` (`EngineSettings`): epochs, optimizer, schedule, accumulation, clipping, AMP, host syncs,
-  early-stopping patience, checkpoint_minutes, batch_size (for the row's global batch) and max_minutes.
+  early-stopping patience, checkpoint_minutes, batch_size (for the row's global batch) and max_minutes (a
+  budget per start: the epoch in progress ends at the budget, is validated and saved as a finished epoch).
 - `extra_state()`: what the task adds to every checkpoint (the classifier: vocab and config).
 - `param_groups`: the optimizer's parameter groups, each with its own "lr" (discriminative rates); default one.
 - `before_epoch(epoch)`: a hook before each epoch (the classifier unfreezes embeddings there; the engine
@@ -155,7 +162,8 @@ class LoopState:
     epoch: int = 0  # epochs completed
     step_in_epoch: int = 0  # batches completed in the current epoch
     global_step: int = 0
-    best_valid_accuracy: float = -1.0  # the best validation score so far (the classifier's: accuracy)
+    best_valid_accuracy: float = -1.0  # the best validation score so far (the classifier's: accuracy); any value
+    # while best_epoch is 0 (no epoch scored yet)
     best_epoch: int = 0
     epochs_without_gain: int = 0
     # running sums of the current epoch, so a mid-epoch resume reports the same epoch metrics
@@ -621,11 +629,11 @@ class Engine:
                "global_batch_size": self.s.batch_size * self.ranks.rank.world_size * self.s.grad_accum}
         for name, value in zip(names, part_sums):  # each part's mean per step, before its weight
             row[self.columns[name]] = value / max(steps, 1)
-        improved = score > state.best_valid_accuracy
+        improved = state.best_epoch == 0 or score > state.best_valid_accuracy  # the first scored epoch is the best
         self.state = LoopState(epoch=epoch + 1, global_step=state.global_step, schedule_steps=state.schedule_steps,
                                world_size=self.ranks.rank.world_size, unlabeled_epoch=state.unlabeled_epoch,
                                unlabeled_step=state.unlabeled_step,
-                               best_valid_accuracy=max(score, state.best_valid_accuracy),
+                               best_valid_accuracy=score if improved else state.best_valid_accuracy,
                                best_epoch=epoch + 1 if improved else state.best_epoch,
                                epochs_without_gain=0 if improved else state.epochs_without_gain + 1)
         row["best"] = improved

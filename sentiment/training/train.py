@@ -11,7 +11,6 @@ interrupted-and-resumed run ends bitwise identical to an uninterrupted one.
 from __future__ import annotations
 
 import json
-import math
 import re
 from pathlib import Path
 from typing import Any
