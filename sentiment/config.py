@@ -74,6 +74,9 @@ class DataConfig:
     # data.text_column) for files; a split name (e.g. `unsupervised`) for hf. The vocabulary counts them too;
     # a text equal to a validation or test text is left out.
     unlabeled: Optional[str] = None
+    # Keep this many labeled training rows, stratified by class and drawn with split_seed (runs with other seeds
+    # share the draw); validation and test are untouched. null: all. For learning from few labels.
+    train_limit: Optional[int] = None
 
     def resolved_workers(self) -> int:
         import os
@@ -111,7 +114,7 @@ class ModelConfig:
     dropout: float = 0.5  # between recurrent layers
     embed_dropout: float = 0.5
     output_dropout: float = 0.5  # on the pooled features before the final Linear
-    pooling: Literal["last", "max", "mean", "max+mean"] = "max+mean"
+    pooling: Literal["last", "max", "mean", "max+mean", "last+max+mean"] = "max+mean"  # last+max+mean: ULMFiT's
     freeze_embeddings: bool = False
     unfreeze_after: Optional[int] = None  # epochs after which frozen embeddings start training
     pack: Literal["auto", "always", "never"] = "auto"  # pack_padded_sequence only where fast (cuDNN)
@@ -120,6 +123,35 @@ class ModelConfig:
     normalize_embeddings: bool = False
     # null: off (the default, and the classic recipe); e.g. `ngrams: {n: 2, weighting: tfidf}` adds the branch
     ngrams: Optional[NgramConfig] = None
+    # A run directory (of `sentiment pretrain`, or a finished classifier run) whose vocabulary, embedding and
+    # recurrent weights this model starts from, with a new head. data.vocab_* and data.glove_* are then not used.
+    init_from: Optional[str] = None
+    # Gradual unfreezing (ULMFiT): the recurrent layers and the embedding start frozen and are unfrozen one group
+    # at a time from the top, every `unfreeze_after` epochs (1 when null); the head always trains.
+    gradual_unfreeze: bool = False
+
+
+@dataclass
+class PretrainConfig:
+    """`sentiment pretrain`: the encoder as two one-direction language models (next token, previous token)."""
+
+    bptt: int = 70  # tokens per window: random windows over the concatenated texts
+    output: Literal["adaptive", "sampled", "full"] = "adaptive"  # full: a benchmark baseline, refused on CPU
+    cutoffs: list[int] = field(default_factory=lambda: [2000, 10000])  # adaptive softmax's clusters (by frequency)
+    div_value: float = 4.0  # adaptive softmax: each tail cluster's width shrinks by this factor
+    samples: int = 1024  # sampled softmax: negatives per batch, log-uniform over frequency ranks
+    tie_weights: bool = True  # sampled and full: the output rows are the embedding (a projection if sizes differ)
+    batch_size: int = 64  # windows per batch and process
+    epochs: int = 1
+    epoch_tokens: Optional[int] = None  # tokens per epoch (validation and best.pt each epoch); null: one pass
+    lr: float = 3e-3
+    weight_decay: float = 0.0
+    grad_clip: Optional[float] = 0.5
+    lr_schedule: Literal["constant", "cosine", "linear"] = "linear"  # linear + warmup_steps: slanted triangular
+    warmup_steps: int = 200
+    max_minutes: Optional[float] = None  # wall-clock budget of one start (resume continues); null: none
+    held_out_fraction: float = 0.01  # of the pretraining texts, for held-out perplexity (never valid/test)
+    held_out_windows: int = 256  # windows of held-out text scored after each epoch
 
 
 @dataclass
@@ -175,6 +207,9 @@ class TrainConfig:
     entropy_minimization: Optional[EntropyMinimizationConfig] = None
     unlabeled_batch_size: int = 64
     unlabeled_max_len: Optional[int] = None  # tokens of an unlabeled text read (head+tail); null: data.max_len
+    # Discriminative learning rates (ULMFiT): the head trains at lr, the top recurrent layer at lr / decay, the one
+    # below at lr / decay^2, ..., the embedding last (ULMFiT: 2.6). null: one rate.
+    layer_lr_decay: Optional[float] = None
 
     def uses_unlabeled(self) -> bool:
         return self.virtual_adversarial is not None or self.entropy_minimization is not None
@@ -203,6 +238,7 @@ class Config:
     model: ModelConfig = field(default_factory=ModelConfig)
     train: TrainConfig = field(default_factory=TrainConfig)
     run: RunConfig = field(default_factory=RunConfig)
+    pretrain: PretrainConfig = field(default_factory=PretrainConfig)
 
     def to_dict(self) -> dict[str, Any]:
         return dataclasses.asdict(self)
@@ -352,6 +388,7 @@ def validate(cfg: Config) -> None:
          "must be unsup (IMDB's train/unsup reviews) when data.dataset is imdb"),
         *_objective_checks(cfg),
         *_ngram_checks(cfg),
+        *_pretrain_checks(cfg),
         ("run.threads", cfg.run.threads is None or cfg.run.threads >= 1, "must be >= 1 or null"),
         ("run.checkpoint_minutes", cfg.run.checkpoint_minutes >= 0, "must be >= 0"),
         ("run.device", cfg.run.device in ("auto", "cpu", "mps") or cfg.run.device.startswith("cuda"),
@@ -395,6 +432,27 @@ def _ngram_checks(cfg: Config) -> list[tuple[str, bool, str]]:
                    ("model.ngrams.lr", g.lr is None or g.lr > 0, "must be > 0 or null"),
                    ("model.ngrams.weight_decay", g.weight_decay >= 0, "must be >= 0")]
     return checks
+def _pretrain_checks(cfg: Config) -> list[tuple[str, bool, str]]:
+    p = cfg.pretrain
+    return [
+        ("data.train_limit", cfg.data.train_limit is None or cfg.data.train_limit >= 2, "must be >= 2 or null"),
+        ("train.layer_lr_decay", cfg.train.layer_lr_decay is None or cfg.train.layer_lr_decay > 0, "must be > 0 or null"),
+        ("pretrain.bptt", p.bptt >= 2, "must be >= 2"),
+        ("pretrain.cutoffs", all(a < b for a, b in zip(p.cutoffs, p.cutoffs[1:])) and all(c > 0 for c in p.cutoffs),
+         "must be increasing and > 0"),
+        ("pretrain.div_value", p.div_value >= 1, "must be >= 1"),
+        ("pretrain.samples", p.samples >= 1, "must be >= 1"),
+        ("pretrain.batch_size", p.batch_size >= 1, "must be >= 1"),
+        ("pretrain.epochs", p.epochs >= 1, "must be >= 1"),
+        ("pretrain.epoch_tokens", p.epoch_tokens is None or p.epoch_tokens >= 1, "must be >= 1 or null"),
+        ("pretrain.lr", p.lr > 0, "must be > 0"),
+        ("pretrain.weight_decay", p.weight_decay >= 0, "must be >= 0"),
+        ("pretrain.grad_clip", p.grad_clip is None or p.grad_clip > 0, "must be > 0 or null"),
+        ("pretrain.warmup_steps", p.warmup_steps >= 0, "must be >= 0"),
+        ("pretrain.max_minutes", p.max_minutes is None or p.max_minutes > 0, "must be > 0 or null"),
+        ("pretrain.held_out_fraction", 0 < p.held_out_fraction < 1, "must be in (0, 1)"),
+        ("pretrain.held_out_windows", p.held_out_windows >= 1, "must be >= 1"),
+    ]
 
 
 def eval_key(cfg: Config, key: str) -> Any:

@@ -33,7 +33,7 @@ if TYPE_CHECKING:
     from sentiment.config import Config
 
 RNN_TYPES = {"lstm": nn.LSTM, "gru": nn.GRU, "rnn": nn.RNN}
-POOLINGS = ("last", "max", "mean", "max+mean")
+POOLINGS = ("last", "max", "mean", "max+mean", "last+max+mean")  # the last: ULMFiT's concat pooling
 PACK_MODES = ("auto", "always", "never")
 # torch.export (sentiment export --format torch) is tracing: value-dependent checks are skipped (torch < 2.5: never)
 _is_exporting = getattr(torch.compiler, "is_exporting", lambda: False)
@@ -120,7 +120,7 @@ class SentimentRNN(nn.Module):
     def output_features(self) -> int:
         """Width of the pooled feature vector, i.e. the input size of the final Linear."""
         width = self.hidden_size * (2 if self.bidirectional else 1)
-        return 2 * width if self.pooling == "max+mean" else width
+        return width * {"max+mean": 2, "last+max+mean": 3}.get(self.pooling, 1)
 
     @property
     def has_rnn(self) -> bool:
@@ -248,10 +248,10 @@ class SentimentRNN(nn.Module):
         # features come out in the order cat-then-pool would give. Positions >= length hold garbage (never
         # path) or zeros (packed path): masked_fill hides them and blocks their gradient.
         pad = (positions[None, :] >= lengths[:, None]).unsqueeze(-1)
-        pooled = []
-        if self.pooling in ("max", "max+mean"):
+        pooled = [last] if self.pooling == "last+max+mean" else []
+        if self.pooling in ("max", "max+mean", "last+max+mean"):
             pooled += [o.masked_fill(pad, float("-inf")).amax(dim=1) for o in outs]
-        if self.pooling in ("mean", "max+mean"):
+        if self.pooling in ("mean", "max+mean", "last+max+mean"):
             # in float32: a half-precision length (or sum) of a long review rounds (bf16 holds integers exactly
             # only up to 256, fp16 up to 2048)
             pooled += [(o.masked_fill(pad, 0.0).sum(dim=1, dtype=torch.float32) / lengths[:, None]).to(o.dtype)

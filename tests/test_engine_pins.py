@@ -13,6 +13,7 @@ import sys
 from pathlib import Path
 
 import pytest
+import numpy as np
 import torch
 
 from frozen import train_81a9968 as frozen
@@ -98,7 +99,13 @@ def assert_same_run(expected: Path, got: Path) -> None:
     for split in ("valid", "test"):
         if split in a:
             a[split].pop("seconds", None), b[split].pop("seconds", None)
+    # keys results.json gained since the frozen loop (fine-tuning's provenance) must not change the others
+    assert b.pop("init_from", None) is None and b.pop("train_rows", len_train(got)) == len_train(got)
     assert a == b
+
+
+def len_train(run_dir: Path) -> int:
+    return int(len(np.load(run_dir / "splits.npz")["train"]))
 
 
 def fresh(tmp_path: Path, name: str) -> Path:

@@ -119,7 +119,7 @@ def test_packed_and_padded_paths_give_the_same_outputs_and_gradients(rnn, poolin
                                    msg=lambda m, name=name: f"{name}: {m}")
 
 
-@pytest.mark.parametrize("pooling", ["last", "max", "mean", "max+mean"])
+@pytest.mark.parametrize("pooling", ["last", "max", "mean", "max+mean", "last+max+mean"])
 def test_tokens_at_padded_positions_change_nothing(pooling):
     model = make_model(rnn="lstm", pooling=pooling, pack="never")
     ids, lengths = make_batch()

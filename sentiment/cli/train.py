@@ -106,7 +106,7 @@ def train(
     from sentiment.config import dump_config, load_config, own_data_config
     from sentiment.cli.data import _print_prepare_stats
     from sentiment import distributed
-    from sentiment.data.prepare import prepare_data
+    from sentiment.training.transfer import prepare_training_data
     from sentiment.floats import flush_denormals
     from sentiment.device import resolve_device
     from sentiment.training.train import graceful_stop
@@ -142,8 +142,7 @@ def train(
                 # directory is created, or an --overwrite'n one deleted
                 distributed.together(rank, lambda: _claim_run_dir(target, overwrite, check_only=True),
                                      only=rank.is_main, what="checking the run directory")
-                data = distributed.once_per_machine(rank, lambda: prepare_data(
-                    cfg.data, embedding_seed=cfg.run.seed, token_hashes=cfg.model.ngrams is not None))
+                data = distributed.once_per_machine(rank, lambda: prepare_training_data(cfg))
                 chosen = _choose_lengths(cfg, data, set_) if own is not None and config is None else ""
                 if rank.is_main:
                     _print_prepare_stats(data.stats)

@@ -50,6 +50,23 @@ def gather_docs(ids: np.ndarray, offsets: np.ndarray, docs: np.ndarray) -> tuple
 
 
 
+
+def stratified_limit(labels: np.ndarray, limit: int, seed: int) -> np.ndarray:
+    """Positions of `limit` rows (in their original order) keeping each class's share: quotas by largest remainder,
+    each class's rows drawn with `seed` (data.split_seed). All rows when there are no more than `limit`."""
+    labels = np.asarray(labels)
+    if limit >= len(labels):
+        return np.arange(len(labels))
+    classes, counts = np.unique(labels, return_counts=True)
+    exact = counts * limit / len(labels)
+    quota = np.floor(exact).astype(np.int64)
+    for k in np.argsort(-(exact - quota), kind="stable")[: limit - int(quota.sum())]:
+        quota[k] += 1
+    rng = np.random.default_rng([seed, 1000])
+    chosen = [rng.choice(np.flatnonzero(labels == c), size=q, replace=False) for c, q in zip(classes, quota)]
+    return np.sort(np.concatenate(chosen))
+
+
 def prepare_data(cfg: DataConfig, vocab: Vocab | None = None, *, with_embeddings: bool = True,
                  embedding_seed: int = 0, indices: dict[str, np.ndarray] | None = None,
                  label_space: LabelSpace | None = None, with_unlabeled: bool = True,
@@ -65,6 +82,11 @@ def prepare_data(cfg: DataConfig, vocab: Vocab | None = None, *, with_embeddings
     data_dir = Path(cfg.data_dir)
     source = load_source(cfg, label_space, with_unlabeled=with_unlabeled)
     idx = source.splits if indices is None else indices
+    membership = source.membership if indices is None else dict(indices)
+    if cfg.train_limit is not None:
+        keep = stratified_limit(source.labels[idx["train"]], cfg.train_limit, cfg.split_seed)
+        idx = {**idx, "train": idx["train"][keep]}
+        membership = {**membership, "train": np.asarray(membership["train"])[keep]}
     if len(idx["train"]) == 0:
         raise SentimentError("the training split is empty: check data.valid_fraction and the data directory")
     if len(idx["valid"]) == 0:  # else every epoch scores 0% on nothing and the first one is kept as the best
@@ -139,7 +161,6 @@ def prepare_data(cfg: DataConfig, vocab: Vocab | None = None, *, with_embeddings
                      glove_skipped_lines=glove.skipped_lines)
     stats["prepare_seconds"] = time.perf_counter() - t0
     extra = {name: split for name, split in splits.items() if name not in ("train", "valid", "test")}
-    membership = source.membership if indices is None else dict(indices)
     return PreparedData(vocab, splits["train"], splits["valid"], splits["test"], embeddings, stats, extra, space,
                         membership, unlabeled, fingerprints)
 

@@ -393,7 +393,8 @@ class Engine:
         self.params = list(model.parameters())
         self._setup_precision()
         # param_groups: the optimizer's groups, each with its own "lr" (discriminative rates); default: one, at lr
-        self.optimizer = torch.optim.Adam(param_groups or self.params, lr=settings.lr, weight_decay=settings.weight_decay,
+        self.optimizer = torch.optim.Adam(param_groups or self.params, lr=settings.lr,
+                                          weight_decay=settings.weight_decay,
                                           **({"fused": True} if self.sync.lazy else {}))
         n_batches = stream.set_epoch(0)
         if n_batches == 0:

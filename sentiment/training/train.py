@@ -30,7 +30,8 @@ from sentiment.errors import SentimentError
 from sentiment.floats import flush_denormals
 from sentiment.inference.evaluate import Metrics, evaluate
 from sentiment.model import build_model
-from sentiment.ngrams import init_statistics, ngram_inputs, parameter_groups
+from sentiment.ngrams import init_statistics, ngram_inputs
+from sentiment.ngrams import parameter_groups as ngram_groups
 from sentiment.data.labels import LabelSpace
 from sentiment.runs import (BEST, LAST, RESULTS, check_membership, code_version, load_checkpoint, load_labels,
                             read_metrics, write_run_files)
@@ -40,6 +41,8 @@ from sentiment.training.engine import (Engine, EngineSettings, LoopState, Report
                                        seed_everything, set_rng_state)
 from sentiment.training.objectives import COLUMNS, Batch, ExtraObjectives, Supervised
 from sentiment.training.resume import check_resume_config
+from sentiment.training.transfer import (apply_gradual_unfreeze, ignored_keys_note, load_encoder, parameter_groups,
+                                         prepare_training_data)
 
 
 def lr_factor(cfg: Config, total_steps: int):
@@ -164,7 +167,7 @@ def _data_and_checkpoint(cfg: Config, run_dir: Path, data: PreparedData | None, 
     """A new run: its data, and the run files written. A resumed one: the run's own vocab and labels, its last.pt,
     and data whose splits are the ones it was trained on."""
     if not resume:
-        data = data or prepare_data(cfg.data, embedding_seed=cfg.run.seed, token_hashes=cfg.model.ngrams is not None)
+        data = data or prepare_training_data(cfg)
         if rank.is_main:
             write_run_files(run_dir, cfg, data.vocab, data.label_space, data.membership)
             write_data_fingerprints(run_dir, data.fingerprints)
@@ -181,6 +184,19 @@ def _data_and_checkpoint(cfg: Config, run_dir: Path, data: PreparedData | None, 
     check_data_fingerprints(run_dir, data.fingerprints)  # the file named, before the rows are compared
     check_membership(run_dir, data.membership)
     return data, checkpoint
+
+
+def optimizer_groups(model: nn.Module, cfg: Config) -> list[dict[str, Any]]:
+    """The optimizer's parameter groups: the n-gram branch, if any, in a group of its own (model.ngrams.lr and
+    weight_decay); the rest at train.lr, or with train.layer_lr_decay at discriminative rates per layer."""
+    groups = ngram_groups(model, cfg)
+    if not cfg.train.layer_lr_decay:
+        return groups
+    branch = [g for g in groups if "weight_decay" in g]
+    in_branch = {id(p) for g in branch for p in g["params"]}
+    layered = [{**g, "params": [p for p in g["params"] if id(p) not in in_branch]}
+               for g in parameter_groups(model, cfg.train.lr, cfg.train.layer_lr_decay)]
+    return [g for g in layered if g["params"]] + branch
 
 
 def _model(cfg: Config, data: PreparedData, device: torch.device, fresh: bool) -> nn.Module:
@@ -211,6 +227,11 @@ def train(cfg: Config, run_dir: Path, *, data: PreparedData | None = None, resum
     seed_everything(cfg.run.seed)
     data, checkpoint = _data_and_checkpoint(cfg, run_dir, data, resume, rank)
     model = _model(cfg, data, device, fresh=checkpoint is None)
+    if checkpoint is None and cfg.model.init_from:  # the encoder from a pretrained run, a new head
+        load_encoder(model, Path(cfg.model.init_from), data.vocab)
+        note = ignored_keys_note(cfg)
+        if note and reporter and rank.is_main:
+            reporter.note(note)
     weights = class_weights(cfg, data, device)
     objective, reads_unlabeled = _objective(cfg, data, rank, reporter, weights)
     stream = LabeledStream(cfg, data, rank, device, reads_unlabeled, model)
@@ -227,6 +248,8 @@ def train(cfg: Config, run_dir: Path, *, data: PreparedData | None = None, resum
                 "valid_seconds": valid.seconds}, valid.accuracy
 
     def unfreeze(epoch: int) -> None:
+        if cfg.model.gradual_unfreeze:
+            return apply_gradual_unfreeze(model, epoch, cfg.model.unfreeze_after, cfg.model.freeze_embeddings)
         trainable = _embeddings_trainable(cfg, epoch)
         if model.has_rnn and trainable != model.embedding_trainable:
             model.set_embedding_trainable(trainable)
@@ -234,7 +257,7 @@ def train(cfg: Config, run_dir: Path, *, data: PreparedData | None = None, resum
     engine = Engine(model, stream, objective, validate, engine_settings(cfg), run_dir, rank=rank, device=device,
                     seed=cfg.run.seed, reporter=reporter, stop=stop, checkpoint=checkpoint, before_epoch=unfreeze,
                     extra_state=lambda: {"vocab": data.vocab.itos, "config": cfg.to_dict()},
-                    param_groups=parameter_groups(model, cfg))
+                    param_groups=optimizer_groups(model, cfg))
     engine.run()
     return finish(cfg, run_dir, data, device, rank)
 
@@ -271,7 +294,9 @@ def finish(cfg: Config, run_dir: Path, data: PreparedData, device: torch.device,
                                "valid_split": data.stats.get("valid_split", cfg.data.valid_split),
                                "selected_on": "valid", "labels": list(data.label_space.names),
                                "objectives": ["supervised"] + [n for n in COLUMNS if getattr(cfg.train, n) is not None],
-                               "unlabeled_texts": len(data.unlabeled) if data.unlabeled is not None else 0}
+                               "unlabeled_texts": len(data.unlabeled) if data.unlabeled is not None else 0,
+                               # few-label runs say how many labels they trained on (validation's: valid.n)
+                               "train_rows": len(data.train), "init_from": cfg.model.init_from}
     # the test split is read once, here, for the checkpoint validation chose (files may have no test split)
     splits = {"valid": data.valid} | ({"test": data.test} if cfg.run.eval_test and len(data.test) else {})
     for name, split in splits.items():
