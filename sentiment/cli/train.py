@@ -205,10 +205,11 @@ def _claim_run_dir(path: Path, overwrite: bool, check_only: bool = False) -> Non
 
 
 def _resume_config(run_dir: Path, config: Path | None, overrides: list[str]):
-    from sentiment.runs import LAST, load_run
+    from sentiment.runs import LAST, load_labels, load_run
     from sentiment.config import config_from_dict, load_config
 
     saved, _ = load_run(run_dir)
+    load_labels(run_dir)  # a run that lost its class names cannot continue
     if not (run_dir / LAST).exists():
         raise SentimentError(f"{run_dir} has no last.pt to resume from (it never finished a step)")
     if config is not None:
