@@ -466,3 +466,33 @@ def test_an_imdb_run_from_before_labels_json_still_predicts(world, tmp_path):
     code, text = run("predict", "--run", run_dir, "--json", "great wonderful film")
     assert code == 0, text
     assert json.loads(text.strip().splitlines()[-1])["label"] in ("negative", "positive")
+
+
+# ---------------------------------------------------------------- one writer per run directory
+@pytest.mark.parametrize("how", ["new", "overwrite", "resume"])
+def test_a_second_training_into_a_run_directory_is_refused(world, tmp_path, how):
+    from test_runlock import hold
+
+    run_dir = copy_run(world, tmp_path) if how != "new" else tmp_path / "run"
+    holder = hold(run_dir)
+    try:
+        before = snapshot(tmp_path)
+        args = (["--resume", run_dir] if how == "resume" else
+                ["--set", f"{D}={world.data}", *FAST, "--run-dir", run_dir, *(["--overwrite"] if how == "overwrite" else [])])
+        one_line_error(*run("train", *args), "being written by another training", f"pid {holder.pid}")
+        assert snapshot(tmp_path) == before
+    finally:
+        holder.stdin.close()
+        holder.wait(10)
+
+
+def test_a_start_that_fails_before_its_first_checkpoint_leaves_nothing(world, tmp_path, monkeypatch):
+    """config, vocab, labels and splits are written before training: a rerun must not find them ("already
+    exists"), nor must --resume ("no last.pt")."""
+    run_dir = tmp_path / "nan"
+    with monkeypatch.context() as m:
+        poison_loss(m, 1)  # epoch 1, step 2: before any last.pt
+        one_line_error(*run("train", "--set", f"{D}={world.data}", *TINY, "--run-dir", run_dir), "no checkpoint")
+    assert not run_dir.exists() and list(tmp_path.iterdir()) == []
+    code, text = run("train", "--set", f"{D}={world.data}", *TINY, "--run-dir", run_dir)
+    assert code == 0, text
