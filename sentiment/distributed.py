@@ -207,6 +207,13 @@ def once_per_machine(rank: Rank, step: Callable[[], T], what: str = "preparing t
 def _wait_for(store: Any, tag: str, rank: Rank, ranks: Any, what: str) -> None:
     """Until every rank in `ranks` has said it is done: raise if one failed, or stopped beating for TIMEOUT
     (it died, or hangs)."""
+    try:
+        _poll(store, tag, rank, ranks, what)
+    except RuntimeError:  # the store's server went away with the process that hosted it
+        raise SentimentError(f"stopped: lost contact with the other ranks in {what} (one of them died)") from None
+
+
+def _poll(store: Any, tag: str, rank: Rank, ranks: Any, what: str) -> None:
     import time
 
     waiting = {r: (None, time.monotonic()) for r in ranks if r != rank.rank}

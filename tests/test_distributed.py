@@ -276,3 +276,75 @@ def test_resume_on_another_number_of_processes(two_ranks, tmp_path):
     # one process reads every batch of an epoch: the two ranks' shares, and the odd one they dropped if any
     added = after["loop"]["global_step"] - 2 * before["loop"]["global_step"]
     assert added in (2 * steps_per_epoch_two, 2 * steps_per_epoch_two + 1)
+
+
+# ---------------------------------------------------------------- agreeing without a deadline
+def _rank_main(rank: int, port: int, case: str, out: str) -> None:
+    """One of two gloo ranks whose process group times out after 3 s; writes what happened to out.<rank>."""
+    os.environ.update(RANK=str(rank), WORLD_SIZE="2", LOCAL_RANK=str(rank), MASTER_ADDR="127.0.0.1",
+                      MASTER_PORT=str(port), SENTIMENT_DIST_TIMEOUT="3")
+    from datetime import timedelta
+
+    from sentiment import distributed
+    from sentiment.errors import SentimentError
+
+    distributed.TIMEOUT = timedelta(seconds=3)  # read when the module was imported (the test module imports it)
+    r = distributed.from_env()
+    distributed.init(r, torch.device("cpu"))
+
+    def prepare():
+        if case == "slow" and r.is_local_main:
+            time.sleep(8)  # a cold prepare longer than the process group's timeout
+        if case == "dies" and r.is_main:
+            os._exit(9)
+        if case == "raises" and r.is_main:
+            raise ValueError("not one of ours")
+        return f"data of rank {r.rank}"
+
+    try:
+        if case == "raises-together":
+            result = distributed.together(r, lambda: prepare() if not r.is_main else 1 / 0, what="a step")
+        else:
+            result = distributed.once_per_machine(r, prepare)
+        Path(f"{out}.{rank}").write_text(f"ok {result}")
+    except SentimentError as e:
+        Path(f"{out}.{rank}").write_text(f"error {e}")
+    except Exception as e:  # noqa: BLE001
+        Path(f"{out}.{rank}").write_text(f"raised {type(e).__name__}")
+
+
+def _two_ranks(tmp_path: Path, case: str) -> tuple[list[str], float]:
+    import multiprocessing
+
+    ctx = multiprocessing.get_context("spawn")
+    port, out = free_port(), str(tmp_path / "out")
+    started = time.monotonic()
+    procs = [ctx.Process(target=_rank_main, args=(r, port, case, out)) for r in range(2)]
+    for p in procs:
+        p.start()
+    for p in procs:
+        p.join(60)
+    seconds = time.monotonic() - started
+    return [Path(f"{out}.{r}").read_text() if Path(f"{out}.{r}").exists() else "nothing" for r in range(2)], seconds
+
+
+def test_a_prepare_longer_than_the_timeout_succeeds_on_every_rank(tmp_path):
+    results, _ = _two_ranks(tmp_path, "slow")
+    assert results == ["ok data of rank 0", "ok data of rank 1"]
+
+
+def test_a_rank_that_dies_while_preparing_brings_the_others_down(tmp_path):
+    results, seconds = _two_ranks(tmp_path, "dies")
+    assert results[0] == "nothing"
+    # the others see it gone (same machine), or the store it hosted go with it (torchrun hosts it elsewhere)
+    assert results[1].startswith(("error stopped: rank 0 died in preparing the data",
+                                  "error stopped: lost contact with the other ranks")), results
+    assert seconds < 30
+
+
+@pytest.mark.parametrize("case", ["raises", "raises-together"])
+def test_any_exception_on_one_rank_stops_the_others_with_a_clear_line(tmp_path, case):
+    results, seconds = _two_ranks(tmp_path, case)
+    assert results[0] == ("raised ValueError" if case == "raises" else "raised ZeroDivisionError")
+    assert results[1].startswith("error stopped: "), results
+    assert "failed in" in results[1]
