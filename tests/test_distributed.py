@@ -192,8 +192,77 @@ def test_a_killed_rank_ends_every_process_with_one_line(tmp_path):
     assert proc.returncode != 0
     errors = [line for line in err.splitlines() if line.startswith("error:")]
     assert len(errors) == 1 and "each rank's output" in errors[0], err
+    assert "rank 1" in errors[0] and "SIGKILL" in errors[0], errors[0]  # which rank, and what ended it
     assert "Traceback" not in err
     assert not any(Path(f"/proc/{pid}").exists() for pid in ranks)
+    log_dir = Path(errors[0].rsplit("each rank's output: ", 1)[1].rstrip("]"))
+    logs = {p.relative_to(log_dir).as_posix() for p in log_dir.rglob("*.log")}
+    assert "rank0-stderr.log" in logs and any(p.endswith("/1/stderr.log") for p in logs), logs  # every rank's
+    assert not run_dir.with_name(f".{run_dir.name}.lock").exists()  # the launcher's lock went with it
+
+
+def test_killing_the_launcher_ends_every_rank_and_frees_the_run_directory(tmp_path):
+    """kill -9 of `sentiment train --nproc 2`: torchrun and both ranks are gone within 10 s. While it ran,
+    it held the run directory's lock: a second training into it was refused, naming the launcher."""
+    from sentiment.runlock import RunLock
+
+    csv = write_data(tmp_path, rows=120)
+    run_dir = tmp_path / "r"
+    proc = _start(tmp_path, csv, run_dir)
+    _wait_for_epochs(run_dir, proc)
+    second = sentiment("train", *common(tmp_path, csv), "--run-dir", str(run_dir), "--overwrite", timeout=60)
+    assert second.returncode == 1 and f"(pid {proc.pid})" in second.stderr, second.stderr
+    ranks = _ranks(proc.pid)
+    out = subprocess.run(["ps", "-eo", "pid=,ppid="], capture_output=True, text=True).stdout.split()
+    torchrun = [int(p) for p, pp in zip(out[::2], out[1::2]) if int(pp) == proc.pid]
+    assert len(ranks) == 2 and len(torchrun) == 1
+    os.kill(proc.pid, signal.SIGKILL)
+    killed = time.monotonic()
+    while time.monotonic() - killed < 10 and any(_running(pid) for pid in ranks + torchrun):
+        time.sleep(0.2)
+    assert not any(_running(pid) for pid in ranks + torchrun), "a training process outlived its launcher"
+    proc.communicate(timeout=10)
+    with RunLock(run_dir):  # the kernel released the launcher's lock
+        pass
+
+
+def _running(pid: int) -> bool:
+    """pid exists and is not a zombie (the test reaps only its own child)."""
+    try:
+        return Path(f"/proc/{pid}/stat").read_text().rsplit(")", 1)[1].split()[0] not in ("Z", "X")
+    except FileNotFoundError:
+        return False
+
+
+def test_sigterm_while_the_ranks_start_is_an_interruption(tmp_path):
+    csv = write_data(tmp_path, rows=120)
+    run_dir = tmp_path / "r"
+    proc = _start(tmp_path, csv, run_dir)
+    deadline = time.monotonic() + 60
+    while not _ranks(proc.pid) and time.monotonic() < deadline:
+        time.sleep(0.05)
+    time.sleep(0.5)  # the ranks are importing torch, joining the group or preparing the data
+    proc.send_signal(signal.SIGTERM)
+    out, err = proc.communicate(timeout=60)
+    assert proc.returncode in (130, 143), err
+    errors = [line for line in err.splitlines() if line.startswith("error:")]
+    assert len(errors) == 1 and errors[0].startswith("error: interrupted"), err
+    assert "Traceback" not in err
+    assert not run_dir.exists() or not any(run_dir.iterdir())  # nothing half-written: a rerun starts afresh
+
+
+@pytest.mark.parametrize("bad", [["--set", "model.rnnn=gru"], ["--set", "data.train_file=/nonexistent/t.csv"]],
+                         ids=["bad-set", "missing-file"])
+def test_bad_input_under_nproc_is_refused_before_launching(tmp_path, bad):
+    csv = write_data(tmp_path, rows=40)
+    started = time.monotonic()
+    done = sentiment("train", "--nproc", "2", *common(tmp_path, csv), *bad, "--run-dir", str(tmp_path / "r"), timeout=60)
+    seconds = time.monotonic() - started
+    from conftest import one_line_error
+
+    one_line_error(done.returncode, done.stdout + done.stderr, "rnnn" if "rnnn" in bad[1] else "not found")
+    assert "processes" not in done.stderr  # torchrun never started
+    assert seconds < 10 and not (tmp_path / "r").exists()
 
 
 def test_ctrl_c_writes_last_pt_once_and_the_run_resumes(tmp_path):

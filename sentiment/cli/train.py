@@ -92,19 +92,19 @@ def train(
     share of each epoch's batches.
     """
     from sentiment.config import dump_config, load_config
-    from sentiment import distributed
-    from sentiment.data.prepare import prepare_data
-    from sentiment.floats import flush_denormals
-    from sentiment.device import resolve_device
-    from sentiment.training.train import graceful_stop
-    from sentiment.training.train import train as train_run
-
     if nproc is not None and "RANK" not in os.environ and not print_config:
-        with user_errors():
+        with user_errors():  # checks the config and the data paths before torch is even imported
             _launch(nproc, config, set_, run_dir, resume, overwrite)
         return
     with user_errors():
         _interrupt_on_sigterm()  # until the loop's own handler: a SIGTERM while starting is an interruption
+        from sentiment import distributed
+        from sentiment.data.prepare import prepare_data
+        from sentiment.floats import flush_denormals
+        from sentiment.device import resolve_device
+        from sentiment.training.train import graceful_stop
+        from sentiment.training.train import train as train_run
+
         rank = distributed.from_env()
         distributed.watch_launcher()  # under --nproc: this rank ends with the launcher, however it ends
         if resume is not None:
