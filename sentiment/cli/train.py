@@ -275,12 +275,13 @@ def _run_torchrun(nproc: int, args: list[str], log_dir: Path, target: Path) -> N
         return
     # torchrun's own report is a long traceback; rank 0's one-line error says what went wrong
     reasons = [line.removeprefix("error: ") for line in ours if line.startswith(("error:", "interrupted"))]
-    if reasons:
-        reason = reasons[0]
-    elif received:
+    cause = _failed_rank(stderr)
+    if received and not reasons:
         reason = f"interrupted ({signal.Signals(received[0]).name}) while the training processes started"
+    elif cause and " killed by " in cause and not received:
+        reason = cause  # a rank killed from outside (kill -9, the OOM killer): rank 0's own line is a consequence
     else:
-        reason = _failed_rank(stderr) or f"a training process exited with code {launcher.returncode}"
+        reason = reasons[0] if reasons else cause or f"a training process exited with code {launcher.returncode}"
     error = SentimentError(f"{reason} [{nproc} processes; each rank's output: {log_dir}]")
     error.exit_code = (128 + received[0] if received and not reasons else 130) if reason.startswith("interrupted") else 1
     raise error
