@@ -449,6 +449,8 @@ def train(cfg: Config, run_dir: Path, *, data: PreparedData | None = None, resum
             net = _wrap(model, rank, device, manual)  # DDP syncs the parameters that needed gradients when built
         sampler.set_epoch(epoch)
         batches = sampler.batches()
+        # under DDP each row weighs the same whichever rank reads it (DDP alone averages the ranks' batch means)
+        shares = (rank.world_size * np.array([len(b) for b in batches]) / sampler.step_rows()) if rank.distributed else None
         if reporter:
             reporter.epoch_start(epoch + 1, cfg.train.epochs, len(batches), state.step_in_epoch)
         started = time.perf_counter() - state.seconds
@@ -470,7 +472,8 @@ def train(cfg: Config, run_dir: Path, *, data: PreparedData | None = None, resum
                 with net.no_sync() if rank.distributed and not boundary else nullcontext():
                     with torch.autocast(device.type, dtype=amp_dtype, enabled=use_amp):
                         loss, correct = objective(net, ids, lengths, labels)
-                    scaler.scale(loss / accum if accum > 1 else loss).backward()
+                    weighed = loss * float(shares[i]) if shares is not None and shares[i] != 1.0 else loss
+                    scaler.scale(weighed / accum if accum > 1 else weighed).backward()
             else:
                 unlabeled = None
                 if stream is not None:
