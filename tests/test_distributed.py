@@ -420,3 +420,14 @@ def test_any_exception_on_one_rank_stops_the_others_with_a_clear_line(tmp_path, 
     assert results[0] == ("raised ValueError" if case == "raises" else "raised ZeroDivisionError")
     assert results[1].startswith("error stopped: "), results
     assert "failed in" in results[1]
+
+
+def test_a_start_that_fails_after_creating_the_run_directory_leaves_nothing(tmp_path):
+    """--nproc 3 on too few rows fails once the run directory holds config, vocab, labels and splits: the
+    rerun must not be refused as "already exists" (nor --resume as "no last.pt")."""
+    csv = write_data(tmp_path, rows=40)
+    run_dir = tmp_path / "runs" / "r"
+    done = sentiment("train", "--nproc", "3", *common(tmp_path, csv, "train.batch_size=16"), "--run-dir", str(run_dir))
+    errors = [line for line in done.stderr.splitlines() if line.startswith("error:")]
+    assert done.returncode == 1 and len(errors) == 1 and "fewer batches" in errors[0], done.stderr
+    assert not (tmp_path / "runs").exists()  # nor the folder made for it
