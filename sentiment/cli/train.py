@@ -125,14 +125,14 @@ def train(
             if rank.is_main and not held_by_parent(target):
                 lock = RunLock(target)  # one writer per run directory, until this process ends
             distributed.together(rank, lambda: lock.acquire(), only=lock is not None, what="locking the run directory")
-            data, started = None, None
+            data, existed = None, None
             if resume is None:
                 # everything that can fail on bad input (run dir, device, data, GloVe) is checked before the run
                 # directory is created, or an --overwrite'n one deleted
                 distributed.together(rank, lambda: _claim_run_dir(target, overwrite, check_only=True),
                                      only=rank.is_main, what="checking the run directory")
                 data = distributed.once_per_machine(rank, lambda: prepare_data(cfg.data, embedding_seed=cfg.run.seed))
-                started = target.exists()
+                existed = target.exists()  # before this start: an empty directory, or one --overwrite replaces
                 distributed.together(rank, lambda: _claim_run_dir(target, overwrite), only=rank.is_main,
                                      what="creating the run directory")
             if rank.is_main:
@@ -144,8 +144,8 @@ def train(
                     results = train_run(cfg, target, data=data, resume=resume is not None, reporter=reporter,
                                         stop=stop, rank=rank)
             except BaseException:
-                if started is not None and rank.is_main:
-                    _forget_start(target, existed=started)
+                if existed is not None and rank.is_main:
+                    _forget_start(target, existed)
                 raise
             finally:
                 if reporter is not None:
