@@ -10,6 +10,7 @@ rank and every call here is free.
 from __future__ import annotations
 
 import os
+import socket
 from dataclasses import dataclass
 from datetime import timedelta
 from typing import Any, Callable, TypeVar
@@ -17,6 +18,7 @@ from typing import Any, Callable, TypeVar
 import torch
 
 from sentiment.errors import SentimentError
+from sentiment.runlock import LAUNCHER_ENV
 
 # No collective waits longer than this for a rank that died or hangs (torch's default is 10-30 minutes).
 TIMEOUT = timedelta(seconds=float(os.environ.get("SENTIMENT_DIST_TIMEOUT", 120)))
@@ -139,12 +141,13 @@ def broadcast_weights(rank: Rank, model: torch.nn.Module) -> None:
 def together(rank: Rank, step: Callable[[], T], *, only: bool = True, what: str = "a step") -> T | None:
     """Run `step` on the ranks where `only` is true, then agree: if it failed on any rank, every rank raises
     (the failing one its own error, the others a line that points at it), instead of waiting at the next
-    collective until the timeout. Returns step's result (None where it did not run)."""
+    collective until the timeout. Any exception counts, not only ours. Returns step's result (None where it
+    did not run)."""
     result, error = None, None
     if only:
         try:
             result = step()
-        except SentimentError as e:
+        except Exception as e:  # noqa: BLE001 - re-raised below, after the other ranks know
             error = e
     if not rank.distributed:
         if error is not None:
@@ -158,9 +161,141 @@ def together(rank: Rank, step: Callable[[], T], *, only: bool = True, what: str 
     return result
 
 
+# ------------------------------------------------------------------ steps of unbounded length
+# A collective waits at most TIMEOUT. Preparing a large dataset cold can take longer than any timeout, so
+# ranks that wait for it do not wait in a collective: they poll keys in the process group's store, with no
+# deadline while the rank they wait for shows it is alive (a heartbeat it bumps every HEARTBEAT seconds).
+HEARTBEAT = 1.0
+_calls = {"n": 0}  # once_per_machine calls so far: the same sequence on every rank, so keys match
+
+
 def once_per_machine(rank: Rank, step: Callable[[], T], what: str = "preparing the data") -> T:
     """`step` on this machine's local rank 0 first (it fills the caches), then on the other ranks here (which
-    read them): machines need not share a filesystem, and no two processes tokenize the same data."""
-    result = together(rank, step, only=rank.is_local_main, what=what)
-    later = together(rank, step, only=not rank.is_local_main, what=what)
-    return result if rank.is_local_main else later  # type: ignore[return-value]
+    read them): machines need not share a filesystem, and no two processes tokenize the same data. However
+    long `step` takes; a rank that fails (any exception) or dies meanwhile brings every rank down."""
+    if not rank.distributed:
+        return step()
+    import torch.distributed as dist
+
+    store = dist.distributed_c10d._get_default_store()
+    _calls["n"] += 1
+    tag = f"sentiment/once/{_calls['n']}"
+    local_main = rank.rank - rank.local_rank  # torchrun numbers a machine's ranks consecutively
+    store.set(f"{tag}/pid/{rank.rank}", f"{socket.gethostname()}:{os.getpid()}")
+    if not rank.is_local_main:
+        _wait_for(store, tag, rank, [local_main], what)  # the caches are filled: now read them
+    result, error = None, None
+    with _Heartbeat(store, f"{tag}/beat/{rank.rank}"):
+        try:
+            result = step()
+        except Exception as e:  # noqa: BLE001 - re-raised below, after the other ranks know
+            error = e
+    store.set(f"{tag}/done/{rank.rank}", "failed" if error is not None else "ok")
+    if error is not None:
+        raise error
+    _wait_for(store, tag, rank, range(rank.world_size), what)
+    return result  # type: ignore[return-value]
+
+
+def _wait_for(store: Any, tag: str, rank: Rank, ranks: Any, what: str) -> None:
+    """Until every rank in `ranks` has said it is done: raise if one failed, or stopped beating for TIMEOUT
+    (it died, or hangs)."""
+    try:
+        _poll(store, tag, rank, ranks, what)
+    except RuntimeError:  # the store's server went away with the process that hosted it
+        raise SentimentError(f"stopped: lost contact with the other ranks in {what} (one of them died)") from None
+
+
+def _poll(store: Any, tag: str, rank: Rank, ranks: Any, what: str) -> None:
+    import time
+
+    waiting = {r: (None, time.monotonic()) for r in ranks if r != rank.rank}
+    here = socket.gethostname()
+    while waiting:
+        store.add(f"{tag}/beat/{rank.rank}", 1)  # a rank that waits is alive too
+        for r in list(waiting):
+            done = f"{tag}/done/{r}"
+            if store.check([done]):
+                if store.get(done) != b"ok":
+                    raise SentimentError(f"stopped: rank {r} failed in {what} (its own error says why)")
+                del waiting[r]
+                continue
+            beat = int(store.add(f"{tag}/beat/{r}", 0))  # add 0: read the counter without waiting for it
+            host, _, pid = (store.get(f"{tag}/pid/{r}").decode() if store.check([f"{tag}/pid/{r}"]) else "").rpartition(":")
+            if host == here and pid.isdigit() and not _alive(int(pid)):
+                raise SentimentError(f"stopped: rank {r} died in {what}")
+            seen, since = waiting[r]
+            if beat != seen:
+                waiting[r] = (beat, time.monotonic())
+            elif time.monotonic() - since > TIMEOUT.total_seconds():
+                raise SentimentError(f"stopped: rank {r} stopped responding in {what} "
+                                     f"({TIMEOUT.total_seconds():.0f} s without a sign of life)")
+        if waiting:
+            time.sleep(0.2)
+
+
+class _Heartbeat:
+    """Bumps a counter in the store every HEARTBEAT seconds while a long step runs on this rank."""
+
+    def __init__(self, store: Any, key: str):
+        import threading
+
+        self.store, self.key = store, key
+        self.stopped = threading.Event()
+        self.thread = threading.Thread(target=self._run, daemon=True, name="sentiment-heartbeat")
+
+    def _run(self) -> None:
+        while not self.stopped.wait(HEARTBEAT):
+            try:
+                self.store.add(self.key, 1)
+            except Exception:  # noqa: BLE001 - the store went away: the waiters see no beat and say so
+                return
+
+    def __enter__(self) -> "_Heartbeat":
+        self.store.add(self.key, 1)
+        self.thread.start()
+        return self
+
+    def __exit__(self, *exc: object) -> None:
+        self.stopped.set()
+        self.thread.join()
+
+
+# ------------------------------------------------------------------ the launcher's life is the ranks' life
+
+
+def watch_launcher(interval: float = 0.5) -> None:
+    """Under `sentiment train --nproc N`, end this rank within a second of the launcher's death (kill -9
+    included: nothing else would stop a rank that trains on, unsupervised, to the end)."""
+    import threading
+    import time
+
+    pid = os.environ.get(LAUNCHER_ENV, "")
+    if not pid.isdigit() or "RANK" not in os.environ:
+        return
+    parent = os.getppid()  # torchrun, which dies with the launcher (its parent-death signal)
+
+    def watch() -> None:
+        while True:
+            time.sleep(interval)
+            if os.getppid() != parent or not _alive(int(pid)):
+                os._exit(1)
+
+    threading.Thread(target=watch, daemon=True, name="sentiment-launcher-watchdog").start()
+
+
+def _alive(pid: int) -> bool:
+    """Whether pid runs (a zombie, dead but not yet reaped by its parent, does not)."""
+    try:
+        with open(f"/proc/{pid}/stat", "rb") as f:
+            return f.read().rsplit(b")", 1)[1].split()[0] not in (b"Z", b"X")
+    except FileNotFoundError:
+        return False
+    except OSError:
+        try:
+            os.kill(pid, 0)
+        except ProcessLookupError:
+            return False
+        except PermissionError:
+            return True
+        return True

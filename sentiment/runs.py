@@ -129,8 +129,17 @@ def run_format_version(run_dir: Path) -> int:
 
 
 def load_labels(run_dir: Path) -> LabelSpace:
-    """The run's label space (runs written before labels.json: IMDB's negative/positive)."""
-    return LabelSpace.load(Path(run_dir) / LABELS_FILE)
+    """The run's label space. Only IMDB runs were written before labels.json existed: theirs is IMDB's
+    negative/positive; any other run without it has lost its class names, and guessing them would be wrong."""
+    path = Path(run_dir) / LABELS_FILE
+    if not path.exists():
+        data = read_yaml(Path(run_dir) / CONFIG_FILE).get("data") if (Path(run_dir) / CONFIG_FILE).is_file() else None
+        dataset = data.get("dataset", "imdb") if isinstance(data, dict) else "imdb"
+        if dataset != "imdb":
+            raise SentimentError(f"{path} not found: the run's class names are lost (a run directory needs "
+                                 f"{CONFIG_FILE}, {VOCAB_FILE}, {LABELS_FILE} and its checkpoint)")
+        return LabelSpace(IMDB_LABELS)
+    return LabelSpace.load(path)
 
 
 def check_membership(run_dir: Path, membership: dict[str, np.ndarray], splits: tuple[str, ...] = ("train", "valid", "test")) -> None:
@@ -157,8 +166,11 @@ def load_run(run_dir: Path) -> tuple[Config, Vocab]:
     run_dir = Path(run_dir)
     if not run_dir.is_dir():
         raise SentimentError(f"run directory {run_dir} not found")
-    if not (run_dir / CONFIG_FILE).is_file() or not (run_dir / VOCAB_FILE).is_file():
+    missing = [name for name in (CONFIG_FILE, VOCAB_FILE) if not (run_dir / name).is_file()]
+    if len(missing) == 2:
         raise SentimentError(f"{run_dir} is not a run directory (no {CONFIG_FILE} and {VOCAB_FILE})")
+    if missing:
+        raise SentimentError(f"{run_dir / missing[0]} not found: the run directory is incomplete")
     run_format_version(run_dir)  # a run from a newer sentiment: refused, not misread
     raw = read_yaml(run_dir / CONFIG_FILE)  # one-line errors, safe_load: no Python tags
     if isinstance(raw.get("data"), dict):

@@ -85,8 +85,10 @@ def test_eval_of_a_ddp_run_gives_its_figures(two_ranks):
 
 
 def test_ddp_weights_equal_one_process_over_both_ranks_batches(two_ranks):
-    """DDP averages the ranks' gradients: the same as one process whose loss is the mean of the two ranks'
-    batch losses, stepping once per pair of batches (no dropout, constant learning rate)."""
+    """Two ranks stepping together are one process stepping over the union of their batches: each row
+    weighs the same, whichever rank read it, also when one rank's batch is the short last one of a pool
+    (no dropout, constant learning rate). Not DDP's own arithmetic (the mean of the ranks' batch means),
+    which gives a short batch's rows more weight."""
     from sentiment.data.batching import BucketBatchSampler, collate
     from sentiment.runs import load_checkpoint, load_labels, load_run
     from sentiment.model import build_model
@@ -107,25 +109,26 @@ def test_ddp_weights_equal_one_process_over_both_ranks_batches(two_ranks):
     samplers = [BucketBatchSampler(lengths, cfg.train.batch_size, seed=cfg.run.seed, num_replicas=2, rank=r)
                 for r in range(2)]
     model.train()
+    uneven = 0
     for epoch in range(cfg.train.epochs):
         for s in samplers:
             s.set_epoch(epoch)
         for pair in zip(*(s.batches() for s in samplers)):
+            uneven += len(pair[0]) != len(pair[1])
             optimizer.zero_grad()
-            losses = []
-            for indices in pair:
-                ids, lens, labels = collate(data.train, indices, cfg.data.max_len, cfg.data.truncate, vocab.pad_index)
-                losses.append(space.loss(model(ids, lens), labels))
-            (sum(losses) / 2).backward()
+            union = np.concatenate(pair)
+            ids, lens, labels = collate(data.train, union, cfg.data.max_len, cfg.data.truncate, vocab.pad_index)
+            space.loss(model(ids, lens), labels).backward()  # the mean over every row of the step
             torch.nn.utils.clip_grad_norm_(params, cfg.train.grad_clip)
             optimizer.step()
+    assert uneven > 0  # a short batch beside a full one: where the two arithmetics part
     trained = load_checkpoint(run_dir / "last.pt", vocab)["model"]
     assert trained.keys() == model.state_dict().keys()
     moved = max(float((trained[k] - v).abs().max()) for k, v in build_model(
         cfg, len(vocab), vocab.pad_index, space.num_outputs).state_dict().items())
     assert moved > 1e-2  # training changed the weights, so agreeing below is not a coincidence
     for name, value in model.state_dict().items():
-        assert torch.allclose(trained[name], value, atol=1e-5), name
+        assert torch.allclose(trained[name], value, atol=1e-5), (name, float((trained[name] - value).abs().max()))
 
 
 def free_port() -> int:
@@ -192,8 +195,77 @@ def test_a_killed_rank_ends_every_process_with_one_line(tmp_path):
     assert proc.returncode != 0
     errors = [line for line in err.splitlines() if line.startswith("error:")]
     assert len(errors) == 1 and "each rank's output" in errors[0], err
+    assert "rank 1" in errors[0] and "SIGKILL" in errors[0], errors[0]  # which rank, and what ended it
     assert "Traceback" not in err
     assert not any(Path(f"/proc/{pid}").exists() for pid in ranks)
+    log_dir = Path(errors[0].rsplit("each rank's output: ", 1)[1].rstrip("]"))
+    logs = {p.relative_to(log_dir).as_posix() for p in log_dir.rglob("*.log")}
+    assert "rank0-stderr.log" in logs and any(p.endswith("/1/stderr.log") for p in logs), logs  # every rank's
+    assert not run_dir.with_name(f".{run_dir.name}.lock").exists()  # the launcher's lock went with it
+
+
+def test_killing_the_launcher_ends_every_rank_and_frees_the_run_directory(tmp_path):
+    """kill -9 of `sentiment train --nproc 2`: torchrun and both ranks are gone within 10 s. While it ran,
+    it held the run directory's lock: a second training into it was refused, naming the launcher."""
+    from sentiment.runlock import RunLock
+
+    csv = write_data(tmp_path, rows=120)
+    run_dir = tmp_path / "r"
+    proc = _start(tmp_path, csv, run_dir)
+    _wait_for_epochs(run_dir, proc)
+    second = sentiment("train", *common(tmp_path, csv), "--run-dir", str(run_dir), "--overwrite", timeout=60)
+    assert second.returncode == 1 and f"(pid {proc.pid})" in second.stderr, second.stderr
+    ranks = _ranks(proc.pid)
+    out = subprocess.run(["ps", "-eo", "pid=,ppid="], capture_output=True, text=True).stdout.split()
+    torchrun = [int(p) for p, pp in zip(out[::2], out[1::2]) if int(pp) == proc.pid]
+    assert len(ranks) == 2 and len(torchrun) == 1
+    os.kill(proc.pid, signal.SIGKILL)
+    killed = time.monotonic()
+    while time.monotonic() - killed < 10 and any(_running(pid) for pid in ranks + torchrun):
+        time.sleep(0.2)
+    assert not any(_running(pid) for pid in ranks + torchrun), "a training process outlived its launcher"
+    proc.communicate(timeout=10)
+    with RunLock(run_dir):  # the kernel released the launcher's lock
+        pass
+
+
+def _running(pid: int) -> bool:
+    """pid exists and is not a zombie (the test reaps only its own child)."""
+    try:
+        return Path(f"/proc/{pid}/stat").read_text().rsplit(")", 1)[1].split()[0] not in ("Z", "X")
+    except FileNotFoundError:
+        return False
+
+
+def test_sigterm_while_the_ranks_start_is_an_interruption(tmp_path):
+    csv = write_data(tmp_path, rows=120)
+    run_dir = tmp_path / "r"
+    proc = _start(tmp_path, csv, run_dir)
+    deadline = time.monotonic() + 60
+    while not _ranks(proc.pid) and time.monotonic() < deadline:
+        time.sleep(0.05)
+    time.sleep(0.5)  # the ranks are importing torch, joining the group or preparing the data
+    proc.send_signal(signal.SIGTERM)
+    out, err = proc.communicate(timeout=60)
+    assert proc.returncode in (130, 143), err
+    errors = [line for line in err.splitlines() if line.startswith("error:")]
+    assert len(errors) == 1 and errors[0].startswith("error: interrupted"), err
+    assert "Traceback" not in err
+    assert not run_dir.exists() or not any(run_dir.iterdir())  # nothing half-written: a rerun starts afresh
+
+
+@pytest.mark.parametrize("bad", [["--set", "model.rnnn=gru"], ["--set", "data.train_file=/nonexistent/t.csv"]],
+                         ids=["bad-set", "missing-file"])
+def test_bad_input_under_nproc_is_refused_before_launching(tmp_path, bad):
+    csv = write_data(tmp_path, rows=40)
+    started = time.monotonic()
+    done = sentiment("train", "--nproc", "2", *common(tmp_path, csv), *bad, "--run-dir", str(tmp_path / "r"), timeout=60)
+    seconds = time.monotonic() - started
+    from conftest import one_line_error
+
+    one_line_error(done.returncode, done.stdout + done.stderr, "rnnn" if "rnnn" in bad[1] else "not found")
+    assert "processes" not in done.stderr  # torchrun never started
+    assert seconds < 10 and not (tmp_path / "r").exists()
 
 
 def test_ctrl_c_writes_last_pt_once_and_the_run_resumes(tmp_path):
@@ -276,3 +348,86 @@ def test_resume_on_another_number_of_processes(two_ranks, tmp_path):
     # one process reads every batch of an epoch: the two ranks' shares, and the odd one they dropped if any
     added = after["loop"]["global_step"] - 2 * before["loop"]["global_step"]
     assert added in (2 * steps_per_epoch_two, 2 * steps_per_epoch_two + 1)
+
+
+# ---------------------------------------------------------------- agreeing without a deadline
+def _rank_main(rank: int, port: int, case: str, out: str) -> None:
+    """One of two gloo ranks whose process group times out after 3 s; writes what happened to out.<rank>."""
+    os.environ.update(RANK=str(rank), WORLD_SIZE="2", LOCAL_RANK=str(rank), MASTER_ADDR="127.0.0.1",
+                      MASTER_PORT=str(port), SENTIMENT_DIST_TIMEOUT="3")
+    from datetime import timedelta
+
+    from sentiment import distributed
+    from sentiment.errors import SentimentError
+
+    distributed.TIMEOUT = timedelta(seconds=3)  # read when the module was imported (the test module imports it)
+    r = distributed.from_env()
+    distributed.init(r, torch.device("cpu"))
+
+    def prepare():
+        if case == "slow" and r.is_local_main:
+            time.sleep(8)  # a cold prepare longer than the process group's timeout
+        if case == "dies" and r.is_main:
+            os._exit(9)
+        if case == "raises" and r.is_main:
+            raise ValueError("not one of ours")
+        return f"data of rank {r.rank}"
+
+    try:
+        if case == "raises-together":
+            result = distributed.together(r, lambda: prepare() if not r.is_main else 1 / 0, what="a step")
+        else:
+            result = distributed.once_per_machine(r, prepare)
+        Path(f"{out}.{rank}").write_text(f"ok {result}")
+    except SentimentError as e:
+        Path(f"{out}.{rank}").write_text(f"error {e}")
+    except Exception as e:  # noqa: BLE001
+        Path(f"{out}.{rank}").write_text(f"raised {type(e).__name__}")
+
+
+def _two_ranks(tmp_path: Path, case: str) -> tuple[list[str], float]:
+    import multiprocessing
+
+    ctx = multiprocessing.get_context("spawn")
+    port, out = free_port(), str(tmp_path / "out")
+    started = time.monotonic()
+    procs = [ctx.Process(target=_rank_main, args=(r, port, case, out)) for r in range(2)]
+    for p in procs:
+        p.start()
+    for p in procs:
+        p.join(60)
+    seconds = time.monotonic() - started
+    return [Path(f"{out}.{r}").read_text() if Path(f"{out}.{r}").exists() else "nothing" for r in range(2)], seconds
+
+
+def test_a_prepare_longer_than_the_timeout_succeeds_on_every_rank(tmp_path):
+    results, _ = _two_ranks(tmp_path, "slow")
+    assert results == ["ok data of rank 0", "ok data of rank 1"]
+
+
+def test_a_rank_that_dies_while_preparing_brings_the_others_down(tmp_path):
+    results, seconds = _two_ranks(tmp_path, "dies")
+    assert results[0] == "nothing"
+    # the others see it gone (same machine), or the store it hosted go with it (torchrun hosts it elsewhere)
+    assert results[1].startswith(("error stopped: rank 0 died in preparing the data",
+                                  "error stopped: lost contact with the other ranks")), results
+    assert seconds < 30
+
+
+@pytest.mark.parametrize("case", ["raises", "raises-together"])
+def test_any_exception_on_one_rank_stops_the_others_with_a_clear_line(tmp_path, case):
+    results, seconds = _two_ranks(tmp_path, case)
+    assert results[0] == ("raised ValueError" if case == "raises" else "raised ZeroDivisionError")
+    assert results[1].startswith("error stopped: "), results
+    assert "failed in" in results[1]
+
+
+def test_a_start_that_fails_after_creating_the_run_directory_leaves_nothing(tmp_path):
+    """--nproc 3 on too few rows fails once the run directory holds config, vocab, labels and splits: the
+    rerun must not be refused as "already exists" (nor --resume as "no last.pt")."""
+    csv = write_data(tmp_path, rows=40)
+    run_dir = tmp_path / "runs" / "r"
+    done = sentiment("train", "--nproc", "3", *common(tmp_path, csv, "train.batch_size=16"), "--run-dir", str(run_dir))
+    errors = [line for line in done.stderr.splitlines() if line.startswith("error:")]
+    assert done.returncode == 1 and len(errors) == 1 and "fewer batches" in errors[0], done.stderr
+    assert not (tmp_path / "runs").exists()  # nor the folder made for it

@@ -145,7 +145,9 @@ def test_two_gloo_processes_train_bitwise_as_the_frozen_loop(tmp_path):
     from test_distributed import SETTINGS
     from test_objectives import write_two_class
 
-    base = write_two_class(tmp_path)
+    # 128 rows: 104 train, so every step's two batches are full. With a short batch the live loop weighs each row
+    # the same across ranks (Batch.weight), where the frozen loop averaged the ranks' batch means: a fix, not a pin
+    base = write_two_class(tmp_path, rows=128)
     env = {**os.environ, "SENTIMENT_DIST_TIMEOUT": "30", "OMP_NUM_THREADS": "1"}
     env.pop("SENTIMENT_CACHE_DIR", None)
     common = [*SETTINGS, "train.epochs=2", "run.eval_test=false", "run.device=cpu", f"data.train_file={base / 't.csv'}",

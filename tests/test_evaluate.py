@@ -146,3 +146,16 @@ def test_forked_workers_die_of_sigterm_under_the_training_loops_signal_handler()
         assert callable(signal.getsignal(signal.SIGTERM))  # the loop's handler, in this process
         dispositions = run_in_workers(_sigterm_disposition, [0, 1], 2)
     assert dispositions == [signal.SIG_DFL, signal.SIG_DFL]
+
+
+def test_macro_f1_averages_over_the_classes_present_in_labels_or_predictions():
+    from sentiment.inference.evaluate import metrics_from
+
+    # a perfect split holding one class of three: every class present is right
+    assert metrics_from(np.array([1, 1, 1]), np.array([1, 1, 1]), 0.0, ["a", "b", "c"]).macro_f1 == 1.0
+    # class c is in no label but is predicted once: it counts (F1 0), class a does not (absent from both)
+    m = metrics_from(np.array([1, 1, 2]), np.array([1, 1, 1]), 0.0, ["a", "b", "c"])
+    assert m.macro_f1 == pytest.approx((0.8 + 0.0) / 2)  # scikit-learn's f1_score(average="macro")
+    # every class present: the plain mean of the per-class F1s, as before
+    m = metrics_from(np.array([0, 1, 1, 0]), np.array([0, 1, 0, 1]), 0.0, ["neg", "pos"])
+    assert m.macro_f1 == pytest.approx(0.5)

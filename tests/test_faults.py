@@ -279,6 +279,19 @@ CASES: list[tuple[str, Callable[[SimpleNamespace, Path], list], list[str], int]]
     ("eval-data-all-empty", lambda w, t: ["eval", "--run", w.run, "--data",
                                           write(t / "l.csv", "text,label\n,pos\n<br />,neg\n")],
      ["every review is empty"], 1),
+    # ---- a run directory missing a file it needs: one error naming that file
+    ("predict-labels-missing", lambda w, t: ["predict", "--run", _unlink(fixture_run(t), "labels.json"), "great"],
+     ["labels.json", "not found"], 1),
+    ("eval-labels-missing", lambda w, t: ["eval", "--run", _unlink(fixture_run(t), "labels.json")],
+     ["labels.json", "not found"], 1),
+    ("resume-labels-missing", lambda w, t: ["train", "--resume", _unlink(fixture_run(t), "labels.json")],
+     ["labels.json", "not found"], 1),
+    ("predict-config-missing", lambda w, t: ["predict", "--run", _unlink(copy_run(w, t), "config.yaml"), "great"],
+     ["config.yaml", "not found"], 1),
+    ("predict-vocab-missing", lambda w, t: ["predict", "--run", _unlink(copy_run(w, t), "vocab.json"), "great"],
+     ["vocab.json", "not found"], 1),
+    ("predict-best-missing", lambda w, t: ["predict", "--run", _unlink(copy_run(w, t), BEST), "great"],
+     ["best.pt", "not found"], 1),
     # ---- predict
     ("predict-empty-text", lambda w, t: ["predict", "--run", w.run, ""], ["empty"], 1),
     ("predict-only-markup", lambda w, t: ["predict", "--run", w.run, "<br /><br />", "  "], ["every review is empty"], 1),
@@ -288,6 +301,11 @@ CASES: list[tuple[str, Callable[[SimpleNamespace, Path], list], list[str], int]]
     ("predict-file-is-directory", lambda w, t: ["predict", "--run", w.run, "--file", t], ["is a directory"], 1),
     ("predict-threshold", lambda w, t: ["predict", "--run", w.run, "--threshold", "2", "great"], ["--threshold"], 1),
 ]
+
+
+def fixture_run(tmp: Path) -> Path:
+    """A copy of the three-class `files` run kept in tests/fixtures (labels good/bad/... are not IMDB's)."""
+    return Path(shutil.copytree(Path(__file__).parent / "fixtures" / "run_v0_files", tmp / "run"))
 
 
 def _unlink(run_dir: Path, name: str) -> Path:
@@ -440,3 +458,41 @@ def test_lazy_sync_reports_the_same_epoch_figures(world, tmp_path):
     for a, b in zip(rows["true"], rows["false"]):
         assert a["train_loss"] == pytest.approx(b["train_loss"], rel=1e-5)
         assert a["train_accuracy"] == b["train_accuracy"] and a["valid_accuracy"] == b["valid_accuracy"]
+
+
+def test_an_imdb_run_from_before_labels_json_still_predicts(world, tmp_path):
+    """IMDB runs written before label spaces had no labels.json: theirs are negative/positive."""
+    run_dir = _unlink(copy_run(world, tmp_path), "labels.json")
+    code, text = run("predict", "--run", run_dir, "--json", "great wonderful film")
+    assert code == 0, text
+    assert json.loads(text.strip().splitlines()[-1])["label"] in ("negative", "positive")
+
+
+# ---------------------------------------------------------------- one writer per run directory
+@pytest.mark.parametrize("how", ["new", "overwrite", "resume"])
+def test_a_second_training_into_a_run_directory_is_refused(world, tmp_path, how):
+    from test_runlock import hold
+
+    run_dir = copy_run(world, tmp_path) if how != "new" else tmp_path / "run"
+    holder = hold(run_dir)
+    try:
+        before = snapshot(tmp_path)
+        args = (["--resume", run_dir] if how == "resume" else
+                ["--set", f"{D}={world.data}", *FAST, "--run-dir", run_dir, *(["--overwrite"] if how == "overwrite" else [])])
+        one_line_error(*run("train", *args), "being written by another training", f"pid {holder.pid}")
+        assert snapshot(tmp_path) == before
+    finally:
+        holder.stdin.close()
+        holder.wait(10)
+
+
+def test_a_start_that_fails_before_its_first_checkpoint_leaves_nothing(world, tmp_path, monkeypatch):
+    """config, vocab, labels and splits are written before training: a rerun must not find them ("already
+    exists"), nor must --resume ("no last.pt")."""
+    run_dir = tmp_path / "nan"
+    with monkeypatch.context() as m:
+        poison_loss(m, 1)  # epoch 1, step 2: before any last.pt
+        one_line_error(*run("train", "--set", f"{D}={world.data}", *TINY, "--run-dir", run_dir), "no checkpoint")
+    assert not run_dir.exists() and list(tmp_path.iterdir()) == []
+    code, text = run("train", "--set", f"{D}={world.data}", *TINY, "--run-dir", run_dir)
+    assert code == 0, text

@@ -16,6 +16,7 @@ from rich.progress import (BarColumn, MofNCompleteColumn, Progress, TextColumn, 
                            TimeRemainingColumn)
 
 from sentiment.errors import SentimentError
+from sentiment.runlock import HELD_ENV, LAUNCHER_ENV, RunLock, held_by_parent
 
 from sentiment.cli.app import ConfigOption, SetOption, app, console, err_console, user_errors
 
@@ -105,20 +106,24 @@ def train(
     """
     from sentiment.config import dump_config, load_config, own_data_config
     from sentiment.cli.data import _print_prepare_stats
-    from sentiment import distributed
-    from sentiment.training.transfer import prepare_training_data
-    from sentiment.floats import flush_denormals
-    from sentiment.device import resolve_device
-    from sentiment.training.train import graceful_stop
-    from sentiment.training.train import train as train_run
 
-    if nproc is not None and "RANK" not in os.environ:
-        with user_errors():
-            _launch(nproc)
+    with user_errors():
+        own = _own_data(data_file, text_column, label_column, valid_data, test_data, resume)
+    if nproc is not None and "RANK" not in os.environ and not print_config:
+        with user_errors():  # checks the config and the data paths before torch is even imported
+            _launch(nproc, config, set_, run_dir, resume, overwrite, own)
         return
     with user_errors():
+        _interrupt_on_sigterm()  # until the loop's own handler: a SIGTERM while starting is an interruption
+        from sentiment import distributed
+        from sentiment.training.transfer import prepare_training_data
+        from sentiment.floats import flush_denormals
+        from sentiment.device import resolve_device
+        from sentiment.training.train import graceful_stop
+        from sentiment.training.train import train as train_run
+
         rank = distributed.from_env()
-        own = _own_data(data_file, text_column, label_column, valid_data, test_data, resume)
+        distributed.watch_launcher()  # under --nproc: this rank ends with the launcher, however it ends
         if resume is not None:
             cfg, target = _resume_config(resume, config, set_)
         elif own is not None:
@@ -126,7 +131,7 @@ def train(
         else:
             cfg = load_config(config, set_)
         if resume is None:
-            target = run_dir or Path(cfg.run.output_dir) / f"{cfg.run.name or 'run'}-{datetime.now():%Y%m%d-%H%M%S}"
+            target = run_dir or _default_run_dir(cfg)
         if print_config:
             if rank.is_main:
                 console.print(dump_config(cfg), end="", markup=False, highlight=False)
@@ -134,15 +139,20 @@ def train(
         flush_denormals(cfg.run.flush_denormal)  # before any torch work starts its worker threads
         device = distributed.rank_device(rank, resolve_device(cfg.run.device))
         distributed.init(rank, device)
+        lock = None
         try:
-            target = distributed.broadcast(rank, target)  # rank 0's clock names the run
-            data = None
+            target = distributed.broadcast(rank, target)  # rank 0's clock names the run (plain torchrun)
+            if rank.is_main and not held_by_parent(target):
+                lock = RunLock(target)  # one writer per run directory, until this process ends
+            distributed.together(rank, lambda: lock.acquire(), only=lock is not None, what="locking the run directory")
+            data, existed = None, None
             if resume is None:
                 # everything that can fail on bad input (run dir, device, data, GloVe) is checked before the run
                 # directory is created, or an --overwrite'n one deleted
                 distributed.together(rank, lambda: _claim_run_dir(target, overwrite, check_only=True),
                                      only=rank.is_main, what="checking the run directory")
                 data = distributed.once_per_machine(rank, lambda: prepare_training_data(cfg))
+                existed = target.exists()  # before this start: an empty directory, or one --overwrite replaces
                 chosen = _choose_lengths(cfg, data, set_) if own is not None and config is None else ""
                 if rank.is_main:
                     _print_prepare_stats(data.stats)
@@ -158,10 +168,16 @@ def train(
                 with graceful_stop() as stop:
                     results = train_run(cfg, target, data=data, resume=resume is not None, reporter=reporter,
                                         stop=stop, rank=rank)
+            except BaseException:
+                if existed is not None and rank.is_main:
+                    _forget_start(target, existed)
+                raise
             finally:
                 if reporter is not None:
                     reporter.close()
         finally:
+            if lock is not None:
+                lock.release()
             distributed.shutdown()
     if rank.is_main:
         _print_results(results)
@@ -203,27 +219,106 @@ def _choose_lengths(cfg: Any, data: Any, overrides: list[str]) -> str:
             "--set data.max_len=N to choose")
 
 
+def _default_run_dir(cfg: Any) -> Path:
+    return Path(cfg.run.output_dir) / f"{cfg.run.name or 'run'}-{datetime.now():%Y%m%d-%H%M%S}"
+
+
+def _interrupt_on_sigterm() -> None:
+    import signal
+
+    def interrupt(signum, frame):
+        raise KeyboardInterrupt
+
+    signal.signal(signal.SIGTERM, interrupt)
+
+
+def _forget_start(path: Path, existed: bool) -> None:
+    """A new run that failed before its first checkpoint leaves nothing behind (config, vocab, splits...):
+    else the rerun is refused ("already exists") and so is --resume ("no last.pt")."""
+    from sentiment.runs import LAST
+
+    if not path.is_dir() or (path / LAST).exists():
+        return  # a checkpoint: the run can be resumed, keep it
+    if not existed:
+        shutil.rmtree(path, ignore_errors=True)
+        return
+    for child in path.iterdir():  # a directory that was there (empty, or replaced by --overwrite) stays
+        shutil.rmtree(child, ignore_errors=True) if child.is_dir() and not child.is_symlink() else child.unlink(missing_ok=True)
+
+
 _TORCHRUN_LOG = re.compile(r"^(\[?[WIEF]\d{4}|\*{5}|Setting OMP_NUM_THREADS|Traceback|  |\S+Error|\[rank|torch\.distributed)")
 
 
-def _launch(nproc: int) -> None:
-    """`sentiment train --nproc N ...` as torch.distributed.run would start it, on this machine. Rank 0's
-    output is shown as is; every rank's output is also in a log directory, which a failure names."""
-    import signal
-    import subprocess
+def _launch(nproc: int, config: Path | None, overrides: list[str], run_dir: Path | None, resume: Path | None,
+            overwrite: bool, own: dict[str, Any] | None = None) -> None:
+    """`sentiment train --nproc N ...` as torch.distributed.run would start it, on this machine. The config,
+    the data paths and the run directory are checked here first (in a second, not after torchrun's start);
+    this process names the run directory and holds its lock for the ranks. Rank 0's output is shown as is;
+    every rank's output is also in a log directory, which a failure names."""
     import tempfile
 
-    args = sys.argv[1:]
+    from sentiment.config import load_config, own_data_config
+
+    _interrupt_on_sigterm()  # a `kill` while checking is an interruption, as Ctrl-C is
+    if resume is not None:
+        cfg, target = _resume_config(resume, config, overrides)
+    else:
+        cfg = own_data_config(config, overrides, own) if own is not None else load_config(config, overrides)
+        target = run_dir or _default_run_dir(cfg)
+    _check_data_paths(cfg, fresh=resume is None)
+    args = _without_nproc(sys.argv[1:])
+    if resume is None and run_dir is None:
+        args += ["--run-dir", str(target)]  # the ranks write where this process locked
+    with RunLock(target):
+        if resume is None:
+            _claim_run_dir(target, overwrite, check_only=True)
+        existed = target.exists()
+        log_dir = Path(tempfile.mkdtemp(prefix="sentiment-ranks-"))
+        try:
+            _run_torchrun(nproc, args, log_dir, target)
+        except BaseException:
+            if resume is None:
+                _forget_start(target, existed)
+            raise
+
+
+def _without_nproc(args: list[str]) -> list[str]:
     i = args.index("--nproc") if "--nproc" in args else next(k for k, a in enumerate(args) if a.startswith("--nproc="))
-    args = args[:i] + args[i + (1 if "=" in args[i] else 2):]
-    log_dir = Path(tempfile.mkdtemp(prefix="sentiment-ranks-"))
+    return args[:i] + args[i + (1 if "=" in args[i] else 2):]
+
+
+def _check_data_paths(cfg: Any, fresh: bool) -> None:
+    """What preparing the data would refuse first for a missing path, checked in milliseconds."""
+    from sentiment.data.glove import glove_file
+    from sentiment.data.imdb import imdb_dir
+
+    data = cfg.data
+    if data.dataset == "imdb":
+        imdb_dir(Path(data.data_dir))
+    elif data.dataset == "files":
+        for path in (data.train_file, data.valid_file, data.test_file):
+            if path and not Path(path).exists():
+                raise SentimentError(f"{path} not found")
+        if data.unlabeled and not Path(data.unlabeled).exists():
+            raise SentimentError(f"data.unlabeled: {data.unlabeled} not found")
+    if fresh and data.glove_dim is not None:
+        glove_file(Path(data.data_dir), data.glove_dim)
+
+
+def _run_torchrun(nproc: int, args: list[str], log_dir: Path, target: Path) -> None:
+    import signal
+    import subprocess
+
     others = ",".join(f"{r}:3" for r in range(1, nproc))  # ranks > 0: stdout and stderr to their log files only
     cmd = [sys.executable, "-m", "torch.distributed.run", "--standalone", "--nproc-per-node", str(nproc),
            "--log-dir", str(log_dir), *(["--redirects", others] if others else []), "-m", "sentiment", *args]
-    env = {**os.environ, "TORCHELASTIC_ERROR_FILE": str(log_dir / "error.json")}
-    launcher = subprocess.Popen(cmd, env=env, stderr=subprocess.PIPE, text=True)
+    env = {**os.environ, "TORCHELASTIC_ERROR_FILE": str(log_dir / "error.json"),
+           HELD_ENV: os.path.abspath(target), LAUNCHER_ENV: str(os.getpid())}
+    launcher = subprocess.Popen(cmd, env=env, stderr=subprocess.PIPE, text=True, preexec_fn=_die_with_parent)
+    received: list[int] = []
 
     def forward(signum, frame):  # Ctrl-C on a terminal reaches torchrun too; a `kill` of this process would not
+        received.append(signum)
         launcher.send_signal(signum)
 
     previous = {s: signal.signal(s, forward) for s in (signal.SIGINT, signal.SIGTERM)}
@@ -232,18 +327,55 @@ def _launch(nproc: int) -> None:
     finally:
         for s, h in previous.items():
             signal.signal(s, h)
-    done = subprocess.CompletedProcess(cmd, launcher.returncode, None, stderr)
-    ours = [line for line in done.stderr.splitlines() if line and not _TORCHRUN_LOG.match(line)]
-    if done.returncode == 0:
+    # rank 0's stderr (and torchrun's report) beside the other ranks' logs
+    (log_dir / "rank0-stderr.log").write_text(stderr, encoding="utf-8")
+    ours = [line for line in stderr.splitlines() if line and not _TORCHRUN_LOG.match(line)]
+    if launcher.returncode == 0:
         for line in ours:  # rank 0's notes (skipped rows, ...), without torchrun's own logging
             err_console.print(line, soft_wrap=True, highlight=False, markup=False)
         return
     # torchrun's own report is a long traceback; rank 0's one-line error says what went wrong
     reasons = [line.removeprefix("error: ") for line in ours if line.startswith(("error:", "interrupted"))]
-    reason = reasons[0] if reasons else f"a training process exited with code {done.returncode}"
+    cause = _failed_rank(stderr)
+    if received and not reasons:
+        reason = f"interrupted ({signal.Signals(received[0]).name}) while the training processes started"
+    elif cause and " killed by " in cause and not received:
+        reason = cause  # a rank killed from outside (kill -9, the OOM killer): rank 0's own line is a consequence
+    else:
+        reason = reasons[0] if reasons else cause or f"a training process exited with code {launcher.returncode}"
     error = SentimentError(f"{reason} [{nproc} processes; each rank's output: {log_dir}]")
-    error.exit_code = 130 if reason.startswith("interrupted") else 1
+    error.exit_code = (128 + received[0] if received and not reasons else 130) if reason.startswith("interrupted") else 1
     raise error
+
+
+def _die_with_parent() -> None:
+    """In torchrun's process before it starts: the kernel kills it when this launcher dies (kill -9 too); its
+    ranks notice their parent gone (distributed.watch_launcher)."""
+    import ctypes
+    import signal
+
+    try:
+        ctypes.CDLL(None, use_errno=True).prctl(1, signal.SIGKILL)  # PR_SET_PDEATHSIG (Linux)
+    except (OSError, AttributeError):
+        pass  # not Linux: the ranks' watchdog still ends them
+
+
+def _failed_rank(report: str) -> str | None:
+    """"rank 1 was killed by SIGKILL" from torchrun's failure report (its root cause), or None."""
+    import signal
+
+    rank = re.findall(r"^\s*rank\s*:\s*(\d+)", report, re.M)
+    code = re.findall(r"^\s*exitcode\s*:\s*(-?\d+)", report, re.M)
+    if not rank or not code:
+        return None
+    rank_id, exit_code = rank[-1], int(code[-1])  # the root cause comes last
+    if exit_code < 0:
+        try:
+            name = signal.Signals(-exit_code).name
+        except ValueError:
+            name = f"signal {-exit_code}"
+        return f"training process rank {rank_id} was killed by {name}"
+    return f"training process rank {rank_id} exited with code {exit_code}"
 
 
 def _claim_run_dir(path: Path, overwrite: bool, check_only: bool = False) -> None:
@@ -264,11 +396,12 @@ def _claim_run_dir(path: Path, overwrite: bool, check_only: bool = False) -> Non
 
 
 def _resume_config(run_dir: Path, config: Path | None, overrides: list[str]):
-    from sentiment.runs import LAST, load_run
+    from sentiment.runs import LAST, load_labels, load_run
     from sentiment.config import config_from_dict, load_config
     from sentiment.training.resume import check_resume_config
 
     saved, _ = load_run(run_dir)
+    load_labels(run_dir)  # a run that lost its class names cannot continue
     if not (run_dir / LAST).exists():
         raise SentimentError(f"{run_dir} has no last.pt to resume from (it never finished a step)")
     if config is not None:

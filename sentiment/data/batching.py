@@ -126,7 +126,14 @@ class BucketBatchSampler:
         # every rank gets the same number of batches (a rank with one more would wait for the others at its
         # last gradient all-reduce): the last len % num_replicas batches of the shuffled order are dropped
         usable = len(batches) - len(batches) % self.num_replicas
+        self._step_rows = np.add.reduceat([len(b) for b in batches[:usable]], np.arange(0, usable, self.num_replicas)) \
+            if usable else np.zeros(0, np.int64)
         return batches[self.rank : usable : self.num_replicas]
+
+    def step_rows(self) -> np.ndarray:
+        """Rows that all ranks together read at each step of the epoch batches() last gave (the union of
+        their batches): a rank's loss weighs len(its batch) / that, as if one process read the union."""
+        return self._step_rows
 
     def __iter__(self) -> Iterator[np.ndarray]:
         return iter(self.batches())

@@ -67,8 +67,11 @@ def metrics_from_confusion(confusion: np.ndarray, loss: float, names: list[str] 
         precision, recall = _ratio(tp, predicted), _ratio(tp, support)
         f1 = _ratio(2 * precision * recall, precision + recall) if precision + recall else 0.0
         per_class.append({"label": names[c], "precision": precision, "recall": recall, "f1": f1, "support": support})
+    # macro-F1 over the classes present in the labels or the predictions (as scikit-learn does): a class
+    # that the split lacks and nothing predicts is neither right nor wrong, and must not count as F1 0
+    present = [c["f1"] for j, c in enumerate(per_class) if confusion[j].sum() or confusion[:, j].sum()]
     m = Metrics(loss=loss, accuracy=_ratio(int(np.trace(confusion)), n),
-                macro_f1=float(np.mean([c["f1"] for c in per_class])), n=n, labels=list(names),
+                macro_f1=float(np.mean(present)) if present else 0.0, n=n, labels=list(names),
                 per_class=per_class, confusion=confusion.tolist())
     if k == 2:
         positive = per_class[1]

@@ -543,7 +543,8 @@ class Engine:
             with self.ranks.no_sync(self.net, boundary):
                 with autocast:
                     loss, stats = self.objective(self.net, batch)
-                self.backward(loss)
+                weight = getattr(batch, "weight", 1.0)  # the classifier's rows under DDP (Batch.weight)
+                self.backward(loss * weight if weight != 1.0 else loss)
         if boundary:
             self._optimizer_step(loss)
         self._count(batch, loss, stats, started, last=i + 1 == n_batches)

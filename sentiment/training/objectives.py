@@ -46,6 +46,9 @@ class Batch:
     labels: torch.Tensor | None = None  # [B] class indices on the device; None for unlabeled texts
     unlabeled: "Batch | None" = None  # the unlabeled texts read beside this labeled batch, if any
     ngrams: NgramBatch | None = None  # the n-gram branch's input (sentiment.ngrams), on the device; unperturbed
+    # what this batch's loss is scaled by in the backward pass: under DDP, world size x this rank's share of the
+    # step's rows, so each row weighs the same whichever rank reads it, as in one process over the union
+    weight: float = 1.0
 
     @property
     def inputs(self) -> dict:

@@ -93,6 +93,9 @@ class LabeledStream:
     def set_epoch(self, epoch: int) -> int:
         self.sampler.set_epoch(epoch)
         self.batches = self.sampler.batches()
+        # under DDP each row weighs the same whichever rank reads it (DDP alone averages the ranks' batch means)
+        self.weights = (self.rank.world_size * np.array([len(b) for b in self.batches]) / self.sampler.step_rows()
+                        if self.rank.distributed else None)
         return len(self.batches)
 
     def _to_device(self, ids: torch.Tensor, labels: torch.Tensor | None = None):
@@ -109,7 +112,8 @@ class LabeledStream:
         ngrams = ngram_inputs(self.model, d.train, self.batches[i], cfg.data.max_len, cfg.data.truncate,
                               self.device).get("ngrams")
         ids, labels = self._to_device(ids, labels)
-        batch = Batch(ids, lengths, labels, ngrams=ngrams)
+        batch = Batch(ids, lengths, labels, ngrams=ngrams,
+                      weight=float(self.weights[i]) if self.weights is not None else 1.0)
         if self.unlabeled is not None:
             u_len = cfg.train.unlabeled_max_len or cfg.data.max_len
             u_indices = self.unlabeled.next()

@@ -1,0 +1,112 @@
+"""One writer per run directory: an OS file lock beside it.
+
+`train`, `train --resume` and `train --overwrite` hold an exclusive flock(2) on `.<name>.lock` next to the run
+directory while they write it. The kernel releases it on any exit, kill -9 included, so a lock is never
+stale; it lives beside the directory, so it survives `--overwrite` deleting the directory. The holder's PID
+is written into the file, so a second writer can say whose it is. Under `sentiment train --nproc N` the
+launcher holds it and tells its ranks so (HELD_ENV), so they do not try to take it again.
+"""
+
+from __future__ import annotations
+
+import fcntl
+import os
+from pathlib import Path
+
+from sentiment.errors import SentimentError
+
+HELD_ENV = "SENTIMENT_RUN_LOCK_HELD"  # the run directory whose lock a parent process (the launcher) holds
+LAUNCHER_ENV = "SENTIMENT_LAUNCHER_PID"  # the launcher's pid: its ranks end when it does (distributed.py)
+
+
+def lock_path(run_dir: Path) -> Path:
+    run_dir = Path(os.path.abspath(run_dir))
+    return run_dir.parent / f".{run_dir.name}.lock"
+
+
+def held_by_parent(run_dir: Path) -> bool:
+    """True when the process that started this one holds the lock of run_dir for it."""
+    return os.environ.get(HELD_ENV) == os.path.abspath(run_dir)
+
+
+class RunLock:
+    """`with RunLock(run_dir):` ... writes run_dir ... Refuses (SentimentError) if another process holds it."""
+
+    def __init__(self, run_dir: Path):
+        self.run_dir = Path(run_dir)
+        self.path = lock_path(run_dir)
+        self.fd: int | None = None
+        self.created: list[Path] = []  # parent directories this lock created (removed again if left empty)
+
+    def acquire(self) -> "RunLock":
+        self._make_parents()
+        while True:
+            try:
+                fd = os.open(self.path, os.O_RDWR | os.O_CREAT, 0o644)
+            except OSError as e:
+                self.release()
+                raise SentimentError(f"cannot lock run directory {self.run_dir} ({self.path}: "
+                                     f"{e.strerror or e})") from None
+            try:
+                fcntl.flock(fd, fcntl.LOCK_EX | fcntl.LOCK_NB)
+            except BlockingIOError:
+                holder = _read_pid(fd)
+                os.close(fd)
+                self.release()
+                raise SentimentError(f"run directory {self.run_dir} is being written by another training "
+                                     f"(pid {holder or 'unknown'}): wait for it to end, or choose another "
+                                     "--run-dir") from None
+            # a holder that releases unlinks the file before unlocking it: the file locked must still be the
+            # one at the path, or two processes could each hold "the" lock on different files
+            try:
+                current = os.stat(self.path).st_ino == os.fstat(fd).st_ino
+            except FileNotFoundError:
+                current = False
+            if current:
+                break
+            os.close(fd)
+        os.ftruncate(fd, 0)
+        os.write(fd, f"{os.getpid()}\n".encode())
+        self.fd = fd
+        return self
+
+    def release(self) -> None:
+        if self.fd is not None:
+            self.path.unlink(missing_ok=True)  # while still locked (see acquire)
+            os.close(self.fd)
+            self.fd = None
+        for folder in reversed(self.created):
+            try:
+                folder.rmdir()  # only if nothing was written into it
+            except OSError:
+                break
+        self.created = []
+
+    def _make_parents(self) -> None:
+        missing = []
+        folder = self.path.parent
+        while not folder.exists():
+            missing.append(folder)
+            folder = folder.parent
+        for folder in reversed(missing):
+            try:
+                folder.mkdir()
+            except FileExistsError:
+                continue
+            except OSError as e:
+                self.release()
+                raise SentimentError(f"cannot create run directory {self.run_dir}: {e.strerror or e}") from None
+            self.created.append(folder)
+
+    def __enter__(self) -> "RunLock":
+        return self.acquire()
+
+    def __exit__(self, *exc: object) -> None:
+        self.release()
+
+
+def _read_pid(fd: int) -> str:
+    try:
+        return os.pread(fd, 32, 0).decode("ascii", "replace").strip()
+    except OSError:
+        return ""
