@@ -15,7 +15,7 @@ from rich.table import Table
 from sentiment.cli.app import ConfigOption, DataDirOption, SetOption, app, console, err_console, user_errors
 
 # ---------------------------------------------------------------- download
-@app.command()
+@app.command(short_help='Download IMDB and GloVe 6B into the data directory (resumable, checksummed).')
 def download(
     data_dir: Optional[Path] = DataDirOption,
     imdb_source: Optional[str] = typer.Option(None, envvar="SENTIMENT_IMDB_SOURCE",
@@ -62,7 +62,7 @@ def _byte_progress() -> Iterator[Any]:
 # ---------------------------------------------------------------- prepare
 
 
-@app.command()
+@app.command(short_help="Tokenize, split and cache a config's data; show its classes and GloVe's coverage.")
 def prepare(config: Optional[Path] = ConfigOption, set_: list[str] = SetOption) -> None:
     """Tokenize the config's data, split it, build the vocab and load GloVe, filling the caches (train does this
     too): shows each split's classes and GloVe's coverage."""

@@ -17,7 +17,7 @@ from sentiment.errors import SentimentError
 from sentiment.cli.app import app, console, err_console, user_errors, _check_checkpoint, _note_skipped
 
 # ---------------------------------------------------------------- eval
-@app.command("eval")
+@app.command("eval", short_help='Score a run on its test or valid split, or on labeled texts (--data).')
 def eval_(
     run: Path = typer.Option(..., "--run", help="A run directory written by `sentiment train`."),
     split: str = typer.Option("test", help="Split of the run's own data to evaluate: test or valid."),
@@ -87,7 +87,7 @@ def _print_metrics(m: dict[str, Any], title: str, as_json: bool) -> None:
 
 
 # ---------------------------------------------------------------- predict
-@app.command()
+@app.command(short_help="Label texts with a trained run (or an exported model), with every class's probability.")
 def predict(
     texts: Optional[list[str]] = typer.Argument(None, help="Reviews to classify (default: --file, else standard "
                                                 "input, one review per line)."),

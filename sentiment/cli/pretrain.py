@@ -41,7 +41,7 @@ class LanguageModelReporter(RichReporter):
                   f"{row['valid_backward_perplexity']:>12,.1f} {row['seconds']:>6.0f}s {row['tokens_per_s']:>9,.0f}{mark}")
 
 
-@app.command()
+@app.command(short_help='Pretrain the encoder as a language model on unlabeled text, to fine-tune from.')
 def pretrain(
     config: Optional[Path] = ConfigOption,
     set_: list[str] = SetOption,

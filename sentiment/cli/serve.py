@@ -12,7 +12,7 @@ from sentiment.errors import SentimentError
 from sentiment.cli.app import app, err_console, user_errors, _check_checkpoint
 
 
-@app.command()
+@app.command(short_help='Serve a run (or an exported model) over HTTP: POST /predict, GET /health, /info, /docs.')
 def serve(
     run: Optional[Path] = typer.Option(None, "--run", help="A run directory written by `sentiment train`."),
     model: Optional[Path] = typer.Option(None, "--model", help="Instead of --run: a model written by `sentiment "
@@ -64,7 +64,7 @@ def serve(
         run_server(opts, host, port, log_level=log_level, access_log=access_log)
 
 
-@app.command()
+@app.command(short_help="Export a run's model to ONNX or torch.export, with the vocabulary and labels beside it.")
 def export(
     run: Path = typer.Option(..., "--run", help="A run directory written by `sentiment train`."),
     fmt: str = typer.Option(..., "--format", help="onnx (onnxruntime) or torch (a torch.export program, "

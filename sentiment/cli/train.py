@@ -73,7 +73,7 @@ class RichReporter:
             self.progress = None
 
 
-@app.command()
+@app.command(short_help='Train a classifier from a config (or --data FILE) into a run directory.')
 def train(
     config: Optional[Path] = ConfigOption,
     set_: list[str] = SetOption,

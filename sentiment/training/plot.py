@@ -28,7 +28,10 @@ def plot_curves(rows: list[dict[str, Any]], path: Path) -> None:
             ax_loss.plot(epochs, [r[column] for r in rows], marker=".", linestyle="--", label=label)
     ax_loss.set(title="loss (supervised: train, valid)", xlabel="epoch")
     ax_acc.set(title="accuracy", xlabel="epoch")
+    from matplotlib.ticker import MaxNLocator
+
     for ax in (ax_loss, ax_acc):
+        ax.xaxis.set_major_locator(MaxNLocator(integer=True))  # epochs are whole: no 1.5 on the axis
         ax.grid(alpha=0.3)
         ax.legend()
     fig.tight_layout()

@@ -156,7 +156,10 @@ def plot_lm_curves(rows: list[dict[str, Any]], path: Path) -> None:
         ax.plot(epochs, [perplexity(r[f"train_{name}_loss"]) for r in rows], marker="o", linestyle="--",
                 label=f"{name}, train")
         ax.plot(epochs, [r[f"valid_{name}_perplexity"] for r in rows], marker="o", label=f"{name}, held out")
+    from matplotlib.ticker import MaxNLocator
+
     ax.set(title="language model perplexity", xlabel="epoch", yscale="log")
+    ax.xaxis.set_major_locator(MaxNLocator(integer=True))  # epochs are whole
     ax.grid(alpha=0.3)
     ax.legend()
     fig.tight_layout()
