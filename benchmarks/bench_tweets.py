@@ -1,7 +1,7 @@
 """Airline tweets, 3 classes: our model (trained by the CLI over several seeds) against TF-IDF + logistic
 regression on the very same split, both scored on the fixed stratified 10% test split.
 
-    .venv/bin/python scripts/bench_tweets.py --csv ../shared/data/airline_tweets.csv [--seeds 1 2 3]
+    .venv/bin/python benchmarks/bench_tweets.py --csv ../shared/data/airline_tweets.csv [--seeds 1 2 3]
         [--runs-dir runs/bench_tweets] [--threads N] [--set KEY=VALUE ...] [--reuse] [--quick]
 
 Ours: for each seed, `python -m sentiment train --config configs/airline_tweets.yaml --set
@@ -35,10 +35,11 @@ import sys
 import time
 from pathlib import Path
 
-import benchlib
+import common
 import numpy as np
+from compare_linear import macro_f1, mean_sd, paired_bootstrap  # noqa: F401  (one bootstrap for both)
 
-ROOT = benchlib.ROOT
+ROOT = common.ROOT
 C_GRID = (0.25, 0.5, 1.0, 2.0, 4.0, 8.0, 16.0, 32.0)
 BOOTSTRAP = 10_000
 QUICK_C_GRID = (1.0, 4.0)
@@ -109,50 +110,6 @@ def baseline(table, splits: dict[str, np.ndarray], label_names: list[str], grid:
             "test_predictions": model.predict(x["test"]), "test_gold": y["test"]}  # for the paired bootstrap
 
 
-def macro_f1(confusions: np.ndarray) -> np.ndarray:
-    """Macro-F1 of each [K, K] confusion matrix (gold rows, predicted columns) in [..., K, K]."""
-    tp = np.diagonal(confusions, axis1=-2, axis2=-1)
-    gold, pred = confusions.sum(axis=-1), confusions.sum(axis=-2)
-    denom = gold + pred
-    return np.where(denom > 0, 2 * tp / np.maximum(denom, 1), 0.0).mean(axis=-1)
-
-
-def paired_bootstrap(gold: np.ndarray, ours: list[np.ndarray], theirs: np.ndarray, k: int, resamples: int,
-                     seed: int = 0) -> dict[str, tuple[float, float, float]]:
-    """Test rows resampled with replacement, the same rows for both sides: per resample, ours (the mean over
-    seeds) minus theirs, in accuracy and macro-F1. Returns for each (2.5th percentile, 97.5th percentile,
-    share of resamples where ours is ahead)."""
-    rng = np.random.default_rng(seed)
-    n = len(gold)
-    out: dict[str, list[np.ndarray]] = {"accuracy": [], "macro_f1": []}
-    for start in range(0, resamples, 1000):  # in blocks: [1000, n] index arrays, not [resamples, n]
-        rows = rng.integers(0, n, size=(min(1000, resamples - start), n))
-        g = gold[rows]
-
-        def figures(pred: np.ndarray) -> tuple[np.ndarray, np.ndarray]:
-            p = pred[rows]
-            confusions = np.zeros((len(rows), k, k))
-            for a in range(k):
-                for b in range(k):
-                    confusions[:, a, b] = ((g == a) & (p == b)).sum(axis=1)
-            return (g == p).mean(axis=1), macro_f1(confusions)
-
-        ours_acc, ours_f1 = zip(*(figures(p) for p in ours))
-        theirs_acc, theirs_f1 = figures(theirs)
-        out["accuracy"].append(np.mean(ours_acc, axis=0) - theirs_acc)
-        out["macro_f1"].append(np.mean(ours_f1, axis=0) - theirs_f1)
-    result = {}
-    for name, parts in out.items():
-        diff = np.concatenate(parts)
-        result[name] = (float(np.percentile(diff, 2.5)), float(np.percentile(diff, 97.5)), float((diff > 0).mean()))
-    return result
-
-
-def mean_sd(values: list[float], scale: float = 100.0) -> str:
-    sd = statistics.stdev(values) if len(values) > 1 else float("nan")
-    return f"{scale * statistics.mean(values):.2f} ± {scale * sd:.2f}"
-
-
 def main() -> None:
     ap = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
     ap.add_argument("--csv", type=Path, help="the airline tweets CSV (default: data/airline_tweets.csv)")
@@ -177,7 +134,7 @@ def main() -> None:
     grid = QUICK_C_GRID if args.quick else C_GRID
     runs_dir = args.runs_dir.resolve()
 
-    benchlib.print_header("== bench_tweets: airline tweets (3 classes), ours over seeds vs TF-IDF + logistic "
+    common.print_header("== bench_tweets: airline tweets (3 classes), ours over seeds vs TF-IDF + logistic "
                           "regression on the same split ==", args.threads)
     print(f"  data: {csv}; config: {args.config}; overrides: {' '.join(overrides) or 'none'}")
     if args.quick:
@@ -237,7 +194,7 @@ def main() -> None:
         print(f"  NOTE: the chosen C {base['C']:g} is at the edge of the grid: a wider grid might do better")
     print("  baseline valid figures per C: " + "; ".join(f"C {c:g}: acc {a:.2%} mF1 {f:.2%}" for c, a, f in base["tried"]))
 
-    figures = benchlib.Figures("bench_tweets")
+    figures = common.Figures("bench_tweets")
     sample = (f"{len(splits['test']):,} test tweets (fixed stratified 10%), {len(rows)} seed(s) "
               f"{' '.join(map(str, seeds))}, mean")
     print()

@@ -104,8 +104,7 @@ def train(
     Under torchrun every process runs this command: the main one writes and prints, the others train their
     share of each epoch's batches.
     """
-    from sentiment.config import dump_config, load_config, own_data_config
-    from sentiment.cli.data import _print_prepare_stats
+    from sentiment.config import dump_config
 
     with user_errors():
         own = _own_data(data_file, text_column, label_column, valid_data, test_data, resume)
@@ -116,22 +115,12 @@ def train(
     with user_errors():
         _interrupt_on_sigterm()  # until the loop's own handler: a SIGTERM while starting is an interruption
         from sentiment import distributed
-        from sentiment.training.transfer import prepare_training_data
         from sentiment.floats import flush_denormals
         from sentiment.device import resolve_device
-        from sentiment.training.train import graceful_stop
-        from sentiment.training.train import train as train_run
 
         rank = distributed.from_env()
         distributed.watch_launcher()  # under --nproc: this rank ends with the launcher, however it ends
-        if resume is not None:
-            cfg, target = _resume_config(resume, config, set_)
-        elif own is not None:
-            cfg = own_data_config(config, set_, own)
-        else:
-            cfg = load_config(config, set_)
-        if resume is None:
-            target = run_dir or _default_run_dir(cfg)
+        cfg, target = _config_and_target(config, set_, own, resume, run_dir)
         if print_config:
             if rank.is_main:
                 console.print(dump_config(cfg), end="", markup=False, highlight=False)
@@ -147,40 +136,71 @@ def train(
             distributed.together(rank, lambda: lock.acquire(), only=lock is not None, what="locking the run directory")
             data, existed = None, None
             if resume is None:
-                # everything that can fail on bad input (run dir, device, data, GloVe) is checked before the run
-                # directory is created, or an --overwrite'n one deleted
-                distributed.together(rank, lambda: _claim_run_dir(target, overwrite, check_only=True),
-                                     only=rank.is_main, what="checking the run directory")
-                data = distributed.once_per_machine(rank, lambda: prepare_training_data(cfg))
-                existed = target.exists()  # before this start: an empty directory, or one --overwrite replaces
-                chosen = _choose_lengths(cfg, data, set_) if own is not None and config is None else ""
-                if rank.is_main:
-                    _print_prepare_stats(data.stats)
-                    if chosen:
-                        console.print(chosen, soft_wrap=True)
-                distributed.together(rank, lambda: _claim_run_dir(target, overwrite), only=rank.is_main,
-                                     what="creating the run directory")
+                data, existed = _start_run(rank, cfg, target, overwrite,
+                                           choose_lengths=own is not None and config is None, overrides=set_)
             if rank.is_main:
                 processes = f" · {rank.world_size} processes" if rank.distributed else ""
                 console.print(f"run directory: [bold]{escape(str(target))}[/]{processes}", soft_wrap=True)
-            reporter = RichReporter() if rank.is_main else None
-            try:
-                with graceful_stop() as stop:
-                    results = train_run(cfg, target, data=data, resume=resume is not None, reporter=reporter,
-                                        stop=stop, rank=rank)
-            except BaseException:
-                if existed is not None and rank.is_main:
-                    _forget_start(target, existed)
-                raise
-            finally:
-                if reporter is not None:
-                    reporter.close()
+            results = _train_reporting(cfg, target, data, resume is not None, rank, existed)
         finally:
             if lock is not None:
                 lock.release()
             distributed.shutdown()
     if rank.is_main:
         _print_results(results)
+
+
+def _config_and_target(config: Path | None, overrides: list[str], own: dict[str, Any] | None, resume: Path | None,
+                       run_dir: Path | None) -> tuple[Any, Path]:
+    """The resolved config (a resumed run's, --data's own-data recipe, or --config's) and the run directory."""
+    from sentiment.config import load_config, own_data_config
+
+    if resume is not None:
+        return _resume_config(resume, config, overrides)
+    cfg = own_data_config(config, overrides, own) if own is not None else load_config(config, overrides)
+    return cfg, run_dir or _default_run_dir(cfg)
+
+
+def _start_run(rank: Any, cfg: Any, target: Path, overwrite: bool, choose_lengths: bool,
+               overrides: list[str]) -> tuple[Any, bool]:
+    """A new run: everything that can fail on bad input (run dir, device, data, GloVe) is checked before the run
+    directory is created, or an --overwrite'n one deleted. Returns the prepared data, and whether the directory
+    was there before this start (what a failed start must leave)."""
+    from sentiment import distributed
+    from sentiment.cli.data import _print_prepare_stats
+    from sentiment.training.transfer import prepare_training_data
+
+    distributed.together(rank, lambda: _claim_run_dir(target, overwrite, check_only=True),
+                         only=rank.is_main, what="checking the run directory")
+    data = distributed.once_per_machine(rank, lambda: prepare_training_data(cfg))
+    existed = target.exists()  # before this start: an empty directory, or one --overwrite replaces
+    chosen = _choose_lengths(cfg, data, overrides) if choose_lengths else ""
+    if rank.is_main:
+        _print_prepare_stats(data.stats)
+        if chosen:
+            console.print(chosen, soft_wrap=True)
+    distributed.together(rank, lambda: _claim_run_dir(target, overwrite), only=rank.is_main,
+                         what="creating the run directory")
+    return data, existed
+
+
+def _train_reporting(cfg: Any, target: Path, data: Any, resume: bool, rank: Any, existed: bool | None) -> dict:
+    """The training itself, drawn by RichReporter on the main rank; a new run that fails before its first
+    checkpoint leaves nothing behind."""
+    from sentiment.training.train import graceful_stop
+    from sentiment.training.train import train as train_run
+
+    reporter = RichReporter() if rank.is_main else None
+    try:
+        with graceful_stop() as stop:
+            return train_run(cfg, target, data=data, resume=resume, reporter=reporter, stop=stop, rank=rank)
+    except BaseException:
+        if existed is not None and rank.is_main:
+            _forget_start(target, existed)
+        raise
+    finally:
+        if reporter is not None:
+            reporter.close()
 
 
 def _own_data(data_file: Path | None, text_column: str | None, label_column: str | None, valid_data: Path | None,

@@ -6,6 +6,8 @@ import time
 from dataclasses import dataclass, field
 from pathlib import Path
 
+from typing import Any
+
 import numpy as np
 
 from sentiment.data.batching import EncodedSplit
@@ -81,18 +83,7 @@ def prepare_data(cfg: DataConfig, vocab: Vocab | None = None, *, with_embeddings
     t0 = time.perf_counter()
     data_dir = Path(cfg.data_dir)
     source = load_source(cfg, label_space, with_unlabeled=with_unlabeled)
-    idx = source.splits if indices is None else indices
-    membership = source.membership if indices is None else dict(indices)
-    if cfg.train_limit is not None:
-        keep = stratified_limit(source.labels[idx["train"]], cfg.train_limit, cfg.split_seed)
-        idx = {**idx, "train": idx["train"][keep]}
-        membership = {**membership, "train": np.asarray(membership["train"])[keep]}
-    if len(idx["train"]) == 0:
-        raise SentimentError("the training split is empty: check data.valid_fraction and the data directory")
-    if len(idx["valid"]) == 0:  # else every epoch scores 0% on nothing and the first one is kept as the best
-        raise SentimentError(f"the validation split is empty: data.valid_fraction={cfg.valid_fraction} of "
-                             f"{len(idx['train'])} training rows is none, and the best epoch is chosen on it; "
-                             "raise data.valid_fraction")
+    idx, membership = _split_rows(cfg, source, indices)
 
     fingerprints = data_fingerprints(source.tokens, source.ids, source.offsets, source.labels,
                                      {n: idx[n] for n in ("train", "valid", "test") if n in idx},
@@ -132,17 +123,7 @@ def prepare_data(cfg: DataConfig, vocab: Vocab | None = None, *, with_embeddings
         if unlabeled is not None:
             unlabeled.hashes, unlabeled.hash_offsets = table_hashes[unlabeled_flat[0]], unlabeled_flat[1]
     space = source.label_space
-    stats = {**source.stats, "vocab_size": len(vocab), "train": len(idx["train"]), "valid": len(idx["valid"]),
-             "test": len(idx["test"]), "labels": list(space.names),
-             "class_counts": {name: np.bincount(split.labels, minlength=space.num_classes).tolist()
-                              for name, split in splits.items() if name in ("train", "valid", "test")}}
-    # words training never saw read as <unk>: what data.vocab_glove_extra (or a larger vocab) would change
-    stats["unk_token_share"] = {name: float(np.mean(splits[name].ids == vocab.unk_index)) if len(splits[name].ids)
-                                else 0.0 for name in ("valid", "test")}
-    if indices is not None:
-        stats["valid_split"] = "given"
-    if space.binary:
-        stats["valid_positive_share"] = float(splits["valid"].labels.mean())
+    stats = _split_stats(source.stats, splits, vocab, space, given=indices is not None)
     embeddings = None
     if glove is not None:
         stats["glove_extra_words"] = len(vocab) - trained_words
@@ -163,6 +144,41 @@ def prepare_data(cfg: DataConfig, vocab: Vocab | None = None, *, with_embeddings
     extra = {name: split for name, split in splits.items() if name not in ("train", "valid", "test")}
     return PreparedData(vocab, splits["train"], splits["valid"], splits["test"], embeddings, stats, extra, space,
                         membership, unlabeled, fingerprints)
+
+
+def _split_rows(cfg: DataConfig, source: Any, indices: dict[str, np.ndarray] | None
+                ) -> tuple[dict[str, np.ndarray], dict[str, np.ndarray]]:
+    """Source rows of each split (data.train_limit applied), and the membership the run stores."""
+    idx = source.splits if indices is None else indices
+    membership = source.membership if indices is None else dict(indices)
+    if cfg.train_limit is not None:
+        keep = stratified_limit(source.labels[idx["train"]], cfg.train_limit, cfg.split_seed)
+        idx = {**idx, "train": idx["train"][keep]}
+        membership = {**membership, "train": np.asarray(membership["train"])[keep]}
+    if len(idx["train"]) == 0:
+        raise SentimentError("the training split is empty: check data.valid_fraction and the data directory")
+    if len(idx["valid"]) == 0:  # else every epoch scores 0% on nothing and the first one is kept as the best
+        raise SentimentError(f"the validation split is empty: data.valid_fraction={cfg.valid_fraction} of "
+                             f"{len(idx['train'])} training rows is none, and the best epoch is chosen on it; "
+                             "raise data.valid_fraction")
+    return idx, membership
+
+
+def _split_stats(source_stats: dict[str, Any], splits: dict[str, EncodedSplit], vocab: Vocab, space: LabelSpace,
+                 given: bool) -> dict[str, Any]:
+    """What prepare reports of the splits: sizes, classes, and the share of tokens read as <unk>."""
+    stats = {**source_stats, "vocab_size": len(vocab), "train": len(splits["train"]), "valid": len(splits["valid"]),
+             "test": len(splits["test"]), "labels": list(space.names),
+             "class_counts": {name: np.bincount(split.labels, minlength=space.num_classes).tolist()
+                              for name, split in splits.items() if name in ("train", "valid", "test")}}
+    # words training never saw read as <unk>: what data.vocab_glove_extra (or a larger vocab) would change
+    stats["unk_token_share"] = {name: float(np.mean(splits[name].ids == vocab.unk_index)) if len(splits[name].ids)
+                                else 0.0 for name in ("valid", "test")}
+    if given:
+        stats["valid_split"] = "given"
+    if space.binary:
+        stats["valid_positive_share"] = float(splits["valid"].labels.mean())
+    return stats
 
 
 def split_sources(cfg: DataConfig) -> dict[str, str]:
