@@ -131,8 +131,10 @@ class NgramBatch(NamedTuple):
 
 
 def spec_of(model: nn.Module) -> NgramSpec | None:
-    branch = getattr(model, "ngrams", None)
-    return branch.spec if isinstance(branch, NgramBranch) else None
+    """The n-grams the model's branch reads; None without one. Any model whose `ngrams` carries a spec (an
+    exported model, sentiment.inference.exported) takes them alike."""
+    spec = getattr(getattr(model, "ngrams", None), "spec", None)
+    return spec if isinstance(spec, NgramSpec) else None
 
 
 def _rows(split: "EncodedSplit", indices: np.ndarray, spec: NgramSpec, max_len: int | None,

@@ -1,5 +1,6 @@
-"""`sentiment export` and `sentiment predict --model`: ONNX and torch.export files score token ids as the
-run's own model does, with dynamic batch and length, independent of padding; bad input is one error line."""
+"""`sentiment export` and `sentiment predict --model`: ONNX and torch.export files score token ids (and the
+n-gram branch's hashed n-grams) as the run's own model does, with dynamic batch and length, independent of
+padding; bad input is one error line."""
 
 from __future__ import annotations
 
@@ -14,8 +15,9 @@ from typer.testing import CliRunner
 
 from sentiment.cli import app
 from sentiment.inference.export import export_model, sidecar_path
-from sentiment.inference.exported import load_exported
+from sentiment.inference.exported import encoding_from, load_exported
 from sentiment.model import POOLINGS, SentimentRNN
+from sentiment.ngrams import NgramBatch, NgramBranch, NgramSpec, bags, collate_ngrams
 from conftest import TINY_TRAINING, make_imdb, one_line_error, set_args
 
 pytest.importorskip("onnxruntime")
@@ -73,6 +75,33 @@ def three_run(tmp_path_factory) -> Path:
     return base / "run"
 
 
+NGRAM_BRANCH = ["model.ngrams.n=2", "model.ngrams.buckets=4096", "model.ngrams.lr=0.05"]
+
+
+@pytest.fixture(scope="module")
+def ngram_gru_run(tmp_path_factory) -> Path:
+    """A two-class BiGRU run with the n-gram branch (tfidf) reading the truncated text: data.eval_max_len 20
+    cuts the long TEXTS, so the n-grams of a cut text must be cut alike after export."""
+    base = tmp_path_factory.mktemp("export_ngram_gru")
+    data = make_imdb(base / "data", n_per_class=40, with_glove=False)
+    code, text = run("train", *set_args([f"data.data_dir={data}", *FAST, "model.rnn=gru", "model.hidden_size=8",
+                                         "data.eval_max_len=20", *NGRAM_BRANCH, "model.ngrams.text=truncated"]),
+                     "--run-dir", str(base / "run"))
+    assert code == 0, text
+    return base / "run"
+
+
+@pytest.fixture(scope="module")
+def ngram_alone_run(tmp_path_factory) -> Path:
+    """A two-class run of the n-gram branch alone (model.rnn none), nb weighting (no counts input), whole text."""
+    base = tmp_path_factory.mktemp("export_ngram_alone")
+    data = make_imdb(base / "data", n_per_class=40, with_glove=False)
+    code, text = run("train", *set_args([f"data.data_dir={data}", *FAST, "model.rnn=none", *NGRAM_BRANCH,
+                                         "model.ngrams.weighting=nb"]), "--run-dir", str(base / "run"))
+    assert code == 0, text
+    return base / "run"
+
+
 def assert_rows_close(got: list[dict], expected: list[dict]) -> None:
     assert len(got) == len(expected)
     for g, e in zip(got, expected):
@@ -102,6 +131,65 @@ def test_three_class_run_round_trips(three_run, tmp_path):
     expected = predict_rows("--run", str(three_run))
     assert set(expected[0]["probs"]) == {"bad", "good", "meh"}
     assert_rows_close(predict_rows("--model", str(out)), expected)
+
+
+# the n-gram runs through both formats: the recurrent one through torch.export too (one case: export is slow)
+NGRAM_CASES = [("ngram_gru_run", "onnx", ["ids", "lengths", "ngram_ids", "ngram_offsets", "ngram_counts"]),
+               ("ngram_gru_run", "torch", ["ids", "lengths", "ngram_ids", "ngram_offsets", "ngram_counts"]),
+               ("ngram_alone_run", "onnx", ["ngram_ids", "ngram_offsets"])]
+
+
+@pytest.mark.parametrize("fixture, fmt, inputs", NGRAM_CASES, ids=lambda v: v if isinstance(v, str) else None)
+def test_ngram_run_round_trips(request, tmp_path, fixture, fmt, inputs):
+    run_dir = request.getfixturevalue(fixture)
+    out = tmp_path / f"model.{fmt}"
+    code, text = run("export", "--run", str(run_dir), "--format", fmt, "--out", str(out))
+    assert code == 0, text
+    meta = json.loads(sidecar_path(out).read_text())
+    assert meta["inputs"] == inputs
+    assert {k: meta["ngrams"][k] for k in ("n", "buckets")} == {"n": 2, "buckets": 4096}
+    assert meta["ngrams"]["text"] == ("truncated" if fixture == "ngram_gru_run" else "whole")
+    expected = predict_rows("--run", str(run_dir))
+    assert_rows_close(predict_rows("--model", str(out)), expected)
+
+
+def ngram_model(rnn: str, weighting: str, k: int) -> SentimentRNN:
+    """A random model with the n-gram branch (random table and bucket scales, so every part counts)."""
+    torch.manual_seed(0)
+    branch = NgramBranch(NgramSpec(2, 64, True), k, weighting)
+    with torch.no_grad():
+        branch.table.weight.normal_()
+        branch.bias.normal_()
+    branch.set_statistics(np.random.default_rng(0).uniform(0.5, 2.0, 64))
+    return SentimentRNN(40, 8, hidden_size=6, num_layers=1, rnn=rnn, pooling="max", num_outputs=k, dropout=0.0,
+                        embed_dropout=0.0, ngrams=branch).eval()
+
+
+@pytest.mark.parametrize("rnn, weighting, k", [("gru", "tfidf", 1), ("none", "nb", 1), ("lstm", "none", 3)])
+def test_exported_ngram_model_matches_and_ignores_padding(tmp_path, rnn, weighting, k):
+    model = ngram_model(rnn, weighting, k)
+    out = tmp_path / "m.onnx"
+    export_model(model, out, "onnx", {"labels": ["negative", "positive"] if k == 1 else ["a", "b", "c"]})
+    exported = load_exported(out)
+    ids, lengths = padded_batch(40, [13, 1, 5, 9, 2])
+    gen = np.random.default_rng(1)
+    hashes = gen.integers(0, 2**63, int(lengths.sum()), dtype=np.uint64)  # token hashes of each text, end to end
+    offsets = np.concatenate([[0], np.cumsum(lengths.numpy())])
+
+    def ngrams_of(rows: list[int]) -> NgramBatch:
+        flat = np.concatenate([hashes[offsets[r]:offsets[r + 1]] for r in rows])
+        row_offsets = np.concatenate([[0], np.cumsum([offsets[r + 1] - offsets[r] for r in rows])])
+        return NgramBatch(*map(torch.from_numpy, bags(flat, row_offsets, 2, 64)))
+
+    together = ngrams_of(list(range(5)))
+    with torch.inference_mode():
+        reference = model(ids, lengths, ngrams=together)
+    got = exported(ids, lengths, together)
+    assert got.shape == reference.shape
+    assert (got - reference).abs().max().item() < 1e-5
+    for i, n in enumerate(lengths.tolist()):  # alone and unpadded, as in the padded batch
+        alone = exported(ids[i : i + 1, :n], lengths[i : i + 1], ngrams_of([i]))
+        assert (alone - got[i : i + 1]).abs().max().item() < 1e-6
 
 
 def padded_batch(vocab: int, lengths: list[int], seed: int = 0) -> tuple[torch.Tensor, torch.Tensor]:
@@ -173,16 +261,24 @@ def test_bench_export_help_and_smoke(binary_run, tmp_path):
     assert results["onnx"]["tokens_per_s"] > 0 and results["torch_eager"]["tokens_per_s"] > 0
 
 
-def test_the_documented_function_agrees_with_predict_model(binary_run, tmp_path):
-    """docs/serving.md's text-to-probabilities function, without this package, gives predict --model's rows."""
-    out = tmp_path / "doc.onnx"
-    code, text = run("export", "--run", str(binary_run), "--format", "onnx", "--out", str(out))
-    assert code == 0, text
+def documented() -> dict:
+    """docs/serving.md's functions (load, tokens, cut, ngram_bag, probabilities, ...), without the example call."""
     doc = (Path(__file__).resolve().parents[1] / "docs" / "serving.md").read_text(encoding="utf-8")
     source = doc.split("```python\n", 1)[1].split("```", 1)[0]
-    source = source[: source.index('meta, session = load("model.onnx")')]  # the functions, not the example call
+    source = source[: source.index('meta, session = load("model.onnx")')]
     namespace: dict = {}
     exec(compile(source, "serving.md", "exec"), namespace)
+    return namespace
+
+
+@pytest.mark.parametrize("fixture", ["binary_run", "ngram_gru_run", "ngram_alone_run"])
+def test_the_documented_function_agrees_with_predict_model(request, tmp_path, fixture):
+    """docs/serving.md's text-to-probabilities function, without this package, gives predict --model's rows
+    (with the n-gram branch too: its hashing function is the package's, one token at a time)."""
+    out = tmp_path / "doc.onnx"
+    code, text = run("export", "--run", str(request.getfixturevalue(fixture)), "--format", "onnx", "--out", str(out))
+    assert code == 0, text
+    namespace = documented()
     meta, session = namespace["load"](str(out))
     probs = namespace["probabilities"](TEXTS + ["<br /><br />"], meta, session)
     expected = predict_rows("--model", str(out))
@@ -192,3 +288,32 @@ def test_the_documented_function_agrees_with_predict_model(binary_run, tmp_path)
         else:
             assert abs(row["probability"] - p[1]) <= 1e-6
     assert np.isnan(probs[-1]).all()
+
+
+def test_the_same_text_gets_the_same_ngrams_in_predict_and_the_exported_path(ngram_gru_run, tmp_path):
+    """`predict --run`, `predict --model` and docs/serving.md's ngram_bag give a text the same n-gram ids and
+    counts (here of the truncated text, as the run's branch reads it)."""
+    import spacy
+
+    from sentiment.inference.predict import encode_texts, encoding_of
+    from sentiment.inference.runtime import load_trained
+
+    out = tmp_path / "m.onnx"
+    code, text = run("export", "--run", str(ngram_gru_run), "--format", "onnx", "--out", str(out))
+    assert code == 0, text
+    trained, exported = load_trained(ngram_gru_run, "best", "cpu"), load_exported(out)
+    texts = [t for t in TEXTS if t]
+    paths = []
+    for model, enc in ((trained.model, encoding_of(trained)), (exported, encoding_from(exported.meta))):
+        split = encode_texts(texts, enc)
+        paths.append([collate_ngrams(split, [i], model.ngrams.spec, enc.max_len, enc.truncate)
+                      for i in range(len(texts))])
+    namespace, meta = documented(), exported.meta
+    tokenizer = spacy.blank("en").tokenizer
+    for i, t in enumerate(texts):
+        from_run, from_export = paths[0][i], paths[1][i]
+        assert torch.equal(from_run.ids, from_export.ids) and torch.equal(from_run.counts, from_export.counts)
+        cut = namespace["cut"](namespace["tokens"](t, meta, tokenizer), meta)
+        bag = sorted(namespace["ngram_bag"](cut, meta["ngrams"]["n"], meta["ngrams"]["buckets"]).items())
+        assert from_run.ids.tolist() == [g for g, _ in bag] and from_run.counts.tolist() == [c for _, c in bag]
+    assert len(namespace["tokens"](texts[0], meta, tokenizer)) > meta["max_len"]  # a text the cut shortened

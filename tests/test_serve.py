@@ -264,3 +264,28 @@ def test_serving_an_exported_onnx_model_answers_as_predict_model(trained, tmp_pa
     finally:
         code, log = stop(proc)
     assert code == 0, log
+
+
+def test_a_run_with_the_ngram_branch_serves_from_the_run_and_from_its_export(tmp_path):
+    """The n-gram branch's input (the texts' token hashes) travels through the batcher: `serve --run` and
+    `serve --model` (its ONNX export) answer what `predict` answers."""
+    pytest.importorskip("onnxruntime")
+    data = make_imdb(tmp_path / "data", n_per_class=30, with_glove=False)
+    run_dir, out = tmp_path / "run", tmp_path / "model.onnx"
+    result = runner.invoke(app, ["train", *set_args([f"data.data_dir={data}", *FAST, "model.hidden_size=8",
+                                                     "model.ngrams.buckets=4096", "model.ngrams.lr=0.05"]),
+                                 "--run-dir", str(run_dir)])
+    assert result.exit_code == 0, result.output
+    result = runner.invoke(app, ["export", "--run", str(run_dir), "--format", "onnx", "--out", str(out)])
+    assert result.exit_code == 0, result.output
+    expected = predict_cli(run_dir, *SAMPLE)
+    for source in (("--run", str(run_dir)), ("--model", str(out))):
+        proc, port = start_server(*source)
+        try:
+            status, body = request(port, "POST", "/predict", {"texts": SAMPLE})
+            assert status == 200, body
+            assert_same_rows(body["predictions"], expected)
+            assert_same_rows([request(port, "POST", "/predict", {"text": SAMPLE[1]})[1]], expected[1:2])
+        finally:
+            code, log = stop(proc)
+        assert code == 0, log

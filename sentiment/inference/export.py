@@ -2,9 +2,14 @@
 JSON (PATH.json) with everything the text side needs: vocabulary, labels, cleaning, lowercasing, truncation.
 
 The graph's inputs are named and listed in the sidecar ("inputs"): `ids` [B, T] int64, right-padded with
-pad_index, and `lengths` [B] int64, each in 1..T. A later input (e.g. hashed n-gram ids computed outside the
-graph) is one more name there; callers feed inputs by name, so files written today keep working. The output
-`logits` is [B, K]: K = 1 for two classes (sigmoid gives P(labels[1])), else K classes (softmax).
+pad_index, and `lengths` [B] int64, each in 1..T. A run with the n-gram branch (model.ngrams) also takes its
+n-grams, computed outside the graph (sentiment.ngrams.bags: FNV-1a hashes of the token strings, combined into
+1..n-grams, modulo buckets; the sidecar's "ngrams" says n, buckets and whole or truncated text):
+`ngram_ids` [N] int64 (each text's distinct bucket ids, texts one after another), `ngram_offsets` [B] int64
+(where each text's ids start) and, unless the weighting is nb (binarized), `ngram_counts` [N] float32. The
+per-bucket scale (tfidf/nb), the L2 normalisation and the table are inside the graph. A run without a recurrent
+part (model.rnn none) takes the n-gram inputs only. Callers feed inputs by name. The output `logits` is
+[B, K]: K = 1 for two classes (sigmoid gives P(labels[1])), else K classes (softmax).
 
 - ONNX: the TorchScript-based exporter (`torch.onnx.export(dynamo=False)`), which maps each recurrent
   module onto ONNX's LSTM/GRU/RNN op with a dynamic sequence axis. The dynamo exporter (torch.export) would
@@ -16,7 +21,9 @@ graph) is one more name there; callers feed inputs by name, so files written tod
   (the loader, sentiment.inference.exported, checks lengths instead).
 
 Padding stays exact in both: the graph is SentimentRNN.features itself (reversal within each length, final
-state at length-1, masked pooling), so a review's logits do not depend on what it is batched with.
+state at length-1, masked pooling), so a review's logits do not depend on what it is batched with. The n-gram
+branch is exported as GatherNgramBranch: nn.EmbeddingBag's weighted sum written as a gather and a scatter_add
+(ONNX has no EmbeddingBag op; the TorchScript exporter would emit a Loop), with the same parameters.
 """
 
 from __future__ import annotations
@@ -33,11 +40,13 @@ import torch.nn as nn
 
 from sentiment.atomic import atomic_write_text
 from sentiment.errors import SentimentError
+from sentiment.ngrams import NgramBatch, NgramBranch
 
 FORMATS = ("onnx", "torch")
 SIDECAR_SUFFIX = ".json"
 SIDECAR_VERSION = 1
 INPUTS = ("ids", "lengths")
+NGRAM_INPUTS = ("ngram_ids", "ngram_offsets", "ngram_counts")
 OUTPUT = "logits"
 ONNX_OPSET = 17
 
@@ -45,6 +54,10 @@ ONNX_OPSET = 17
 def sidecar_path(model_path: Path) -> Path:
     """Where the settings of an exported model live: PATH.json beside PATH."""
     return Path(str(model_path) + SIDECAR_SUFFIX)
+
+
+def _two_dimensional(logits: torch.Tensor) -> torch.Tensor:
+    return logits.unsqueeze(-1) if logits.dim() == 1 else logits
 
 
 class LogitsGraph(nn.Module):
@@ -55,8 +68,77 @@ class LogitsGraph(nn.Module):
         self.model = model
 
     def forward(self, ids: torch.Tensor, lengths: torch.Tensor) -> torch.Tensor:
-        logits = self.model(ids, lengths)
-        return logits.unsqueeze(-1) if logits.dim() == 1 else logits
+        return _two_dimensional(self.model(ids, lengths))
+
+
+class NgramLogitsGraph(LogitsGraph):
+    """A model with the n-gram branch: (ids, lengths, ngram_ids, ngram_offsets, ngram_counts) -> logits [B, K]."""
+
+    def forward(self, ids: torch.Tensor, lengths: torch.Tensor, ngram_ids: torch.Tensor, ngram_offsets: torch.Tensor,
+                ngram_counts: torch.Tensor) -> torch.Tensor:
+        return _two_dimensional(self.model(ids, lengths, ngrams=NgramBatch(ngram_ids, ngram_offsets, ngram_counts)))
+
+
+class BinarizedNgramLogitsGraph(LogitsGraph):
+    """NgramLogitsGraph for the nb weighting, which reads no counts (an input the graph ignores would be
+    dropped by the ONNX exporter)."""
+
+    def forward(self, ids: torch.Tensor, lengths: torch.Tensor, ngram_ids: torch.Tensor,
+                ngram_offsets: torch.Tensor) -> torch.Tensor:
+        return _two_dimensional(self.model(ids, lengths, ngrams=NgramBatch(ngram_ids, ngram_offsets, None)))
+
+
+class NgramOnlyGraph(LogitsGraph):
+    """A model without a recurrent part (model.rnn none): (ngram_ids, ngram_offsets, ngram_counts) -> logits."""
+
+    def forward(self, ngram_ids: torch.Tensor, ngram_offsets: torch.Tensor, ngram_counts: torch.Tensor) -> torch.Tensor:
+        return _two_dimensional(self.model.ngrams(NgramBatch(ngram_ids, ngram_offsets, ngram_counts)))
+
+
+class BinarizedNgramOnlyGraph(LogitsGraph):
+    """NgramOnlyGraph for the nb weighting (no counts)."""
+
+    def forward(self, ngram_ids: torch.Tensor, ngram_offsets: torch.Tensor) -> torch.Tensor:
+        return _two_dimensional(self.model.ngrams(NgramBatch(ngram_ids, ngram_offsets, None)))
+
+
+class GatherNgramBranch(nn.Module):
+    """An NgramBranch (eval mode) in ops both exporters keep with dynamic sizes: the text of each n-gram from
+    the offsets (a +1 at each bag's start, cumulated), the weights' per-text L2 norm and the weighted sum of
+    table rows by scatter_add. Same parameters and the same sums as NgramBranch.forward, in another order
+    (differences ~1e-7)."""
+
+    def __init__(self, branch: NgramBranch) -> None:
+        super().__init__()
+        self.binarized = branch.weighting == "nb"  # counts are not read
+        self.l2 = branch.norm == "l2"
+        self.weight, self.bias = branch.table.weight, branch.bias
+        self.register_buffer("scale", branch.scale)
+
+    def forward(self, ngrams: NgramBatch) -> torch.Tensor:
+        ids, offsets, counts = ngrams
+        n, batch = ids.shape[0], offsets.shape[0]
+        weights = self.scale[ids] if self.binarized else counts.float() * self.scale[ids]
+        # scatter_add, not index_add: the TorchScript exporter writes index_add as a ScatterElements that
+        # overwrites repeated indices instead of adding them
+        starts = torch.zeros(n + 1, dtype=torch.int64).scatter_add(0, offsets, torch.ones_like(offsets))
+        text_of = starts[:n].cumsum(0) - 1
+        if self.l2:
+            squares = weights.new_zeros(batch).scatter_add(0, text_of, weights.square())
+            weights = weights * torch.rsqrt(squares.clamp_min(1e-12))[text_of]
+        rows = self.weight[ids] * weights[:, None]
+        outputs = self.weight.shape[1]
+        return rows.new_zeros(batch, outputs).scatter_add(0, text_of[:, None].expand(n, outputs), rows) + self.bias
+
+
+def input_names(model: nn.Module) -> list[str]:
+    """The graph's inputs for model, in order: ids and lengths for the recurrent part, the n-grams for the
+    branch (no counts under nb)."""
+    names = list(INPUTS) if model.has_rnn else []
+    branch = model.ngrams
+    if branch is not None:
+        names += list(NGRAM_INPUTS[:2] if branch.weighting == "nb" else NGRAM_INPUTS)
+    return names
 
 
 class ScanRecurrence(nn.Module):
@@ -110,22 +192,44 @@ class ScanRecurrence(nn.Module):
 
 
 def exportable(model: nn.Module, *, scan: bool) -> LogitsGraph:
-    """A copy of model for export: in eval mode, never packing, its recurrent modules as scans if asked."""
+    """A copy of model for export: in eval mode, never packing, its recurrent modules as scans if asked, its
+    n-gram branch as a GatherNgramBranch; wrapped in the graph class that takes input_names(model)."""
     model = copy.deepcopy(model).cpu().eval()
     model.pack = "never"
-    if scan:
+    if scan and model.has_rnn:
         for directions in model.layers:
             for d, module in enumerate(directions):
                 directions[d] = ScanRecurrence(module)
-    return LogitsGraph(model).eval()
+    if model.ngrams is None:
+        return LogitsGraph(model).eval()
+    binarized = model.ngrams.weighting == "nb"
+    model.ngrams = GatherNgramBranch(model.ngrams)
+    if model.has_rnn:
+        return (BinarizedNgramLogitsGraph if binarized else NgramLogitsGraph)(model).eval()
+    return (BinarizedNgramOnlyGraph if binarized else NgramOnlyGraph)(model).eval()
 
 
-def _example(vocab_size: int) -> tuple[torch.Tensor, torch.Tensor]:
-    # batch 3 and length 7 (not 0 or 1, which the exporters would specialise); lengths unequal, so padding shows
+def _example(model: nn.Module) -> dict[str, torch.Tensor]:
+    """Example inputs by name: batch 3, length 7 and 11 n-grams (not 0 or 1, which the exporters would
+    specialise, and unequal); lengths unequal, so padding shows."""
     gen = torch.Generator().manual_seed(0)
-    ids = torch.randint(1, vocab_size, (3, 7), generator=gen)
     lengths = torch.tensor([7, 4, 2])
-    return ids, lengths
+    example = {"lengths": lengths}
+    if model.has_rnn:
+        ids = torch.randint(1, model.embedding.num_embeddings, (3, 7), generator=gen)
+        example["ids"] = ids.masked_fill(torch.arange(7)[None, :] >= lengths[:, None], model.pad_index)
+    if model.ngrams is not None:
+        example["ngram_ids"] = torch.randint(0, model.ngrams.spec.buckets, (11,), generator=gen)
+        example["ngram_offsets"] = torch.tensor([0, 5, 9])
+        example["ngram_counts"] = torch.randint(1, 4, (11,), generator=gen).float()
+    return {name: example[name] for name in input_names(model)}
+
+
+def _dynamic_axes(names: list[str]) -> dict[str, dict[int, str]]:
+    """Each input's dynamic axes, by the names they share: batch, length (of ids), ngrams (N)."""
+    axes = {"ids": {0: "batch", 1: "length"}, "lengths": {0: "batch"}, "ngram_ids": {0: "ngrams"},
+            "ngram_offsets": {0: "batch"}, "ngram_counts": {0: "ngrams"}}
+    return {name: axes[name] for name in names}
 
 
 def export_model(model: nn.Module, out: Path, fmt: str, settings: dict[str, Any]) -> Path:
@@ -137,32 +241,46 @@ def export_model(model: nn.Module, out: Path, fmt: str, settings: dict[str, Any]
     if out.is_dir():
         raise SentimentError(f"--out {out} is a directory; give a file name (e.g. {out / ('model.' + ('onnx' if fmt == 'onnx' else 'pt2'))})")
     out.parent.mkdir(parents=True, exist_ok=True)
-    ids, lengths = _example(model.embedding.num_embeddings)
-    ids = ids.masked_fill(torch.arange(7)[None, :] >= lengths[:, None], model.pad_index)
+    example = _example(model)
+    names = list(example)
     tmp = out.with_name(out.name + ".tmp")
     with warnings.catch_warnings():
         warnings.simplefilter("ignore")  # the exporters' deprecation and tracer notes are not the user's business
         if fmt == "onnx":
             graph = exportable(model, scan=False)
-            torch.onnx.export(graph, (ids, lengths), str(tmp), dynamo=False, input_names=list(INPUTS),
+            torch.onnx.export(graph, tuple(example.values()), str(tmp), dynamo=False, input_names=names,
                               output_names=[OUTPUT], opset_version=ONNX_OPSET,
-                              dynamic_axes={"ids": {0: "batch", 1: "length"}, "lengths": {0: "batch"},
-                                            OUTPUT: {0: "batch"}})
+                              dynamic_axes={**_dynamic_axes(names), OUTPUT: {0: "batch"}})
         else:
             graph = exportable(model, scan=True)
-            batch, length = torch.export.Dim("batch"), torch.export.Dim("length")
+            dims = {axis: torch.export.Dim(axis) for axis in ("batch", "length", "ngrams")}
             # inputs by keyword, so that callers feed them by name, as they do ONNX's
-            program = torch.export.export(graph, (), {"ids": ids, "lengths": lengths},
-                                          dynamic_shapes={"ids": {0: batch, 1: length}, "lengths": {0: batch}})
+            program = torch.export.export(graph, (), example, dynamic_shapes={
+                name: {i: dims[axis] for i, axis in axes.items()} for name, axes in _dynamic_axes(names).items()})
             buffer = io.BytesIO()  # torch.export.save wants a .pt2 name or a buffer; the user names the file
             torch.export.save(program, buffer)
             tmp.write_bytes(buffer.getvalue())
     tmp.replace(out)
     sidecar = sidecar_path(out)
-    meta = {"format": fmt, "version": SIDECAR_VERSION, "file": out.name, "inputs": list(INPUTS), "output": OUTPUT,
-            **settings}
+    meta = {"format": fmt, "version": SIDECAR_VERSION, "file": out.name, "inputs": names, "output": OUTPUT,
+            **ngram_settings(model), **settings}
     atomic_write_text(sidecar, json.dumps(meta, ensure_ascii=False, indent=1))
     return sidecar
+
+
+def ngram_settings(model: nn.Module) -> dict[str, Any]:
+    """The sidecar's "ngrams": what the text side computes for the n-gram inputs ({} without the branch)."""
+    branch = model.ngrams
+    if branch is None:
+        return {}
+    spec = branch.spec
+    return {"ngrams": {
+        "n": spec.n, "buckets": spec.buckets, "text": "whole" if spec.whole_text else "truncated",
+        "counts": branch.weighting != "nb", "weighting": branch.weighting, "norm": branch.norm,
+        "hash": "sentiment.ngrams.bags: 64-bit FNV-1a of each token's UTF-8 bytes; a k-gram's hash folds its tokens' "
+                "as h = h * 0x9E3779B97F4A7C15 ^ next (mod 2**64), then fmix64(h ^ (0x5851F42D4C957F2D * k mod 2**64)) "
+                "% buckets; each text's distinct ids ascending, with their counts",
+    }}
 
 
 def run_settings(run: Any, run_dir: Path, checkpoint: str) -> dict[str, Any]:
@@ -186,8 +304,12 @@ def run_settings(run: Any, run_dir: Path, checkpoint: str) -> dict[str, Any]:
 
 def model_summary(cfg: Any) -> dict[str, Any]:
     m = cfg.model
-    return {"rnn": m.rnn, "hidden_size": m.hidden_size, "num_layers": m.num_layers,
-            "bidirectional": m.bidirectional, "pooling": m.pooling, "embed_dim": cfg.data.glove_dim or m.embed_dim}
+    summary = {"rnn": m.rnn, "hidden_size": m.hidden_size, "num_layers": m.num_layers,
+               "bidirectional": m.bidirectional, "pooling": m.pooling, "embed_dim": cfg.data.glove_dim or m.embed_dim}
+    if m.ngrams is not None:
+        g = m.ngrams
+        summary["ngrams"] = {"n": g.n, "buckets": g.buckets, "weighting": g.weighting, "text": g.text}
+    return summary
 
 
 def _read_results(run_dir: Path) -> dict[str, Any]:

@@ -5,7 +5,9 @@ The graph only maps token ids to logits. Going from text to ids still needs what
 cleaning (`<br />` as whitespace, URL/@mention placeholders, entity/quote normalisation), spaCy's rule-based
 English tokenizer (`spacy.blank("en")`) on each whitespace chunk, lowercasing, the vocabulary (unknown words
 -> unk_index), and truncation to max_len (head+tail keeps the first quarter and the last three quarters).
-docs/serving.md shows the same in a few lines without this package.
+A model with the n-gram branch also takes each text's hashed n-grams, computed here by sentiment.ngrams (the
+function training, eval and predict use) from the token strings, of the whole text or the truncated one as
+the sidecar's "ngrams" says. docs/serving.md shows the same in a few lines without this package.
 """
 
 from __future__ import annotations
@@ -21,7 +23,15 @@ import numpy as np
 import torch
 
 from sentiment.errors import SentimentError
-from sentiment.inference.export import FORMATS, SIDECAR_VERSION, sidecar_path
+from sentiment.inference.export import FORMATS, INPUTS, NGRAM_INPUTS, SIDECAR_VERSION, sidecar_path
+from sentiment.ngrams import NgramBatch, NgramSpec
+
+
+@dataclass(frozen=True)
+class ExportedNgrams:
+    """What sentiment.ngrams.ngram_inputs asks of a model's branch: its spec (n, buckets, whole text or not)."""
+
+    spec: NgramSpec
 
 
 @dataclass
@@ -37,20 +47,34 @@ class ExportedModel:
     def num_outputs(self) -> int:
         return 1 if len(self.meta["labels"]) == 2 else len(self.meta["labels"])
 
+    @property
+    def ngrams(self) -> ExportedNgrams | None:
+        """The n-gram inputs the graph takes (None: none), as NgramBranch.spec describes them."""
+        g = self.meta.get("ngrams")
+        return None if g is None else ExportedNgrams(NgramSpec(g["n"], g["buckets"], g["text"] == "whole"))
+
     def eval(self) -> "ExportedModel":
         return self
 
     def train(self, mode: bool = True) -> "ExportedModel":
         return self
 
-    def __call__(self, ids: torch.Tensor, lengths: torch.Tensor) -> torch.Tensor:
+    def __call__(self, ids: torch.Tensor, lengths: torch.Tensor, ngrams: NgramBatch | None = None) -> torch.Tensor:
+        """ngrams: the batch's n-grams (sentiment.ngrams.ngram_inputs), for a model with the branch."""
         if ids.dim() != 2 or lengths.shape != ids.shape[:1]:
             raise ValueError(f"expected ids [B, T] and lengths [B], got {tuple(ids.shape)} and {tuple(lengths.shape)}")
         # the graph takes lengths on trust (a value check cannot be exported): a length outside 1..T would
         # read another review's positions
         if len(lengths) and (int(lengths.min()) < 1 or int(lengths.max()) > ids.shape[1]):
             raise ValueError(f"lengths must be in 1..{ids.shape[1]}")
-        feeds = {"ids": ids.to(torch.int64), "lengths": lengths.to(torch.int64)}
+        given = {"ids": ids.to(torch.int64), "lengths": lengths.to(torch.int64)}
+        if self.ngrams is not None:
+            if ngrams is None or len(ngrams.offsets) != len(ids):
+                raise ValueError("this model takes n-grams: pass ngrams= for the same texts "
+                                 "(sentiment.ngrams.ngram_inputs)")
+            given.update(ngram_ids=ngrams.ids.to(torch.int64), ngram_offsets=ngrams.offsets.to(torch.int64),
+                         ngram_counts=ngrams.counts.to(torch.float32))
+        feeds = {name: given[name] for name in self.meta["inputs"]}
         if self.meta["format"] == "onnx":
             (logits,) = self.backend.run([self.meta["output"]], {k: v.numpy() for k, v in feeds.items()})
             logits = torch.from_numpy(logits)
@@ -75,7 +99,9 @@ def load_exported(path: Path, threads: int | None = None) -> ExportedModel:
     if not isinstance(meta, dict) or meta.get("format") not in FORMATS or meta.get("version") != SIDECAR_VERSION:
         raise SentimentError(f"{sidecar} is not the sidecar of a `sentiment export` (format {FORMATS}, "
                              f"version {SIDECAR_VERSION})")
-    extra = [name for name in meta["inputs"] if name not in ("ids", "lengths")]
+    extra = [name for name in meta.get("inputs", ()) if name not in INPUTS + NGRAM_INPUTS]
+    if any(name in NGRAM_INPUTS for name in meta.get("inputs", ())) and not isinstance(meta.get("ngrams"), dict):
+        extra.append('n-grams without the sidecar\'s "ngrams"')
     if extra:
         raise SentimentError(f"{path} takes inputs this version cannot compute ({', '.join(extra)}): upgrade sentiment")
     if meta["format"] == "onnx":
@@ -106,7 +132,7 @@ def encoding_from(meta: dict[str, Any]) -> Any:
     from sentiment.inference.predict import Encoding
 
     return Encoding(Vocab(meta["vocab"]), meta["lowercase"], meta["max_len"], meta["truncate"], workers=1,
-                    cleaning=Cleaning(**meta["cleaning"]))
+                    cleaning=Cleaning(**meta["cleaning"]), ngrams="ngrams" in meta)
 
 
 def predict_exported(path: Path, texts: Sequence[str], *, batch_size: int = 256,

@@ -105,6 +105,7 @@ class Scorer:
 class _Job:
     rows: list[np.ndarray]  # ids of each non-empty text
     done: asyncio.Future
+    hashes: list[np.ndarray] | None = None  # its token hashes, for a model with the n-gram branch
     tokens: int = field(init=False)
 
     def __post_init__(self) -> None:
@@ -122,8 +123,8 @@ class Batcher:
         self.stats = {"rounds": 0, "requests": 0, "texts": 0, "tokens": 0}  # scored so far (GET /info)
         self.pool = ThreadPoolExecutor(1, thread_name_prefix="score")
 
-    async def logits(self, rows: list[np.ndarray]) -> np.ndarray:
-        job = _Job(rows, asyncio.get_running_loop().create_future())
+    async def logits(self, rows: list[np.ndarray], hashes: list[np.ndarray] | None = None) -> np.ndarray:
+        job = _Job(rows, asyncio.get_running_loop().create_future(), hashes)
         self.pending.append(job)
         self.arrived.set()
         return await job.done
@@ -179,6 +180,10 @@ class Batcher:
         lengths = np.fromiter(map(len, rows), dtype=np.int64, count=len(rows))
         split = EncodedSplit(np.concatenate(rows) if rows else np.zeros(0, np.int32),
                              np.concatenate([[0], np.cumsum(lengths)]).astype(np.int64), np.zeros(len(rows), np.int64))
+        if jobs and jobs[0].hashes is not None:  # the n-gram branch's input travels with the ids
+            hashes = [h for job in jobs for h in job.hashes]
+            split.hashes = np.concatenate(hashes) if hashes else np.zeros(0, np.uint64)
+            split.hash_offsets = np.concatenate([[0], np.cumsum([len(h) for h in hashes])]).astype(np.int64)
         start = time.perf_counter()
         logits = await asyncio.get_running_loop().run_in_executor(self.pool, self.scorer.score, split) if rows else \
             np.zeros((0,) if self.scorer.space.binary else (0, self.scorer.space.num_classes), np.float32)
@@ -329,7 +334,9 @@ def create_app(opts: ServeOptions, scorer: Scorer | None = None) -> Any:
             batcher.tokenizing -= 1
         split, keep = drop_empty(split)
         rows = [split.ids[split.offsets[i] : split.offsets[i + 1]] for i in range(len(split))]
-        logits = await batcher.logits(rows)
+        hashes = None if split.hashes is None else \
+            [split.hashes[split.hash_offsets[i] : split.hash_offsets[i + 1]] for i in range(len(split))]
+        logits = await batcher.logits(rows, hashes)
         probs = np.full((len(texts), s.space.num_classes), np.nan)
         if len(rows):
             probs[keep] = s.space.probabilities(logits)
