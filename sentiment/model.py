@@ -39,6 +39,26 @@ PACK_MODES = ("auto", "always", "never")
 _is_exporting = getattr(torch.compiler, "is_exporting", lambda: False)
 
 
+def _checked_lengths(lengths: torch.Tensor, seq_len: int, use_pack: bool, exporting: bool) -> torch.Tensor | None:
+    """Check that every length is in 1..seq_len; returns the lengths on the CPU where packing needs them.
+
+    A length outside 1..T would read another review's state (0 picks the row before it). Lengths come from
+    collate on the CPU, where checking them is free; callers on CUDA should pass them so (the copy to the GPU
+    is then asynchronous, and packing reuses the CPU copy). Lengths already on the GPU are checked there,
+    without waiting for the result."""
+    if exporting:
+        # torch.export (and the ONNX exporter built on it) cannot branch on tensor values: the exported
+        # graph takes lengths on trust, and the caller (sentiment.inference.exported) checks them instead
+        return None
+    if lengths.device.type == "cpu":
+        if len(lengths) and (int(lengths.min()) < 1 or int(lengths.max()) > seq_len):
+            raise ValueError(f"lengths must be in 1..{seq_len}, got min {int(lengths.min())} "
+                             f"max {int(lengths.max())}")
+        return lengths.to(torch.long) if use_pack else None
+    torch._assert_async(((lengths >= 1) & (lengths <= seq_len)).all(), f"lengths must be in 1..{seq_len}")
+    return lengths.cpu() if use_pack else None
+
+
 class SentimentRNN(nn.Module):
     def __init__(
         self,
@@ -179,22 +199,7 @@ class SentimentRNN(nn.Module):
         batch, seq_len = ids.shape
         exporting = _is_exporting()
         use_pack = (self.pack == "always" or (self.pack == "auto" and ids.is_cuda)) and not exporting
-        # A length outside 1..T would read another review's state (0 picks the row before it). Lengths
-        # come from collate on the CPU, where checking them is free; callers on CUDA should pass them
-        # so (the copy to the GPU is then asynchronous, and packing reuses the CPU copy). Lengths
-        # already on the GPU are checked there, without waiting for the result.
-        if exporting:
-            # torch.export (and the ONNX exporter built on it) cannot branch on tensor values: the exported
-            # graph takes lengths on trust, and the caller (sentiment.inference.exported) checks them instead
-            cpu_lengths = None
-        elif lengths.device.type == "cpu":
-            if batch and (int(lengths.min()) < 1 or int(lengths.max()) > seq_len):
-                raise ValueError(f"lengths must be in 1..{seq_len}, got min {int(lengths.min())} "
-                                 f"max {int(lengths.max())}")
-            cpu_lengths = lengths.to(torch.long) if use_pack else None
-        else:
-            torch._assert_async(((lengths >= 1) & (lengths <= seq_len)).all(), f"lengths must be in 1..{seq_len}")
-            cpu_lengths = lengths.cpu() if use_pack else None
+        cpu_lengths = _checked_lengths(lengths, seq_len, use_pack, exporting)
         lengths = lengths.to(ids.device, torch.long, non_blocking=True)
 
         # Index plumbing, computed once per forward and shared by every layer: rows of the
@@ -240,6 +245,11 @@ class SentimentRNN(nn.Module):
             else:
                 x, last, outs = out_fwd, last_fwd, [out_fwd]
 
+        return self._pool(last, outs, positions, lengths)
+
+    def _pool(self, last: torch.Tensor, outs: list[torch.Tensor], positions: torch.Tensor,
+              lengths: torch.Tensor) -> torch.Tensor:
+        """The features of `pooling` from the final states [B, D*H] and the top layer's per-direction outputs."""
         if self.pooling == "last":
             return last
         # Pool the top layer's per-position outputs. Max and mean over a review's positions don't care

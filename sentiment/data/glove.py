@@ -308,18 +308,11 @@ def _eight_digits(v: np.ndarray) -> np.ndarray:
     return ((v & _QUADS) * _MUL3) >> _SH32
 
 
-def _parse_values(blob: bytes, n_lines: int, dim: int) -> np.ndarray | None:
-    """The n_lines * dim numbers in blob (lines joined by '\\n', values by single spaces), as float32.
-
-    Handles the numbers GloVe writes, -?digits[.digits], with whole-array numpy operations; returns
-    None for anything else (a line with another value count, an empty field, an exponent, junk) so the
-    caller can take a slower, general path. The result equals numpy's own parser bit for bit: the
-    digits form an exact integer mantissa m < 2**53, and m / 10**k is one correctly rounded division.
-    """
-    b = np.frombuffer(blob, dtype=np.uint8)
+def _fields(b: np.ndarray, n_lines: int, dim: int) -> tuple[np.ndarray, ...] | None:
+    """Where each of the n_lines * dim values of b starts and ends, where its point is (its end if it has
+    none), the separators, and the number of points; None unless every line holds dim single-space-separated
+    values with at most one point each."""
     n = n_lines * dim
-    if not n or not b.size:
-        return None
     is_nl = b == 10
     is_sep = b == 32
     is_sep |= is_nl
@@ -354,6 +347,25 @@ def _parse_values(blob: bytes, n_lines: int, dim: int) -> np.ndarray | None:
     starts[1:] = seps + 1
     if not (ends > starts).all():  # an empty field (double space)
         return None
+    return starts, ends, dots, seps, n_dots
+
+
+def _parse_values(blob: bytes, n_lines: int, dim: int) -> np.ndarray | None:
+    """The n_lines * dim numbers in blob (lines joined by '\\n', values by single spaces), as float32.
+
+    Handles the numbers GloVe writes, -?digits[.digits], with whole-array numpy operations; returns
+    None for anything else (a line with another value count, an empty field, an exponent, junk) so the
+    caller can take a slower, general path. The result equals numpy's own parser bit for bit: the
+    digits form an exact integer mantissa m < 2**53, and m / 10**k is one correctly rounded division.
+    """
+    b = np.frombuffer(blob, dtype=np.uint8)
+    n = n_lines * dim
+    if not n or not b.size:
+        return None
+    fields = _fields(b, n_lines, dim)
+    if fields is None:
+        return None
+    starts, ends, dots, seps, n_dots = fields
     # '-' only as a value's first byte; every other byte a digit, separator or point.
     neg = b[starts] == 45
     n_neg = int(np.count_nonzero(neg))

@@ -257,26 +257,12 @@ def create_app(opts: ServeOptions, scorer: Scorer | None = None) -> Any:
     """The FastAPI app; loads the run at startup unless given its Scorer (the CLI's one-process server)."""
     from fastapi import FastAPI, HTTPException
     from fastapi.responses import JSONResponse
-    from pydantic import BaseModel, ConfigDict, Field, model_validator
 
     from sentiment.inference.predict import drop_empty, prediction_rows
 
     state: dict[str, Any] = {"ready": False}
 
-    class PredictRequest(BaseModel):
-        """Either `texts` (a list) or `text` (one); `threshold` overrides the server's for two-class runs."""
-
-        model_config = ConfigDict(extra="forbid", strict=True)
-        texts: list[str] | None = Field(None, description="Texts to classify.")
-        text: str | None = Field(None, description="One text to classify (answered with one row).")
-        threshold: float | None = Field(None, ge=0.0, le=1.0, description="Two-class runs: P(positive) from which "
-                                        "a text gets it.")
-
-        @model_validator(mode="after")
-        def _one_of(self) -> "PredictRequest":
-            if (self.texts is None) == (self.text is None):
-                raise ValueError("give either `texts` (a list of strings) or `text` (a string)")
-            return self
+    PredictRequest = _request_model()
 
     @asynccontextmanager
     async def lifespan(app: Any):
@@ -302,27 +288,12 @@ def create_app(opts: ServeOptions, scorer: Scorer | None = None) -> Any:
 
     @app.get("/info")
     async def info() -> Any:
-        s = state["scorer"]
-        run = opts.run or s.model.meta.get("run")  # an exported model names the run it came from
-        results = _results(Path(run)) if run else {}
-        return {"run": run, "model_file": opts.model, "checkpoint": opts.checkpoint, "labels": list(s.space.names),
-                "model": s.summary, "valid": _figures(results.get("valid")), "test": _figures(results.get("test")),
-                "commit": results.get("commit"), "threshold": opts.threshold,
-                "limits": {"max_texts": opts.max_texts, "max_bytes": opts.max_bytes, "max_chars": opts.max_chars},
-                "batching": {"enabled": opts.batching, "max_wait_ms": opts.max_wait_ms,
-                             "batch_tokens": opts.batch_tokens}, "threads": opts.resolved_threads(),
-                "scored": dict(state["batcher"].stats)}
+        return _info(opts, state)
 
     @app.post("/predict")
     async def predict(request: PredictRequest) -> Any:
         texts = request.texts if request.texts is not None else [request.text]
-        if len(texts) > opts.max_texts:
-            raise HTTPException(413, f"{len(texts):,} texts in one request; the server takes at most "
-                                     f"{opts.max_texts:,} (--max-texts)")
-        longest = max(map(len, texts), default=0)
-        if longest > opts.max_chars:
-            raise HTTPException(413, f"a text of {longest:,} characters; the server takes at most "
-                                     f"{opts.max_chars:,} per text (--max-chars)")
+        _check_limits(texts, opts)
         s, batcher = state["scorer"], state["batcher"]
         threshold = request.threshold if request.threshold is not None else opts.threshold
         if threshold is not None and not s.space.binary:
@@ -344,6 +315,55 @@ def create_app(opts: ServeOptions, scorer: Scorer | None = None) -> Any:
         return {"predictions": answers} if request.texts is not None else answers[0]
 
     return app
+
+
+def _request_model() -> type:
+    """The body of POST /predict, as a pydantic model (pydantic is imported only by a server)."""
+    from pydantic import BaseModel, ConfigDict, Field, model_validator
+
+    class PredictRequest(BaseModel):
+        """Either `texts` (a list) or `text` (one); `threshold` overrides the server's for two-class runs."""
+
+        model_config = ConfigDict(extra="forbid", strict=True)
+        texts: list[str] | None = Field(None, description="Texts to classify.")
+        text: str | None = Field(None, description="One text to classify (answered with one row).")
+        threshold: float | None = Field(None, ge=0.0, le=1.0, description="Two-class runs: P(positive) from which "
+                                        "a text gets it.")
+
+        @model_validator(mode="after")
+        def _one_of(self) -> "PredictRequest":
+            if (self.texts is None) == (self.text is None):
+                raise ValueError("give either `texts` (a list of strings) or `text` (a string)")
+            return self
+
+    return PredictRequest
+
+
+def _check_limits(texts: list[str], opts: ServeOptions) -> None:
+    """413 for a request over the server's --max-texts or --max-chars (--max-bytes: the BodyLimit middleware)."""
+    from fastapi import HTTPException
+
+    if len(texts) > opts.max_texts:
+        raise HTTPException(413, f"{len(texts):,} texts in one request; the server takes at most "
+                                 f"{opts.max_texts:,} (--max-texts)")
+    longest = max(map(len, texts), default=0)
+    if longest > opts.max_chars:
+        raise HTTPException(413, f"a text of {longest:,} characters; the server takes at most "
+                                 f"{opts.max_chars:,} per text (--max-chars)")
+
+
+def _info(opts: ServeOptions, state: dict[str, Any]) -> dict[str, Any]:
+    """GET /info: the labels, the model, the run's validation/test figures and commit, the server's settings."""
+    s = state["scorer"]
+    run = opts.run or s.model.meta.get("run")  # an exported model names the run it came from
+    results = _results(Path(run)) if run else {}
+    return {"run": run, "model_file": opts.model, "checkpoint": opts.checkpoint, "labels": list(s.space.names),
+            "model": s.summary, "valid": _figures(results.get("valid")), "test": _figures(results.get("test")),
+            "commit": results.get("commit"), "threshold": opts.threshold,
+            "limits": {"max_texts": opts.max_texts, "max_bytes": opts.max_bytes, "max_chars": opts.max_chars},
+            "batching": {"enabled": opts.batching, "max_wait_ms": opts.max_wait_ms,
+                         "batch_tokens": opts.batch_tokens}, "threads": opts.resolved_threads(),
+            "scored": dict(state["batcher"].stats)}
 
 
 def _results(run_dir: Path) -> dict[str, Any]:
