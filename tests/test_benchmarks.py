@@ -86,6 +86,9 @@ def ran(tiny: Path) -> dict:
         ["bench_train", str(BENCH / "bench_train.py"),
          ["--data-dir", data, "--threads", "1", "--batches", "2", "--random-batches", "1", "--packed-batches", "1",
           "--denormal-batches", "0", "--eval-reviews", "10", *small, "--json", str(tiny / "train.json")]],
+        ["bench_ngrams", str(BENCH / "bench_ngrams.py"),
+         ["--data-dir", data, "--threads", "1", "--batches", "2", "--eval-reviews", "10", *small,
+          "--set", "model.ngrams.buckets=4096", "--json", str(tiny / "ngrams.json")]],
         ["bench_predict", str(BENCH / "bench_predict.py"),
          ["--data-dir", data, "--texts", "10", "--baseline", "4", "--work-dir", str(tiny / "predict"),
           "--json", str(tiny / "predict.json")]],
@@ -134,7 +137,7 @@ def test_bench_gpu_help_and_refusal_without_cuda(tmp_path: Path) -> None:
     assert not (tmp_path / "out").exists()  # it stops before writing anything
 
 
-@pytest.mark.parametrize("name", ["bench_prepare", "bench_rnn_padding", "bench_lstm_ceiling", "bench_train",
+@pytest.mark.parametrize("name", ["bench_prepare", "bench_rnn_padding", "bench_lstm_ceiling", "bench_train", "bench_ngrams",
                                   "bench_predict", "bench_predict_csv", "bench_objectives", "bench"])
 def test_smoke_run_succeeds(ran: dict, name: str) -> None:
     assert ran[name]["rc"] == 0, ran[name]["out"][-4000:]
@@ -144,6 +147,9 @@ def test_figures_files_name_each_figure_and_its_baseline(ran: dict, tiny: Path) 
     prepare = figures(tiny / "prepare.json")
     assert any("warm prepare" in r["figure"] and r["baseline_name"].startswith("cold") for r in prepare)
     assert sum(r["headline"] for r in figures(tiny / "train.json")) == 2  # training and evaluation
+    ngrams = figures(tiny / "ngrams.json")  # a training step and scoring, each against the model without the branch
+    assert [r["baseline_name"] for r in ngrams] == ["the same model without it"] * 2
+    assert "training step" in ngrams[0]["figure"] and "scoring" in ngrams[1]["figure"]
     assert len(figures(tiny / "objectives.json")) == 4  # each objective and all three against a plain step
     assert "no GloVe" not in ran["bench_prepare"]["out"]
     assert "PASS" not in ran["bench_prepare"]["out"] and "FAIL" not in ran["bench_prepare"]["out"]
