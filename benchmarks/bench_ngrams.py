@@ -101,7 +101,7 @@ def compare_scoring(args, figures, cfg, data, with_branch, without) -> None:
     keep = np.unique(np.linspace(0, len(test) - 1, min(args.eval_reviews, len(test))).astype(np.int64))
     subset = test.take(keep)
     seconds = {0: [], 1: []}
-    for rep in range(2):
+    for rep in range(args.reps):
         for which in ((0, 1) if rep % 2 == 0 else (1, 0)):
             model = (with_branch, without)[which]
             start = time.perf_counter()
@@ -110,7 +110,7 @@ def compare_scoring(args, figures, cfg, data, with_branch, without) -> None:
     ours, base = min(seconds[0]), min(seconds[1])
     sample = f"{len(subset):,} evenly spaced test reviews, length {common.describe(subset.lengths())}"
     print(f"scoring: {sample}")
-    print(f"  with the branch {ours:.2f} s, without {base:.2f} s (best of 2 each): the branch is "
+    print(f"  with the branch {ours:.2f} s, without {base:.2f} s (best of {args.reps} each): the branch is "
           f"{1 - base / ours:.1%} of scoring")
     figures.add(f"scoring with the n-gram branch (its share: {1 - base / ours:.1%})", ours,
                 "the same model without it", base, "s", higher_is_better=False, sample=sample)
@@ -122,6 +122,7 @@ def main() -> None:
     ap.add_argument("--threads", type=int, default=common.usable_cores(), help="torch threads (default: usable cores)")
     ap.add_argument("--batches", type=int, default=24, help="training batches timed, one per length stratum (0: skip)")
     ap.add_argument("--eval-reviews", type=int, default=2000, help="evenly spaced test reviews to score (0: skip)")
+    ap.add_argument("--reps", type=int, default=3, help="scoring passes per model, in turns; the fastest counts")
     ap.add_argument("--set", dest="overrides", action="append", default=[], metavar="KEY=VALUE",
                     help="config override, repeatable (e.g. a smaller model for a smoke test)")
     ap.add_argument("--json", help="also write the figures to this file (for benchmarks/bench.py)")
