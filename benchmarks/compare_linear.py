@@ -168,6 +168,7 @@ def main() -> None:
     args = ap.parse_args()
 
     from sentiment.config import load_config
+    from sentiment.data.prepare import split_rows
     from sentiment.data.sources import load_source
     from sentiment.errors import SentimentError
     from sentiment.runs import load_split_membership
@@ -193,6 +194,8 @@ def main() -> None:
         sys.exit("the runs have no test split (data.test_fraction 0 and no test file): nothing to compare on")
 
     source = load_source(cfg.data, with_unlabeled=False)
+    # the rows training keeps (data.train_limit: a stratified subset of the training split), as the runs store them
+    source.splits, source.membership = split_rows(cfg.data, source, None)
     for seed, _, _ in rows:  # the baseline reads exactly the rows every run was trained, chosen and scored on
         theirs = load_split_membership(runs_dir / f"seed{seed}")
         if any(not np.array_equal(source.membership[k], theirs[k]) for k in ("train", "valid", "test")):

@@ -32,7 +32,7 @@ def test_compares_our_config_with_tfidf_lr_on_the_same_splits(tmp_path):
     csv = write_csv(tmp_path / "tiny.csv", make_rows({"negative": 90, "neutral": 60, "positive": 60}))
     config = tmp_path / "tiny.yaml"
     config.write_text(f"data: {{dataset: files, train_file: {csv}, data_dir: {tmp_path / 'data'}, glove_dim: null, "
-                      "workers: 1, test_fraction: 0.2}\nmodel: {embed_dim: 8, ngrams: {n: 2, buckets: 4096}}\n"
+                      "workers: 1, test_fraction: 0.2, train_limit: 100}\nmodel: {embed_dim: 8, ngrams: {n: 2, buckets: 4096}}\n"
                       "train: {epochs: 2}\nrun: {threads: 1}\n")
     sets = [arg for s in TINY_TRAINING for arg in ("--set", s)]
     out = run_script("--config", str(config), "--seeds", "1", "--runs-dir", str(tmp_path / "runs"), "--grid", "1", "4",
@@ -41,4 +41,5 @@ def test_compares_our_config_with_tfidf_lr_on_the_same_splits(tmp_path):
     text = out.stdout
     for needle in ("TF-IDF+LR", "ours", "paired bootstrap", "test accuracy  95% interval", "test macro-F1  95% interval"):
         assert needle in text, text
-    assert "NOTE: seed" not in text, text  # our predictions here agree with the run's results.json
+    assert "NOTE: seed" not in text, text
+    assert "split: train 100 ·" in text, text  # data.train_limit: the baseline fits on the rows the run kept  # our predictions here agree with the run's results.json

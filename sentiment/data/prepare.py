@@ -83,7 +83,7 @@ def prepare_data(cfg: DataConfig, vocab: Vocab | None = None, *, with_embeddings
     t0 = time.perf_counter()
     data_dir = Path(cfg.data_dir)
     source = load_source(cfg, label_space, with_unlabeled=with_unlabeled)
-    idx, membership = _split_rows(cfg, source, indices)
+    idx, membership = split_rows(cfg, source, indices)
 
     fingerprints = data_fingerprints(source.tokens, source.ids, source.offsets, source.labels,
                                      {n: idx[n] for n in ("train", "valid", "test") if n in idx},
@@ -146,7 +146,7 @@ def prepare_data(cfg: DataConfig, vocab: Vocab | None = None, *, with_embeddings
                         membership, unlabeled, fingerprints)
 
 
-def _split_rows(cfg: DataConfig, source: Any, indices: dict[str, np.ndarray] | None
+def split_rows(cfg: DataConfig, source: Any, indices: dict[str, np.ndarray] | None
                 ) -> tuple[dict[str, np.ndarray], dict[str, np.ndarray]]:
     """Source rows of each split (data.train_limit applied), and the membership the run stores."""
     idx = source.splits if indices is None else indices
