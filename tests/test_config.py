@@ -388,3 +388,11 @@ def test_dump_load_roundtrip(tmp_path: Path, path: Path):
 def test_dump_of_defaults_roundtrips_through_dict():
     cfg = Config(data=DataConfig(glove_dim=None), model=ModelConfig(embed_dim=16), train=TrainConfig(epochs=1))
     assert config_from_dict(yaml.safe_load(dump_config(cfg))) == cfg
+
+
+def test_the_label_column_naming_the_text_column_is_refused_before_any_data_is_read(tmp_path):
+    """Own data whose label column is its text column would train on the texts as labels; IMDB has no columns."""
+    path = write(tmp_path, "data: {dataset: files, train_file: t.csv, text_column: review, label_column: review}\n")
+    with pytest.raises(SentimentError, match=r"data\.label_column.*same column as data\.text_column \('review'\)"):
+        load_config(path)
+    assert load_config(write(tmp_path, "data: {text_column: review, label_column: review}\n", "imdb.yaml"))
