@@ -6,8 +6,11 @@ the same config, each into its own run directory, for tests/test_engine_pins.py 
 
 from __future__ import annotations
 
+import gc
 import sys
 from pathlib import Path
+
+import torch.distributed
 
 sys.path.insert(0, str(Path(__file__).resolve().parents[1]))  # tests/: the frozen package
 
@@ -30,6 +33,10 @@ def main(out: Path, settings: list[str]) -> None:
             run_dir = out / name
             distributed.together(rank, lambda: run_dir.mkdir(parents=True), only=rank.is_main, what="mkdir")
             loop.train(cfg, run_dir, data=data, rank=rank)
+            # the finished loop's DDP model (its reducer, gloo work) is freed here, on every rank at once, not by a
+            # garbage collection in the middle of the next loop's collectives (which aborted a rank now and then)
+            gc.collect()
+            torch.distributed.barrier()
     finally:
         distributed.shutdown()
 
