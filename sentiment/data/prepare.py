@@ -147,7 +147,7 @@ def prepare_data(cfg: DataConfig, vocab: Vocab | None = None, *, with_embeddings
 
 
 def split_rows(cfg: DataConfig, source: Any, indices: dict[str, np.ndarray] | None
-                ) -> tuple[dict[str, np.ndarray], dict[str, np.ndarray]]:
+               ) -> tuple[dict[str, np.ndarray], dict[str, np.ndarray]]:
     """Source rows of each split (data.train_limit applied), and the membership the run stores."""
     idx = source.splits if indices is None else indices
     membership = source.membership if indices is None else dict(indices)
