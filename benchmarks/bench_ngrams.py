@@ -11,7 +11,7 @@ Training: collate (the ids, and for the branch the review's n-grams) + forward +
 the engine's parameter groups (the branch's own lr and weight decay), the two models stepped in turns over
 the same length-stratified batches of a first epoch, so a busy moment hits both alike. Scoring:
 sentiment.inference.evaluate.predict_logits over evenly spaced test reviews in one process, each model
-twice in turns. Each figure is seconds with the branch against seconds without it; the branch's share is
+--reps times (3) in turns, the fastest pass counting. Each figure is seconds with the branch against seconds without it; the branch's share is
 1 - without / with.
 """
 
