@@ -19,6 +19,7 @@ from __future__ import annotations
 
 import argparse
 import resource
+import sys
 import time
 
 import common  # noqa: F401  (puts the checkout on sys.path)
@@ -29,6 +30,7 @@ import torch.nn.functional as F
 from sentiment.config import load_config
 from sentiment.data.batching import BucketBatchSampler, collate
 from sentiment.data.prepare import prepare_data
+from sentiment.errors import SentimentError
 from sentiment.inference.evaluate import predict_logits
 from sentiment.ngrams import init_statistics, ngram_inputs
 from sentiment.training.train import build_model, optimizer_groups
@@ -130,7 +132,10 @@ def main() -> None:
     torch.set_num_threads(args.threads)
     common.print_header("== bench_ngrams: the n-gram branch's share of a training step and of scoring ==",
                         args.threads)
-    cfg, plain_cfg, data, with_branch, without = setup(args)
+    try:
+        cfg, plain_cfg, data, with_branch, without = setup(args)
+    except SentimentError as e:  # a mistyped --set, a missing data directory: one line, as the CLI says it
+        sys.exit(f"error: {e}")
     g = cfg.model.ngrams
     print(f"model: {CONFIG.relative_to(ROOT)}: Bi{cfg.model.rnn.upper()} {cfg.model.hidden_size} + n-grams 1..{g.n} "
           f"in {g.buckets:,} buckets ({g.weighting}, {g.text} text), batch {cfg.train.batch_size}, vocab "
