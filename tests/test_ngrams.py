@@ -249,11 +249,24 @@ def test_the_branch_has_its_own_optimizer_group_and_resumes_bitwise(phrases, tmp
 @pytest.mark.parametrize("objective", ["train.adversarial.epsilon=1.0", "train.virtual_adversarial.epsilon=1.0",
                                        "train.entropy_minimization.weight=0.5"])
 def test_extra_objectives_train_with_the_branch(phrases, tmp_path, objective):
+    """Under each extra objective the branch gets gradients and learns: its table (zero at init) moved, and its
+    own logits, without the LSTM's, tell `not bad` from `bad not` on validation, which only a bigram can."""
+    from sentiment.data.prepare import prepare_data
+    from sentiment.inference.runtime import load_trained
+
     cfg = phrase_config(phrases, tmp_path, "model.rnn=lstm", "model.hidden_size=8", "train.epochs=1", objective)
     run_dir = tmp_path / "run"
     run_dir.mkdir()
     results = train(cfg, run_dir)
-    assert results["valid"]["accuracy"] > 0
+    run = load_trained(run_dir, "last")
+    assert float(run.model.ngrams.table.weight.detach().abs().max()) > 0  # built with zeros: only training moves it
+    valid = prepare_data(run.cfg.data, run.vocab, label_space=run.label_space, with_unlabeled=False,
+                         token_hashes=True).valid
+    with torch.no_grad():
+        branch_logits = run.model.ngrams(collate_ngrams(valid, range(len(valid.labels)), run.model.ngrams.spec))
+    branch_accuracy = float(((branch_logits[:, 0] > 0).long().numpy() == valid.labels).mean())
+    assert branch_accuracy >= 0.9, (branch_accuracy, results["valid"])
+    assert results["valid"]["accuracy"] >= 0.9, results["valid"]
 
 
 def test_config_checks_for_the_branch():
