@@ -2,9 +2,12 @@
 PYTHON ?= python3
 VENV ?= .venv
 BIN := $(VENV)/bin
-# torch==2.13.0 resolves to the CPU build on machines that carry that wheel locally; for an NVIDIA GPU use
-# `make install TORCH=torch` (PyPI's Linux torch is the CUDA build).
+# TORCH pins the version only: from PyPI, torch==2.13.0 on Linux is the CUDA build (several GB). For the CPU
+# build, name PyTorch's CPU wheel index: `make install TORCH_INDEX=https://download.pytorch.org/whl/cpu`
+# (torch alone is installed from it first; everything else, and CI, which sets no TORCH_INDEX, uses PyPI).
+# For an NVIDIA GPU, `make install TORCH=torch` takes PyPI's newest (CUDA) torch.
 TORCH ?= torch==2.13.0
+TORCH_INDEX ?=
 CONFIG ?= configs/imdb_cpu.yaml
 DATA_DIR ?= $(or $(SENTIMENT_DATA_DIR),data)
 GLOVE_DIM ?= 50
@@ -19,6 +22,7 @@ export SENTIMENT_DATA_DIR := $(DATA_DIR)
 
 install:
 	$(PYTHON) -m venv $(VENV)
+	$(if $(TORCH_INDEX),$(BIN)/pip install "$(TORCH)" --index-url "$(TORCH_INDEX)")
 	$(BIN)/pip install "$(TORCH)" -e ".[dev]"
 
 download-data:
