@@ -1,6 +1,6 @@
 """Time language-model steps (forward + backward + Adam, both directions) of each output layer on the same windows.
 
-    python scripts/time_lm_steps.py --config configs/imdb_cpu_pretrain.yaml --steps 10 [--set run.threads=1]
+    python benchmarks/time_lm_steps.py --config configs/imdb_cpu_pretrain.yaml --steps 10 [--set run.threads=1]
 
 Prints one JSON line per output layer (adaptive, sampled, full): tokens/s (window positions per second; each
 direction predicts every one) and seconds per step, after `--warmup` untimed steps. The full softmax is the
