@@ -51,7 +51,7 @@ bench:
 
 # On a CUDA machine: the commands behind the GPU figures (the CPU recipe and one epoch of configs/imdb_gpu.yaml
 # with host syncs lazy and eager, then imdb_gpu.yaml over 3 seeds side by side). Never yet run as a whole on
-# a GPU: its commands ran one by one on an H200 (docs/benchmarks.md).
+# a GPU: its commands ran one by one on an H200 on 2026-11-30, torch 2.11, commit ca2a10c (docs/results.md).
 .PHONY: bench-gpu
 bench-gpu:
 	PY=$(BIN)/python bash benchmarks/bench_gpu.sh

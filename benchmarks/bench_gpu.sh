@@ -1,12 +1,12 @@
 #!/usr/bin/env bash
-# The GPU figures of docs/benchmarks.md, in one command on a CUDA machine with the data in place:
+# The GPU figures of docs/results.md ("On a GPU"), in one command on a CUDA machine with the data in place:
 #   bash benchmarks/bench_gpu.sh [OUT_DIR]     (default bench/gpu; extra `--set` arguments via SET="...")
 # 1. the CPU recipe, seed 1, alone: lazy host syncs (the CUDA default), then the eager loop;
 # 2. one epoch of configs/imdb_gpu.yaml alone, lazy then eager (per-step time with and without the syncs);
 # 3. configs/imdb_gpu.yaml over seeds 1-3 side by side on the GPU (accuracy; their seconds are shared time).
 # Each step prints its epoch table; benchmarks/metrics.py compares the pairs.
-# NOT YET RUN AS A WHOLE ON A GPU: its commands were run one by one on an H200 (2026-11-30); this script,
-# written afterwards from them, has only been checked to refuse a machine without CUDA.
+# NOT YET RUN AS A WHOLE ON A GPU: its commands were run one by one on an H200 (2026-11-30, torch 2.11, commit
+# ca2a10c, before the engine rewrite); this script, written from them, is only checked to refuse a CPU machine.
 if [ "${1:-}" = "-h" ] || [ "${1:-}" = "--help" ]; then sed -n '2,9p' "$0" | cut -c3-; exit 0; fi
 set -euo pipefail
 cd "$(dirname "$0")/.."

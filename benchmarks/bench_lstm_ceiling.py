@@ -1,22 +1,29 @@
-"""Scoring speed of the classic model against a MEASURED upper bound: this machine's matmul rate.
+"""Scoring speed of the classic model against a REFERENCE from this machine's matmul rate (not a bound).
 
     python benchmarks/bench_lstm_ceiling.py [--batch 256] [--length 230] [--reps 2] [--threads 2]
 
-The bound: the classic model (2-layer BiLSTM 256 on 50d embeddings) needs at least F floating-point
+The sgemm reference: the classic model (2-layer BiLSTM 256 on 50d embeddings) does F floating-point
 operations per token in matrix products, F = sum over layers and directions of 2 x 4 x hidden x
-(input + hidden) (= 4.40 MFLOP; the embedding lookup, gate nonlinearities and final Linear are left out,
-which can only raise the bound). No fp32 evaluation can do matrix products faster than a large, square
-sgemm (torch.mm of n x n float32 matrices, the best case for every BLAS), measured here with the same
-threads, best of a few runs. So tokens/s <= sgemm FLOP/s / F: the "matmul bound". For all cores the bound
-uses the larger of the N-thread sgemm and N x the one-thread sgemm.
+(input + hidden) (= 4.40 MFLOP; the embedding lookup, gate nonlinearities and final Linear are left out).
+A large, square sgemm (torch.mm of n x n float32 matrices) is measured here with the same threads, best of
+a few runs, before and after the model runs. sgemm FLOP/s / F is the tokens/s the model would score if all
+its matrix products ran at that torch.mm rate and nothing else took time. For all threads the reference uses
+the larger of the N-thread sgemm and N x the one-thread sgemm.
+
+It is NOT an upper bound, and the file's old name ("ceiling") overstates it: ours has scored above it, a
+`make bench BENCH_ARGS=--quick` at commit 26c111f reading 1.41x of it on 1 thread and 1.07x on 2 (issue 30).
+Why is not established: the model's own kernels (the LSTM's batched input projections and recurrent
+products) may run faster than torch.mm on these square sizes, or the sgemm may have been timed at a busier
+moment. Read a ratio as ours' tokens/s over the reference's, a figure to compare runs on one machine by,
+not as the share of a ceiling reached.
 
 Measured against it, in one process, on random token ids of one length (no padding):
   ours, 1 thread     SentimentRNN (exact padded layout), inference_mode, one batch at a time
   bare, 1 thread     four single-layer unidirectional nn.LSTM calls on ready inputs (no embedding, no
-                     reversal, no padding logic): a reference for the cost of our layout, not a bound
+                     reversal, no padding logic): what our layout costs against bare LSTM calls
   ours, all threads  sentiment.inference.evaluate.predict_logits (one single-threaded process per thread), on
                      --threads batches of that size or more (at least 120,000 tokens, so that it forks)
-Each is printed as a fraction of the bound. (The file keeps its old name; it measured no bound before.)
+Each is printed as a multiple of the sgemm reference (above 1.00x: faster than the reference).
 """
 
 from __future__ import annotations
@@ -88,13 +95,14 @@ def main() -> None:
     from sentiment.inference.evaluate import predict_logits
     from sentiment.model import SentimentRNN
 
-    common.print_header("== bench_lstm_ceiling: classic-model scoring vs the measured matmul bound ==", args.threads)
+    common.print_header("== bench_lstm_ceiling: classic-model scoring vs the sgemm reference (not a bound) ==",
+                        args.threads)
     print(f"  {flush}")
     torch.manual_seed(0)
     B, T, V, N = args.batch, args.length, 10_002, args.threads
     ours = SentimentRNN(V, 50, 256, 2, "lstm", True, 0.5, 0.5, 0.0, "last", 0, "never").eval()
     F = flops_per_token(ours)
-    # the bound is the machine's best: measured before and again after the model runs, the higher kept
+    # the reference is the machine's best sgemm: measured before and again after the model runs, the higher kept
     gemm = [sgemm_flops(1, args.gemm_sizes, args.gemm_seconds), sgemm_flops(N, args.gemm_sizes, args.gemm_seconds)]
     torch.set_num_threads(1)
 
@@ -118,7 +126,7 @@ def main() -> None:
         all_tps = n_docs * T * args.reps / (time.perf_counter() - start)
     after = [sgemm_flops(1, args.gemm_sizes, args.gemm_seconds), sgemm_flops(N, args.gemm_sizes, args.gemm_seconds)]
     (gemm1, n1), (gemmN, nN) = (max(b, a) for b, a in zip(gemm, after))
-    bound1, boundN = gemm1 / F, max(gemmN, N * gemm1) / F
+    ref1, refN = gemm1 / F, max(gemmN, N * gemm1) / F
     print(f"classic model: {F / 1e6:.2f} MFLOP per token in matrix products (2-layer BiLSTM 256 on 50d)")
     print(f"sgemm fp32 (n x n torch.mm, n in {'/'.join(map(str, args.gemm_sizes))}, {args.gemm_seconds:g} s each, before and after the "
           f"model runs), best: 1 thread {gemm1 / 1e9:.1f} GFLOP/s (n={n1}; before {gemm[0][0] / 1e9:.1f}, after "
@@ -127,25 +135,27 @@ def main() -> None:
 
     figures = common.Figures("bench_lstm_ceiling")
     print(f"random ids, batch {B}, length {T} (no padding), inference, {args.reps} timed reps after a warm-up")
-    print(f"  matmul bound, 1 thread:  {bound1:>9,.0f} tokens/s  (= {gemm1 / 1e9:.1f} GFLOP/s / {F / 1e6:.2f} MFLOP)")
-    print(f"    ours, 1 thread                        {ours_tps:>9,.0f} tokens/s = {ours_tps / bound1:6.1%} of the bound"
+    print(f"  sgemm reference, 1 thread:  {ref1:>9,.0f} tokens/s  (= {gemm1 / 1e9:.1f} GFLOP/s / {F / 1e6:.2f} MFLOP; "
+          "not a bound)")
+    print(f"    ours, 1 thread                        {ours_tps:>9,.0f} tokens/s = {ours_tps / ref1:5.2f}x the reference"
           f"  ({ours_tps * F / 1e9:.1f} GFLOP/s)")
-    print(f"    four bare nn.LSTM calls, 1 thread     {bare_tps:>9,.0f} tokens/s = {bare_tps / bound1:6.1%} of the bound"
+    print(f"    four bare nn.LSTM calls, 1 thread     {bare_tps:>9,.0f} tokens/s = {bare_tps / ref1:5.2f}x the reference"
           f"  (ours is {ours_tps / bare_tps:.2f}x of it)")
     if all_tps is not None:
-        print(f"  matmul bound, {N} threads: {boundN:>9,.0f} tokens/s  (= max({N}-thread sgemm, {N} x 1-thread sgemm) / "
-              f"{F / 1e6:.2f} MFLOP)")
-        print(f"    ours, {N} single-thread processes       {all_tps:>9,.0f} tokens/s = {all_tps / boundN:6.1%} of the "
-              f"bound  ({all_tps * F / 1e9:.1f} GFLOP/s; {n_docs // B} batches per rep)")
-    if max(ours_tps / bound1, bare_tps / bound1, (all_tps or 0) / boundN) > 1:
-        print("  WARNING: a row is above its bound, so the sgemm measurement was disturbed (a busy machine): rerun")
+        print(f"  sgemm reference, {N} threads: {refN:>9,.0f} tokens/s  (= max({N}-thread sgemm, {N} x 1-thread sgemm) / "
+              f"{F / 1e6:.2f} MFLOP; not a bound)")
+        print(f"    ours, {N} single-thread processes       {all_tps:>9,.0f} tokens/s = {all_tps / refN:5.2f}x the "
+              f"reference  ({all_tps * F / 1e9:.1f} GFLOP/s; {n_docs // B} batches per rep)")
+    if max(ours_tps / ref1, bare_tps / ref1, (all_tps or 0) / refN) > 1:
+        print("  note: a row is above 1.00x, which the reference allows: it is not a bound (possible causes: the model's "
+              "products ran faster than torch.mm on n x n, or the sgemm was timed at a busier moment; see --help)")
     sample = f"batch {B} x length {T}, {args.reps} reps"
-    figures.add("scoring, classic model, 1 thread: ours as a fraction of the matmul bound", ours_tps,
-                "matmul bound (1-thread sgemm / FLOP per token)", bound1, "tokens/s", sample=sample, headline=N == 1)
+    figures.add("scoring, classic model, 1 thread: ours against the sgemm reference (not a bound)", ours_tps,
+                "sgemm reference (1-thread sgemm / FLOP per token)", ref1, "tokens/s", sample=sample, headline=N == 1)
     if all_tps is not None:
-        figures.add(f"scoring, classic model, {N} threads: ours as a fraction of the matmul bound", all_tps,
-                    f"matmul bound (best of {N}-thread sgemm and {N} x 1-thread, / FLOP per token)", boundN, "tokens/s",
-                    sample=sample, headline=True)
+        figures.add(f"scoring, classic model, {N} threads: ours against the sgemm reference (not a bound)", all_tps,
+                    f"sgemm reference (best of {N}-thread sgemm and {N} x 1-thread, / FLOP per token)", refN,
+                    "tokens/s", sample=sample, headline=True)
     figures.write(args.json)
 
 
