@@ -26,7 +26,7 @@ from sentiment.data.labels import (IMDB_LABELS, LabelSpace, is_missing_label, me
                                    normalize_label, sort_labels)
 from sentiment.paths import cache_dir
 from sentiment.data.readers import Table, check_regular_file, pos_neg_files, read_bytes, read_table, read_texts
-from sentiment.data.tokenize import Cleaning, into_table, spacy_version
+from sentiment.data.tokenize import TOKENIZER_VERSION, Cleaning, into_table, spacy_version
 
 FILES_CACHE_VERSION = 3  # 3: labels normalised, strict file decoding, pos/neg keyed by content
 
@@ -198,7 +198,7 @@ def _part_from_table(table: Table, cfg: DataConfig, source: str) -> _Part:
 
 def _settings_key(cfg: DataConfig, columns: tuple[str | None, ...]) -> str:
     return json.dumps({"v": FILES_CACHE_VERSION, "lowercase": cfg.lowercase, "spacy": spacy_version(),
-                       "clean": cleaning_of(cfg).key(), "columns": columns})
+                       "clean": cleaning_of(cfg).key(), "columns": columns, "tokenizer": TOKENIZER_VERSION})
 
 
 def _file_hash(path: Path) -> str:
