@@ -496,6 +496,7 @@ def apply_overrides(raw: dict[str, Any], overrides: list[str]) -> dict[str, Any]
 
 # A config is a few kilobytes; a bigger file is not one (and PyYAML would hold all of it as Python objects).
 MAX_YAML_BYTES = 1 << 20
+MAX_YAML_DEPTH = 50
 
 
 class _NoAliasLoader(yaml.SafeLoader):
@@ -503,13 +504,23 @@ class _NoAliasLoader(yaml.SafeLoader):
     names, so a 1 KB file of nested aliases (the "billion laughs") expands to billions of nodes: 40 s and
     gigabytes before it dies. No config needs one; an anchor without an alias is harmless and kept."""
 
+    depth = 0
+
     def compose_node(self, parent: Any, index: Any) -> Any:
         if self.check_event(yaml.AliasEvent):
             event = self.peek_event()
             raise yaml.composer.ComposerError(
                 None, None, f"aliases (*{event.anchor}) are not allowed in a config: write the value out",
                 event.start_mark)
-        return super().compose_node(parent, index)
+        # [[[[...]]]] thousands deep would end in Python's RecursionError, after 0.6 s; a config is a few deep
+        if self.depth >= MAX_YAML_DEPTH:
+            raise yaml.composer.ComposerError(None, None, f"nested more than {MAX_YAML_DEPTH} levels deep",
+                                              self.peek_event().start_mark)
+        self.depth += 1
+        try:
+            return super().compose_node(parent, index)
+        finally:
+            self.depth -= 1
 
 
 class _NoAliasDumper(yaml.SafeDumper):
@@ -547,7 +558,7 @@ def read_yaml(path: Path) -> dict[str, Any]:
         where = f" at line {mark.line + 1}, column {mark.column + 1}" if mark else ""
         problem = getattr(e, "problem", None) or "invalid YAML"
         raise SentimentError(f"config file {path}: YAML syntax error{where}: {problem}") from None
-    except RecursionError:  # [[[[...]]]] thousands deep: PyYAML composes nodes recursively
+    except RecursionError:  # a last resort: _NoAliasLoader stops at MAX_YAML_DEPTH
         raise SentimentError(f"config file {path}: YAML nested too deeply to be a config") from None
     if raw is None:
         return {}

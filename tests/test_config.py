@@ -444,8 +444,9 @@ def test_config_over_a_megabyte_is_refused(tmp_path: Path):
 
 
 def test_deeply_nested_yaml_is_one_error(tmp_path: Path):
-    path = write(tmp_path, "train: " + "[" * 100_000 + "]" * 100_000 + "\n")
-    assert str(path) in _refused_fast(lambda: load_config(path))
+    path = write(tmp_path, "train: " + "[" * 5_000 + "]" * 5_000 + "\n")  # past Python's recursion limit
+    assert f"{path}: YAML syntax error at line 1, column 57: nested more than 50 levels deep" in _refused_fast(
+        lambda: load_config(path))
 
 
 def test_anchor_without_alias_is_still_read(tmp_path: Path):
