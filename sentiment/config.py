@@ -472,10 +472,12 @@ def parse_override(text: str) -> tuple[list[str], Any]:
     parts = key.strip().split(".")
     if not key.strip() or any(not p for p in parts):
         raise SentimentError(f"--set {text!r}: the key is empty or malformed, e.g. --set model.rnn=gru")
+    if len(raw.encode("utf-8", "surrogatepass")) > MAX_YAML_BYTES:
+        raise SentimentError(f"--set {key.strip()}: the value is over {MAX_YAML_BYTES:,} bytes")
     try:
-        value = yaml.safe_load(raw) if raw.strip() else None
-    except yaml.YAMLError:
-        value = raw
+        value = _load_yaml(raw) if raw.strip() else None
+    except (yaml.YAMLError, RecursionError):
+        value = raw  # not YAML (an alias included: it is never expanded): the text as written
     return parts, value
 
 
@@ -494,21 +496,72 @@ def apply_overrides(raw: dict[str, Any], overrides: list[str]) -> dict[str, Any]
     return raw
 
 
+# A config is a few kilobytes; a bigger file is not one (and PyYAML would hold all of it as Python objects).
+MAX_YAML_BYTES = 1 << 20
+MAX_YAML_DEPTH = 50
+
+
+class _NoAliasLoader(yaml.SafeLoader):
+    """SafeLoader (no Python tags) that refuses aliases (`*name`). An alias expands to the whole node its anchor
+    names, so a 1 KB file of nested aliases (the "billion laughs") expands to billions of nodes: 40 s and
+    gigabytes before it dies. No config needs one; an anchor without an alias is harmless and kept."""
+
+    depth = 0
+
+    def compose_node(self, parent: Any, index: Any) -> Any:
+        if self.check_event(yaml.AliasEvent):
+            event = self.peek_event()
+            raise yaml.composer.ComposerError(
+                None, None, f"aliases (*{event.anchor}) are not allowed in a config: write the value out",
+                event.start_mark)
+        # [[[[...]]]] thousands deep would end in Python's RecursionError, after 0.6 s; a config is a few deep
+        if self.depth >= MAX_YAML_DEPTH:
+            raise yaml.composer.ComposerError(None, None, f"nested more than {MAX_YAML_DEPTH} levels deep",
+                                              self.peek_event().start_mark)
+        self.depth += 1
+        try:
+            return super().compose_node(parent, index)
+        finally:
+            self.depth -= 1
+
+
+class _NoAliasDumper(yaml.SafeDumper):
+    """Never writes an anchor and alias for a repeated object: what it writes, _NoAliasLoader reads."""
+
+    def ignore_aliases(self, data: Any) -> bool:
+        return True
+
+
+def _load_yaml(text: str) -> Any:
+    return yaml.load(text, Loader=_NoAliasLoader)
+
+
 def read_yaml(path: Path) -> dict[str, Any]:
+    """A YAML file as a mapping (a config, a run's config.yaml): at most MAX_YAML_BYTES, no Python tags, no
+    aliases; anything else is one error naming the file."""
     path = Path(path)
     try:
-        text = path.read_text(encoding="utf-8")
+        with open(path, "rb") as f:
+            data = f.read(MAX_YAML_BYTES + 1)  # not the whole file: it may be huge, or endless
     except FileNotFoundError:
         raise SentimentError(f"config file {path} not found") from None
-    except (OSError, UnicodeDecodeError) as e:
-        raise SentimentError(f"cannot read config file {path}: {e}") from None
+    except OSError as e:
+        raise SentimentError(f"cannot read config file {path}: {e.strerror or e}") from None
+    if len(data) > MAX_YAML_BYTES:
+        raise SentimentError(f"config file {path} is over {MAX_YAML_BYTES:,} bytes: not a config")
     try:
-        raw = yaml.safe_load(text)
+        text = data.decode("utf-8-sig")
+    except UnicodeDecodeError as e:
+        raise SentimentError(f"cannot read config file {path}: not UTF-8 ({e.reason} at byte {e.start})") from None
+    try:
+        raw = _load_yaml(text)
     except yaml.YAMLError as e:
         mark = getattr(e, "problem_mark", None)
         where = f" at line {mark.line + 1}, column {mark.column + 1}" if mark else ""
         problem = getattr(e, "problem", None) or "invalid YAML"
         raise SentimentError(f"config file {path}: YAML syntax error{where}: {problem}") from None
+    except RecursionError:  # a last resort: _NoAliasLoader stops at MAX_YAML_DEPTH
+        raise SentimentError(f"config file {path}: YAML nested too deeply to be a config") from None
     if raw is None:
         return {}
     if not isinstance(raw, dict):
@@ -533,7 +586,7 @@ def load_config(path: Path | None, overrides: list[str] | None = None) -> Config
 
 
 def dump_config(cfg: Config) -> str:
-    return yaml.safe_dump(cfg.to_dict(), sort_keys=False)
+    return yaml.dump(cfg.to_dict(), Dumper=_NoAliasDumper, sort_keys=False)
 
 
 # ---------------------------------------------------------------- one's own data in one line

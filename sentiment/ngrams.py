@@ -44,9 +44,19 @@ WEIGHTINGS = ("none", "tfidf", "nb")
 NB_ALPHA = 1.0  # NBSVM's smoothing
 
 
+# hash_tokens' values, recorded with every run and export (sentiment.data.tokenize.text_pipeline_version).
+# 1: 64-bit FNV-1a of the UTF-8 bytes (the only one so far).
+TOKEN_HASH_VERSION = 1
+READABLE_TOKEN_HASH_VERSIONS = (1,)
+# Bytes of each token folded in numpy, one step per byte for all tokens at once; the bytes of longer tokens are
+# folded in Python after (~0.1 us a byte), so a 100,000-byte token costs milliseconds, not 100,000 numpy steps.
+_VECTOR_BYTES = 64
+
+
 def hash_tokens(tokens: Sequence[str]) -> np.ndarray:
     """64-bit FNV-1a of each token's UTF-8 bytes, uint64 [len(tokens)]. Vectorised over the tokens: step j
-    folds byte j of every token at least j+1 bytes long (tokens sorted longest first, so those are a prefix)."""
+    folds byte j of every token at least j+1 bytes long (tokens sorted longest first, so those are a prefix),
+    for the first _VECTOR_BYTES bytes; the rest of a longer token is folded by _fnv1a_continue."""
     n = len(tokens)
     out = np.full(n, FNV_OFFSET, dtype=np.uint64)
     if n == 0:
@@ -59,12 +69,22 @@ def hash_tokens(tokens: Sequence[str]) -> np.ndarray:
     sorted_lengths, sorted_starts = lengths[order], starts[order]
     h = out[order]
     descending = -sorted_lengths  # ascending, for searchsorted
-    for j in range(int(sorted_lengths[0])):
+    for j in range(min(int(sorted_lengths[0]), _VECTOR_BYTES)):
         m = int(np.searchsorted(descending, -j, side="left"))  # tokens longer than j bytes
         h[:m] ^= flat[sorted_starts[:m] + j]
         h[:m] *= FNV_PRIME  # wraps modulo 2**64, as FNV wants
     out[order] = h
+    for i in np.flatnonzero(lengths > _VECTOR_BYTES).tolist():
+        out[i] = _fnv1a_continue(int(out[i]), encoded[i][_VECTOR_BYTES:])
     return out
+
+
+def _fnv1a_continue(h: int, data: bytes) -> int:
+    """FNV-1a's state h after folding in `data` (Python ints: linear in len(data), no per-byte numpy call)."""
+    prime, mask = int(FNV_PRIME), 0xFFFFFFFFFFFFFFFF
+    for byte in data:
+        h = ((h ^ byte) * prime) & mask
+    return h
 
 
 def _fmix64(x: np.ndarray) -> np.ndarray:

@@ -28,6 +28,7 @@ from sentiment.atomic import atomic_write, atomic_write_bytes, atomic_write_text
 from sentiment.config import Config, config_from_dict, dump_config, read_yaml
 from sentiment.errors import SentimentError
 from sentiment.data.labels import IMDB_LABELS, LabelSpace
+from sentiment.data.tokenize import MAX_CHUNK, TOKENIZER_VERSION, check_text_pipeline, text_pipeline_version
 from sentiment.data.vocab import Vocab
 
 CHECKPOINT_FORMAT = 1
@@ -102,7 +103,9 @@ def write_run_files(run_dir: Path, cfg: Config, vocab: Vocab, label_space: Label
                     membership: dict[str, np.ndarray] | None = None) -> None:
     """What inference needs besides a checkpoint (config, vocab, label names), and which source rows went
     to train, valid and test (for audits and for baselines that must use the same split)."""
-    atomic_write_text(run_dir / RUN_FILE, json.dumps({"format_version": RUN_FORMAT_VERSION}) + "\n")
+    # with how its texts become tokens and n-gram hashes: a later sentiment checks it can make them alike
+    atomic_write_text(run_dir / RUN_FILE, json.dumps({"format_version": RUN_FORMAT_VERSION, **text_pipeline_version()})
+                      + "\n")
     atomic_write_text(run_dir / CONFIG_FILE, dump_config(cfg))
     vocab.save(run_dir / VOCAB_FILE)
     (label_space or LabelSpace(IMDB_LABELS)).save(run_dir / LABELS_FILE)
@@ -126,6 +129,19 @@ def run_format_version(run_dir: Path) -> int:
         raise SentimentError(f"{run_dir} has run format version {version}; this sentiment reads versions up to "
                              f"{RUN_FORMAT_VERSION}: upgrade sentiment to use it")
     return version
+
+
+def run_text_pipeline(run_dir: Path) -> dict[str, Any]:
+    """The text pipeline versions run.json records (sentiment.data.tokenize.text_pipeline_version); {} for runs
+    written before they were recorded (read as version 1 of each)."""
+    path = Path(run_dir) / RUN_FILE
+    if not path.is_file():
+        return {}
+    try:
+        recorded = json.loads(path.read_text(encoding="utf-8"))
+    except (ValueError, OSError):
+        return {}  # run_format_version names the broken file
+    return {k: v for k, v in recorded.items() if k != "format_version"} if isinstance(recorded, dict) else {}
 
 
 def load_labels(run_dir: Path) -> LabelSpace:
@@ -172,6 +188,7 @@ def load_run(run_dir: Path) -> tuple[Config, Vocab]:
     if missing:
         raise SentimentError(f"{run_dir / missing[0]} not found: the run directory is incomplete")
     run_format_version(run_dir)  # a run from a newer sentiment: refused, not misread
+    check_text_pipeline(run_text_pipeline(run_dir), f"run {run_dir}")  # so is one whose tokens it cannot make
     raw = read_yaml(run_dir / CONFIG_FILE)  # one-line errors, safe_load: no Python tags
     if isinstance(raw.get("data"), dict):
         raw["data"].setdefault("valid_split", "random")  # runs written before the movie split carved at random
@@ -235,6 +252,10 @@ def check_data_fingerprints(run_dir: Path, fingerprints: dict[str, dict], splits
             continue
         rows = (f" ({old.get('rows', '?'):,} rows then, {new['rows']:,} now)" if old.get("rows") != new.get("rows")
                 else "")
+        trained = run_text_pipeline(run_dir).get("tokenizer_version", 1)
+        if trained != TOKENIZER_VERSION and not rows:  # the same texts may read as other tokens now
+            rows = (f" (or its texts hold whitespace-free runs of over {MAX_CHUNK} characters, which tokenizer "
+                    f"version {TOKENIZER_VERSION} cuts and the run's version {trained} did not)")
         raise SentimentError(f"the {name} split's texts or labels in {new.get('source') or old.get('source')} are not "
                              f"the ones {run_dir} was trained with{rows}: the data changed since; its figures would "
                              "not be comparable (eval --allow-changed-data evaluates anyway)")

@@ -16,6 +16,8 @@ from sentiment.config import load_config
 from sentiment.errors import SentimentError
 from sentiment.runs import (LAST, RUN_FILE, RUN_FORMAT_VERSION, load_checkpoint, load_run, read_metrics,
                             run_format_version)
+from sentiment.data.tokenize import TOKENIZER_VERSION
+from sentiment.ngrams import TOKEN_HASH_VERSION
 from sentiment.training.train import train
 from conftest import TINY_TRAINING, make_imdb
 
@@ -97,7 +99,9 @@ def test_a_new_run_records_its_format_version(tmp_path):
     run_dir = tmp_path / "run"
     run_dir.mkdir()
     train(cfg, run_dir)
-    assert json.loads((run_dir / RUN_FILE).read_text()) == {"format_version": RUN_FORMAT_VERSION}
+    assert json.loads((run_dir / RUN_FILE).read_text()) == {"format_version": RUN_FORMAT_VERSION,
+                                                             "tokenizer_version": TOKENIZER_VERSION,
+                                                             "token_hash_version": TOKEN_HASH_VERSION}
     assert run_format_version(run_dir) == RUN_FORMAT_VERSION
     assert load_checkpoint(run_dir / LAST)["run_format_version"] == RUN_FORMAT_VERSION
 
@@ -106,3 +110,22 @@ def test_a_run_from_a_newer_sentiment_is_refused_by_name(old_run):
     (old_run / RUN_FILE).write_text(json.dumps({"format_version": RUN_FORMAT_VERSION + 1}))
     with pytest.raises(SentimentError, match="upgrade sentiment"):
         load_run(old_run)
+
+
+@pytest.mark.parametrize("recorded", [{}, {"tokenizer_version": 1}, {"tokenizer_version": 1, "token_hash_version": 1},
+                                      {"tokenizer_version": TOKENIZER_VERSION}])
+def test_runs_of_tokenizer_versions_this_code_reads_load(old_run, recorded):
+    # version 1 (every run before versions were recorded) differs from 2 only on whitespace-free runs of over
+    # tokenize.MAX_CHUNK characters: read as it is (see tokenize.TOKENIZER_VERSION)
+    (old_run / RUN_FILE).write_text(json.dumps({"format_version": RUN_FORMAT_VERSION, **recorded}))
+    load_run(old_run)
+
+
+@pytest.mark.parametrize("recorded, needle", [({"tokenizer_version": TOKENIZER_VERSION + 1}, "tokenizer version"),
+                                              ({"token_hash_version": TOKEN_HASH_VERSION + 1}, "token hash version"),
+                                              ({"tokenizer_version": "spacy"}, "tokenizer version 'spacy'")])
+def test_a_run_whose_tokens_this_code_cannot_make_is_refused(old_run, recorded, needle):
+    (old_run / RUN_FILE).write_text(json.dumps({"format_version": RUN_FORMAT_VERSION, **recorded}))
+    with pytest.raises(SentimentError, match=f"run run_v0 was made with {needle}") as info:
+        load_run(old_run)
+    assert "\n" not in str(info.value)

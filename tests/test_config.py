@@ -396,3 +396,66 @@ def test_the_label_column_naming_the_text_column_is_refused_before_any_data_is_r
     with pytest.raises(SentimentError, match=r"data\.label_column.*same column as data\.text_column \('review'\)"):
         load_config(path)
     assert load_config(write(tmp_path, "data: {text_column: review, label_column: review}\n", "imdb.yaml"))
+
+
+# --- hostile YAML: aliases (billion laughs), size, depth ----------------------------------------------
+
+BILLION_LAUGHS = "\n".join(
+    ['a: &a ["lol","lol","lol","lol","lol","lol","lol","lol","lol"]']
+    + [f"{b}: &{b} [*{a},*{a},*{a},*{a},*{a},*{a},*{a},*{a},*{a}]" for a, b in zip("abcdefgh", "bcdefghi")]) + "\n"
+
+
+def _refused_fast(call) -> str:
+    import time
+
+    start = time.perf_counter()
+    with pytest.raises(SentimentError) as e:
+        call()
+    assert time.perf_counter() - start < 1.0
+    return str(e.value)
+
+
+def test_alias_bomb_in_a_config_is_one_error_within_a_second(tmp_path: Path):
+    path = write(tmp_path, BILLION_LAUGHS)
+    assert len(BILLION_LAUGHS) < 1024
+    msg = _refused_fast(lambda: load_config(path))
+    assert str(path) in msg and "aliases (*a) are not allowed" in msg and "line 2" in msg
+
+
+def test_alias_bomb_in_a_runs_config_yaml_is_refused(tmp_path: Path):
+    from sentiment.runs import load_run
+
+    (tmp_path / "config.yaml").write_text("data:\n  " + BILLION_LAUGHS.replace("\n", "\n  "), encoding="utf-8")
+    (tmp_path / "vocab.json").write_text("[]", encoding="utf-8")
+    assert "aliases" in _refused_fast(lambda: load_run(tmp_path))
+
+
+def test_alias_in_a_set_value_is_never_expanded():
+    value = "[" + ",".join(["&a [x,x,x,x,x,x,x,x,x,x]"] + ["*a"] * 9) + "]"
+    _, parsed = parse_override(f"data.labels={value}")
+    assert parsed == value  # not YAML to this tool: the text as written (a list key then refuses it)
+    with pytest.raises(SentimentError, match="data.labels"):
+        load_config(None, [f"data.labels={value}"])
+
+
+def test_config_over_a_megabyte_is_refused(tmp_path: Path):
+    path = write(tmp_path, "# " + "x" * (1 << 20) + "\ntrain:\n  epochs: 2\n")
+    assert "over 1,048,576 bytes" in _refused_fast(lambda: load_config(path))
+
+
+def test_deeply_nested_yaml_is_one_error(tmp_path: Path):
+    path = write(tmp_path, "train: " + "[" * 5_000 + "]" * 5_000 + "\n")  # past Python's recursion limit
+    assert f"{path}: YAML syntax error at line 1, column 57: nested more than 50 levels deep" in _refused_fast(
+        lambda: load_config(path))
+
+
+def test_anchor_without_alias_is_still_read(tmp_path: Path):
+    assert load_config(write(tmp_path, "train:\n  epochs: &n 4\n")).train.epochs == 4
+
+
+def test_dumped_config_has_no_aliases_even_for_shared_objects():
+    from sentiment.config import _NoAliasDumper
+
+    shared = ["pos", "neg"]
+    text = yaml.dump({"a": shared, "b": shared}, Dumper=_NoAliasDumper)
+    assert "&" not in text and "*" not in text

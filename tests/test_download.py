@@ -572,3 +572,43 @@ def test_glove_dir_without_requested_dim(tmp_path):
     (tmp_path / "v" / "glove.6B.50d.txt").write_text(glove_lines(50))
     with pytest.raises(SentimentError, match=r"no 300d vectors \(it has: 50d\)"):
         dl.download_glove(tmp_path / "data", 300, str(tmp_path / "v"))
+
+
+# ---------------------------------------------------------------- what a killed extraction leaves
+def test_the_next_run_removes_what_a_run_killed_mid_extraction_left(tmp_path, archives):
+    import os
+    import subprocess
+    import sys
+
+    data_dir = tmp_path / "data"
+    # a run killed (SIGKILL: no finally, no atexit) while it extracts
+    killed = ("import os, signal, sys\n"
+              "from sentiment.data import download as dl\n"
+              "def progress(what, done, total):\n"
+              "    if what.startswith('extracting'):\n"
+              "        os.kill(os.getpid(), signal.SIGKILL)\n"
+              "dl.download_imdb(sys.argv[1], sys.argv[2], progress=progress)\n")
+    root = Path(__file__).resolve().parents[1]
+    env = {**os.environ, "PYTHONPATH": os.pathsep.join([str(root), os.environ.get("PYTHONPATH", "")])}
+    result = subprocess.run([sys.executable, "-c", killed, str(data_dir), str(archives["imdb_path"])], env=env)
+    assert result.returncode == -9
+    [stale] = [p for p in data_dir.iterdir() if p.name.startswith(".aclImdb-extract-")]
+    assert (stale / "aclImdb").is_dir()
+
+    # left alone: a live process's extraction, another machine's, an older version's, a file, a lookalike
+    sleeper = subprocess.Popen([sys.executable, "-c", "import time; time.sleep(60)"])
+    try:
+        keep = [data_dir / f".aclImdb-extract-{dl._host()}-{sleeper.pid}-abc123",
+                data_dir / ".aclImdb-extract-otherhost-999999-abc123",
+                data_dir / ".aclImdb-k2j4_x9q", data_dir / "aclImdb-extract-notours"]
+        for path in keep:
+            path.mkdir()
+        (data_dir / f".aclImdb-extract-{dl._host()}-999999-file").write_text("a file, not our directory")
+        result = dl.download_imdb(data_dir, str(archives["imdb_path"]))
+        assert result.status == "installed from local source" and (data_dir / "aclImdb" / "train").is_dir()
+        assert not stale.exists()
+        assert all(path.is_dir() for path in keep)
+        assert (data_dir / f".aclImdb-extract-{dl._host()}-999999-file").is_file()
+    finally:
+        sleeper.kill()
+        sleeper.wait()

@@ -224,3 +224,10 @@ def test_sort_labels_alphabetically_otherwise():
 @pytest.mark.parametrize("values", [["pos", "neg"], ["positive", "negative"], ["1", "0"], ["true", "false"]])
 def test_sort_labels_puts_the_positive_class_second(values):
     assert sort_labels(values) == tuple(reversed(values))
+
+
+@pytest.mark.parametrize("value", ["NaN", "nan", "NA", "N/A", "null", "None", "<NA>", " NaN "])
+def test_a_missing_value_label_is_named_as_missing_not_unknown(value):
+    with pytest.raises(SentimentError, match=rf"^data.csv: line 3: label {value!r} is a missing value"):
+        BINARY.index(["pos", value], ["data.csv: line 2", "data.csv: line 3"])
+    assert LabelSpace(("none", "some")).index(["None", "some"]).tolist() == [0, 1]  # a class of the run: kept

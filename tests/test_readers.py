@@ -363,3 +363,30 @@ def test_a_large_csv_is_read_in_one_pass(tmp_path):
     table = read_table(path)
     assert len(table) == rows and table.texts[-1] == f"review {rows - 1}" and table.lines[-1] == rows + 1
     assert Counter(table.labels) == {"pos": rows // 2, "neg": rows // 2}
+
+
+# ---------------------------------------------------------------- rows wider than the header; Parquet types
+def test_a_row_with_more_fields_than_the_header_names_the_line_and_says_quote(tmp_path):
+    # label first, texts with unquoted commas: reading two fields would cut each text at its first comma
+    path = write(tmp_path / "data.csv", 'label,text\npos,"quoted, fine"\nneg,plain\npos,great film, really\n')
+    assert error(path) == (f"{path}: line 4 has 3 fields, the header 2: a text holding a comma must be quoted "
+                           '("like, this"); write the file with a CSV writer (or as JSONL)')
+    error(write(tmp_path / "data.tsv", "text\tlabel\na\tpos\nb\tneg\textra\n"), "line 3 has 3 fields", "a tab")
+    error(write(tmp_path / "texts.csv", "text\nfine\nnot, fine\n"), "line 3 has 2 fields", label_column=None)
+
+
+def test_a_binary_parquet_text_column_is_decoded_as_utf8(tmp_path):
+    pa = pytest.importorskip("pyarrow")
+    path = write_parquet(tmp_path / "data.parquet", {"text": pa.array([b"scene \xc3\xa9", None, b"b"], pa.binary()),
+                                                     "label": pa.array([b"pos", b"neg", b"pos"], pa.large_binary())})
+    table = read_table(path)
+    assert (table.texts, table.labels) == (["scene é", "", "b"], ["pos", "neg", "pos"])
+    bad = write_parquet(tmp_path / "bad.parquet", {"text": pa.array([b"a", b"caf\xe9"], pa.binary()), "label": [1, 0]})
+    error(bad, "row 2: column 'text' holds bytes that are not UTF-8", "0xe9")
+
+
+def test_a_list_or_struct_parquet_column_is_refused(tmp_path):
+    path = write_parquet(tmp_path / "data.parquet", {"text": [["scene", "one"], ["two"]], "label": [1, 0]})
+    error(path, "column 'text' holds lists (list<element: string>), not text")
+    path = write_parquet(tmp_path / "data.parquet", {"text": ["a", "b"], "label": [{"y": 1}, {"y": 0}]})
+    error(path, "column 'label' holds structs (struct<y: int64>)")

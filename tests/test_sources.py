@@ -408,3 +408,33 @@ def test_every_text_empty_says_so(tmp_path):
     rows = [{"text": "", "label": "pos" if i % 2 else "neg"} for i in range(20)]
     with pytest.raises(SentimentError, match="every row's text \\(column 'text'\\) is empty"):
         load_source(config(tmp_path, write_csv(tmp_path / "train.csv", rows)))
+
+
+# ---------------------------------------------------------------- load_source: missing-value labels
+@pytest.mark.parametrize("missing", ["NaN", "NA", "N/A", "null", "None", " nan "])
+def test_a_missing_value_label_is_an_error_naming_the_row_not_a_class(tmp_path, missing):
+    rows = texts_of({"quality": 15, "billing": 15})
+    rows[7]["label"] = missing
+    train = write_csv(tmp_path / "train.csv", rows)
+    with pytest.raises(SentimentError) as info:
+        load_source(config(tmp_path, train))
+    assert str(info.value).startswith(f"{train}: line 9: label {missing.strip()!r} in column 'label' is a missing value")
+
+
+def test_a_missing_value_label_in_a_given_valid_file_names_its_row(tmp_path):
+    train = write_csv(tmp_path / "train.csv", texts_of({"quality": 15, "billing": 15}))
+    valid_rows = texts_of({"quality": 5, "billing": 5}, seed=1)
+    valid_rows[3]["label"] = "NaN"
+    valid = write_csv(tmp_path / "valid.csv", valid_rows)
+    with pytest.raises(SentimentError, match=rf"^{valid}: line 5: label 'NaN' in column 'label' is a missing value"):
+        load_source(config(tmp_path, train, valid_file=str(valid)))
+
+
+def test_a_missing_value_spelling_listed_in_data_labels_is_a_class(tmp_path):
+    rows = texts_of({"quality": 15, "billing": 15, "delivery": 15})
+    for row in rows:
+        row["label"] = "None" if row["label"] == "delivery" else row["label"]
+    source = load_source(config(tmp_path, write_csv(tmp_path / "train.csv", rows),
+                                labels=["billing", "quality", "None"]))
+    assert source.label_space.names == ("billing", "quality", "None")
+    assert sorted(np.unique(source.labels).tolist()) == [0, 1, 2]

@@ -6,7 +6,9 @@ import pytest
 import spacy
 
 from _tokenizer import Tokenizer
-from sentiment.data.tokenize import IMDB_CLEANING, Cleaning, clean_text, split_chunks, tokenize_chunks
+from sentiment.data.tokenize import (IMDB_CLEANING, MAX_CHUNK, TOKENIZER_VERSION, Cleaning, check_text_pipeline,
+                                     clean_text, split_chunks, text_pipeline_version, tokenize_chunks)
+from sentiment.errors import SentimentError
 
 TRICKY = [
     "I don't know, can't say. I'm gonna go, won't you?",
@@ -187,3 +189,72 @@ def test_chunk_groups_larger_than_one_spacy_call(nlp):
     # more non-alphabetic chunks than one grouped spaCy call takes, each still tokenized as alone
     chunks = [f"{w}{i}{p}" for i in range(150) for w, p in [("U.S.", ":)"), ("don't", "!")]]
     assert tokenize_chunks(chunks, lowercase=False) == [[t.text for t in nlp(c)] for c in chunks]
+
+
+# --- long whitespace-free chunks: linear time, ordinary text unchanged -----------------------------------------
+
+# Chunks of up to MAX_CHUNK characters, as long as ordinary text has them (IMDB's longest that is not all
+# letters: 91): each keeps exactly the tokens spaCy gives it whole, as before tokenizer version 2.
+LONG_ORDINARY = [(base * 9)[:length] for length in (MAX_CHUNK, 91, 64) for base in (
+    "https://www.imdb.com/title/tt0111161/reviews?spoiler=hide&sort=helpfulnessScore&dir=desc&ratingFilter=0",
+    "well-known-state-of-the-art-so-so-made-for-TV-",
+    "!!!", "(((great)))", "...", "wow:-);-):D:P<3:(:-(^_^xD:P", "end.<br/><br/>Start,again.<br/>Yes!!<br/>no...",
+    "john.doe+imdb@example.co.uk,me@x.org,you@y.net;them@z.com/us@w.org(him@v.org)[her@u.org]{it@t.org}.",
+    "$5.99(or£3,€4.50);10/10,9.5/10,100%", "don't-can't-won't-'cause-rock'n'roll-", "U.S.A.--Dr.Smith's",
+)]
+
+
+def test_chunks_up_to_max_chunk_keep_spacys_tokens(nlp):
+    assert all(len(c) <= MAX_CHUNK and not any(ch.isspace() for ch in c) for c in LONG_ORDINARY)
+    expected = [[t.text for t in nlp(c)] for c in LONG_ORDINARY]
+    assert tokenize_chunks(LONG_ORDINARY, lowercase=False) == expected
+    text = " ".join(TRICKY + LONG_ORDINARY)
+    assert Tokenizer()(text) == reference(nlp, text)  # <br /> in a chunk is whitespace, as ever
+
+
+def test_a_longer_chunk_is_split_into_words_and_single_marks_and_an_all_letter_one_stays_whole():
+    chunk = "(" * 60 + "Great!" + ")" * 40 + "https://imdb.com/title/tt01?x=a_b"
+    assert tokenize_chunks([chunk, "ok"], lowercase=False) == [
+        ["("] * 60 + ["Great", "!"] + [")"] * 40 + ["https", ":", "/", "/", "imdb", ".", "com", "/", "title", "/",
+                                                    "tt01", "?", "x", "=", "a_b"], ["ok"]]
+    assert tokenize_chunks([chunk])[0][60] == "great"
+    assert tokenize_chunks(["A" * 5000]) == [["a" * 5000]]
+    assert tokenize_chunks(["é😀" * 60]) == [["é", "😀"] * 60]
+
+
+@pytest.mark.parametrize("kind", ["random", "brackets", "punctuation"])
+def test_a_100k_character_chunk_tokenizes_in_under_a_second(kind):
+    import random
+    import string
+    import time
+
+    rng = random.Random(0)
+    chunk = {"random": "".join(rng.choice(string.ascii_letters + string.digits + string.punctuation)
+                               for _ in range(100_000)),
+             "brackets": "".join("(" * 13 + f"{i:03d}" for i in range(6250)),  # every piece distinct
+             "punctuation": "!?" * 50_000}[kind]
+    tokenize_chunks(["warm-up"])
+    start = time.perf_counter()
+    tokens = tokenize_chunks([chunk])[0]
+    assert time.perf_counter() - start < 1.0  # was minutes: spaCy's affix rules are quadratic in a chunk
+    assert "".join(tokens) == chunk.lower()
+
+
+def test_the_text_pipeline_version_and_its_check():
+    assert text_pipeline_version() == {"tokenizer_version": TOKENIZER_VERSION, "token_hash_version": 1}
+    check_text_pipeline({}, "run r")  # recorded before versions existed: version 1 of each, read as it is
+    check_text_pipeline(text_pipeline_version(), "run r")
+    with pytest.raises(SentimentError, match="^model m.onnx was made with tokenizer version 9; this sentiment"):
+        check_text_pipeline({"tokenizer_version": 9}, "model m.onnx")
+
+
+def test_one_spacy_call_takes_a_bounded_number_of_characters():
+    # one call holds the GIL throughout: chunks of affixes (~3 ms each at MAX_CHUNK characters) are grouped by
+    # characters as well as by count, so no call takes more than about half a second
+    from sentiment.data import tokenize as tk
+
+    chunks = ["(" * (MAX_CHUNK - 4) + f"{i:04d}" for i in range(1000)]
+    groups = list(tk._groups(list(range(len(chunks))), chunks))
+    assert sorted(i for g in groups for i in g) == list(range(len(chunks)))
+    assert max(sum(len(chunks[i]) for i in g) for g in groups) < tk._GROUP_CHARS + MAX_CHUNK
+    assert len(list(tk._groups(list(range(20_000)), ["a."] * 20_000))) == 3  # short chunks: 8192 a call

@@ -116,6 +116,7 @@ def download_imdb(
     data_dir = Path(data_dir)
     final = data_dir / "aclImdb"
     _make_data_dir(data_dir)
+    remove_stale_extractions(data_dir)
     if not force and (hit := _already_present(data_dir, "imdb", final)):
         return hit
     kind, where = ("url", IMDB_URL) if source is None else _classify(source, "--imdb-source")
@@ -142,8 +143,8 @@ def download_imdb(
         status, label, downloaded = "installed from local source", str(archive), False
 
     # Extract beside the final location and rename into place, so a killed run never leaves a
-    # half-extracted aclImdb/ that looks usable.
-    tmp = Path(tempfile.mkdtemp(prefix=".aclImdb-", dir=data_dir))
+    # half-extracted aclImdb/ that looks usable (the next run removes what a killed one left: see above).
+    tmp = Path(tempfile.mkdtemp(prefix=f"{_EXTRACT_PREFIX}{_host()}-{os.getpid()}-", dir=data_dir))
     try:
         with _corrupt_archive(archive, downloaded, "--imdb-source"):
             safe_extract_tar(archive, tmp, members_prefix="aclImdb", progress=progress)
@@ -157,6 +158,51 @@ def download_imdb(
     finally:
         shutil.rmtree(tmp, ignore_errors=True)
     return _record(data_dir, "imdb", final, status, digest, label, archive.stat().st_size)
+
+
+# An extraction's temporary directory: .aclImdb-extract-HOST-PID-RANDOM. A run killed mid-extraction (kill -9,
+# power loss) leaves ~200 MB there; the next run removes the ones whose process is gone.
+_EXTRACT_PREFIX = ".aclImdb-extract-"
+_EXTRACT_NAME = re.compile(re.escape(_EXTRACT_PREFIX) + r"(?P<host>[A-Za-z0-9.]+)-(?P<pid>[0-9]+)-[a-z0-9_]+")
+
+
+def _host() -> str:
+    """This machine's name as it goes into a file name: a data directory on a shared disk is seen by other
+    machines, whose process ids mean nothing here."""
+    import socket
+
+    return re.sub(r"[^A-Za-z0-9.]", "_", socket.gethostname()) or "host"
+
+
+def _process_alive(pid: int) -> bool:
+    try:
+        os.kill(pid, 0)
+    except ProcessLookupError:
+        return False
+    except (PermissionError, OverflowError, OSError):
+        return True  # another user's process (or a pid we cannot ask about): not ours to judge dead
+    return True
+
+
+def remove_stale_extractions(data_dir: Path) -> list[Path]:
+    """Delete the extraction directories (named by download_imdb: _EXTRACT_PREFIX, this host, the owner's pid)
+    whose owner process is gone; returns them. Anything else in data_dir is left alone: directories of another
+    host, of a live process, or not named by this tool (older versions' `.aclImdb-XXXXXXXX` among them: this
+    tool cannot tell whether an older version still runs)."""
+    removed = []
+    try:
+        entries = list(os.scandir(data_dir))
+    except OSError:
+        return removed
+    host = _host()
+    for entry in entries:
+        match = _EXTRACT_NAME.fullmatch(entry.name)
+        if (match is None or match["host"] != host or int(match["pid"]) == os.getpid()
+                or _process_alive(int(match["pid"])) or not entry.is_dir(follow_symlinks=False)):
+            continue
+        shutil.rmtree(entry.path, ignore_errors=True)
+        removed.append(Path(entry.path))
+    return removed
 
 
 def download_glove(

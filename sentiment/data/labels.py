@@ -52,6 +52,23 @@ def merged_labels(values: Iterable[str]) -> dict[str, list[str]]:
 
 IMDB_LABELS = ("negative", "positive")  # IMDB runs, and runs written before label spaces existed
 
+# How pandas (read_csv's default na_values, to_csv of a missing value) and friends spell a missing cell, case
+# folded: such a label is no label. As a class, one `NaN` turns a two-class task into three.
+MISSING_SPELLINGS = frozenset({"", "nan", "-nan", "na", "n/a", "#n/a", "#n/a n/a", "#na", "<na>", "null", "none",
+                               "nat", "1.#ind", "-1.#ind", "1.#qnan", "-1.#qnan"})
+
+
+def is_missing_label(value: str) -> bool:
+    """Whether a label value spells a missing value (NaN, NA, N/A, null, None, empty, ...)."""
+    return value.strip().lower() in MISSING_SPELLINGS
+
+
+def missing_label_error(at: str, value: str, column: str | None = None) -> SentimentError:
+    """The one message for a row whose label is a missing value (`at`: where the row is)."""
+    where = f" in column {column!r}" if column else ""
+    return SentimentError(f"{at}: label {value!r}{where} is a missing value (as pandas writes an empty cell): give "
+                          f"the row its label or drop it, or list {value.strip()!r} in data.labels to make it a class")
+
 
 @dataclass(frozen=True)
 class LabelSpace:
@@ -169,6 +186,9 @@ class LabelSpace:
             out.append(i)
         if unknown:
             values = list(unknown)
+            at = where[first] if where is not None else source
+            if is_missing_label(values[0]):
+                raise missing_label_error(at or "labels", values[0])
             others = f" (and {', '.join(map(repr, values[1:4]))}{' …' if len(values) > 4 else ''})" if len(values) > 1 else ""
             at = f"{where[first]}: " if where is not None else (f"{source}: " if source else "")
             spellings = (" (or 1/0, pos/neg, positive/negative, true/false)"

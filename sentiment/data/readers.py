@@ -260,7 +260,7 @@ def _csv_columns(path: Path, stream: io.TextIOWrapper, text_column: str, label_c
                 raise SentimentError(f"{path}: no column {column!r} (columns: {', '.join(map(repr, header))})")
         ti = header.index(text_column)
         li = header.index(label_column) if label_column is not None else ti
-        need = max(ti, li)
+        need, width = max(ti, li), len(header)
         labeled = label_column is not None
         texts: list[str] = []
         labels: list[str | None] = []
@@ -268,6 +268,8 @@ def _csv_columns(path: Path, stream: io.TextIOWrapper, text_column: str, label_c
         # the hot loop of a million-row file: plain lists, no per-row objects beyond csv's own
         for row in reader:
             if len(row) > need:
+                if len(row) > width:
+                    raise _extra_fields(path, last + 1, len(row), width, kind)
                 texts.append(row[ti])
                 if labeled:
                     labels.append(row[li])
@@ -286,6 +288,14 @@ def _csv_columns(path: Path, stream: io.TextIOWrapper, text_column: str, label_c
     if not texts:
         raise SentimentError(f"{path} has a header but no rows")
     return texts, labels if labeled else None, lines
+
+
+def _extra_fields(path: Path, line: int, fields: int, width: int, kind: str) -> SentimentError:
+    """A row with more fields than the header: a text holding the delimiter, unquoted. Reading the first
+    fields alone would cut every such text at its first comma, silently."""
+    delimiter = "a tab" if kind == "tsv" else "a comma"
+    return SentimentError(f"{path}: line {line} has {fields} fields, the header {width}: a text holding {delimiter} "
+                          f"must be quoted (\"like, this\"); write the file with a CSV writer (or as JSONL)")
 
 
 def _jsonl_columns(path: Path, stream: io.TextIOWrapper, text_column: str, label_column: str | None,
@@ -394,25 +404,45 @@ def _parquet_table(path: Path, text_column: str, label_column: str | None) -> Ta
         raise SentimentError(f"{path}: not a readable Parquet file ({reason})") from None
     if not table.num_rows:
         raise SentimentError(f"{path} has no rows")
-    texts = _parquet_values(table.column(text_column), _as_str)
+    texts = _parquet_values(path, table.column(text_column), text_column, _as_str)
     if table.column(text_column).null_count:
         texts = [t or "" for t in texts]
     labels = None
     lines = list(range(1, table.num_rows + 1))
     if label_column is not None:
-        labels = _parquet_values(table.column(label_column), _label_str)
+        labels = _parquet_values(path, table.column(label_column), label_column, _label_str)
         _check_labels(path, labels, lines, label_column, "row")
     return Table(texts, labels, lines, str(path))
 
 
-def _parquet_values(column: Any, convert: Any) -> list:
-    """A column as Python strings (None for nulls); string columns need no per-value conversion."""
+def _parquet_values(path: Path, column: Any, name: str, convert: Any) -> list:
+    """A column as Python strings (None for nulls); string columns need no per-value conversion. Binary
+    columns are decoded as UTF-8 (an invalid one is an error naming its row); lists, structs and maps are
+    refused: their Python repr (`['a', 'b']`, `b'...'`) is not the text."""
     import pyarrow as pa
 
-    values = column.to_pylist()
-    if pa.types.is_string(column.type) or pa.types.is_large_string(column.type):
+    kind = column.type
+    if pa.types.is_dictionary(kind):  # a categorical column: its values are what it holds
+        kind = kind.value_type
+    if pa.types.is_string(kind) or pa.types.is_large_string(kind):
+        return column.to_pylist()
+    if pa.types.is_binary(kind) or pa.types.is_large_binary(kind) or pa.types.is_fixed_size_binary(kind):
+        values = column.to_pylist()
+        for row, value in enumerate(values):
+            if value is None:
+                continue
+            try:
+                values[row] = value.decode("utf-8")
+            except UnicodeDecodeError as e:
+                raise SentimentError(f"{path}: row {row + 1}: column {name!r} holds bytes that are not UTF-8 text "
+                                     f"(byte {value[e.start]:#04x} at offset {e.start})") from None
         return values
-    return [convert(v) for v in values]
+    if pa.types.is_nested(kind):
+        what = ("maps" if pa.types.is_map(kind) else "structs" if pa.types.is_struct(kind)
+                else "unions" if pa.types.is_union(kind) else "lists")
+        raise SentimentError(f"{path}: column {name!r} holds {what} ({kind}), not text or a single value: "
+                             "write one string per row")
+    return [convert(v) for v in column.to_pylist()]
 
 
 def _read_pos_neg(root: Path, labeled: bool) -> Table:

@@ -22,10 +22,11 @@ import numpy as np
 from sentiment.atomic import atomic_write_bytes
 from sentiment.config import DataConfig
 from sentiment.errors import SentimentError
-from sentiment.data.labels import IMDB_LABELS, LabelSpace, merged_labels, normalize_label, sort_labels
+from sentiment.data.labels import (IMDB_LABELS, LabelSpace, is_missing_label, merged_labels, missing_label_error,
+                                   normalize_label, sort_labels)
 from sentiment.paths import cache_dir
 from sentiment.data.readers import Table, check_regular_file, pos_neg_files, read_bytes, read_table, read_texts
-from sentiment.data.tokenize import Cleaning, into_table, spacy_version
+from sentiment.data.tokenize import TOKENIZER_VERSION, Cleaning, into_table, spacy_version
 
 FILES_CACHE_VERSION = 3  # 3: labels normalised, strict file decoding, pos/neg keyed by content
 
@@ -197,7 +198,7 @@ def _part_from_table(table: Table, cfg: DataConfig, source: str) -> _Part:
 
 def _settings_key(cfg: DataConfig, columns: tuple[str | None, ...]) -> str:
     return json.dumps({"v": FILES_CACHE_VERSION, "lowercase": cfg.lowercase, "spacy": spacy_version(),
-                       "clean": cleaning_of(cfg).key(), "columns": columns})
+                       "clean": cleaning_of(cfg).key(), "columns": columns, "tokenizer": TOKENIZER_VERSION})
 
 
 def _file_hash(path: Path) -> str:
@@ -335,6 +336,10 @@ def _label_space(cfg: DataConfig, train: _Part) -> tuple[LabelSpace, dict[str, l
     which spellings were merged into one class (" Pos", "pos"; "1.0", "1")."""
     present = np.bincount(train.label_codes, minlength=len(train.label_names)) > 0
     found = [n for n, p in zip(train.label_names, present) if p]
+    listed = LabelSpace(tuple(cfg.labels)).lookup() if cfg.labels is not None else {}
+    for name in found:  # NaN, NA, null...: no class, unless data.labels names it as one
+        if is_missing_label(name) and name not in listed and normalize_label(name) not in listed:
+            raise _missing_label(train, name, cfg.label_column)
     merged = merged_labels(found)
     if cfg.labels is None:
         classes = list(dict.fromkeys(normalize_label(n) for n in found))
@@ -356,7 +361,13 @@ def _label_space(cfg: DataConfig, train: _Part) -> tuple[LabelSpace, dict[str, l
     return space, merged
 
 
-def _class_indices(part: _Part, space: LabelSpace, what: str) -> np.ndarray:
+def _missing_label(part: _Part, name: str, column: str) -> SentimentError:
+    """The error for the first row of `part` whose label is `name`, a missing value."""
+    first = int(np.flatnonzero(part.label_codes == part.label_names.index(name))[0])
+    return missing_label_error(part.where(first), name, column)
+
+
+def _class_indices(part: _Part, space: LabelSpace, what: str, column: str = "") -> np.ndarray:
     """Class index of each row of a part, mapped as every command maps labels (LabelSpace.index); labels the
     space lacks are an error that names them and the first row that has one."""
     if not len(part.label_names):
@@ -366,6 +377,8 @@ def _class_indices(part: _Part, space: LabelSpace, what: str) -> np.ndarray:
     if (mapping < 0).any():
         unknown = [n for n, m in zip(part.label_names, mapping) if m < 0]
         first = int(np.flatnonzero(np.isin(part.label_codes, np.flatnonzero(mapping < 0)))[0])
+        if is_missing_label(part.label_names[part.label_codes[first]]):
+            raise missing_label_error(part.where(first), part.label_names[part.label_codes[first]], column)
         raise SentimentError(f"{part.where(first)}: label {unknown[0]!r} in the {what} split is not a training label "
                              f"({', '.join(map(repr, space.names))})"
                              + (f"; also {', '.join(map(repr, unknown[1:4]))}" if len(unknown) > 1 else ""))
@@ -485,7 +498,7 @@ def _load_tables(cfg: DataConfig, label_space: LabelSpace | None) -> SourceData:
         raise SentimentError(f"{train.source}: every row's text (column {cfg.text_column!r}) is empty: check "
                              "data.text_column")
     space, merged = (label_space, {}) if label_space is not None else _label_space(cfg, train)
-    labels = {name: _class_indices(parts[name], space, name) for name in order}
+    labels = {name: _class_indices(parts[name], space, name, cfg.label_column) for name in order}
 
     # rows in the merged numbering, empty texts left out of every split (counted)
     base, rows, skipped = 0, {}, {}
