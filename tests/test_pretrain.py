@@ -220,6 +220,36 @@ def test_pretraining_resumed_mid_epoch_ends_bitwise_as_an_uninterrupted_run(lm_d
     assert results["epochs_run"] == 2 and results["held_out_forward_perplexity"] > 1
 
 
+def test_a_pretraining_the_time_budget_stopped_resumes_bitwise_as_an_uninterrupted_run(lm_data, tmp_path):
+    """pretrain.max_minutes stops mid-epoch (a budget of ~0: after the first step): last.pt holds that step, not
+    the epoch as finished, so --resume reads the rest of the epoch and ends as the uninterrupted run."""
+    from sentiment.runs import LAST, load_checkpoint, read_metrics
+    from sentiment.training.pretrain import pretrain
+
+    settings = [f"data.data_dir={lm_data}", *TINY_PRETRAIN, "pretrain.epochs=2"]
+    whole = tmp_path / "whole"
+    whole.mkdir()
+    pretrain(load_config(None, settings), whole)
+    parts = tmp_path / "parts"
+    parts.mkdir()
+    stopped = pretrain(load_config(None, settings + ["pretrain.max_minutes=1e-9"]), parts)
+    loop = load_checkpoint(parts / LAST)["loop"]
+    assert (loop["epoch"], loop["step_in_epoch"]) == (0, 1) and stopped["last_epoch_partial"]
+    assert stopped["best_epoch"] == 1 and read_metrics(parts)[0]["partial"]
+    results = pretrain(load_config(None, settings), parts, resume=True)
+    a, b = load_checkpoint(whole / LAST), load_checkpoint(parts / LAST)
+    for key in a["model"]:
+        assert torch.equal(a["model"][key], b["model"][key]), key
+    assert results["epochs_run"] == 2 and not results["last_epoch_partial"]
+    assert results["passes"] == pytest.approx(json_results(whole)["passes"], rel=0.2)  # not the partial epoch's
+
+
+def json_results(run_dir: Path) -> dict:
+    import json
+
+    return json.loads((run_dir / "results.json").read_text())
+
+
 def test_pretrain_then_fine_tune_end_to_end(lm_data, tmp_path):
     from typer.testing import CliRunner
 

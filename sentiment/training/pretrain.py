@@ -122,7 +122,7 @@ def finish(cfg: Config, run_dir: Path, text: PretrainingText, rank: Rank) -> dic
     if rank.is_main:
         rows = read_metrics(run_dir)
         plot_lm_curves(rows, run_dir / CURVES)
-        best = max(rows, key=lambda r: -r["valid_loss"]) if rows else {}
+        best = next((r for r in reversed(rows) if r.get("best")), {})  # the row best.pt holds
         results = {"task": "pretrain", "best_epoch": best.get("epoch", 0), "epochs_run": len(rows),
                    "commit": code_version(), "seed": cfg.run.seed, "split_seed": cfg.data.split_seed,
                    "output": cfg.pretrain.output, "bptt": cfg.pretrain.bptt,
@@ -131,6 +131,8 @@ def finish(cfg: Config, run_dir: Path, text: PretrainingText, rank: Rank) -> dic
                    "tokens_seen": int(sum(r.get("tokens_per_s", 0) * r.get("seconds", 0) for r in rows)),
                    "train_seconds": sum(r.get("seconds", 0.0) for r in rows),
                    "processes": rows[-1].get("processes") if rows else None,
+                   # the time budget stopped the last epoch part-way: `pretrain --resume` continues it
+                   "last_epoch_partial": bool(rows and rows[-1].get("partial")),
                    "device": rows[-1].get("device") if rows else None}
         results["passes"] = results["tokens_seen"] / max(len(text.train), 1)
         for key in ("valid_loss", "valid_perplexity", *(f"valid_{d}_{m}" for d in DIRECTIONS
