@@ -97,6 +97,12 @@ def copy_run(w: SimpleNamespace, tmp: Path) -> Path:
     return Path(shutil.copytree(w.run, tmp / "run"))
 
 
+def symlink_to(target: Path) -> Path:
+    link = target.with_name(target.name + "-link")
+    link.symlink_to(target, target_is_directory=True)
+    return link
+
+
 def small_data(tmp: Path) -> Path:
     from conftest import make_imdb
 
@@ -240,6 +246,12 @@ CASES: list[tuple[str, Callable[[SimpleNamespace, Path], list], list[str], int]]
     # --overwrite must not delete the old run when the new one cannot start
     ("overwrite-with-missing-data", lambda w, t: ["train", "--set", f"{D}={t / 'none'}", "--run-dir", copy_run(w, t),
                                                   "--overwrite"], ["not found"], 2),
+    # --overwrite replaces only a run directory, and never through a symbolic link
+    ("overwrite-not-a-run", lambda w, t: ["train", "--set", f"{D}={w.data}", "--run-dir",
+                                          write(t / "notes" / "a.txt", "x").parent, "--overwrite"],
+     ["replaces only a run directory", "not one", "nothing was deleted"], 1),
+    ("overwrite-a-symlink", lambda w, t: ["train", "--set", f"{D}={w.data}", "--run-dir", symlink_to(copy_run(w, t)),
+                                          "--overwrite"], ["symbolic link"], 1),
     ("resume-not-a-run", lambda w, t: ["train", "--resume", write(t / "d" / "notes.txt", "x").parent],
      ["not a run directory"], 1),
     ("resume-missing", lambda w, t: ["train", "--resume", t / "nope"], ["not found"], 1),
@@ -496,3 +508,80 @@ def test_a_start_that_fails_before_its_first_checkpoint_leaves_nothing(world, tm
     assert not run_dir.exists() and list(tmp_path.iterdir()) == []
     code, text = run("train", "--set", f"{D}={world.data}", *TINY, "--run-dir", run_dir)
     assert code == 0, text
+
+
+# ---------------------------------------------------------------- --overwrite: only a run, replaced only once the new one has a checkpoint
+def contents(root: Path) -> dict[str, bytes]:
+    """Every file under root, byte for byte, by its path relative to root."""
+    return {str(p.relative_to(root)): p.read_bytes() for p in sorted(root.rglob("*")) if p.is_file()}
+
+
+@pytest.mark.parametrize("where", ["working directory", "parent", "home"])
+def test_overwrite_never_replaces_the_working_directory_its_parents_or_home(world, tmp_path, monkeypatch, where):
+    """Each of them looks like a run directory here (run.json): --overwrite still refuses it, deleting nothing."""
+    work = tmp_path / "work" / "here"
+    home = tmp_path / "home"
+    for folder in (work, work.parent, home):
+        write(folder / "run.json", '{"format_version": 1}\n')
+        write(folder / "data.csv", "text,label\ngreat,pos\n")
+    monkeypatch.chdir(work)
+    monkeypatch.setenv("HOME", str(home))
+    target = {"working directory": ".", "parent": "..", "home": str(home)}[where]
+    before = contents(tmp_path)
+    one_line_error(*run("train", "--set", f"{D}={world.data}", *TINY, "--run-dir", target, "--overwrite"),
+                   "--overwrite refuses to replace", "home directory" if where == "home" else "working directory")
+    assert contents(tmp_path) == before
+
+
+def three_class_csv(tmp: Path) -> Path:
+    rows = ["text,label"] + [f"{word} film {i},{label}" for i in range(30)
+                             for word, label in (("great", "pos"), ("awful", "neg"), ("fine", "mixed"))]
+    return write(tmp / "three.csv", "\n".join(rows) + "\n")
+
+
+LATE_FAILURES = {  # config checks made after the run directory is claimed, and an interruption there
+    "nb-weighting-on-three-classes": lambda w, t: (["--data", three_class_csv(t), "--set", f"{D}={w.data}",
+                                                    "--set", "model.ngrams.n=2",
+                                                    "--set", "model.ngrams.weighting=nb"], "two classes"),
+    "init-from-another-embedding-width": lambda w, t: (["--set", f"{D}={w.data}", "--set", f"model.init_from={w.run}",
+                                                        "--set", "data.glove_dim=null", "--set", "model.embed_dim=8"],
+                                                       "embedding size"),
+    "ctrl-c-before-the-first-checkpoint": lambda w, t: (["--set", f"{D}={w.data}"], "interrupted"),
+}
+
+
+@pytest.mark.parametrize("case", list(LATE_FAILURES))
+def test_a_finished_run_survives_an_overwrite_that_fails_before_its_first_checkpoint(world, tmp_path, monkeypatch,
+                                                                                   case):
+    run_dir = copy_run(world, tmp_path)
+    args, needle = LATE_FAILURES[case](world, tmp_path)
+    if case.startswith("ctrl-c"):
+        import sentiment.training.train as train_mod
+
+        def interrupt(*a, **kw):
+            raise KeyboardInterrupt
+
+        monkeypatch.setattr(train_mod, "init_statistics", interrupt)  # after the run files are written
+    before, siblings = contents(run_dir), sorted(p.name for p in tmp_path.iterdir())
+    code, text = run("train", *args, *TINY, "--run-dir", run_dir, "--overwrite")
+    assert code != 0 and needle in text and "Traceback" not in text, text
+    assert contents(run_dir) == before  # byte for byte
+    assert sorted(p.name for p in tmp_path.iterdir()) == siblings  # nothing set aside left beside it
+
+
+def test_an_overwrite_sets_the_old_run_aside_until_the_new_one_has_a_checkpoint(world, tmp_path, monkeypatch):
+    import sentiment.training.engine as engine_mod
+
+    run_dir = copy_run(world, tmp_path)
+    write(run_dir / "notes.txt", "the old run's")
+    aside_at_save, save = [], engine_mod.save_checkpoint
+
+    def recording_save(path, state):
+        aside_at_save.append([p.name for p in tmp_path.glob(".run.replaced-*")])
+        save(path, state)
+
+    monkeypatch.setattr(engine_mod, "save_checkpoint", recording_save)
+    code, text = run("train", "--set", f"{D}={world.data}", *FAST, "--run-dir", run_dir, "--overwrite")
+    assert code == 0, text
+    assert aside_at_save[0] == [f".run.replaced-{os.getpid()}"] and aside_at_save[1] == []  # deleted after the first
+    assert sorted(p.name for p in tmp_path.iterdir()) == ["run"] and not (run_dir / "notes.txt").exists()

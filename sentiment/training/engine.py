@@ -37,6 +37,7 @@ language-model pretraining later) supplies the parts that differ:
   run ends normally after scoring the partial epoch; `--resume` continues that epoch from its next batch).
 - `extra_state()`: what the task adds to every checkpoint (the classifier: vocab and config).
 - `param_groups`: the optimizer's parameter groups, each with its own "lr" (discriminative rates); default one.
+- `saved(path)`: told on the main rank after each checkpoint is written (a replaced run is deleted only then).
 - `before_epoch(epoch)`: a hook before each epoch (the classifier unfreezes embeddings there; the engine
   re-wraps DDP when the parameters that train change).
 - `checkpoint`: last.pt's dict to resume from (the task has loaded and checked it); resumed on another process
@@ -383,7 +384,9 @@ class Engine:
                  reporter: Reporter | None = None, stop: Any = None, checkpoint: dict[str, Any] | None = None,
                  extra_state: Callable[[], dict[str, Any]] = dict,
                  before_epoch: Callable[[int], None] | None = None,
-                 param_groups: list[dict[str, Any]] | None = None) -> None:
+                 param_groups: list[dict[str, Any]] | None = None,
+                 saved: Callable[[Path], None] | None = None) -> None:
+        self.saved = saved  # told each checkpoint written (main rank): `train --overwrite` then drops the old run
         self.model, self.stream, self.objective, self.validate = model, stream, objective, validate
         self.columns: dict[str, str] = getattr(objective, "columns", {})
         self.backward_inside: bool = getattr(objective, "backward_inside", False)
@@ -480,6 +483,8 @@ class Engine:
     def save(self, name: str) -> None:
         if self.ranks.rank.is_main:  # one writer; the others' state is the same but for RNGs and their data place
             save_checkpoint(self.run_dir / name, self.snapshot())
+            if self.saved is not None:
+                self.saved(self.run_dir / name)
 
     def _diverged(self, *, loss: torch.Tensor | None = None, grad_norm: torch.Tensor | None = None,
                   what: str | None = None) -> TrainingDiverged:
