@@ -97,7 +97,7 @@ def test_a_new_run_records_its_format_version(tmp_path):
     run_dir = tmp_path / "run"
     run_dir.mkdir()
     train(cfg, run_dir)
-    assert json.loads((run_dir / RUN_FILE).read_text()) == {"format_version": RUN_FORMAT_VERSION}
+    assert json.loads((run_dir / RUN_FILE).read_text())["format_version"] == RUN_FORMAT_VERSION
     assert run_format_version(run_dir) == RUN_FORMAT_VERSION
     assert load_checkpoint(run_dir / LAST)["run_format_version"] == RUN_FORMAT_VERSION
 

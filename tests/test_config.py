@@ -396,3 +396,18 @@ def test_the_label_column_naming_the_text_column_is_refused_before_any_data_is_r
     with pytest.raises(SentimentError, match=r"data\.label_column.*same column as data\.text_column \('review'\)"):
         load_config(path)
     assert load_config(write(tmp_path, "data: {text_column: review, label_column: review}\n", "imdb.yaml"))
+
+
+@pytest.mark.parametrize("setting, key", [("train.layer_lr_decay=2.6", "train.layer_lr_decay"),
+                                          ("model.gradual_unfreeze=true", "model.gradual_unfreeze")])
+def test_recurrent_layer_options_without_a_recurrent_part_are_refused_by_name(setting, key):
+    with pytest.raises(SentimentError, match=f"{key} needs a recurrent part"):
+        load_config(None, ["model.rnn=none", "model.ngrams.n=2", setting])
+
+
+def test_pretraining_needs_a_recurrent_encoder():
+    from sentiment.config import check_pretrain_config
+
+    with pytest.raises(SentimentError, match="model.rnn is none .* pretrain trains the recurrent encoder"):
+        check_pretrain_config(load_config(None, ["model.rnn=none", "model.ngrams.n=2"]))
+    check_pretrain_config(load_config(None, []))

@@ -97,6 +97,22 @@ def copy_run(w: SimpleNamespace, tmp: Path) -> Path:
     return Path(shutil.copytree(w.run, tmp / "run"))
 
 
+def repeated_texts_csv(tmp: Path) -> Path:
+    """20 rows a class, each text 4 times: a 10% carve asks 2 rows a class, and a text's 4 copies never fit."""
+    rows = ["text,label"] + [f"{word} film {i},{label}" for i in range(5)
+                             for word, label in (("great", "pos"), ("awful", "neg"))] * 4
+    return write(tmp / "repeated.csv", "\n".join(rows) + "\n")
+
+
+def trained_elsewhere(w: SimpleNamespace, tmp: Path) -> Path:
+    """A copy of the run whose config gives its data directory relative to where it was trained (w.base's parent:
+    faultsN/data, which the tests' working directory has not)."""
+    run_dir = copy_run(w, tmp)
+    edit_config(run_dir, f"data_dir: {w.data}", f"data_dir: {w.data.relative_to(w.base.parent)}")
+    (run_dir / "run.json").write_text(json.dumps({"format_version": 1, "working_directory": str(w.base.parent)}))
+    return run_dir
+
+
 def symlink_to(target: Path) -> Path:
     link = target.with_name(target.name + "-link")
     link.symlink_to(target, target_is_directory=True)
@@ -226,7 +242,8 @@ CASES: list[tuple[str, Callable[[SimpleNamespace, Path], list], list[str], int]]
     ("no-training-reviews-left", lambda w, t: ["train", "--set", f"{D}={w.data}", "--set", "data.valid_fraction=0.999",
                                                "--run-dir", t / NEW], ["training split is empty"], 1),
     ("no-validation-reviews-left", lambda w, t: ["train", "--set", f"{D}={w.data}", "--set", "data.valid_fraction=0.01",
-                                                 "--run-dir", t / NEW], ["validation split is empty"], 1),
+                                                 "--run-dir", t / NEW],
+     ["validation split is empty", "valid_fraction=0.01 of each class rounds to no row"], 1),
     # ---- download
     ("archive-truncated", lambda w, t: ["download", "--imdb-source", truncated_archive(t), "--data-dir", dl_dir(t),
                                         "--skip-glove"], ["truncated or corrupt"], 1),
@@ -256,6 +273,10 @@ CASES: list[tuple[str, Callable[[SimpleNamespace, Path], list], list[str], int]]
      ["not a run directory"], 1),
     ("resume-missing", lambda w, t: ["train", "--resume", t / "nope"], ["not found"], 1),
     ("resume-without-last", lambda w, t: ["train", "--resume", _unlink(copy_run(w, t), LAST)], ["no last.pt"], 1),
+    ("eval-relative-data-from-elsewhere", lambda w, t: ["eval", "--run", trained_elsewhere(w, t)],
+     ["data.data_dir faults", "not found in", "relative to the directory `sentiment train` ran from",
+      "run this command from"],
+     1),
     ("resume-changed-model", lambda w, t: ["train", "--resume", copy_run(w, t), "--set", "model.hidden_size=64",
                                            "--set", "model.rnn=lstm"], ["model.hidden_size", "model.rnn"], 1),
     ("resume-changed-config-file", lambda w, t: ["train", "--resume", copy_run(w, t), "--config",
@@ -585,3 +606,25 @@ def test_an_overwrite_sets_the_old_run_aside_until_the_new_one_has_a_checkpoint(
     assert code == 0, text
     assert aside_at_save[0] == [f".run.replaced-{os.getpid()}"] and aside_at_save[1] == []  # deleted after the first
     assert sorted(p.name for p in tmp_path.iterdir()) == ["run"] and not (run_dir / "notes.txt").exists()
+
+
+def test_resuming_a_run_another_process_is_still_starting_says_so(world, tmp_path):
+    from test_runlock import hold
+
+    run_dir = _unlink(copy_run(world, tmp_path), LAST)
+    holder = hold(run_dir)
+    try:
+        one_line_error(*run("train", "--resume", run_dir), "no last.pt yet", f"another process (pid {holder.pid})")
+    finally:
+        holder.stdin.close()
+        holder.wait(10)
+    one_line_error(*run("train", "--resume", run_dir), "never finished a step")
+
+
+def test_an_empty_validation_split_of_repeated_texts_names_the_repeats(tmp_path):
+    """Not valid_fraction (10% of 20 rows a class asks 2 a class): every text has 4 copies, kept on one side."""
+    code, text = run("train", "--data", repeated_texts_csv(tmp_path), "--set", f"{D}={tmp_path}", "--set",
+                     "data.glove_dim=null", "--set", "model.embed_dim=8", "--run-dir", tmp_path / NEW)
+    one_line_error(code, text, "validation split is empty", "asks for 4 row(s)", "texts repeat (30 row(s)",
+                   "copies of a text stay on one side")
+    assert not (tmp_path / NEW).exists()
