@@ -42,7 +42,7 @@ from sentiment.training.engine import (Engine, EngineSettings, LoopState, Report
 from sentiment.training.objectives import COLUMNS, Batch, ExtraObjectives, Supervised
 from sentiment.training.resume import check_resume_config
 from sentiment.training.transfer import (apply_gradual_unfreeze, ignored_keys_note, load_encoder, parameter_groups,
-                                         prepare_training_data)
+                                         prepare_training_data, write_trained_texts)
 
 
 def lr_factor(cfg: Config, total_steps: int):
@@ -175,6 +175,7 @@ def _data_and_checkpoint(cfg: Config, run_dir: Path, data: PreparedData | None, 
         if rank.is_main:
             write_run_files(run_dir, cfg, data.vocab, data.label_space, data.membership)
             write_data_fingerprints(run_dir, data.fingerprints)
+            write_trained_texts(run_dir, data)  # a fine-tune from this run must not hold them out
         return data, None
     from sentiment.runs import load_run
 
