@@ -16,7 +16,7 @@ from rich.progress import (BarColumn, MofNCompleteColumn, Progress, TextColumn, 
                            TimeRemainingColumn)
 
 from sentiment.errors import SentimentError
-from sentiment.runlock import HELD_ENV, LAUNCHER_ENV, RunLock, held_by_parent
+from sentiment.runlock import HELD_ENV, LAUNCHER_ENV, RunLock, held_by_parent, no_checkpoint_error
 
 from sentiment.cli.app import ConfigOption, SetOption, app, console, err_console, user_errors
 
@@ -518,7 +518,7 @@ def _resume_config(run_dir: Path, config: Path | None, overrides: list[str]):
     saved, _ = load_run(run_dir)
     load_labels(run_dir)  # a run that lost its class names cannot continue
     if not (run_dir / LAST).exists():
-        raise SentimentError(f"{run_dir} has no last.pt to resume from (it never finished a step)")
+        raise no_checkpoint_error(run_dir)  # another process still starting it, or it never finished a step
     if config is not None:
         wanted = load_config(config, overrides)
         wanted.run.name = saved.run.name
