@@ -427,6 +427,12 @@ def _ngram_checks(cfg: Config) -> list[tuple[str, bool, str]]:
         checks += [(f"train.{name}", getattr(cfg.train, name) is None,
                     "needs a recurrent part (model.rnn is none): its perturbations live on the word embeddings")
                    for name in ("adversarial", "virtual_adversarial", "entropy_minimization")]
+        checks += [("train.layer_lr_decay", cfg.train.layer_lr_decay is None,
+                    "needs a recurrent part (model.rnn is none): its rates step down the recurrent layers; set it "
+                    "to null"),
+                   ("model.gradual_unfreeze", not cfg.model.gradual_unfreeze,
+                    "needs a recurrent part (model.rnn is none): it unfreezes the recurrent layers one by one; set it "
+                    "to false")]
     if g is not None:
         checks += [("model.ngrams.n", 1 <= g.n <= 8, "must be in 1..8"),
                    ("model.ngrams.buckets", 1 <= g.buckets <= 2**26, "must be in 1..2**26"),
@@ -434,6 +440,13 @@ def _ngram_checks(cfg: Config) -> list[tuple[str, bool, str]]:
                    ("model.ngrams.lr", g.lr is None or g.lr > 0, "must be > 0 or null"),
                    ("model.ngrams.weight_decay", g.weight_decay >= 0, "must be >= 0")]
     return checks
+def check_pretrain_config(cfg: Config) -> None:
+    """What `sentiment pretrain` needs beyond a valid config: a recurrent encoder to train as a language model."""
+    if cfg.model.rnn == "none":
+        raise SentimentError("config key model.rnn is none (the n-gram branch alone), but pretrain trains the "
+                             "recurrent encoder as a language model: set model.rnn to gru, lstm or rnn")
+
+
 def _pretrain_checks(cfg: Config) -> list[tuple[str, bool, str]]:
     p = cfg.pretrain
     return [

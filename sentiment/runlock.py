@@ -105,6 +105,36 @@ class RunLock:
         self.release()
 
 
+def writer_of(run_dir: Path) -> str | None:
+    """The pid of another process writing run_dir now (holding its lock), "unknown" if it wrote none, or None when
+    no one holds it. A probe: a shared lock taken and dropped at once, and no lock file created."""
+    if held_by_parent(run_dir):
+        return None  # our launcher's, held for us
+    try:
+        fd = os.open(lock_path(run_dir), os.O_RDONLY)
+    except OSError:
+        return None
+    try:
+        try:
+            fcntl.flock(fd, fcntl.LOCK_SH | fcntl.LOCK_NB)
+        except BlockingIOError:
+            return _read_pid(fd) or "unknown"
+        fcntl.flock(fd, fcntl.LOCK_UN)
+        return None
+    finally:
+        os.close(fd)
+
+
+def no_checkpoint_error(run_dir: Path) -> SentimentError:
+    """Why a run without last.pt cannot be resumed: another process is still starting it, or it never finished a
+    step."""
+    writer = writer_of(run_dir)
+    if writer is not None:
+        return SentimentError(f"{run_dir} has no last.pt yet: another process (pid {writer}) is writing it and has "
+                              "not finished a step; wait for it to end (or for its first checkpoint)")
+    return SentimentError(f"{run_dir} has no last.pt to resume from (it never finished a step)")
+
+
 def _read_pid(fd: int) -> str:
     try:
         return os.pread(fd, 32, 0).decode("ascii", "replace").strip()

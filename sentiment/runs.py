@@ -13,6 +13,7 @@ from __future__ import annotations
 
 import io
 import json
+import os
 import functools
 import pickle
 import re
@@ -35,6 +36,8 @@ CHECKPOINT_FORMAT = 1
 CONFIG_FILE, VOCAB_FILE, METRICS_FILE = "config.yaml", "vocab.json", "metrics.jsonl"
 LABELS_FILE, SPLITS_FILE = "labels.json", "splits.npz"
 BEST, LAST, RESULTS, CURVES = "best.pt", "last.pt", "results.json", "curves.png"
+PRETRAIN_TEXTS = "pretrain_texts.npy"  # a pretraining run's texts (sorted uint64 fingerprints): marks such a run
+TRAIN_TEXTS = "train_texts.npy"  # a classifier run's training texts (sorted uint64 fingerprints), for init_from
 # 1: run.json (this version) written with the run files; 0: run directories written before it
 RUN_FORMAT_VERSION, RUN_FILE = 1, "run.json"
 
@@ -103,9 +106,10 @@ def write_run_files(run_dir: Path, cfg: Config, vocab: Vocab, label_space: Label
                     membership: dict[str, np.ndarray] | None = None) -> None:
     """What inference needs besides a checkpoint (config, vocab, label names), and which source rows went
     to train, valid and test (for audits and for baselines that must use the same split)."""
-    # with how its texts become tokens and n-gram hashes: a later sentiment checks it can make them alike
-    atomic_write_text(run_dir / RUN_FILE, json.dumps({"format_version": RUN_FORMAT_VERSION, **text_pipeline_version()})
-                      + "\n")
+    # with how its texts become tokens and n-gram hashes (a later sentiment checks it can make them alike), and
+    # the working directory: the data paths the config gives relative are relative to it (eval names it)
+    atomic_write_text(run_dir / RUN_FILE, json.dumps({"format_version": RUN_FORMAT_VERSION, **text_pipeline_version(),
+                                                      "working_directory": os.getcwd()}) + "\n")
     atomic_write_text(run_dir / CONFIG_FILE, dump_config(cfg))
     vocab.save(run_dir / VOCAB_FILE)
     (label_space or LabelSpace(IMDB_LABELS)).save(run_dir / LABELS_FILE)
@@ -141,7 +145,33 @@ def run_text_pipeline(run_dir: Path) -> dict[str, Any]:
         recorded = json.loads(path.read_text(encoding="utf-8"))
     except (ValueError, OSError):
         return {}  # run_format_version names the broken file
-    return {k: v for k, v in recorded.items() if k != "format_version"} if isinstance(recorded, dict) else {}
+    if not isinstance(recorded, dict):
+        return {}
+    return {k: v for k, v in recorded.items() if k in ("tokenizer_version", "token_hash_version")}
+
+
+def check_data_paths(run_dir: Path, cfg: Config) -> None:
+    """The run's own data files, before they are read: a relative one not found here is named with the directory
+    training ran from (it is relative to that directory, and stored as given)."""
+    data = cfg.data
+    keys = ["train_file", "valid_file", "test_file"] if data.dataset == "files" else []
+    keys += ["data_dir"] if data.dataset == "imdb" else []
+    for key in keys:
+        value = getattr(data, key)
+        if not value or Path(value).is_absolute() or Path(value).exists():
+            continue
+        try:
+            trained_in = json.loads((Path(run_dir) / RUN_FILE).read_text(encoding="utf-8")).get("working_directory")
+        except (OSError, ValueError, AttributeError):
+            trained_in = None
+        where = (f"the directory `sentiment train` ran from, {trained_in}" if isinstance(trained_in, str)
+                 else "the directory `sentiment train` ran from")
+        if isinstance(trained_in, str) and (Path(trained_in) / value).exists() and Path(trained_in) != Path.cwd():
+            hint = f"run this command from {trained_in}"
+        else:
+            hint = "run this command from that directory"
+        raise SentimentError(f"data.{key} {value} not found in {Path.cwd()}: {run_dir} stores it relative to {where}; "
+                             f"{hint}")
 
 
 def load_labels(run_dir: Path) -> LabelSpace:
@@ -178,7 +208,15 @@ def load_split_membership(run_dir: Path) -> dict[str, np.ndarray]:
         return {name: z[name] for name in z.files}
 
 
-def load_run(run_dir: Path) -> tuple[Config, Vocab]:
+def is_pretraining_run(run_dir: Path) -> bool:
+    """Whether run_dir was written by `sentiment pretrain` (a language model, not a classifier)."""
+    return (Path(run_dir) / PRETRAIN_TEXTS).is_file()
+
+
+def load_run(run_dir: Path, *, pretraining: bool | None = False) -> tuple[Config, Vocab]:
+    """The run's config and vocabulary. pretraining: False for a classifier run (what predict, eval, export, serve
+    and `train --resume` read: a pretraining run is refused, saying what it is for), True for a pretraining run
+    only (`pretrain --resume`), None for either (model.init_from)."""
     run_dir = Path(run_dir)
     if not run_dir.is_dir():
         raise SentimentError(f"run directory {run_dir} not found")
@@ -187,6 +225,13 @@ def load_run(run_dir: Path) -> tuple[Config, Vocab]:
         raise SentimentError(f"{run_dir} is not a run directory (no {CONFIG_FILE} and {VOCAB_FILE})")
     if missing:
         raise SentimentError(f"{run_dir / missing[0]} not found: the run directory is incomplete")
+    if pretraining is not None and is_pretraining_run(run_dir) != pretraining:
+        if pretraining:
+            raise SentimentError(f"{run_dir} is a classifier run, not a pretraining (language model) run: continue it "
+                                 f"with `sentiment train --resume {run_dir}`")
+        raise SentimentError(f"{run_dir} is a pretraining (language model) run, not a classifier: it predicts no "
+                             f"labels. Fine-tune a classifier from it with `sentiment train --set "
+                             f"model.init_from={run_dir}` (`sentiment pretrain --resume {run_dir}` continues it)")
     run_format_version(run_dir)  # a run from a newer sentiment: refused, not misread
     check_text_pipeline(run_text_pipeline(run_dir), f"run {run_dir}")  # so is one whose tokens it cannot make
     raw = read_yaml(run_dir / CONFIG_FILE)  # one-line errors, safe_load: no Python tags

@@ -99,9 +99,10 @@ def test_a_new_run_records_its_format_version(tmp_path):
     run_dir = tmp_path / "run"
     run_dir.mkdir()
     train(cfg, run_dir)
-    assert json.loads((run_dir / RUN_FILE).read_text()) == {"format_version": RUN_FORMAT_VERSION,
-                                                             "tokenizer_version": TOKENIZER_VERSION,
-                                                             "token_hash_version": TOKEN_HASH_VERSION}
+    recorded = json.loads((run_dir / RUN_FILE).read_text())
+    assert {k: recorded[k] for k in ("format_version", "tokenizer_version", "token_hash_version")} == {
+        "format_version": RUN_FORMAT_VERSION, "tokenizer_version": TOKENIZER_VERSION,
+        "token_hash_version": TOKEN_HASH_VERSION}
     assert run_format_version(run_dir) == RUN_FORMAT_VERSION
     assert load_checkpoint(run_dir / LAST)["run_format_version"] == RUN_FORMAT_VERSION
 

@@ -459,3 +459,18 @@ def test_dumped_config_has_no_aliases_even_for_shared_objects():
     shared = ["pos", "neg"]
     text = yaml.dump({"a": shared, "b": shared}, Dumper=_NoAliasDumper)
     assert "&" not in text and "*" not in text
+
+
+@pytest.mark.parametrize("setting, key", [("train.layer_lr_decay=2.6", "train.layer_lr_decay"),
+                                          ("model.gradual_unfreeze=true", "model.gradual_unfreeze")])
+def test_recurrent_layer_options_without_a_recurrent_part_are_refused_by_name(setting, key):
+    with pytest.raises(SentimentError, match=f"{key} needs a recurrent part"):
+        load_config(None, ["model.rnn=none", "model.ngrams.n=2", setting])
+
+
+def test_pretraining_needs_a_recurrent_encoder():
+    from sentiment.config import check_pretrain_config
+
+    with pytest.raises(SentimentError, match="model.rnn is none .* pretrain trains the recurrent encoder"):
+        check_pretrain_config(load_config(None, ["model.rnn=none", "model.ngrams.n=2"]))
+    check_pretrain_config(load_config(None, []))

@@ -74,6 +74,22 @@ def test_two_processes_write_one_run_directory(two_ranks):
     assert results["valid"]["n"] == len(splits["valid"]) and results["test"]["n"] == len(splits["test"])
 
 
+def test_an_overwrite_under_nproc_that_fails_late_leaves_the_finished_run_as_it_was(two_ranks, tmp_path):
+    """rank 0 sets the old run aside once the data is read; a check after that (init_from of another embedding
+    width, on every rank) puts it back byte for byte, and nothing is left beside it."""
+    import shutil
+
+    tmp, csv, finished, done = two_ranks
+    assert done.returncode == 0, done.stderr
+    run_dir = Path(shutil.copytree(finished, tmp_path / "r"))
+    before = {p.name: p.read_bytes() for p in run_dir.iterdir()}
+    failed = sentiment("train", "--nproc", "2", *common(tmp, csv, f"model.init_from={finished}", "model.embed_dim=16"),
+                       "--run-dir", str(run_dir), "--overwrite", timeout=120)
+    assert failed.returncode != 0 and "embedding size" in failed.stderr, failed.stderr
+    assert {p.name: p.read_bytes() for p in run_dir.iterdir()} == before
+    assert sorted(p.name for p in tmp_path.iterdir()) == ["r"]
+
+
 def test_eval_of_a_ddp_run_gives_its_figures(two_ranks):
     _, _, run_dir, done = two_ranks
     assert done.returncode == 0, done.stderr

@@ -136,5 +136,42 @@ def test_a_time_budget_ends_the_epoch_early_and_saves(tmp_path, monkeypatch):
     run_dir.mkdir()
     lm_engine(run_dir, epochs=5, max_minutes=1.0).run()
     rows = read_metrics(run_dir)
-    assert len(rows) == 1 and rows[0]["step"] < 12  # one partial epoch, then the budget was spent
-    assert load_checkpoint(run_dir / LAST)["loop"]["epoch"] == 1
+    assert len(rows) == 1 and rows[0]["step"] == 6 and rows[0]["partial"]  # 60 s: 6 steps of 12, scored
+    loop = load_checkpoint(run_dir / LAST)["loop"]
+    assert (loop["epoch"], loop["step_in_epoch"]) == (0, 6)  # saved mid-epoch, as an interruption is
+    assert (run_dir / BEST).exists()  # no whole epoch has one yet: the partial epoch's
+
+
+def test_a_run_the_time_budget_stopped_resumes_bitwise_as_an_uninterrupted_run(tmp_path, monkeypatch):
+    """The budget stops mid-epoch 2 (after one whole epoch); resumed, the run reads the rest of that epoch and ends
+    as the run that was never stopped: the same weights and the same rows (the partial row replaced)."""
+    from sentiment.training import engine as engine_mod
+
+    whole = tmp_path / "whole"
+    whole.mkdir()
+    lm_engine(whole, epochs=3).run()
+    clock = {"now": 1000.0}
+
+    def tick():  # every read of the clock: 10 s later
+        clock["now"] += 10.0
+        return clock["now"]
+
+    cut = tmp_path / "cut"
+    cut.mkdir()
+    with monkeypatch.context() as patch:
+        patch.setattr(engine_mod.time, "monotonic", tick)
+        lm_engine(cut, epochs=3, max_minutes=3.0).run()  # 180 s: epoch 2, step 5 (the end of epoch 1 reads the clock too)
+    rows = read_metrics(cut)
+    assert [(r["epoch"], r.get("partial", False)) for r in rows] == [(1, False), (2, True)]
+    assert load_checkpoint(cut / BEST)["loop"]["epoch"] == 1  # a whole epoch's: the partial one wrote none
+    saved = load_checkpoint(cut / LAST)
+    assert (saved["loop"]["epoch"], saved["loop"]["step_in_epoch"]) == (1, 5)
+    lm_engine(cut, epochs=3, checkpoint=saved).run()
+    a, b = load_checkpoint(whole / LAST), load_checkpoint(cut / LAST)
+    assert all(torch.equal(a["model"][k], b["model"][k]) for k in a["model"])
+    assert a["loop"]["global_step"] == b["loop"]["global_step"] == 36
+    same = ("epoch", "step", "train_loss", "train_accuracy", "valid_loss", "best")
+    assert ([{k: r[k] for k in same} for r in read_metrics(whole)] ==
+            [{k: r[k] for k in same} for r in read_metrics(cut)])
+    a_best, b_best = load_checkpoint(whole / BEST), load_checkpoint(cut / BEST)
+    assert all(torch.equal(a_best["model"][k], b_best["model"][k]) for k in a_best["model"])

@@ -97,6 +97,28 @@ def copy_run(w: SimpleNamespace, tmp: Path) -> Path:
     return Path(shutil.copytree(w.run, tmp / "run"))
 
 
+def repeated_texts_csv(tmp: Path) -> Path:
+    """20 rows a class, each text 4 times: a 10% carve asks 2 rows a class, and a text's 4 copies never fit."""
+    rows = ["text,label"] + [f"{word} film {i},{label}" for i in range(5)
+                             for word, label in (("great", "pos"), ("awful", "neg"))] * 4
+    return write(tmp / "repeated.csv", "\n".join(rows) + "\n")
+
+
+def trained_elsewhere(w: SimpleNamespace, tmp: Path) -> Path:
+    """A copy of the run whose config gives its data directory relative to where it was trained (w.base's parent:
+    faultsN/data, which the tests' working directory has not)."""
+    run_dir = copy_run(w, tmp)
+    edit_config(run_dir, f"data_dir: {w.data}", f"data_dir: {w.data.relative_to(w.base.parent)}")
+    (run_dir / "run.json").write_text(json.dumps({"format_version": 1, "working_directory": str(w.base.parent)}))
+    return run_dir
+
+
+def symlink_to(target: Path) -> Path:
+    link = target.with_name(target.name + "-link")
+    link.symlink_to(target, target_is_directory=True)
+    return link
+
+
 def small_data(tmp: Path) -> Path:
     from conftest import make_imdb
 
@@ -220,7 +242,8 @@ CASES: list[tuple[str, Callable[[SimpleNamespace, Path], list], list[str], int]]
     ("no-training-reviews-left", lambda w, t: ["train", "--set", f"{D}={w.data}", "--set", "data.valid_fraction=0.999",
                                                "--run-dir", t / NEW], ["training split is empty"], 1),
     ("no-validation-reviews-left", lambda w, t: ["train", "--set", f"{D}={w.data}", "--set", "data.valid_fraction=0.01",
-                                                 "--run-dir", t / NEW], ["validation split is empty"], 1),
+                                                 "--run-dir", t / NEW],
+     ["validation split is empty", "valid_fraction=0.01 of each class rounds to no row"], 1),
     # ---- download
     ("archive-truncated", lambda w, t: ["download", "--imdb-source", truncated_archive(t), "--data-dir", dl_dir(t),
                                         "--skip-glove"], ["truncated or corrupt"], 1),
@@ -240,10 +263,20 @@ CASES: list[tuple[str, Callable[[SimpleNamespace, Path], list], list[str], int]]
     # --overwrite must not delete the old run when the new one cannot start
     ("overwrite-with-missing-data", lambda w, t: ["train", "--set", f"{D}={t / 'none'}", "--run-dir", copy_run(w, t),
                                                   "--overwrite"], ["not found"], 2),
+    # --overwrite replaces only a run directory, and never through a symbolic link
+    ("overwrite-not-a-run", lambda w, t: ["train", "--set", f"{D}={w.data}", "--run-dir",
+                                          write(t / "notes" / "a.txt", "x").parent, "--overwrite"],
+     ["replaces only a run directory", "not one", "nothing was deleted"], 1),
+    ("overwrite-a-symlink", lambda w, t: ["train", "--set", f"{D}={w.data}", "--run-dir", symlink_to(copy_run(w, t)),
+                                          "--overwrite"], ["symbolic link"], 1),
     ("resume-not-a-run", lambda w, t: ["train", "--resume", write(t / "d" / "notes.txt", "x").parent],
      ["not a run directory"], 1),
     ("resume-missing", lambda w, t: ["train", "--resume", t / "nope"], ["not found"], 1),
     ("resume-without-last", lambda w, t: ["train", "--resume", _unlink(copy_run(w, t), LAST)], ["no last.pt"], 1),
+    ("eval-relative-data-from-elsewhere", lambda w, t: ["eval", "--run", trained_elsewhere(w, t)],
+     ["data.data_dir faults", "not found in", "relative to the directory `sentiment train` ran from",
+      "run this command from"],
+     1),
     ("resume-changed-model", lambda w, t: ["train", "--resume", copy_run(w, t), "--set", "model.hidden_size=64",
                                            "--set", "model.rnn=lstm"], ["model.hidden_size", "model.rnn"], 1),
     ("resume-changed-config-file", lambda w, t: ["train", "--resume", copy_run(w, t), "--config",
@@ -496,3 +529,102 @@ def test_a_start_that_fails_before_its_first_checkpoint_leaves_nothing(world, tm
     assert not run_dir.exists() and list(tmp_path.iterdir()) == []
     code, text = run("train", "--set", f"{D}={world.data}", *TINY, "--run-dir", run_dir)
     assert code == 0, text
+
+
+# ---------------------------------------------------------------- --overwrite: only a run, replaced only once the new one has a checkpoint
+def contents(root: Path) -> dict[str, bytes]:
+    """Every file under root, byte for byte, by its path relative to root."""
+    return {str(p.relative_to(root)): p.read_bytes() for p in sorted(root.rglob("*")) if p.is_file()}
+
+
+@pytest.mark.parametrize("where", ["working directory", "parent", "home"])
+def test_overwrite_never_replaces_the_working_directory_its_parents_or_home(world, tmp_path, monkeypatch, where):
+    """Each of them looks like a run directory here (run.json): --overwrite still refuses it, deleting nothing."""
+    work = tmp_path / "work" / "here"
+    home = tmp_path / "home"
+    for folder in (work, work.parent, home):
+        write(folder / "run.json", '{"format_version": 1}\n')
+        write(folder / "data.csv", "text,label\ngreat,pos\n")
+    monkeypatch.chdir(work)
+    monkeypatch.setenv("HOME", str(home))
+    target = {"working directory": ".", "parent": "..", "home": str(home)}[where]
+    before = contents(tmp_path)
+    one_line_error(*run("train", "--set", f"{D}={world.data}", *TINY, "--run-dir", target, "--overwrite"),
+                   "--overwrite refuses to replace", "home directory" if where == "home" else "working directory")
+    assert contents(tmp_path) == before
+
+
+def three_class_csv(tmp: Path) -> Path:
+    rows = ["text,label"] + [f"{word} film {i},{label}" for i in range(30)
+                             for word, label in (("great", "pos"), ("awful", "neg"), ("fine", "mixed"))]
+    return write(tmp / "three.csv", "\n".join(rows) + "\n")
+
+
+LATE_FAILURES = {  # config checks made after the run directory is claimed, and an interruption there
+    "nb-weighting-on-three-classes": lambda w, t: (["--data", three_class_csv(t), "--set", f"{D}={w.data}",
+                                                    "--set", "model.ngrams.n=2",
+                                                    "--set", "model.ngrams.weighting=nb"], "two classes"),
+    "init-from-another-embedding-width": lambda w, t: (["--set", f"{D}={w.data}", "--set", f"model.init_from={w.run}",
+                                                        "--set", "data.glove_dim=null", "--set", "model.embed_dim=8"],
+                                                       "embedding size"),
+    "ctrl-c-before-the-first-checkpoint": lambda w, t: (["--set", f"{D}={w.data}"], "interrupted"),
+}
+
+
+@pytest.mark.parametrize("case", list(LATE_FAILURES))
+def test_a_finished_run_survives_an_overwrite_that_fails_before_its_first_checkpoint(world, tmp_path, monkeypatch,
+                                                                                   case):
+    run_dir = copy_run(world, tmp_path)
+    args, needle = LATE_FAILURES[case](world, tmp_path)
+    if case.startswith("ctrl-c"):
+        import sentiment.training.train as train_mod
+
+        def interrupt(*a, **kw):
+            raise KeyboardInterrupt
+
+        monkeypatch.setattr(train_mod, "init_statistics", interrupt)  # after the run files are written
+    before, siblings = contents(run_dir), sorted(p.name for p in tmp_path.iterdir())
+    code, text = run("train", *args, *TINY, "--run-dir", run_dir, "--overwrite")
+    assert code != 0 and needle in text and "Traceback" not in text, text
+    assert contents(run_dir) == before  # byte for byte
+    assert sorted(p.name for p in tmp_path.iterdir()) == siblings  # nothing set aside left beside it
+
+
+def test_an_overwrite_sets_the_old_run_aside_until_the_new_one_has_a_checkpoint(world, tmp_path, monkeypatch):
+    import sentiment.training.engine as engine_mod
+
+    run_dir = copy_run(world, tmp_path)
+    write(run_dir / "notes.txt", "the old run's")
+    aside_at_save, save = [], engine_mod.save_checkpoint
+
+    def recording_save(path, state):
+        aside_at_save.append([p.name for p in tmp_path.glob(".run.replaced-*")])
+        save(path, state)
+
+    monkeypatch.setattr(engine_mod, "save_checkpoint", recording_save)
+    code, text = run("train", "--set", f"{D}={world.data}", *FAST, "--run-dir", run_dir, "--overwrite")
+    assert code == 0, text
+    assert aside_at_save[0] == [f".run.replaced-{os.getpid()}"] and aside_at_save[1] == []  # deleted after the first
+    assert sorted(p.name for p in tmp_path.iterdir()) == ["run"] and not (run_dir / "notes.txt").exists()
+
+
+def test_resuming_a_run_another_process_is_still_starting_says_so(world, tmp_path):
+    from test_runlock import hold
+
+    run_dir = _unlink(copy_run(world, tmp_path), LAST)
+    holder = hold(run_dir)
+    try:
+        one_line_error(*run("train", "--resume", run_dir), "no last.pt yet", f"another process (pid {holder.pid})")
+    finally:
+        holder.stdin.close()
+        holder.wait(10)
+    one_line_error(*run("train", "--resume", run_dir), "never finished a step")
+
+
+def test_an_empty_validation_split_of_repeated_texts_names_the_repeats(tmp_path):
+    """Not valid_fraction (10% of 20 rows a class asks 2 a class): every text has 4 copies, kept on one side."""
+    code, text = run("train", "--data", repeated_texts_csv(tmp_path), "--set", f"{D}={tmp_path}", "--set",
+                     "data.glove_dim=null", "--set", "model.embed_dim=8", "--run-dir", tmp_path / NEW)
+    one_line_error(code, text, "validation split is empty", "asks for 4 row(s)", "texts repeat (30 row(s)",
+                   "copies of a text stay on one side")
+    assert not (tmp_path / NEW).exists()

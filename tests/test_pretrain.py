@@ -220,6 +220,36 @@ def test_pretraining_resumed_mid_epoch_ends_bitwise_as_an_uninterrupted_run(lm_d
     assert results["epochs_run"] == 2 and results["held_out_forward_perplexity"] > 1
 
 
+def test_a_pretraining_the_time_budget_stopped_resumes_bitwise_as_an_uninterrupted_run(lm_data, tmp_path):
+    """pretrain.max_minutes stops mid-epoch (a budget of ~0: after the first step): last.pt holds that step, not
+    the epoch as finished, so --resume reads the rest of the epoch and ends as the uninterrupted run."""
+    from sentiment.runs import LAST, load_checkpoint, read_metrics
+    from sentiment.training.pretrain import pretrain
+
+    settings = [f"data.data_dir={lm_data}", *TINY_PRETRAIN, "pretrain.epochs=2"]
+    whole = tmp_path / "whole"
+    whole.mkdir()
+    pretrain(load_config(None, settings), whole)
+    parts = tmp_path / "parts"
+    parts.mkdir()
+    stopped = pretrain(load_config(None, settings + ["pretrain.max_minutes=1e-9"]), parts)
+    loop = load_checkpoint(parts / LAST)["loop"]
+    assert (loop["epoch"], loop["step_in_epoch"]) == (0, 1) and stopped["last_epoch_partial"]
+    assert stopped["best_epoch"] == 1 and read_metrics(parts)[0]["partial"]
+    results = pretrain(load_config(None, settings), parts, resume=True)
+    a, b = load_checkpoint(whole / LAST), load_checkpoint(parts / LAST)
+    for key in a["model"]:
+        assert torch.equal(a["model"][key], b["model"][key]), key
+    assert results["epochs_run"] == 2 and not results["last_epoch_partial"]
+    assert results["passes"] == pytest.approx(json_results(whole)["passes"], rel=0.2)  # not the partial epoch's
+
+
+def json_results(run_dir: Path) -> dict:
+    import json
+
+    return json.loads((run_dir / "results.json").read_text())
+
+
 def test_pretrain_then_fine_tune_end_to_end(lm_data, tmp_path):
     from typer.testing import CliRunner
 
@@ -251,6 +281,47 @@ def test_pretrain_then_fine_tune_end_to_end(lm_data, tmp_path):
     # another validation carve puts pretraining texts into validation: refused, in one line
     done = runner.invoke(app, ["train", "--run-dir", str(tmp_path / "leak"), *set_args(fine + ["data.split_seed=7"])])
     one_line_error(done.exit_code, done.output, "were pretraining text")
+    # ... and so does one from the classifier run: texts it trained on, with their labels, would be validation texts;
+    # a run from before train_texts.npy is checked on its splits.npz rows (the same data, numbered alike)
+    from_classifier = fine + [f"model.init_from={ft_dir}", "data.split_seed=7"]
+    for old in (False, True):
+        if old:
+            (ft_dir / "train_texts.npy").unlink()
+        done = runner.invoke(app, ["train", "--run-dir", str(tmp_path / "leak"), *set_args(from_classifier)])
+        one_line_error(done.exit_code, done.output, "validation text(s) were training texts", str(ft_dir))
+    assert not (tmp_path / "leak").exists()
+    # a pretraining run is no classifier, and a classifier run no pretraining: each says what to do instead
+    for command in (["predict", "--run", str(lm_dir), "great"], ["eval", "--run", str(lm_dir)],
+                    ["train", "--resume", str(lm_dir)]):
+        done = runner.invoke(app, command)
+        one_line_error(done.exit_code, done.output, "is a pretraining (language model) run",
+                       f"model.init_from={lm_dir}")
+    done = runner.invoke(app, ["pretrain", "--resume", str(ft_dir)])
+    one_line_error(done.exit_code, done.output, "is a classifier run", f"train --resume {ft_dir}")
+
+
+def test_pretraining_without_a_recurrent_encoder_is_one_error_line(lm_data, tmp_path):
+    from typer.testing import CliRunner
+
+    from conftest import one_line_error, set_args
+    from sentiment.cli import app
+
+    settings = set_args([f"data.data_dir={lm_data}", "model.rnn=none", "model.ngrams.n=2"])
+    for nproc in ([], ["--nproc", "2"]):
+        done = CliRunner().invoke(app, ["pretrain", *nproc, "--run-dir", str(tmp_path / "lm"), *settings])
+        one_line_error(done.exit_code, done.output, "model.rnn is none", "set model.rnn")
+    assert not (tmp_path / "lm").exists()
+
+
+def test_pretrain_nproc_checks_its_data_before_starting_the_ranks(tmp_path):
+    from typer.testing import CliRunner
+
+    from conftest import one_line_error
+    from sentiment.cli import app
+
+    done = CliRunner().invoke(app, ["pretrain", "--nproc", "2", "--set", f"data.data_dir={tmp_path / 'none'}",
+                                    "--run-dir", str(tmp_path / "lm")])
+    one_line_error(done.exit_code, done.output, "not found")
 
 
 def test_two_gloo_processes_pretrain_as_one_process_over_both_ranks_windows(lm_data, tmp_path):

@@ -13,8 +13,10 @@ import typer
 from rich.markup import escape
 
 from sentiment.cli.app import ConfigOption, SetOption, app, console, user_errors
-from sentiment.cli.train import RichReporter, _claim_run_dir, _launch
+from sentiment.cli.train import RichReporter, RunStart, _claim_run_dir, _forget_start, _launch
+from sentiment.config import check_pretrain_config
 from sentiment.errors import SentimentError
+from sentiment.runlock import RunLock, held_by_parent, no_checkpoint_error
 
 # what a resumed pretraining may change: where and how fast it runs, and its time budget
 RESUMABLE_KEYS = {"pretrain.max_minutes", "train.eval_batch_size", "run.device", "run.threads", "run.output_dir",
@@ -60,12 +62,12 @@ def pretrain(
     from sentiment.data.prepare import prepare_data
     from sentiment.device import resolve_device
     from sentiment.floats import flush_denormals
-    from sentiment.training.pretrain import pretrain as pretrain_run
-    from sentiment.training.train import graceful_stop
 
-    if nproc is not None and "RANK" not in os.environ:
+    if nproc is not None and "RANK" not in os.environ and not print_config:
         with user_errors():
-            _launch(nproc)
+            check_pretrain_config(load_config(config, set_)) if resume is None else None
+            _launch(nproc, config, set_, run_dir, resume, overwrite, resume_config=_resume_config,
+                    default_run_dir=_default_run_dir)
         return
     with user_errors():
         rank = distributed.from_env()
@@ -73,7 +75,8 @@ def pretrain(
             cfg, target = _resume_config(resume, config, set_)
         else:
             cfg = load_config(config, set_)
-            target = run_dir or Path(cfg.run.output_dir) / f"{cfg.run.name or 'pretrain'}-{datetime.now():%Y%m%d-%H%M%S}"
+            check_pretrain_config(cfg)
+            target = run_dir or _default_run_dir(cfg)
         if print_config:
             if rank.is_main:
                 console.print(dump_config(cfg), end="", markup=False, highlight=False)
@@ -81,26 +84,32 @@ def pretrain(
         flush_denormals(cfg.run.flush_denormal)
         device = distributed.rank_device(rank, resolve_device(cfg.run.device))
         distributed.init(rank, device)
+        lock = None
         try:
             target = distributed.broadcast(rank, target)
-            data = None
-            if resume is None:
-                distributed.together(rank, lambda: _claim_run_dir(target, overwrite, check_only=True),
-                                     only=rank.is_main, what="checking the run directory")
-                data = distributed.once_per_machine(rank, lambda: prepare_data(cfg.data, embedding_seed=cfg.run.seed))
-                distributed.together(rank, lambda: _claim_run_dir(target, overwrite), only=rank.is_main,
-                                     what="creating the run directory")
-            if rank.is_main:
-                console.print(f"run directory: [bold]{escape(str(target))}[/]", soft_wrap=True)
-            reporter = LanguageModelReporter() if rank.is_main else None
+            if rank.is_main and not held_by_parent(target):
+                lock = RunLock(target)  # one writer per run directory, until this process ends
+            distributed.together(rank, lambda: lock.acquire(), only=lock is not None, what="locking the run directory")
+            data, start = None, []
             try:
-                with graceful_stop() as stop:
-                    results = pretrain_run(cfg, target, data=data, resume=resume is not None, reporter=reporter,
-                                           stop=stop, rank=rank)
-            finally:
-                if reporter is not None:
-                    reporter.close()
+                if resume is None:
+                    distributed.together(rank, lambda: _claim_run_dir(target, overwrite, check_only=True),
+                                         only=rank.is_main, what="checking the run directory")
+                    data = distributed.once_per_machine(rank, lambda: prepare_data(cfg.data, embedding_seed=cfg.run.seed))
+                    distributed.together(rank, lambda: start.append(_claim_run_dir(target, overwrite)),
+                                         only=rank.is_main, what="creating the run directory")
+                if rank.is_main:
+                    console.print(f"run directory: [bold]{escape(str(target))}[/]", soft_wrap=True)
+                results = _pretrain_reporting(cfg, target, data, resume is not None, rank, start[0] if start else None)
+            except BaseException:  # a new run that fails before its first checkpoint leaves what was there
+                if start:
+                    _forget_start(target, start[0])
+                raise
+            if start:
+                start[0].drop_replaced()
         finally:
+            if lock is not None:
+                lock.release()
             distributed.shutdown()
     if rank.is_main:
         console.print(f"best epoch: {results['best_epoch']} of {results['epochs_run']} · {results['passes']:.2f} passes "
@@ -111,14 +120,34 @@ def pretrain(
         console.print(f"fine-tune with: sentiment train --set model.init_from={escape(str(target))}", soft_wrap=True)
 
 
+def _default_run_dir(cfg: Any) -> Path:
+    return Path(cfg.run.output_dir) / f"{cfg.run.name or 'pretrain'}-{datetime.now():%Y%m%d-%H%M%S}"
+
+
+def _pretrain_reporting(cfg: Any, target: Path, data: Any, resume: bool, rank: Any, start: RunStart | None) -> dict:
+    """The pretraining, drawn by LanguageModelReporter on the main rank; a run an --overwrite replaces is deleted
+    once the new one has written its first checkpoint."""
+    from sentiment.training.pretrain import pretrain as pretrain_run
+    from sentiment.training.train import graceful_stop
+
+    reporter = LanguageModelReporter() if rank.is_main else None
+    try:
+        with graceful_stop() as stop:
+            return pretrain_run(cfg, target, data=data, resume=resume, reporter=reporter, stop=stop, rank=rank,
+                                saved=start.drop_replaced if start is not None else None)
+    finally:
+        if reporter is not None:
+            reporter.close()
+
+
 def _resume_config(run_dir: Path, config: Path | None, overrides: list[str]):
     from sentiment.config import apply_overrides, config_from_dict, load_config
     from sentiment.runs import LAST, load_run
     from sentiment.training.resume import changed_keys
 
-    saved, _ = load_run(run_dir)
+    saved, _ = load_run(run_dir, pretraining=True)
     if not (run_dir / LAST).exists():
-        raise SentimentError(f"{run_dir} has no last.pt to resume from (it never finished a step)")
+        raise no_checkpoint_error(run_dir)  # another process still starting it, or it never finished a step
     if config is not None:
         wanted = load_config(config, overrides)
         wanted.run.name = saved.run.name

@@ -16,7 +16,7 @@ from rich.progress import (BarColumn, MofNCompleteColumn, Progress, TextColumn, 
                            TimeRemainingColumn)
 
 from sentiment.errors import SentimentError
-from sentiment.runlock import HELD_ENV, LAUNCHER_ENV, RunLock, held_by_parent
+from sentiment.runlock import HELD_ENV, LAUNCHER_ENV, RunLock, held_by_parent, no_checkpoint_error
 
 from sentiment.cli.app import ConfigOption, SetOption, app, console, err_console, user_errors
 
@@ -134,14 +134,21 @@ def train(
             if rank.is_main and not held_by_parent(target):
                 lock = RunLock(target)  # one writer per run directory, until this process ends
             distributed.together(rank, lambda: lock.acquire(), only=lock is not None, what="locking the run directory")
-            data, existed = None, None
-            if resume is None:
-                data, existed = _start_run(rank, cfg, target, overwrite,
-                                           choose_lengths=own is not None and config is None, overrides=set_)
-            if rank.is_main:
-                processes = f" · {rank.world_size} processes" if rank.distributed else ""
-                console.print(f"run directory: [bold]{escape(str(target))}[/]{processes}", soft_wrap=True)
-            results = _train_reporting(cfg, target, data, resume is not None, rank, existed)
+            data, start = None, None
+            try:
+                if resume is None:
+                    data, start = _start_run(rank, cfg, target, overwrite,
+                                             choose_lengths=own is not None and config is None, overrides=set_)
+                if rank.is_main:
+                    processes = f" · {rank.world_size} processes" if rank.distributed else ""
+                    console.print(f"run directory: [bold]{escape(str(target))}[/]{processes}", soft_wrap=True)
+                results = _train_reporting(cfg, target, data, resume is not None, rank, start)
+            except BaseException:  # a new run that fails before its first checkpoint leaves what was there
+                if start is not None and rank.is_main:
+                    _forget_start(target, start)
+                raise
+            if start is not None and rank.is_main:
+                start.drop_replaced()
         finally:
             if lock is not None:
                 lock.release()
@@ -161,11 +168,26 @@ def _config_and_target(config: Path | None, overrides: list[str], own: dict[str,
     return cfg, run_dir or _default_run_dir(cfg)
 
 
+class RunStart:
+    """What a new run's start found and did to its directory, so that a start failing before its first checkpoint
+    leaves it as it was (_forget_start): whether the directory existed (empty), and where --overwrite set the run
+    it replaces aside (deleted once the new run has a checkpoint)."""
+
+    def __init__(self, existed: bool, replaced: Path | None = None) -> None:
+        self.existed, self.replaced = existed, replaced
+
+    def drop_replaced(self, *_: Any) -> None:
+        """The new run has a checkpoint: the run it replaces goes (called after each save; once is enough)."""
+        if self.replaced is not None:
+            shutil.rmtree(self.replaced, ignore_errors=True)
+            self.replaced = None
+
+
 def _start_run(rank: Any, cfg: Any, target: Path, overwrite: bool, choose_lengths: bool,
-               overrides: list[str]) -> tuple[Any, bool]:
+               overrides: list[str]) -> tuple[Any, RunStart | None]:
     """A new run: everything that can fail on bad input (run dir, device, data, GloVe) is checked before the run
-    directory is created, or an --overwrite'n one deleted. Returns the prepared data, and whether the directory
-    was there before this start (what a failed start must leave)."""
+    directory is created, or an --overwrite'n one set aside. Returns the prepared data, and (main rank) what the
+    start did to the directory (what a failed start must undo)."""
     from sentiment import distributed
     from sentiment.cli.data import _print_prepare_stats
     from sentiment.training.transfer import prepare_training_data
@@ -173,31 +195,28 @@ def _start_run(rank: Any, cfg: Any, target: Path, overwrite: bool, choose_length
     distributed.together(rank, lambda: _claim_run_dir(target, overwrite, check_only=True),
                          only=rank.is_main, what="checking the run directory")
     data = distributed.once_per_machine(rank, lambda: prepare_training_data(cfg))
-    existed = target.exists()  # before this start: an empty directory, or one --overwrite replaces
     chosen = _choose_lengths(cfg, data, overrides) if choose_lengths else ""
     if rank.is_main:
         _print_prepare_stats(data.stats)
         if chosen:
             console.print(chosen, soft_wrap=True)
-    distributed.together(rank, lambda: _claim_run_dir(target, overwrite), only=rank.is_main,
+    start: list[RunStart] = []
+    distributed.together(rank, lambda: start.append(_claim_run_dir(target, overwrite)), only=rank.is_main,
                          what="creating the run directory")
-    return data, existed
+    return data, start[0] if start else None
 
 
-def _train_reporting(cfg: Any, target: Path, data: Any, resume: bool, rank: Any, existed: bool | None) -> dict:
-    """The training itself, drawn by RichReporter on the main rank; a new run that fails before its first
-    checkpoint leaves nothing behind."""
+def _train_reporting(cfg: Any, target: Path, data: Any, resume: bool, rank: Any, start: RunStart | None) -> dict:
+    """The training itself, drawn by RichReporter on the main rank; the run an --overwrite replaces is deleted
+    once the new one has written its first checkpoint."""
     from sentiment.training.train import graceful_stop
     from sentiment.training.train import train as train_run
 
     reporter = RichReporter() if rank.is_main else None
     try:
         with graceful_stop() as stop:
-            return train_run(cfg, target, data=data, resume=resume, reporter=reporter, stop=stop, rank=rank)
-    except BaseException:
-        if existed is not None and rank.is_main:
-            _forget_start(target, existed)
-        raise
+            return train_run(cfg, target, data=data, resume=resume, reporter=reporter, stop=stop, rank=rank,
+                             saved=start.drop_replaced if start is not None else None)
     finally:
         if reporter is not None:
             reporter.close()
@@ -252,17 +271,29 @@ def _interrupt_on_sigterm() -> None:
     signal.signal(signal.SIGTERM, interrupt)
 
 
-def _forget_start(path: Path, existed: bool) -> None:
+def _forget_start(path: Path, start: RunStart) -> None:
     """A new run that failed before its first checkpoint leaves nothing behind (config, vocab, splits...):
-    else the rerun is refused ("already exists") and so is --resume ("no last.pt")."""
+    else the rerun is refused ("already exists") and so is --resume ("no last.pt"); the run an --overwrite set
+    aside is put back. With a checkpoint the new run can be resumed: it stays, and the replaced run goes."""
     from sentiment.runs import LAST
 
-    if not path.is_dir() or (path / LAST).exists():
-        return  # a checkpoint: the run can be resumed, keep it
-    if not existed:
+    ours = path.is_dir() and not path.is_symlink()
+    if ours and (path / LAST).exists():
+        start.drop_replaced()
+        return
+    if start.replaced is not None:
+        if ours:
+            shutil.rmtree(path, ignore_errors=True)  # created by this start, once the old run was set aside
+        if not os.path.lexists(path):  # never over something that is not ours
+            os.rename(start.replaced, path)
+            start.replaced = None
+        return
+    if not ours:
+        return
+    if not start.existed:
         shutil.rmtree(path, ignore_errors=True)
         return
-    for child in path.iterdir():  # a directory that was there (empty, or replaced by --overwrite) stays
+    for child in path.iterdir():  # an empty directory that was there stays
         shutil.rmtree(child, ignore_errors=True) if child.is_dir() and not child.is_symlink() else child.unlink(missing_ok=True)
 
 
@@ -270,21 +301,23 @@ _TORCHRUN_LOG = re.compile(r"^(\[?[WIEF]\d{4}|\*{5}|Setting OMP_NUM_THREADS|Trac
 
 
 def _launch(nproc: int, config: Path | None, overrides: list[str], run_dir: Path | None, resume: Path | None,
-            overwrite: bool, own: dict[str, Any] | None = None) -> None:
-    """`sentiment train --nproc N ...` as torch.distributed.run would start it, on this machine. The config,
-    the data paths and the run directory are checked here first (in a second, not after torchrun's start);
-    this process names the run directory and holds its lock for the ranks. Rank 0's output is shown as is;
-    every rank's output is also in a log directory, which a failure names."""
+            overwrite: bool, own: dict[str, Any] | None = None, *, resume_config: Any = None,
+            default_run_dir: Any = None) -> None:
+    """`sentiment train --nproc N ...` (or `sentiment pretrain --nproc N`, with its resume_config and
+    default_run_dir) as torch.distributed.run would start it, on this machine. The config, the data paths and
+    the run directory are checked here first (in a second, not after torchrun's start); this process names the
+    run directory and holds its lock for the ranks. Rank 0's output is shown as is; every rank's output is also
+    in a log directory, which a failure names."""
     import tempfile
 
     from sentiment.config import load_config, own_data_config
 
     _interrupt_on_sigterm()  # a `kill` while checking is an interruption, as Ctrl-C is
     if resume is not None:
-        cfg, target = _resume_config(resume, config, overrides)
+        cfg, target = (resume_config or _resume_config)(resume, config, overrides)
     else:
         cfg = own_data_config(config, overrides, own) if own is not None else load_config(config, overrides)
-        target = run_dir or _default_run_dir(cfg)
+        target = run_dir or (default_run_dir or _default_run_dir)(cfg)
     _check_data_paths(cfg, fresh=resume is None)
     args = _without_nproc(sys.argv[1:])
     if resume is None and run_dir is None:
@@ -292,14 +325,17 @@ def _launch(nproc: int, config: Path | None, overrides: list[str], run_dir: Path
     with RunLock(target):
         if resume is None:
             _claim_run_dir(target, overwrite, check_only=True)
-        existed = target.exists()
+        # rank 0 creates the directory, or sets the run it replaces aside under this process's name (replaced_path)
+        replaces = target.is_dir() and any(target.iterdir())
+        existed, aside = target.is_dir(), replaced_path(target)
         log_dir = Path(tempfile.mkdtemp(prefix="sentiment-ranks-"))
         try:
             _run_torchrun(nproc, args, log_dir, target)
         except BaseException:
-            if resume is None:
-                _forget_start(target, existed)
+            if resume is None and (not replaces or aside.exists()):  # what rank 0 could not undo, if it died
+                _forget_start(target, RunStart(existed, aside if aside.exists() else None))
             raise
+        RunStart(existed, aside if aside.exists() else None).drop_replaced()
 
 
 def _without_nproc(args: list[str]) -> list[str]:
@@ -398,21 +434,80 @@ def _failed_rank(report: str) -> str | None:
     return f"training process rank {rank_id} exited with code {exit_code}"
 
 
-def _claim_run_dir(path: Path, overwrite: bool, check_only: bool = False) -> None:
+# what makes a directory a run directory --overwrite may replace (sentiment.runs: RUN_FILE; CONFIG_FILE and
+# VOCAB_FILE of runs written before run.json existed); named here, as importing sentiment.runs imports torch
+RUN_MARKERS = (("run.json",), ("config.yaml", "vocab.json"))
+
+
+def _claim_run_dir(path: Path, overwrite: bool, check_only: bool = False) -> RunStart | None:
+    """Check the run directory (check_only), or create it: a new run goes into a missing or empty directory, or,
+    with --overwrite, replaces a run directory, which is set aside (renamed beside it) until the new run has a
+    checkpoint. Returns what was done (RunStart), None when only checking."""
+    if overwrite and path.is_symlink():
+        raise SentimentError(f"run directory {path} is a symbolic link: --overwrite replaces only a run directory "
+                             "itself; give the directory it points to, or another --run-dir")
     if path.exists() and not path.is_dir():
         raise SentimentError(f"run directory {path} is a file: choose another --run-dir")
-    if path.exists() and any(path.iterdir()):
-        if not overwrite:
-            raise SentimentError(f"run directory {path} already exists: pass --resume {path} to continue it, "
-                                 "--overwrite to replace it, or another --run-dir")
-        if check_only:
-            return
-        shutil.rmtree(path)
-    if not check_only:
-        try:
-            path.mkdir(parents=True, exist_ok=True)
-        except OSError as e:
-            raise SentimentError(f"cannot create run directory {path}: {e.strerror or e}") from None
+    full = path.is_dir() and any(path.iterdir())
+    if full and not overwrite:
+        raise SentimentError(f"run directory {path} already exists: pass --resume {path} to continue it, "
+                             "--overwrite to replace it, or another --run-dir")
+    if full:
+        _check_replaceable(path)
+    if check_only:
+        return None
+    if not full:
+        existed = path.is_dir()
+        _make_run_dir(path)
+        return RunStart(existed)
+    aside = replaced_path(path)
+    try:
+        os.rename(path, aside)  # beside it: the same filesystem, so a rename, and back the same way
+    except OSError as e:
+        raise SentimentError(f"cannot set {path} aside to replace it ({aside}: {e.strerror or e}); nothing was "
+                             "deleted") from None
+    start = RunStart(existed=False, replaced=aside)
+    try:
+        _make_run_dir(path)
+    except BaseException:
+        _forget_start(path, start)
+        raise
+    return start
+
+
+def _make_run_dir(path: Path) -> None:
+    try:
+        path.mkdir(parents=True, exist_ok=True)
+    except OSError as e:
+        raise SentimentError(f"cannot create run directory {path}: {e.strerror or e}") from None
+
+
+def replaced_path(path: Path) -> Path:
+    """Where --overwrite keeps the run it replaces until the new run has a checkpoint: a hidden sibling named after
+    the process holding the run's lock (under --nproc the launcher, which puts it back if the ranks fail)."""
+    path = Path(os.path.abspath(path))
+    holder = os.environ.get(LAUNCHER_ENV) if held_by_parent(path) else None
+    return path.parent / f".{path.name}.replaced-{holder or os.getpid()}"
+
+
+def _check_replaceable(path: Path) -> None:
+    """--overwrite deletes what it replaces: only a run directory, never the working directory, one of its
+    parents, or the home directory (a mistyped --run-dir must not cost a folder of data)."""
+    real = path.resolve()
+    try:
+        cwd = Path.cwd().resolve()
+    except OSError:  # the working directory was deleted
+        cwd = None
+    if cwd is not None and (real == cwd or real in cwd.parents):
+        raise SentimentError(f"--overwrite refuses to replace {path}: it is the working directory or one of its "
+                             "parents; give the run directory itself")
+    home = Path.home().resolve()
+    if real == home or real in home.parents:
+        raise SentimentError(f"--overwrite refuses to replace {path}: it is the home directory or one of its "
+                             "parents; give the run directory itself")
+    if not any(all((path / name).is_file() for name in names) for names in RUN_MARKERS):
+        raise SentimentError(f"--overwrite replaces only a run directory, and {path} is not one (no run.json, nor "
+                             "config.yaml and vocab.json): nothing was deleted; choose another --run-dir")
 
 
 def _resume_config(run_dir: Path, config: Path | None, overrides: list[str]):
@@ -423,7 +518,7 @@ def _resume_config(run_dir: Path, config: Path | None, overrides: list[str]):
     saved, _ = load_run(run_dir)
     load_labels(run_dir)  # a run that lost its class names cannot continue
     if not (run_dir / LAST).exists():
-        raise SentimentError(f"{run_dir} has no last.pt to resume from (it never finished a step)")
+        raise no_checkpoint_error(run_dir)  # another process still starting it, or it never finished a step
     if config is not None:
         wanted = load_config(config, overrides)
         wanted.run.name = saved.run.name

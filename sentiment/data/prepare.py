@@ -158,10 +158,34 @@ def split_rows(cfg: DataConfig, source: Any, indices: dict[str, np.ndarray] | No
     if len(idx["train"]) == 0:
         raise SentimentError("the training split is empty: check data.valid_fraction and the data directory")
     if len(idx["valid"]) == 0:  # else every epoch scores 0% on nothing and the first one is kept as the best
-        raise SentimentError(f"the validation split is empty: data.valid_fraction={cfg.valid_fraction} of "
-                             f"{len(idx['train'])} training rows is none, and the best epoch is chosen on it; "
-                             "raise data.valid_fraction")
+        raise SentimentError(f"the validation split is empty, and the best epoch is chosen on it: "
+                             f"{_empty_validation_cause(cfg, source)}")
     return idx, membership
+
+
+def _empty_validation_cause(cfg: DataConfig, source: Any) -> str:
+    """Why no row was carved for validation: no validation file rows, each class's share rounding to no row, or
+    repeated texts (the copies of a text stay on one side, and none fits its class's share)."""
+    given = {"files": cfg.valid_file, "hf": cfg.hf_valid_split}.get(cfg.dataset)
+    if given:
+        return f"the validation split {given} has no rows"
+    pool = source.splits["train"]  # what validation was carved from (valid is empty)
+    counts = np.bincount(source.labels[pool], minlength=source.label_space.num_classes)
+    quota = np.round(cfg.valid_fraction * counts).astype(np.int64)
+    largest = int(counts.max(initial=0))
+    if quota.sum() == 0:
+        needed = f"; a fraction above {0.5 / largest:.3g} carves one" if largest else ""
+        return (f"data.valid_fraction={cfg.valid_fraction} of each class rounds to no row (classes of "
+                f"{', '.join(f'{int(c):,}' for c in counts)} rows{needed}): raise data.valid_fraction")
+    if cfg.dataset == "imdb":  # the movie split: a movie's reviews stay on one side
+        return (f"data.valid_fraction={cfg.valid_fraction} asks for {int(quota.sum()):,} row(s), but the reviews of "
+                "one movie stay on one side of the split and no movie's fit a class's share: raise "
+                "data.valid_fraction or set data.valid_split=random")
+    repeated = source.stats.get("duplicate_texts", 0)
+    return (f"data.valid_fraction={cfg.valid_fraction} asks for {int(quota.sum()):,} row(s) "
+            f"({', '.join(f'{int(q):,}' for q in quota)} per class), but the texts repeat ({repeated:,} row(s) repeat "
+            "an earlier text) and all copies of a text stay on one side of the split, so none fits a class's share: "
+            "remove the repeated texts or raise data.valid_fraction")
 
 
 def _split_stats(source_stats: dict[str, Any], splits: dict[str, EncodedSplit], vocab: Vocab, space: LabelSpace,

@@ -7,8 +7,8 @@ from pathlib import Path
 
 import torch
 
-from sentiment.runs import (BEST, LAST, check_data_fingerprints, check_membership, load_checkpoint, load_labels,
-                            load_run)
+from sentiment.runs import (BEST, LAST, check_data_fingerprints, check_data_paths, check_membership, load_checkpoint,
+                            load_labels, load_run)
 from sentiment.config import Config
 from sentiment.device import resolve_device
 from sentiment.errors import SentimentError
@@ -56,6 +56,7 @@ def evaluate_run(run_dir: Path, *, split: str = "test", checkpoint: str = "best"
     from sentiment.data.prepare import prepare_data
 
     run = load_trained(run_dir, checkpoint, device)
+    check_data_paths(run_dir, run.cfg)  # a relative path stored from another directory: named, with that directory
     data = prepare_data(run.cfg.data, run.vocab, label_space=run.label_space, with_unlabeled=False,
                         token_hashes=run.cfg.model.ngrams is not None)
     check_data_fingerprints(run_dir, data.fingerprints, (split,), allow_changed=allow_changed_data)

@@ -33,9 +33,11 @@ language-model pretraining later) supplies the parts that differ:
   Ranks.AGREE_EVERY steps, agreed), then last.pt is saved and TrainingInterrupted raised (exit code 130).
 - `settings` (`EngineSettings`): epochs, optimizer, schedule, accumulation, clipping, AMP, host syncs,
   early-stopping patience, checkpoint_minutes, batch_size (for the row's global batch) and max_minutes (a
-  budget per start: the epoch in progress ends at the budget, is validated and saved as a finished epoch).
+  budget per start: at the budget last.pt is saved where the epoch stopped, as an interruption saves it, and the
+  run ends normally after scoring the partial epoch; `--resume` continues that epoch from its next batch).
 - `extra_state()`: what the task adds to every checkpoint (the classifier: vocab and config).
 - `param_groups`: the optimizer's parameter groups, each with its own "lr" (discriminative rates); default one.
+- `saved(path)`: told on the main rank after each checkpoint is written (a replaced run is deleted only then).
 - `before_epoch(epoch)`: a hook before each epoch (the classifier unfreezes embeddings there; the engine
   re-wraps DDP when the parameters that train change).
 - `checkpoint`: last.pt's dict to resume from (the task has loaded and checked it); resumed on another process
@@ -153,7 +155,7 @@ class EngineSettings:
     lazy_sync: bool | None = None  # None: lazy on CUDA
     early_stopping_patience: int | None = None
     checkpoint_minutes: float = 10.0
-    max_minutes: float | None = None  # wall-clock budget of this start: the epoch in progress ends early, saved
+    max_minutes: float | None = None  # wall-clock budget of this start: the epoch in progress stops, saved mid-epoch
 
 
 @dataclass
@@ -382,7 +384,9 @@ class Engine:
                  reporter: Reporter | None = None, stop: Any = None, checkpoint: dict[str, Any] | None = None,
                  extra_state: Callable[[], dict[str, Any]] = dict,
                  before_epoch: Callable[[int], None] | None = None,
-                 param_groups: list[dict[str, Any]] | None = None) -> None:
+                 param_groups: list[dict[str, Any]] | None = None,
+                 saved: Callable[[Path], None] | None = None) -> None:
+        self.saved = saved  # told each checkpoint written (main rank): `train --overwrite` then drops the old run
         self.model, self.stream, self.objective, self.validate = model, stream, objective, validate
         self.columns: dict[str, str] = getattr(objective, "columns", {})
         self.backward_inside: bool = getattr(objective, "backward_inside", False)
@@ -479,6 +483,8 @@ class Engine:
     def save(self, name: str) -> None:
         if self.ranks.rank.is_main:  # one writer; the others' state is the same but for RNGs and their data place
             save_checkpoint(self.run_dir / name, self.snapshot())
+            if self.saved is not None:
+                self.saved(self.run_dir / name)
 
     def _diverged(self, *, loss: torch.Tensor | None = None, grad_norm: torch.Tensor | None = None,
                   what: str | None = None) -> TrainingDiverged:
@@ -502,6 +508,9 @@ class Engine:
         stopped_early = patience is not None and self.state.epochs_without_gain >= patience  # resumed, finished
         for epoch in range(self.state.epoch, self.s.epochs if not stopped_early else self.state.epoch):
             out_of_time = self._epoch(epoch)
+            if out_of_time and self.state.step_in_epoch < self.n_batches:
+                self._end_partial_epoch(epoch)  # saved where it stopped: --resume reads the rest of the epoch
+                break
             self._end_epoch(epoch)
             if out_of_time or (patience is not None and self.state.epochs_without_gain >= patience):
                 break
@@ -510,7 +519,7 @@ class Engine:
         """The batches of one epoch from the state's place; True when the time budget ended it early."""
         if self.before_epoch is not None:
             self.before_epoch(epoch)  # may change which parameters train (frozen embeddings)
-        n_batches = self.stream.set_epoch(epoch)
+        n_batches = self.n_batches = self.stream.set_epoch(epoch)
         if tuple(p.requires_grad for p in self.params) != self.wrapped_for:
             self.net = self._wrap()
         if self.reporter:
@@ -614,8 +623,29 @@ class Engine:
             self.last_saved = time.monotonic()
         return spent
 
-    def _end_epoch(self, epoch: int) -> None:
-        """Validation, the metrics row, best.pt and last.pt, and the early-stopping count."""
+    def _end_partial_epoch(self, epoch: int) -> None:
+        """The time budget ended the epoch after its step `step_in_epoch`: last.pt is saved at that step, as an
+        interruption saves it (a resume continues the epoch exactly, bitwise as if never stopped), before the
+        partial epoch is scored. Its metrics row says partial (a resume drops it and scores the whole epoch);
+        best.pt is written from it only while no whole epoch has one, and the loop state keeps no trace of it (the
+        best score, early stopping), so a resumed run ends as an uninterrupted one."""
+        self.save(LAST)
+        self.last_saved = time.monotonic()
+        row, _ = self._row(epoch)
+        first = self.state.best_epoch == 0  # without it, a budget shorter than an epoch leaves no best.pt
+        row["partial"], row["best"] = True, first
+        if self.ranks.rank.is_main:
+            append_metrics(self.run_dir, row)
+        if first:
+            self.save(BEST)
+        if self.reporter:
+            self.reporter.epoch_end(row)
+            self.reporter.note(f"the time budget ({self.s.max_minutes:g} minutes) ended epoch {epoch + 1} after "
+                               f"{self.state.step_in_epoch:,} of {self.n_batches:,} batches: its figures are of "
+                               f"those batches; last.pt is saved there and --resume continues the epoch")
+
+    def _row(self, epoch: int) -> tuple[dict[str, Any], float]:
+        """The epoch's metrics row (the model validated, the ranks' sums added) and its validation score."""
         state = self.state
         metrics, score = self.validate(self.model)
         names = list(self.columns)
@@ -631,6 +661,12 @@ class Engine:
                "global_batch_size": self.s.batch_size * self.ranks.rank.world_size * self.s.grad_accum}
         for name, value in zip(names, part_sums):  # each part's mean per step, before its weight
             row[self.columns[name]] = value / max(steps, 1)
+        return row, score
+
+    def _end_epoch(self, epoch: int) -> None:
+        """Validation, the metrics row, best.pt and last.pt, and the early-stopping count."""
+        state = self.state
+        row, score = self._row(epoch)
         improved = state.best_epoch == 0 or score > state.best_valid_accuracy  # the first scored epoch is the best
         self.state = LoopState(epoch=epoch + 1, global_step=state.global_step, schedule_steps=state.schedule_steps,
                                world_size=self.ranks.rank.world_size, unlabeled_epoch=state.unlabeled_epoch,

@@ -13,13 +13,13 @@ import json
 import math
 import time
 from pathlib import Path
-from typing import Any
+from typing import Any, Callable
 
 import numpy as np
 import torch
 
 from sentiment.atomic import atomic_write, atomic_write_text
-from sentiment.config import Config
+from sentiment.config import Config, check_pretrain_config
 from sentiment.data.prepare import PreparedData, prepare_data
 from sentiment.device import resolve_device
 from sentiment.distributed import Rank, broadcast, rank_device
@@ -67,8 +67,11 @@ def held_out_validation(windows: torch.Tensor, batch_size: int):
 
 
 def pretrain(cfg: Config, run_dir: Path, *, data: PreparedData | None = None, resume: bool = False,
-             reporter: Reporter | None = None, stop: Any = None, rank: Rank | None = None) -> dict[str, Any]:
-    """Pretrain as `cfg` says into `run_dir` (created by the caller); returns the results (also results.json)."""
+             reporter: Reporter | None = None, stop: Any = None, rank: Rank | None = None,
+             saved: Callable[[Path], None] | None = None) -> dict[str, Any]:
+    """Pretrain as `cfg` says into `run_dir` (created by the caller); returns the results (also results.json).
+    saved(path): called on the main rank after each checkpoint is written."""
+    check_pretrain_config(cfg)
     run_dir, rank = Path(run_dir), rank or Rank()
     code_version()
     flush_denormals(cfg.run.flush_denormal)
@@ -82,7 +85,7 @@ def pretrain(cfg: Config, run_dir: Path, *, data: PreparedData | None = None, re
     seed_everything(cfg.run.seed)
     checkpoint = None
     if resume:
-        _, vocab = load_run(run_dir)
+        _, vocab = load_run(run_dir, pretraining=True)
         for stray in run_dir.glob(".*.tmp"):
             stray.unlink(missing_ok=True)
         checkpoint = load_checkpoint(run_dir / LAST, vocab)
@@ -108,7 +111,8 @@ def pretrain(cfg: Config, run_dir: Path, *, data: PreparedData | None = None, re
                                    cfg.train.eval_batch_size)
     engine = Engine(model, stream, LanguageModelObjective(), validate, engine_settings(cfg), run_dir, rank=rank,
                     device=device, seed=cfg.run.seed, reporter=reporter, stop=stop, checkpoint=checkpoint,
-                    extra_state=lambda: {"vocab": data.vocab.itos, "config": cfg.to_dict(), "task": "pretrain"})
+                    extra_state=lambda: {"vocab": data.vocab.itos, "config": cfg.to_dict(), "task": "pretrain"},
+                    saved=saved)
     try:
         engine.run()
     except TrainingInterrupted as e:  # the engine names `sentiment train`; this run resumes with its own command
@@ -122,7 +126,7 @@ def finish(cfg: Config, run_dir: Path, text: PretrainingText, rank: Rank) -> dic
     if rank.is_main:
         rows = read_metrics(run_dir)
         plot_lm_curves(rows, run_dir / CURVES)
-        best = max(rows, key=lambda r: -r["valid_loss"]) if rows else {}
+        best = next((r for r in reversed(rows) if r.get("best")), {})  # the row best.pt holds
         results = {"task": "pretrain", "best_epoch": best.get("epoch", 0), "epochs_run": len(rows),
                    "commit": code_version(), "seed": cfg.run.seed, "split_seed": cfg.data.split_seed,
                    "output": cfg.pretrain.output, "bptt": cfg.pretrain.bptt,
@@ -131,6 +135,8 @@ def finish(cfg: Config, run_dir: Path, text: PretrainingText, rank: Rank) -> dic
                    "tokens_seen": int(sum(r.get("tokens_per_s", 0) * r.get("seconds", 0) for r in rows)),
                    "train_seconds": sum(r.get("seconds", 0.0) for r in rows),
                    "processes": rows[-1].get("processes") if rows else None,
+                   # the time budget stopped the last epoch part-way: `pretrain --resume` continues it
+                   "last_epoch_partial": bool(rows and rows[-1].get("partial")),
                    "device": rows[-1].get("device") if rows else None}
         results["passes"] = results["tokens_seen"] / max(len(text.train), 1)
         for key in ("valid_loss", "valid_perplexity", *(f"valid_{d}_{m}" for d in DIRECTIONS

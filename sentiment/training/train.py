@@ -13,7 +13,7 @@ from __future__ import annotations
 import json
 import re
 from pathlib import Path
-from typing import Any
+from typing import Any, Callable
 
 import numpy as np
 import torch
@@ -42,7 +42,7 @@ from sentiment.training.engine import (Engine, EngineSettings, LoopState, Report
 from sentiment.training.objectives import COLUMNS, Batch, ExtraObjectives, Supervised
 from sentiment.training.resume import check_resume_config
 from sentiment.training.transfer import (apply_gradual_unfreeze, ignored_keys_note, load_encoder, parameter_groups,
-                                         prepare_training_data)
+                                         prepare_training_data, write_trained_texts)
 
 
 def lr_factor(cfg: Config, total_steps: int):
@@ -175,6 +175,7 @@ def _data_and_checkpoint(cfg: Config, run_dir: Path, data: PreparedData | None, 
         if rank.is_main:
             write_run_files(run_dir, cfg, data.vocab, data.label_space, data.membership)
             write_data_fingerprints(run_dir, data.fingerprints)
+            write_trained_texts(run_dir, data)  # a fine-tune from this run must not hold them out
         return data, None
     from sentiment.runs import load_run
 
@@ -215,9 +216,10 @@ def _model(cfg: Config, data: PreparedData, device: torch.device, fresh: bool) -
 
 
 def train(cfg: Config, run_dir: Path, *, data: PreparedData | None = None, resume: bool = False,
-          reporter: Reporter | None = None, stop: StopFlag | None = None, rank: Rank | None = None) -> dict[str, Any]:
+          reporter: Reporter | None = None, stop: StopFlag | None = None, rank: Rank | None = None,
+          saved: Callable[[Path], None] | None = None) -> dict[str, Any]:
     """Train as `cfg` says into `run_dir` (created by the caller, by the main rank under torchrun). Returns the
-    final results. Under torchrun (`rank`: from distributed.from_env()) the model is wrapped in
+    final results. saved(path): called on the main rank after each checkpoint is written. Under torchrun (`rank`: from distributed.from_env()) the model is wrapped in
     DistributedDataParallel, each rank steps over its own share of every epoch's batches, and only the main
     rank writes. resume: continue from run_dir's last.pt, refusing a config that changes the model or its training."""
     run_dir = Path(run_dir)
@@ -261,7 +263,7 @@ def train(cfg: Config, run_dir: Path, *, data: PreparedData | None = None, resum
     engine = Engine(model, stream, objective, validate, engine_settings(cfg), run_dir, rank=rank, device=device,
                     seed=cfg.run.seed, reporter=reporter, stop=stop, checkpoint=checkpoint, before_epoch=unfreeze,
                     extra_state=lambda: {"vocab": data.vocab.itos, "config": cfg.to_dict()},
-                    param_groups=optimizer_groups(model, cfg))
+                    param_groups=optimizer_groups(model, cfg), saved=saved)
     engine.run()
     return finish(cfg, run_dir, data, device, rank)
 

@@ -8,7 +8,10 @@
   classifier's upper layers read both directions of the layer below, so each direction gets its pretrained
   weights on its own direction's inputs and zeros on the other's: the classifier starts as the two stacks and
   learns the cross-connections.
-- A fine-tune whose validation or test texts were pretraining text is refused (PRETRAIN_TEXTS in the pretrain run).
+- A fine-tune whose validation or test texts were pretraining text is refused (PRETRAIN_TEXTS in the pretrain run),
+  and so is one whose validation or test texts a classifier run it starts from trained on with their labels (another
+  split_seed, a carved test split): TRAIN_TEXTS in that run, or for runs written before it, its splits.npz rows when
+  the two runs read the same data.
 - Discriminative learning rates (`train.layer_lr_decay`) and gradual unfreezing (`model.gradual_unfreeze`).
 """
 
@@ -22,6 +25,7 @@ import torch
 import torch.nn as nn
 
 from sentiment.errors import SentimentError
+from sentiment.runs import PRETRAIN_TEXTS, TRAIN_TEXTS  # sorted uint64 fingerprints of the texts a run trained on
 
 if TYPE_CHECKING:
     from sentiment.config import Config
@@ -29,7 +33,6 @@ if TYPE_CHECKING:
     from sentiment.data.vocab import Vocab
     from sentiment.model import SentimentRNN
 
-PRETRAIN_TEXTS = "pretrain_texts.npy"  # sorted uint64 fingerprints of every text a pretrain run trained on
 ENCODER_PREFIXES = ("embedding.", "layers.")
 VOCAB_KEYS = ("vocab_max_size", "vocab_min_freq", "vocab_glove_extra", "glove_unk_init")
 # keys of the pretrained run that the fine-tune must share, with what each decides
@@ -53,7 +56,7 @@ def init_vocab(cfg: "Config") -> "Vocab":
     from sentiment.runs import load_run
 
     run_dir = Path(cfg.model.init_from)
-    saved, vocab = load_run(run_dir)
+    saved, vocab = load_run(run_dir, pretraining=None)  # a pretraining run, or a classifier run
     for key, what in SHARED_KEYS:
         mine, theirs = eval_key(cfg, key), eval_key(saved, key)
         if mine != theirs:
@@ -120,22 +123,67 @@ def _which_key(key: str) -> str:
     return "model.rnn, model.hidden_size or model.bidirectional"
 
 
-def check_not_pretrained_on(run_dir: Path, data: "PreparedData") -> None:
-    """Refuse validation or test texts that init_from's run trained its language model on."""
+def check_not_pretrained_on(run_dir: Path, data: "PreparedData", cfg: "Config | None" = None) -> None:
+    """Refuse validation or test texts that init_from's run trained on: its language model's text, or a classifier
+    run's labeled training texts (another data.split_seed or test carve moves them into validation or test)."""
     from sentiment.training.lm import text_fingerprints
 
-    path = Path(run_dir) / PRETRAIN_TEXTS
+    run_dir = Path(run_dir)
+    pretrained = (run_dir / PRETRAIN_TEXTS).is_file()
+    path = run_dir / (PRETRAIN_TEXTS if pretrained else TRAIN_TEXTS)
     if not path.is_file():
-        return
+        return _check_rows_not_trained_on(run_dir, data, cfg)
     seen = np.load(path, allow_pickle=False)
     for name, split in (("validation", data.valid), ("test", data.test)):
         if len(split) == 0:
             continue
         overlap = int(np.isin(text_fingerprints(split), seen).sum())
-        if overlap:
+        if overlap and pretrained:
             raise SentimentError(f"{overlap:,} {name} text(s) were pretraining text of {run_dir}: their figures would "
                                  "flatter the model. Fine-tune with the pretrain run's data split (data.split_seed, "
                                  "data.valid_fraction), or pretrain again")
+        if overlap:
+            raise _trained_on(overlap, name, run_dir)
+
+
+def _trained_on(overlap: int, name: str, run_dir: Path) -> SentimentError:
+    return SentimentError(f"{overlap:,} {name} text(s) were training texts (with their labels) of model.init_from's "
+                          f"run {run_dir}: their figures would flatter the model. Fine-tune with that run's data split "
+                          "(data.split_seed, valid_fraction, test_fraction, the same files), or start from a run "
+                          "that never trained on them")
+
+
+def _check_rows_not_trained_on(run_dir: Path, data: "PreparedData", cfg: "Config | None") -> None:
+    """A classifier run written before TRAIN_TEXTS: its splits.npz rows, comparable when both runs read the same
+    data (the same dataset, files and directory, so rows are numbered alike)."""
+    from sentiment.runs import SPLITS_FILE, load_run, load_split_membership
+
+    if cfg is None or not (run_dir / SPLITS_FILE).is_file() or not data.membership:
+        return
+    saved, _ = load_run(run_dir, pretraining=None)
+    same = ("dataset", "data_dir", "train_file", "valid_file", "test_file", "hf_dataset", "hf_config")
+    if any(getattr(saved.data, k, None) != getattr(cfg.data, k, None) for k in same):
+        return  # other data: its row numbers say nothing here
+    trained = load_split_membership(run_dir).get("train")
+    for split, name in (("valid", "validation"), ("test", "test")):
+        rows = data.membership.get(split)
+        overlap = int(np.isin(rows, trained).sum()) if rows is not None and trained is not None else 0
+        if overlap:
+            raise _trained_on(overlap, name, run_dir)
+
+
+def write_trained_texts(run_dir: Path, data: "PreparedData") -> None:
+    """A classifier run's training texts, as fingerprints (a fine-tune from it checks its held-out texts against
+    them); texts equal to one of its own validation or test texts are left out: a fine-tune on the same splits
+    is not refused for the data's own repeats."""
+    from sentiment.atomic import atomic_write
+    from sentiment.training.lm import text_fingerprints
+
+    held_out = [text_fingerprints(s) for s in (data.valid, data.test) if len(s)]
+    trained = np.unique(text_fingerprints(data.train))
+    if held_out:
+        trained = trained[~np.isin(trained, np.concatenate(held_out))]
+    atomic_write(Path(run_dir) / TRAIN_TEXTS, lambda f: np.save(f, trained, allow_pickle=False))
 
 
 # ---------------------------------------------------------------- ULMFiT's fine-tuning options
@@ -174,5 +222,5 @@ def prepare_training_data(cfg: "Config") -> "PreparedData":
     if not cfg.model.init_from:
         return prepare_data(cfg.data, embedding_seed=cfg.run.seed, token_hashes=cfg.model.ngrams is not None)
     data = prepare_data(cfg.data, init_vocab(cfg), with_embeddings=False, token_hashes=cfg.model.ngrams is not None)
-    check_not_pretrained_on(Path(cfg.model.init_from), data)
+    check_not_pretrained_on(Path(cfg.model.init_from), data, cfg)
     return data
