@@ -18,7 +18,7 @@ from typing import Any, Callable, TypeVar
 import torch
 
 from sentiment.errors import SentimentError
-from sentiment.runlock import LAUNCHER_ENV
+from sentiment.runlock import LAUNCHER_ENV, process_alive
 
 # No collective waits longer than this for a rank that died or hangs (torch's default is 10-30 minutes).
 TIMEOUT = timedelta(seconds=float(os.environ.get("SENTIMENT_DIST_TIMEOUT", 120)))
@@ -222,7 +222,7 @@ def _poll(store: Any, tag: str, rank: Rank, ranks: Any, what: str) -> None:
                 continue
             beat = int(store.add(f"{tag}/beat/{r}", 0))  # add 0: read the counter without waiting for it
             host, _, pid = (store.get(f"{tag}/pid/{r}").decode() if store.check([f"{tag}/pid/{r}"]) else "").rpartition(":")
-            if host == here and pid.isdigit() and not _alive(int(pid)):
+            if host == here and pid.isdigit() and not process_alive(int(pid)):
                 raise SentimentError(f"stopped: rank {r} died in {what}")
             seen, since = waiting[r]
             if beat != seen:
@@ -278,24 +278,7 @@ def watch_launcher(interval: float = 0.5) -> None:
     def watch() -> None:
         while True:
             time.sleep(interval)
-            if os.getppid() != parent or not _alive(int(pid)):
+            if os.getppid() != parent or not process_alive(int(pid)):
                 os._exit(1)
 
     threading.Thread(target=watch, daemon=True, name="sentiment-launcher-watchdog").start()
-
-
-def _alive(pid: int) -> bool:
-    """Whether pid runs (a zombie, dead but not yet reaped by its parent, does not)."""
-    try:
-        with open(f"/proc/{pid}/stat", "rb") as f:
-            return f.read().rsplit(b")", 1)[1].split()[0] not in (b"Z", b"X")
-    except FileNotFoundError:
-        return False
-    except OSError:
-        try:
-            os.kill(pid, 0)
-        except ProcessLookupError:
-            return False
-        except PermissionError:
-            return True
-        return True

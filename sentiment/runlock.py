@@ -135,6 +135,25 @@ def no_checkpoint_error(run_dir: Path) -> SentimentError:
     return SentimentError(f"{run_dir} has no last.pt to resume from (it never finished a step)")
 
 
+def process_alive(pid: int) -> bool:
+    """Whether pid runs (a zombie, dead but not yet reaped by its parent, does not)."""
+    try:
+        with open(f"/proc/{pid}/stat", "rb") as f:
+            return f.read().rsplit(b")", 1)[1].split()[0] not in (b"Z", b"X")
+    except FileNotFoundError:
+        return False
+    except OSError:
+        try:
+            os.kill(pid, 0)
+        except ProcessLookupError:
+            return False
+        except PermissionError:
+            return True
+        except OverflowError:  # not a pid the kernel can hold
+            return False
+        return True
+
+
 def _read_pid(fd: int) -> str:
     try:
         return os.pread(fd, 32, 0).decode("ascii", "replace").strip()

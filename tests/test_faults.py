@@ -608,6 +608,129 @@ def test_an_overwrite_sets_the_old_run_aside_until_the_new_one_has_a_checkpoint(
     assert sorted(p.name for p in tmp_path.iterdir()) == ["run"] and not (run_dir / "notes.txt").exists()
 
 
+# ---------------------------------------------------------------- a killed --overwrite: the next train recovers
+def dead_pid() -> int:
+    """The pid of a process that has ended and been reaped."""
+    import subprocess
+
+    proc = subprocess.Popen(["true"])
+    proc.wait()
+    return proc.pid
+
+
+def half_started(run_dir: Path) -> Path:
+    """What a replacing run writes before its first checkpoint (its run files, a write cut short)."""
+    for name in ("run.json", "config.yaml", "vocab.json", "labels.json", "splits.npz", ".last.pt.x1y2.tmp"):
+        write(run_dir / name, "new run's")
+    return run_dir
+
+
+def test_an_overwrite_killed_before_its_first_checkpoint_is_put_back_by_the_next_train(world, tmp_path):
+    """A real kill -9 of `python -m sentiment train --overwrite` once it has set the old run aside; the next
+    train of that directory puts the old run back, byte for byte, and says so."""
+    from test_resume_kill import Trainer, wait_until
+
+    run_dir = Path(shutil.copytree(world.run, tmp_path / "runs" / "run"))
+    before = contents(run_dir)
+    slow = ["--set", "model.hidden_size=256", "--set", "train.batch_size=2"]  # a first epoch of ~1 s to kill in
+    trainer = Trainer(tmp_path, "killed", "--set", f"{D}={world.data}", *TINY, *slow, "--run-dir", str(run_dir),
+                      "--overwrite")
+    aside = run_dir.parent / f".run.replaced-{trainer.proc.pid}"
+    wait_until(trainer, lambda: (run_dir / "run.json").exists() and aside.exists(), pause=0.001)
+    trainer.proc.kill()
+    trainer.proc.wait()
+    assert aside.is_dir() and not any((run_dir / c).exists() for c in (BEST, LAST)), trainer.fail("killed too late")
+    code, text = run("train", "--set", f"{D}={world.data}", *TINY, "--run-dir", run_dir)
+    one_line_error(code, text, "already exists")
+    assert "put back" in text and f"pid {trainer.proc.pid}" in text, text
+    assert contents(run_dir) == before
+    assert sorted(p.name for p in run_dir.parent.iterdir()) == ["run"]
+
+
+def test_a_killed_overwrite_is_put_back_before_a_new_overwrite_or_a_resume(world, tmp_path):
+    """The old run back, the replacing run's start removed; then --overwrite replaces it as asked, and a --resume
+    of a directory the kill left missing continues the old run."""
+    run_dir = tmp_path / "run"
+    aside = Path(shutil.copytree(world.run, tmp_path / f".run.replaced-{dead_pid()}"))
+    write(aside / "notes.txt", "the old run's")
+    half_started(run_dir)
+    code, text = run("train", "--set", f"{D}={world.data}", *TINY, "--run-dir", run_dir, "--overwrite")
+    assert code == 0 and "put back" in text, text
+    assert sorted(p.name for p in tmp_path.iterdir()) == ["run"] and (run_dir / LAST).is_file()
+    assert not (run_dir / "notes.txt").exists()  # put back, then replaced by the new run as asked
+
+    shutil.rmtree(run_dir)
+    shutil.copytree(world.run, tmp_path / f".run.replaced-{dead_pid()}")  # killed right after the rename
+    code, text = run("train", "--resume", run_dir)
+    assert code == 0 and "put back" in text, text
+    assert sorted(p.name for p in tmp_path.iterdir()) == ["run"]
+
+
+def test_a_killed_overwrite_whose_new_run_has_a_checkpoint_has_its_aside_deleted(world, tmp_path):
+    run_dir = copy_run(world, tmp_path)
+    before = contents(run_dir)
+    shutil.copytree(world.run, tmp_path / f".run.replaced-{dead_pid()}")
+    one_line_error(*run("train", "--set", f"{D}={world.data}", *TINY, "--run-dir", run_dir), "already exists")
+    assert sorted(p.name for p in tmp_path.iterdir()) == ["run"] and contents(run_dir) == before
+
+
+@pytest.mark.parametrize("case", ["the directory holds other files", "its process runs", "a writer holds the lock",
+                                  "not a run directory"])
+def test_an_aside_is_left_alone_unless_it_is_surely_a_killed_overwrites(world, tmp_path, case):
+    """Nothing is deleted or moved that might be someone's: a directory holding files no starting run writes, an
+    aside whose process is alive or whose directory is locked, a folder that only has the name."""
+    from test_runlock import hold
+
+    run_dir = half_started(tmp_path / "run")
+    pid = os.getppid() if case == "its process runs" else dead_pid()
+    aside = Path(shutil.copytree(world.run, tmp_path / f".run.replaced-{pid}"))
+    if case == "the directory holds other files":
+        write(run_dir / "notes.txt", "mine")
+    if case == "not a run directory":
+        (aside / "run.json").unlink()
+        (aside / "config.yaml").unlink()
+    holder = hold(run_dir) if case == "a writer holds the lock" else None
+    try:
+        before = snapshot(tmp_path)
+        code, text = run("train", "--set", f"{D}={world.data}", *TINY, "--run-dir", run_dir)
+        assert snapshot(tmp_path) == before
+    finally:
+        if holder is not None:
+            holder.stdin.close()
+            holder.wait(10)
+    assert code != 0 and "put back" not in text, text
+    assert ("kept" in text) == (case == "the directory holds other files"), text
+
+
+def test_of_two_killed_overwrites_one_run_is_put_back_and_the_other_kept(world, tmp_path):
+    """Runs killed before recovery existed may have stacked two asides: which one is wanted is not guessed."""
+    for _ in range(2):
+        shutil.copytree(world.run, tmp_path / f".run.replaced-{dead_pid()}")
+    code, text = run("train", "--resume", tmp_path / "run")
+    assert code == 0 and text.count("put back") == 1 and text.count("note: kept") == 1, text
+    assert len(list(tmp_path.glob(".run.replaced-*"))) == 1 and (tmp_path / "run" / LAST).is_file()
+
+
+@pytest.mark.parametrize("command", [["pretrain"], ["pretrain", "--nproc", "2"], ["train", "--nproc", "2"]])
+def test_pretrain_and_the_nproc_launcher_put_a_killed_overwrites_run_back(world, tmp_path, monkeypatch, command):
+    """Under --nproc the aside bears the launcher's pid, and the launcher recovers before starting any rank."""
+    run_dir = tmp_path / "run"
+    shutil.copytree(world.run, tmp_path / f".run.replaced-{dead_pid()}")
+    args = [*command, "--set", f"{D}={world.data}", "--run-dir", str(run_dir)]
+    monkeypatch.setattr("sys.argv", ["sentiment", *args])  # what the launcher passes on to its ranks
+    one_line_error(*run(*args), "already exists")
+    assert sorted(p.name for p in tmp_path.iterdir()) == ["run"] and contents(run_dir) == contents(world.run)
+
+
+def test_the_files_a_start_writes_are_those_recovery_may_remove():
+    from sentiment import runs
+    from sentiment.cli.train import CHECKPOINTS, STARTING_FILES
+
+    assert STARTING_FILES == {runs.RUN_FILE, runs.CONFIG_FILE, runs.VOCAB_FILE, runs.LABELS_FILE, runs.SPLITS_FILE,
+                              runs.DATA_FINGERPRINT_FILE, runs.TRAIN_TEXTS, runs.PRETRAIN_TEXTS, runs.METRICS_FILE}
+    assert CHECKPOINTS == (runs.BEST, runs.LAST)
+
+
 def test_resuming_a_run_another_process_is_still_starting_says_so(world, tmp_path):
     from test_runlock import hold
 

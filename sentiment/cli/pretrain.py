@@ -13,7 +13,7 @@ import typer
 from rich.markup import escape
 
 from sentiment.cli.app import ConfigOption, SetOption, app, console, user_errors
-from sentiment.cli.train import RichReporter, RunStart, _claim_run_dir, _forget_start, _launch
+from sentiment.cli.train import RichReporter, RunStart, _claim_run_dir, _forget_start, _launch, _print_recovered
 from sentiment.config import check_pretrain_config
 from sentiment.errors import SentimentError
 from sentiment.runlock import RunLock, held_by_parent, no_checkpoint_error
@@ -71,6 +71,8 @@ def pretrain(
         return
     with user_errors():
         rank = distributed.from_env()
+        if rank.is_main and not print_config:  # before --resume reads it: a killed --overwrite may have moved it
+            _print_recovered(resume or run_dir)
         if resume is not None:
             cfg, target = _resume_config(resume, config, set_)
         else:

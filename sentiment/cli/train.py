@@ -16,7 +16,8 @@ from rich.progress import (BarColumn, MofNCompleteColumn, Progress, TextColumn, 
                            TimeRemainingColumn)
 
 from sentiment.errors import SentimentError
-from sentiment.runlock import HELD_ENV, LAUNCHER_ENV, RunLock, held_by_parent, no_checkpoint_error
+from sentiment.runlock import (HELD_ENV, LAUNCHER_ENV, RunLock, held_by_parent, no_checkpoint_error,
+                               process_alive)
 
 from sentiment.cli.app import ConfigOption, SetOption, app, console, err_console, user_errors
 
@@ -120,6 +121,8 @@ def train(
 
         rank = distributed.from_env()
         distributed.watch_launcher()  # under --nproc: this rank ends with the launcher, however it ends
+        if rank.is_main and not print_config:  # before --resume reads it: a killed --overwrite may have moved it
+            _print_recovered(resume or run_dir)
         cfg, target = _config_and_target(config, set_, own, resume, run_dir)
         if print_config:
             if rank.is_main:
@@ -313,6 +316,7 @@ def _launch(nproc: int, config: Path | None, overrides: list[str], run_dir: Path
     from sentiment.config import load_config, own_data_config
 
     _interrupt_on_sigterm()  # a `kill` while checking is an interruption, as Ctrl-C is
+    _print_recovered(resume or run_dir)
     if resume is not None:
         cfg, target = (resume_config or _resume_config)(resume, config, overrides)
     else:
@@ -488,6 +492,85 @@ def replaced_path(path: Path) -> Path:
     path = Path(os.path.abspath(path))
     holder = os.environ.get(LAUNCHER_ENV) if held_by_parent(path) else None
     return path.parent / f".{path.name}.replaced-{holder or os.getpid()}"
+
+
+# what a new run writes into its directory before its first checkpoint (sentiment.runs: RUN_FILE, CONFIG_FILE,
+# VOCAB_FILE, LABELS_FILE, SPLITS_FILE, DATA_FINGERPRINT_FILE, TRAIN_TEXTS, PRETRAIN_TEXTS, METRICS_FILE), besides
+# the hidden .NAME.*.tmp of a write cut short; and the checkpoints that end its start (BEST, LAST)
+STARTING_FILES = frozenset({"run.json", "config.yaml", "vocab.json", "labels.json", "splits.npz",
+                            "data_fingerprint.json", "train_texts.npy", "pretrain_texts.npy", "metrics.jsonl"})
+CHECKPOINTS = ("best.pt", "last.pt")
+
+
+def recover_replaced(path: Path) -> list[str]:
+    """Undo what a process killed (kill -9, a power cut) between setting a run aside for --overwrite and the new
+    run's first checkpoint left: for each `.NAME.replaced-PID` beside path whose process is gone and which holds a
+    run, put it back when path holds no checkpoint (removing the new run's start, if that is all path holds), or
+    delete it when path has one (it was due for deletion then). Done under path's lock, skipped while another
+    process writes path. Returns one line per aside put back, deleted, or kept (path holds something else)."""
+    path = Path(os.path.abspath(path))
+    if held_by_parent(path) or not path.parent.is_dir():
+        return []  # under --nproc: the launcher recovered before starting the ranks
+    orphans = sorted(p for p in path.parent.iterdir() if _orphaned_aside(p, path.name))
+    if not orphans:
+        return []
+    try:
+        lock = RunLock(path).acquire()
+    except SentimentError:
+        return []  # another process writes path (its aside is its own), or path cannot be locked at all
+    try:
+        lines, put_back = [], False
+        for aside in orphans:  # one, but for runs killed before this recovery existed
+            if put_back:  # which of two old runs the user wants is not this tool's guess: the others stay
+                lines.append(f"kept {aside}: another run set aside for {path}, which holds the one restored just now")
+                continue
+            line, put_back = _recover_aside(aside, path)
+            lines.append(line)
+        return lines
+    finally:
+        lock.release()
+
+
+def _orphaned_aside(entry: Path, name: str) -> bool:
+    """entry is `.NAME.replaced-PID`, a run directory set aside by a process that no longer runs."""
+    match = re.fullmatch(rf"\.{re.escape(name)}\.replaced-(\d+)", entry.name)
+    if match is None or entry.is_symlink() or not entry.is_dir() or process_alive(int(match.group(1))):
+        return False
+    return any(all((entry / marker).is_file() for marker in names) for names in RUN_MARKERS)
+
+
+def _recover_aside(aside: Path, path: Path) -> tuple[str, bool]:
+    """What was done with one orphaned aside, and whether it was put back."""
+    pid = aside.name.rsplit("-", 1)[1]
+    real_dir = path.is_dir() and not path.is_symlink()
+    try:
+        if real_dir and any((path / name).is_file() for name in CHECKPOINTS):
+            shutil.rmtree(aside)
+            return (f"deleted {aside}: the run an --overwrite (pid {pid}, gone) replaced with {path}, which has "
+                    "its first checkpoint"), False
+        started = real_dir and all(_written_by_a_start(child) for child in path.iterdir())
+        if os.path.lexists(path) and not started:
+            return (f"kept {aside}: the run an --overwrite (pid {pid}, gone) set aside; {path} now holds files "
+                    "no starting run writes, so the old run stays where it is"), False
+        if started:
+            shutil.rmtree(path)  # the start of the replacing run, which never reached its first checkpoint
+        os.rename(aside, path)
+    except OSError as e:
+        raise SentimentError(f"cannot recover the run set aside at {aside} for {path}: {e.strerror or e}") from None
+    return (f"put back {path}: the --overwrite that set it aside (pid {pid}) ended before its new run's first "
+            "checkpoint"), True
+
+
+def _written_by_a_start(entry: Path) -> bool:
+    if entry.is_symlink() or not entry.is_file():
+        return False
+    return entry.name in STARTING_FILES or (entry.name.startswith(".") and entry.name.endswith(".tmp"))
+
+
+def _print_recovered(path: Path | None) -> None:
+    """recover_replaced for the run directory a command names, its lines as notes."""
+    for line in recover_replaced(path) if path is not None else []:
+        console.print(f"[yellow]note:[/] {escape(line)}", soft_wrap=True, highlight=False)
 
 
 def _check_replaceable(path: Path) -> None:
