@@ -240,8 +240,10 @@ def perplexity(loss: float) -> float:
 
 # ---------------------------------------------------------------- texts and windows
 def text_fingerprints(split: EncodedSplit) -> np.ndarray:
-    """One 64-bit hash per text of its token ids: a set-of-texts check (the same vocabulary on both sides).
-    To be swapped for the run directory's per-split content fingerprints once they exist."""
+    """One 64-bit hash per text of its token ids: a set-of-texts check (the same vocabulary on both sides), stored
+    as pretrain_texts.npy and train_texts.npy. Not sentiment.data.fingerprint's text_hashes, which hash token
+    strings (no vocabulary needed) and make the per-split digests in data_fingerprint.json: those exist, and these
+    have not been moved onto them."""
     ids = np.ascontiguousarray(split.ids)
     out = np.empty(len(split.offsets) - 1, dtype=np.uint64)
     for i in range(len(out)):
