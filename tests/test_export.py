@@ -34,6 +34,9 @@ TEXTS = [
     "Terrible. Hated it.<br /><br />Really.",
     "",
 ]
+# one whitespace-free chunk of more than 100 characters, not all letters: split by \w+|\W, never by spaCy (which
+# would read "boring!awful" as one token)
+LONG_CHUNK_TEXT = "The film was " + "awful,boring!" * 10
 
 
 def run(*args: str) -> tuple[int, str]:
@@ -41,8 +44,8 @@ def run(*args: str) -> tuple[int, str]:
     return result.exit_code, result.output
 
 
-def predict_rows(*args: str) -> list[dict]:
-    code, text = run("predict", "--json", *args, *TEXTS)
+def predict_rows(*args: str, texts: list[str] = TEXTS) -> list[dict]:
+    code, text = run("predict", "--json", *args, *texts)
     assert code == 0, text
     return [json.loads(line) for line in text.splitlines() if line.startswith("{")]
 
@@ -280,8 +283,10 @@ def test_the_documented_function_agrees_with_predict_model(request, tmp_path, fi
     assert code == 0, text
     namespace = documented()
     meta, session = namespace["load"](str(out))
-    probs = namespace["probabilities"](TEXTS + ["<br /><br />"], meta, session)
-    expected = predict_rows("--model", str(out))
+    texts = TEXTS + [LONG_CHUNK_TEXT]
+    probs = namespace["probabilities"](texts + ["<br /><br />"], meta, session)
+    expected = predict_rows("--model", str(out), texts=texts)
+    assert len(expected) == len(texts)
     for row, p in zip(expected, probs):
         if "error" in row:
             assert np.isnan(p).all()
