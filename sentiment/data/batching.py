@@ -19,6 +19,23 @@ if TYPE_CHECKING:
 TRUNCATE_MODES = ("head", "tail", "head+tail")
 
 
+
+def gather_docs(ids: np.ndarray, offsets: np.ndarray, docs: np.ndarray) -> tuple[np.ndarray, np.ndarray]:
+    """The given docs' ids laid end to end, and their new offsets. For long docs (IMDB: 25k reviews, 13M
+    tokens) concatenating slices is ~10x faster than a flat index array; for many short ones (1M tweets)
+    one slice per doc costs more than the index."""
+    lengths = offsets[docs + 1] - offsets[docs]
+    new_offsets = np.zeros(len(docs) + 1, dtype=np.int64)
+    np.cumsum(lengths, out=new_offsets[1:])
+    if not len(docs):
+        return ids[:0], new_offsets
+    if new_offsets[-1] >= 64 * len(docs):
+        starts, ends = offsets[docs].tolist(), offsets[docs + 1].tolist()
+        return np.concatenate([ids[a:b] for a, b in zip(starts, ends)]), new_offsets
+    gather = np.repeat(offsets[docs] - new_offsets[:-1], lengths) + np.arange(new_offsets[-1])
+    return ids[gather], new_offsets
+
+
 @dataclass
 class EncodedSplit:
     """Reviews as vocab ids: review i is ids[offsets[i]:offsets[i+1]]."""
@@ -41,8 +58,6 @@ class EncodedSplit:
 
     def take(self, rows: np.ndarray) -> "EncodedSplit":
         """The given reviews, in that order, as a split of their own (ids, labels and token hashes)."""
-        from sentiment.data.prepare import gather_docs
-
         rows = np.asarray(rows, dtype=np.int64)
         ids, offsets = gather_docs(self.ids, self.offsets, rows)
         hashes = hash_offsets = None

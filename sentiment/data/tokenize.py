@@ -195,7 +195,7 @@ def _tokenize_whole(chunks: Sequence[str], lowercase: bool) -> list[list[str]]:
 def text_pipeline_version() -> dict[str, int]:
     """How texts become a model's inputs, as version numbers to record beside a model (run.json, an export's
     sidecar) and check with check_text_pipeline when it is loaded."""
-    from sentiment.ngrams import TOKEN_HASH_VERSION
+    from sentiment.data.hashing import TOKEN_HASH_VERSION
 
     return {"tokenizer_version": TOKENIZER_VERSION, "token_hash_version": TOKEN_HASH_VERSION}
 
@@ -204,7 +204,7 @@ def check_text_pipeline(recorded: Mapping[str, object], what: str) -> None:
     """Refuse a model (`what`: a run directory, an exported model) whose recorded text pipeline this code cannot
     reproduce. A field that is absent was recorded before versions existed: version 1 (see TOKENIZER_VERSION for
     why tokenizer version 1 is read as it is)."""
-    from sentiment.ngrams import READABLE_TOKEN_HASH_VERSIONS
+    from sentiment.data.hashing import READABLE_TOKEN_HASH_VERSIONS
 
     for key, readable in (("tokenizer_version", READABLE_TOKENIZER_VERSIONS),
                           ("token_hash_version", READABLE_TOKEN_HASH_VERSIONS)):
