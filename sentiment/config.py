@@ -125,6 +125,12 @@ class ModelConfig:
     normalize_embeddings: bool = False
     # null: off (the default, and the classic recipe); e.g. `ngrams: {n: 2, weighting: tfidf}` adds the branch
     ngrams: Optional[NgramConfig] = None
+    # With both parts (a recurrent model and model.ngrams): sum adds their logits and trains one loss on the sum;
+    # mixture trains each part on its own loss and weighs them (two weights and a bias) by a logistic regression
+    # fit on the validation split after every epoch, kept in the checkpoint (docs/results.md, "The whole and its
+    # parts"). Trained on the sum, the branch fits the training set within two epochs and the recurrent part
+    # learns little; trained apart, each learns all it can and the mixture takes what each adds.
+    combine: Literal["sum", "mixture"] = "sum"
     # A run directory (of `sentiment pretrain`, or a finished classifier run) whose vocabulary, embedding and
     # recurrent weights this model starts from, with a new head. data.vocab_* and data.glove_* are then not used.
     init_from: Optional[str] = None
@@ -433,6 +439,14 @@ def _ngram_checks(cfg: Config) -> list[tuple[str, bool, str]]:
                    ("model.gradual_unfreeze", not cfg.model.gradual_unfreeze,
                     "needs a recurrent part (model.rnn is none): it unfreezes the recurrent layers one by one; set it "
                     "to false")]
+    checks.append(("model.combine", cfg.model.combine == "sum" or (cfg.model.rnn != "none" and g is not None),
+                   "mixture weighs a recurrent part and the n-gram branch: it needs both (model.rnn and "
+                   "model.ngrams), or use sum"))
+    if cfg.model.combine == "mixture":
+        checks += [(f"train.{name}", getattr(cfg.train, name) is None,
+                    "trains the whole's logits, while model.combine mixture trains each part on its own loss: "
+                    "set it to null, or model.combine to sum")
+                   for name in ("adversarial", "virtual_adversarial", "entropy_minimization")]
     if g is not None:
         checks += [("model.ngrams.n", 1 <= g.n <= 8, "must be in 1..8"),
                    ("model.ngrams.buckets", 1 <= g.buckets <= 2**26, "must be in 1..2**26"),

@@ -35,6 +35,9 @@ if TYPE_CHECKING:
 RNN_TYPES = {"lstm": nn.LSTM, "gru": nn.GRU, "rnn": nn.RNN}
 POOLINGS = ("last", "max", "mean", "max+mean", "last+max+mean")  # the last: ULMFiT's concat pooling
 PACK_MODES = ("auto", "always", "never")
+# how a model with both parts (recurrent head and n-gram branch) makes its logits: "sum" adds them and trains one
+# loss on the sum; "mixture" trains each part on its own loss and weighs them by a mixture fit on validation
+COMBINES = ("sum", "mixture")
 # torch.export (sentiment export --format torch) is tracing: value-dependent checks are skipped (torch < 2.5: never)
 _is_exporting = getattr(torch.compiler, "is_exporting", lambda: False)
 
@@ -77,6 +80,7 @@ class SentimentRNN(nn.Module):
         num_outputs: int = 1,
         normalize_embeddings: bool = False,
         ngrams: NgramBranch | None = None,
+        combine: str = "sum",
     ) -> None:
         super().__init__()
         if rnn == "none" and ngrams is None:
@@ -85,6 +89,8 @@ class SentimentRNN(nn.Module):
             raise ValueError(f"rnn must be one of {sorted(RNN_TYPES)}, got {rnn!r}")
         if pooling not in POOLINGS:
             raise ValueError(f"pooling must be one of {list(POOLINGS)}, got {pooling!r}")
+        if combine not in COMBINES:
+            raise ValueError(f"combine must be one of {list(COMBINES)}, got {combine!r}")
         if pack not in PACK_MODES:
             raise ValueError(f"pack must be one of {list(PACK_MODES)}, got {pack!r}")
         for name, value in (("vocab_size", vocab_size), ("embed_dim", embed_dim),
@@ -111,6 +117,13 @@ class SentimentRNN(nn.Module):
         self.normalize_embeddings = normalize_embeddings and rnn != "none"
         # the bag-of-n-grams branch (sentiment/ngrams.py), whose logits add to the recurrent head's; None: off
         self.ngrams = ngrams
+        # "mixture" needs two parts to weigh; with one it is that part alone, as "sum" is
+        self.combine = combine if (rnn != "none" and ngrams is not None) else "sum"
+        if self.combine == "mixture":
+            # logits = mix[0] * recurrent part + mix[1] * branch + mix_bias; set by set_mixture (fit on validation),
+            # saved with the weights so every reader of a checkpoint (eval, predict, serve, export) mixes alike
+            self.register_buffer("mix", torch.ones(2))
+            self.register_buffer("mix_bias", torch.zeros(num_outputs))
         if rnn == "none":  # the branch alone: no embedding, no recurrent stack, no head
             return
 
@@ -151,18 +164,40 @@ class SentimentRNN(nn.Module):
         return self.has_rnn and self.embedding.weight.requires_grad
 
     def forward(self, ids: torch.Tensor, lengths: torch.Tensor, embedded: torch.Tensor | None = None,
-                ngrams: NgramBatch | None = None) -> torch.Tensor:
+                ngrams: NgramBatch | None = None, parts: bool = False) -> torch.Tensor | dict[str, torch.Tensor]:
         """ids [B, T] right-padded with pad_index, lengths [B] (each in 1..T) -> logits [B] (one output,
         two classes) or [B, num_outputs]. `embedded` [B, T, embed_dim] replaces `embed(ids)`: the adversarial
         objectives pass the embedded batch plus a perturbation (the n-gram branch is not perturbed). `ngrams`:
-        the batch's n-grams (sentiment.ngrams.collate_ngrams), needed by a model with the branch."""
-        logits = self.fc(self.output_dropout(self.features(ids, lengths, embedded))) if self.has_rnn else None
+        the batch's n-grams (sentiment.ngrams.collate_ngrams), needed by a model with the branch.
+        parts: {"whole": the logits, "rnn": the recurrent part's, "branch": the branch's} (those the model has),
+        each shaped as the logits; what per-part training and per-part figures read."""
+        own: dict[str, torch.Tensor] = {}
+        if self.has_rnn:
+            own["rnn"] = self.fc(self.output_dropout(self.features(ids, lengths, embedded)))
         if self.ngrams is not None:
             if ngrams is None:
                 raise ValueError("this model has an n-gram branch: pass ngrams= (sentiment.ngrams.ngram_inputs)")
-            branch = self.ngrams(ngrams)
-            logits = branch if logits is None else logits + branch
-        return logits.squeeze(-1) if self.num_outputs == 1 else logits
+            own["branch"] = self.ngrams(ngrams)
+        logits = self.mixed(own)
+        if self.num_outputs == 1:
+            logits, own = logits.squeeze(-1), {k: v.squeeze(-1) for k, v in own.items()}
+        return {"whole": logits, **own} if parts else logits
+
+    def mixed(self, own: dict[str, torch.Tensor]) -> torch.Tensor:
+        """The whole's logits from the parts' ({"rnn": ..., "branch": ...}, either alone or both)."""
+        if len(own) == 1:
+            return next(iter(own.values()))
+        if self.combine == "mixture":
+            return self.mix[0] * own["rnn"] + self.mix[1] * own["branch"] + self.mix_bias
+        return own["rnn"] + own["branch"]
+
+    @torch.no_grad()
+    def set_mixture(self, weights: "np.ndarray | list[float]", bias: "np.ndarray | list[float]") -> None:
+        """The mixture's weights (recurrent part, branch) and bias [num_outputs] (fit_mixture's)."""
+        if self.combine != "mixture":
+            raise ValueError("set_mixture: this model adds its parts (combine sum)")
+        self.mix.copy_(torch.as_tensor(np.asarray(weights, dtype=np.float32)))
+        self.mix_bias.copy_(torch.as_tensor(np.asarray(bias, dtype=np.float32)).reshape(self.mix_bias.shape))
 
     def embed(self, ids: torch.Tensor) -> torch.Tensor:
         """The recurrent stack's input for ids [B, T]: the embeddings (normalised if so built), after dropout."""
@@ -304,5 +339,5 @@ def build_model(cfg: "Config", vocab_size: int, pad_index: int = 0, num_outputs:
         num_layers=m.num_layers, rnn=m.rnn, bidirectional=m.bidirectional, dropout=m.dropout,
         embed_dropout=m.embed_dropout, output_dropout=m.output_dropout, pooling=m.pooling,
         pad_index=pad_index, pack=m.pack, num_outputs=num_outputs, normalize_embeddings=m.normalize_embeddings,
-        ngrams=build_branch(cfg, num_outputs),
+        ngrams=build_branch(cfg, num_outputs), combine=m.combine,
     )

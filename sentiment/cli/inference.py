@@ -59,6 +59,9 @@ def eval_(
     _print_metrics(metrics.to_dict(), title, as_json)
 
 
+PART_NAMES = {"rnn": "recurrent part", "branch": "n-gram branch"}
+
+
 def _print_metrics(m: dict[str, Any], title: str, as_json: bool) -> None:
     if as_json:
         print(json.dumps(m))
@@ -69,6 +72,9 @@ def _print_metrics(m: dict[str, Any], title: str, as_json: bool) -> None:
         rows += [("precision", "{:.4f}"), ("recall", "{:.4f}"), ("f1", "{:.4f}")]
     for key, fmt in rows + [("n", "{:,}")]:
         table.add_row(key, fmt.format(m["macro_f1" if key == "macro-F1" else key]))
+    for name, part in (m.get("parts") or {}).items():  # each part of a two-part model, as the whole holds it
+        table.add_row(f"{PART_NAMES.get(name, name)} alone", f"accuracy {part['accuracy']:.2%} · macro-F1 "
+                      f"{part['macro_f1']:.4f}")
     console.print(table)
     per_class = Table(title="per class")
     for column in ("label", "precision", "recall", "F1", "support"):

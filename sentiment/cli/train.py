@@ -613,6 +613,9 @@ def _resume_config(run_dir: Path, config: Path | None, overrides: list[str]):
     return wanted, run_dir
 
 
+PART_NAMES = {"rnn": "recurrent part", "branch": "n-gram branch"}
+
+
 def _print_results(results: dict[str, Any]) -> None:
     console.print(f"best epoch: {results['best_epoch']} of {results['epochs_run']}")
     for split in ("valid", "test"):
@@ -621,5 +624,12 @@ def _print_results(results: dict[str, Any]) -> None:
             f1 = f"F1 {m['f1']:.4f}" if "f1" in m else f"macro-F1 {m['macro_f1']:.4f}"
             console.print(f"{split}: accuracy [bold]{m['accuracy']:.2%}[/] · loss {m['loss']:.4f} · {f1} "
                           f"({m['n']:,} rows)")
+            parts = m.get("parts") or {}
+            if parts:  # each part of a two-part model alone, inside the trained whole
+                console.print("  " + " · ".join(f"{PART_NAMES.get(n, n)} alone {p['accuracy']:.2%}"
+                                                for n, p in parts.items()))
+    if "mixture" in results:
+        w = results["mixture"]
+        console.print(f"mixture fit on valid: {w['rnn']:.3f} × recurrent part + {w['branch']:.3f} × n-gram branch")
 
 

@@ -39,6 +39,8 @@ class Metrics:
     fn: int | None = None
     seconds: float = 0.0
     tokens: int = 0
+    # a model with two parts: each part's own figures, as the trained whole holds it ({"rnn": {...}, "branch": ...})
+    parts: dict | None = None
 
     def to_dict(self) -> dict:
         d = asdict(self)
@@ -110,12 +112,12 @@ def token_budget_batches(lengths: np.ndarray, batch_size: int, max_tokens: int =
 # MKL does not promise for every CPU. tests/test_evaluate.py checks both with np.array_equal. A review
 # scored in a different batch (alone, say) rounds differently, by ~1e-7.
 _PARALLEL_MIN_TOKENS = 100_000  # below this (one review, a small validation split), forking isn't worth it
-_scoring_job: tuple | None = None  # (model, split, batches, max_len, truncate): forked workers inherit it
+_scoring_job: tuple | None = None  # (model, split, batches, max_len, truncate, parts): forked workers inherit it
 
 
 def _score_batches(assigned: list[int]) -> tuple[np.ndarray, np.ndarray]:
     """Worker: logits of the assigned batches, single-threaded, with the indices they belong to."""
-    model, split, batches, max_len, truncate = _scoring_job
+    model, split, batches, max_len, truncate, parts = _scoring_job
     torch.set_num_threads(1)
     indices, logits = [], []
     with torch.inference_mode():
@@ -123,10 +125,32 @@ def _score_batches(assigned: list[int]) -> tuple[np.ndarray, np.ndarray]:
             ids, lengths, _ = collate(split, batches[b], max_len, truncate)
             indices.append(batches[b])
             inputs = ngram_inputs(model, split, batches[b], max_len, truncate)  # {} without an n-gram branch
-            logits.append(model(ids, lengths, **inputs).float().numpy())
+            logits.append(_forward(model, ids, lengths, inputs, parts))
     if not indices:
-        return np.zeros(0, np.int64), np.zeros((0,) if model.num_outputs == 1 else (0, model.num_outputs), np.float32)
+        return np.zeros(0, np.int64), np.zeros((0, *_row_shape(model, parts)), np.float32)
     return np.concatenate(indices), np.concatenate(logits)
+
+
+def part_names(model: nn.Module) -> list[str]:
+    """The logits predict_logits(parts=True) gives: the whole's, then each part's where the model has two."""
+    two = getattr(model, "has_rnn", False) and getattr(model, "ngrams", None) is not None
+    return ["whole", "rnn", "branch"] if two else ["whole"]
+
+
+def _row_shape(model: nn.Module, parts: bool) -> tuple[int, ...]:
+    width = getattr(model, "num_outputs", 1)
+    return ((len(part_names(model)),) if parts else ()) + (() if width == 1 else (width,))
+
+
+def _forward(model: nn.Module, ids: torch.Tensor, lengths: torch.Tensor, inputs: dict, parts: bool) -> np.ndarray:
+    """One batch's logits as numpy: [B(, K)], or with parts [B, parts(, K)] in part_names' order."""
+    if not parts:
+        return model(ids, lengths, **inputs).float().cpu().numpy()
+    names = part_names(model)
+    if len(names) == 1:
+        return model(ids, lengths, **inputs).float().cpu().numpy()[:, None]
+    out = model(ids, lengths, **inputs, parts=True)
+    return torch.stack([out[n] for n in names], dim=1).float().cpu().numpy()
 
 
 def _deal(costs: list[int], workers: int) -> list[list[int]]:
@@ -148,21 +172,22 @@ def scoring_workers(device: torch.device | str) -> int:
 
 @torch.inference_mode()
 def predict_logits(model: nn.Module, split: EncodedSplit, *, batch_size: int = 256, device: torch.device | str = "cpu",
-                   max_len: int | None = None, truncate: str = "head+tail", workers: int | None = None) -> np.ndarray:
+                   max_len: int | None = None, truncate: str = "head+tail", workers: int | None = None,
+                   parts: bool = False) -> np.ndarray | dict[str, np.ndarray]:
     """Logits in the split's order. Batches are sorted by length so that padding stays minimal.
-    workers: scoring processes (default: scoring_workers(device)); 1 scores in this process."""
+    workers: scoring processes (default: scoring_workers(device)); 1 scores in this process.
+    parts: {name: logits} for each of part_names(model) (the whole, and each part of a model with two)."""
     global _scoring_job
     was_training = model.training
     model.eval()
-    width = getattr(model, "num_outputs", 1)
-    logits = np.zeros((len(split),) if width == 1 else (len(split), width), dtype=np.float32)
+    logits = np.zeros((len(split), *_row_shape(model, parts)), dtype=np.float32)
     lengths_all = split.lengths(max_len)
     batches = token_budget_batches(lengths_all, batch_size)
     costs = [len(b) * int(lengths_all[b[-1]]) for b in batches]  # padded positions (sorted: last is longest)
     workers = min(scoring_workers(device) if workers is None else workers, len(batches))
     try:
         if workers > 1 and sum(costs) >= _PARALLEL_MIN_TOKENS:
-            _scoring_job = (model, split, batches, max_len, truncate)
+            _scoring_job = (model, split, batches, max_len, truncate, parts)
             for indices, out in run_in_workers(_score_batches, _deal(costs, workers), workers):
                 logits[indices] = out
         else:
@@ -170,55 +195,70 @@ def predict_logits(model: nn.Module, split: EncodedSplit, *, batch_size: int = 2
                 ids, lengths, _ = collate(split, indices, max_len, truncate)
                 inputs = ngram_inputs(model, split, indices, max_len, truncate, device)  # {} without an n-gram branch
                 # lengths stay on the CPU: checked there
-                out = model(ids.to(device, non_blocking=True), lengths, **inputs)
-                logits[indices] = out.float().cpu().numpy()
+                logits[indices] = _forward(model, ids.to(device, non_blocking=True), lengths, inputs, parts)
     finally:
         _scoring_job = None
         model.train(was_training)
+    if parts:
+        return {name: np.ascontiguousarray(logits[:, i]) for i, name in enumerate(part_names(model))}
     return logits
 
 
 def evaluate(model: nn.Module, split: EncodedSplit, label_space: LabelSpace | None = None, *, batch_size: int = 256,
              device: torch.device | str = "cpu", max_len: int | None = None, truncate: str = "head+tail",
-             workers: int | None = None, rank: Rank | None = None) -> Metrics:
+             workers: int | None = None, rank: Rank | None = None, parts: bool = False) -> Metrics:
     """The split's metrics under the run's label space (default: two classes, negative/positive). Under
     several ranks each scores every world_size-th review and the counts are added up: every review is
-    counted once, and every rank gets the same figures."""
+    counted once, and every rank gets the same figures. parts: also each part's figures (Metrics.parts), for a
+    model with two."""
     label_space = label_space or LabelSpace(IMDB_LABELS)
     start = time.perf_counter()
     if rank is not None and rank.distributed:
         return _evaluate_shard(model, split, label_space, rank, batch_size=batch_size, device=device,
-                               max_len=max_len, truncate=truncate, start=start)
+                               max_len=max_len, truncate=truncate, start=start, parts=parts)
     logits = predict_logits(model, split, batch_size=batch_size, device=device, max_len=max_len, truncate=truncate,
-                            workers=workers)
+                            workers=workers, parts=True)
     labels = split.labels.astype(np.int64)
-    metrics = metrics_from(label_space.predictions(logits), labels, label_space.loss_of(logits, labels),
-                           label_space.names)
+    figures = {name: metrics_from(label_space.predictions(z), labels, label_space.loss_of(z, labels), label_space.names)
+               for name, z in logits.items()}
+    return _with_parts(figures, parts, start, int(split.lengths(max_len).sum()))
+
+
+def _with_parts(figures: dict[str, Metrics], parts: bool, start: float, tokens: int) -> Metrics:
+    metrics = figures.pop("whole")
+    if parts and figures:
+        metrics.parts = {name: {k: v for k, v in m.to_dict().items() if k in ("loss", "accuracy", "macro_f1", "f1", "n")}
+                         for name, m in figures.items()}
     metrics.seconds = time.perf_counter() - start
-    metrics.tokens = int(split.lengths(max_len).sum())
+    metrics.tokens = tokens
     return metrics
 
 
 def _evaluate_shard(model: nn.Module, split: EncodedSplit, space: LabelSpace, rank: Rank, *, batch_size: int,
-                    device: torch.device | str, max_len: int | None, truncate: str, start: float) -> Metrics:
+                    device: torch.device | str, max_len: int | None, truncate: str, start: float,
+                    parts: bool = False) -> Metrics:
     from sentiment.distributed import all_reduce_sum
 
     rows = np.arange(rank.rank, len(split), rank.world_size)
     shard = split.take(rows)
     k = space.num_classes
-    if len(shard):  # no forked scoring workers under DDP: each rank is one process on its own share
-        logits = predict_logits(model, shard, batch_size=batch_size, device=device, max_len=max_len,
-                                truncate=truncate, workers=1)
-        labels = shard.labels.astype(np.int64)
-        confusion = np.bincount(labels * k + space.predictions(logits), minlength=k * k)
-        loss_sum = space.loss_of(logits, labels) * len(shard)
-    else:
-        confusion, loss_sum = np.zeros(k * k, np.int64), 0.0
+    names = part_names(model)
+    sums = []  # per part: [loss sum, confusion counts...]
+    logits = predict_logits(model, shard, batch_size=batch_size, device=device, max_len=max_len, truncate=truncate,
+                            workers=1, parts=True) if len(shard) else {}  # no forked workers under DDP
+    labels = shard.labels.astype(np.int64)
+    for name in names:
+        if len(shard):
+            z = logits[name]
+            sums += [[space.loss_of(z, labels) * len(shard)], np.bincount(labels * k + space.predictions(z),
+                                                                         minlength=k * k)]
+        else:
+            sums += [[0.0], np.zeros(k * k, np.int64)]
     # float64 sums: counts stay exact up to 2**53
-    totals = all_reduce_sum(rank, torch.from_numpy(np.concatenate([[loss_sum], confusion]).astype(np.float64)))
-    totals = totals.numpy()
-    confusion = totals[1:].round().astype(np.int64).reshape(k, k)
-    metrics = metrics_from_confusion(confusion, float(totals[0] / max(confusion.sum(), 1)), space.names)
-    metrics.seconds = time.perf_counter() - start
-    metrics.tokens = int(split.lengths(max_len).sum())
-    return metrics
+    totals = all_reduce_sum(rank, torch.from_numpy(np.concatenate(sums).astype(np.float64))).numpy()
+    figures = {}
+    for i, name in enumerate(names):
+        part = totals[i * (k * k + 1):(i + 1) * (k * k + 1)]
+        confusion = part[1:].round().astype(np.int64).reshape(k, k)
+        figures[name] = metrics_from_confusion(confusion, float(part[0] / max(confusion.sum(), 1)), space.names)
+    return _with_parts(figures, parts, start, int(split.lengths(max_len).sum()))

@@ -29,7 +29,7 @@ def evaluate_labeled(run_dir: Path, data: Path, *, text_column: str | None = Non
     if not len(split):
         raise SentimentError(f"{data}: every review is empty (no text)")
     metrics = evaluate(run.model, split, run.label_space, batch_size=batch_size or run.cfg.train.eval_batch_size,
-                       device=run.device, max_len=enc.max_len, truncate=enc.truncate)
+                       device=run.device, max_len=enc.max_len, truncate=enc.truncate, parts=True)
     return metrics, int((~keep).sum())
 
 

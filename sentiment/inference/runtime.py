@@ -66,4 +66,4 @@ def evaluate_run(run_dir: Path, *, split: str = "test", checkpoint: str = "best"
         raise SentimentError(f"{run_dir}'s data has no test split (data.test_file is null and data.test_fraction 0): "
                              "evaluate --split valid, or --data a labeled file")
     return evaluate(run.model, getattr(data, split), run.label_space, batch_size=batch_size or run.cfg.train.eval_batch_size,
-                    device=run.device, max_len=run.cfg.data.eval_max_len, truncate=run.cfg.data.truncate)
+                    device=run.device, max_len=run.cfg.data.eval_max_len, truncate=run.cfg.data.truncate, parts=True)

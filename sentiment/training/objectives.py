@@ -71,10 +71,16 @@ class Supervised:
     columns: dict[str, str] = {}
     backward_inside = False
 
-    def __init__(self, space: LabelSpace, class_weights: torch.Tensor | None = None) -> None:
-        self.space, self.class_weights = space, class_weights
+    def __init__(self, space: LabelSpace, class_weights: torch.Tensor | None = None, per_part: bool = False) -> None:
+        # per_part (model.combine mixture): the loss is the sum of each part's own loss, so each learns all it can
+        # alone; the rows counted correct are the whole's (as its current mixture weighs the parts)
+        self.space, self.class_weights, self.per_part = space, class_weights, per_part
 
     def __call__(self, model: nn.Module, batch: Batch) -> tuple[torch.Tensor, dict[str, torch.Tensor]]:
+        if self.per_part:
+            out = model(batch.ids, batch.lengths, **batch.inputs, parts=True)
+            loss = sum(self.space.loss(out[name], batch.labels, self.class_weights) for name in ("rnn", "branch"))
+            return loss, {"correct": self.space.correct(out["whole"].detach(), batch.labels)}
         logits = model(batch.ids, batch.lengths, **batch.inputs)
         return (self.space.loss(logits, batch.labels, self.class_weights),
                 {"correct": self.space.correct(logits.detach(), batch.labels)})

@@ -28,7 +28,7 @@ from sentiment.distributed import Rank, broadcast, broadcast_weights, rank_devic
 from sentiment.distributed import init as init_distributed
 from sentiment.errors import SentimentError
 from sentiment.floats import flush_denormals
-from sentiment.inference.evaluate import Metrics, evaluate
+from sentiment.inference.evaluate import Metrics, evaluate, predict_logits
 from sentiment.model import build_model
 from sentiment.ngrams import init_statistics, ngram_inputs
 from sentiment.ngrams import parameter_groups as ngram_groups
@@ -39,6 +39,7 @@ from sentiment.runs import check_data_fingerprints, write_data_fingerprints
 from sentiment.training.engine import (Engine, EngineSettings, LoopState, Reporter, StopFlag,  # noqa: F401
                                        TrainingDiverged, TrainingInterrupted, graceful_stop, rng_state, schedule,
                                        seed_everything, set_rng_state)
+from sentiment.training.mixture import fit_mixture
 from sentiment.training.objectives import COLUMNS, Batch, ExtraObjectives, Supervised
 from sentiment.training.resume import check_resume_config
 from sentiment.training.transfer import (apply_gradual_unfreeze, ignored_keys_note, load_encoder, parameter_groups,
@@ -59,9 +60,10 @@ def engine_settings(cfg: Config) -> EngineSettings:
                           checkpoint_minutes=cfg.run.checkpoint_minutes)
 
 
-def supervised_objective(space: LabelSpace, weights: torch.Tensor | None = None) -> Supervised:
-    """The plain loop's objective: (model, batch) -> (mean loss, {"correct": rows predicted right})."""
-    return Supervised(space, weights)
+def supervised_objective(space: LabelSpace, weights: torch.Tensor | None = None, per_part: bool = False) -> Supervised:
+    """The plain loop's objective: (model, batch) -> (mean loss, {"correct": rows predicted right}); per_part: each
+    part of a model.combine mixture on its own loss."""
+    return Supervised(space, weights, per_part)
 
 
 def class_weights(cfg: Config, data: PreparedData, device: torch.device) -> torch.Tensor | None:
@@ -152,7 +154,7 @@ def _objective(cfg: Config, data: PreparedData, rank: Rank, reporter: Reporter |
         note(f"data.unlabeled: its {len(data.unlabeled):,} texts count in the vocabulary only; "
              "train.virtual_adversarial or train.entropy_minimization would train on them")
     if not t.has_extra_objectives():
-        return supervised_objective(data.label_space, weights), False
+        return supervised_objective(data.label_space, weights, per_part=cfg.model.combine == "mixture"), False
     objectives = ExtraObjectives(t, data.label_space, weights, has_unlabeled=has_unlabeled)
     if t.uses_unlabeled() and not has_unlabeled and note:
         named = [n for n in ("virtual_adversarial", "entropy_minimization") if getattr(t, n) is not None]
@@ -248,10 +250,14 @@ def train(cfg: Config, run_dir: Path, *, data: PreparedData | None = None, resum
     def validate(net: nn.Module) -> tuple[dict[str, Any], float]:
         # In this process (workers=1): a SIGTERM to the whole process group would kill scoring workers and fail
         # the epoch, where the loop itself stops cleanly after the step. Forking saves ~1 s per epoch.
+        row: dict[str, Any] = {}
+        if getattr(net, "combine", "sum") == "mixture":  # before scoring: the whole is the mixture fit now
+            row["mixture"] = fit_valid_mixture(net, cfg, data, device, rank)
         valid = evaluate(net, data.valid, data.label_space, batch_size=cfg.train.eval_batch_size, device=device,
-                         max_len=cfg.data.eval_max_len, truncate=cfg.data.truncate, workers=1, rank=rank)
+                         max_len=cfg.data.eval_max_len, truncate=cfg.data.truncate, workers=1, rank=rank, parts=True)
+        row.update({f"valid_{name}_accuracy": m["accuracy"] for name, m in (valid.parts or {}).items()})
         return {"valid_loss": valid.loss, "valid_accuracy": valid.accuracy, "valid_macro_f1": valid.macro_f1,
-                "valid_seconds": valid.seconds}, valid.accuracy
+                "valid_seconds": valid.seconds, **row}, valid.accuracy
 
     def unfreeze(epoch: int) -> None:
         if cfg.model.gradual_unfreeze:
@@ -266,6 +272,22 @@ def train(cfg: Config, run_dir: Path, *, data: PreparedData | None = None, resum
                     param_groups=optimizer_groups(model, cfg), saved=saved)
     engine.run()
     return finish(cfg, run_dir, data, device, rank)
+
+
+def fit_valid_mixture(model: nn.Module, cfg: Config, data: PreparedData, device: torch.device,
+                      rank: Rank) -> list[float]:
+    """Fit a model.combine mixture's weights and bias on the validation split (sentiment.training.mixture) and set
+    them in the model; returns [w_rnn, w_branch, *bias]. Under DDP the main rank fits on the whole split and sends
+    the numbers, so every rank's model mixes alike."""
+    fitted = None
+    if rank.is_main:
+        logits = predict_logits(model, data.valid, batch_size=cfg.train.eval_batch_size, device=device,
+                                max_len=cfg.data.eval_max_len, truncate=cfg.data.truncate, workers=1, parts=True)
+        weights, bias = fit_mixture(logits["rnn"], logits["branch"], data.valid.labels, data.label_space)
+        fitted = [float(w) for w in weights] + [float(b) for b in bias]
+    fitted = broadcast(rank, fitted)
+    model.set_mixture(fitted[:2], fitted[2:])
+    return fitted
 
 
 def compact_json(value: Any) -> str:
@@ -303,11 +325,14 @@ def finish(cfg: Config, run_dir: Path, data: PreparedData, device: torch.device,
                                "unlabeled_texts": len(data.unlabeled) if data.unlabeled is not None else 0,
                                # few-label runs say how many labels they trained on (validation's: valid.n)
                                "train_rows": len(data.train), "init_from": cfg.model.init_from}
+    if getattr(model, "combine", "sum") == "mixture":  # the weights validation chose for the best epoch
+        results["mixture"] = {"rnn": float(model.mix[0]), "branch": float(model.mix[1]),
+                              "bias": [float(b) for b in model.mix_bias]}
     # the test split is read once, here, for the checkpoint validation chose (files may have no test split)
     splits = {"valid": data.valid} | ({"test": data.test} if cfg.run.eval_test and len(data.test) else {})
     for name, split in splits.items():
         m: Metrics = evaluate(model, split, data.label_space, batch_size=cfg.train.eval_batch_size, device=device,
-                              max_len=cfg.data.eval_max_len, truncate=cfg.data.truncate, rank=rank)
+                              max_len=cfg.data.eval_max_len, truncate=cfg.data.truncate, rank=rank, parts=True)
         results[name] = m.to_dict()
     results["train_seconds"] = sum(r["seconds"] for r in rows)
     if rank.is_main:
