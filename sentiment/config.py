@@ -90,11 +90,14 @@ class NgramConfig:
 
     n: int = 2  # 1..n-grams of the tokens (as strings: words outside the vocabulary keep their features)
     # hashed n-gram ids. Of d distinct n-grams about 1 - exp(-d / buckets) share a bucket with another (a uniform
-    # hash): ~10% at d = buckets / 10, ~45% at d = 0.6 x buckets (IMDB's ~2.5M 1-2 grams in 2**22 buckets)
-    buckets: int = 2**20
+    # hash): ~10% at d = buckets / 10, ~45% at d = 0.6 x buckets (IMDB's ~2.5M 1-2 grams in 2**22 buckets).
+    # null: the largest power of two up to 2**22 whose table, with Adam's two moments, fits in 200 MB for the data's
+    # classes (2**22 for up to 3 classes, 2**19 for 20); a new run stores the number it chose in its config.yaml
+    buckets: Optional[int] = 2**20
     # per-bucket scale, from the labeled training rows: none (counts), tfidf (smoothed idf, as scikit-learn), nb
-    # (Naive Bayes log-count ratios on binarized counts, NBSVM; two classes only)
-    weighting: Literal["none", "tfidf", "nb"] = "tfidf"
+    # (Naive Bayes log-count ratios on binarized counts, NBSVM; two classes only), auto (nb for two classes, tfidf
+    # for more; a new run stores which in its config.yaml)
+    weighting: Literal["none", "tfidf", "nb", "auto"] = "tfidf"
     norm: Literal["l2", "none"] = "l2"  # each text's weighted n-gram vector scaled to unit length
     dropout: float = 0.0  # on the n-gram weights, in training
     # whole: the branch reads the whole text (it costs O(tokens), and a linear model gains from every word a
@@ -449,7 +452,7 @@ def _ngram_checks(cfg: Config) -> list[tuple[str, bool, str]]:
                    for name in ("adversarial", "virtual_adversarial", "entropy_minimization")]
     if g is not None:
         checks += [("model.ngrams.n", 1 <= g.n <= 8, "must be in 1..8"),
-                   ("model.ngrams.buckets", 1 <= g.buckets <= 2**26, "must be in 1..2**26"),
+                   ("model.ngrams.buckets", g.buckets is None or 1 <= g.buckets <= 2**26, "must be in 1..2**26 or null"),
                    ("model.ngrams.dropout", 0 <= g.dropout < 1, "must be in [0, 1)"),
                    ("model.ngrams.lr", g.lr is None or g.lr > 0, "must be > 0 or null"),
                    ("model.ngrams.weight_decay", g.weight_decay >= 0, "must be >= 0")]

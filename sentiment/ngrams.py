@@ -98,11 +98,42 @@ class NgramBranch(nn.Module):
         return self.table(ids, offsets, per_sample_weights=weights) + self.bias
 
 
-def build_branch(cfg: "Config", num_outputs: int) -> NgramBranch | None:
-    """The branch model.ngrams describes, or None when it is off."""
+# what `model.ngrams.buckets: null` lets the table take, with Adam's two moments (3 float32 copies of it)
+TABLE_BUDGET_BYTES = 200 * 2**20
+MAX_AUTO_BUCKETS = 2**22
+
+
+def resolve_branch(cfg: "Config", num_classes: int) -> list[str]:
+    """Set the branch's data-dependent keys in place: weighting auto (nb for two classes, tfidf for more) and buckets
+    null (the largest power of two up to MAX_AUTO_BUCKETS within TABLE_BUDGET_BYTES). Returns what it chose, as
+    `key=value` strings; nothing for a config without the branch or with both keys given."""
     g = cfg.model.ngrams
     if g is None:
+        return []
+    chosen = []
+    if g.weighting == "auto":
+        g.weighting = "nb" if num_classes == 2 else "tfidf"
+        chosen.append(f"model.ngrams.weighting={g.weighting}")
+    if g.buckets is None:
+        outputs = 1 if num_classes == 2 else num_classes
+        buckets = MAX_AUTO_BUCKETS
+        while buckets > 1 and 3 * 4 * outputs * buckets > TABLE_BUDGET_BYTES:
+            buckets //= 2
+        g.buckets = buckets
+        chosen.append(f"model.ngrams.buckets={buckets}")
+    return chosen
+
+
+def build_branch(cfg: "Config", num_outputs: int) -> NgramBranch | None:
+    """The branch model.ngrams describes, or None when it is off (auto and null keys resolved for num_outputs on a
+    copy: a run stores the resolved ones, see resolve_branch)."""
+    if cfg.model.ngrams is None:
         return None
+    import copy
+
+    resolved = copy.deepcopy(cfg)
+    resolve_branch(resolved, 2 if num_outputs == 1 else num_outputs)
+    g = resolved.model.ngrams
     return NgramBranch(NgramSpec(g.n, g.buckets, g.text == "whole"), num_outputs, g.weighting, g.norm, g.dropout)
 
 

@@ -330,3 +330,41 @@ def test_the_branch_reads_the_truncated_text_only_when_told():
     assert set(whole.ids.tolist()) == reference_ngrams(docs[0], 2, 2**16)
     kept = docs[0][:2] + docs[0][-6:]  # head+tail: a quarter of the budget from the head
     assert set(cut.ids.tolist()) == reference_ngrams(kept, 2, 2**16)
+
+
+@pytest.mark.parametrize("classes, weighting, buckets", [(2, "nb", 2**22), (3, "tfidf", 2**22), (20, "tfidf", 2**19)])
+def test_auto_weighting_and_null_buckets_resolve_for_the_classes_within_200_mb(classes, weighting, buckets):
+    from sentiment.ngrams import TABLE_BUDGET_BYTES, resolve_branch
+
+    cfg = load_config(None, ["model.ngrams={n: 2, weighting: auto, buckets: null}"])
+    assert resolve_branch(cfg, classes) == [f"model.ngrams.weighting={weighting}", f"model.ngrams.buckets={buckets}"]
+    assert (cfg.model.ngrams.weighting, cfg.model.ngrams.buckets) == (weighting, buckets)
+    outputs = 1 if classes == 2 else classes
+    assert 3 * 4 * outputs * buckets <= TABLE_BUDGET_BYTES < 3 * 4 * outputs * buckets * 2 or buckets == 2**22
+    model = build_model(load_config(None, ["model.ngrams={n: 2, weighting: auto, buckets: null}"]), 20, 0, outputs)
+    assert (model.ngrams.weighting, model.ngrams.spec.buckets) == (weighting, buckets)  # built as a run stores it
+    given = load_config(None, ["model.ngrams={n: 2, weighting: tfidf, buckets: 4096}"])
+    assert resolve_branch(given, classes) == [] and given.model.ngrams.buckets == 4096
+
+
+def test_a_run_stores_what_auto_chose_and_resumes_from_the_config_that_said_auto(phrases, tmp_path):
+    from sentiment.runs import load_run
+
+    auto = ["model.ngrams.weighting=auto", "model.ngrams.buckets=null", "train.epochs=2"]
+    cfg = phrase_config(phrases, tmp_path, *auto)
+    run_dir = tmp_path / "run"
+    run_dir.mkdir()
+    with pytest.raises(TrainingInterrupted):
+        train(cfg, run_dir, stop=StopAfter(3))
+    saved, _ = load_run(run_dir)
+    assert (saved.model.ngrams.weighting, saved.model.ngrams.buckets) == ("nb", 2**22)
+    from typer.testing import CliRunner
+
+    from sentiment.cli import app
+    from sentiment.config import dump_config
+
+    said_auto = tmp_path / "auto.yaml"  # train() resolved cfg in place: the file is written from a fresh one
+    said_auto.write_text(dump_config(phrase_config(phrases, tmp_path, *auto)), encoding="utf-8")
+    assert "weighting: auto" in said_auto.read_text()
+    result = CliRunner().invoke(app, ["train", "--resume", str(run_dir), "--config", str(said_auto)])
+    assert result.exit_code == 0, result.output

@@ -30,7 +30,7 @@ from sentiment.errors import SentimentError
 from sentiment.floats import flush_denormals
 from sentiment.inference.evaluate import Metrics, evaluate, predict_logits
 from sentiment.model import build_model
-from sentiment.ngrams import init_statistics, ngram_inputs
+from sentiment.ngrams import init_statistics, ngram_inputs, resolve_branch
 from sentiment.ngrams import parameter_groups as ngram_groups
 from sentiment.data.labels import LabelSpace
 from sentiment.runs import (BEST, LAST, RESULTS, check_membership, code_version, load_checkpoint, load_labels,
@@ -174,6 +174,7 @@ def _data_and_checkpoint(cfg: Config, run_dir: Path, data: PreparedData | None, 
     and data whose splits are the ones it was trained on."""
     if not resume:
         data = data or prepare_training_data(cfg)
+        resolve_branch(cfg, data.label_space.num_classes)  # before the config is stored: the run keeps its choice
         if rank.is_main:
             write_run_files(run_dir, cfg, data.vocab, data.label_space, data.membership)
             write_data_fingerprints(run_dir, data.fingerprints)
