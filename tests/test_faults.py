@@ -461,6 +461,10 @@ def test_non_utf8_review_files_are_decoded_and_counted(tmp_path):
                      "--run-dir", tmp_path / "run")
     assert code == 0, text
     assert (tmp_path / "run" / BEST).is_file()
+    test_dir = data / "aclImdb" / "test"
+    code, text = run("eval", "--run", tmp_path / "run", "--data", test_dir)  # a pos/neg folder: counted as predict does
+    assert code == 0, text
+    assert "1 files of" in text and "had invalid UTF-8" in text
 
 
 def test_lazy_sync_skips_a_non_finite_step_on_the_device_and_stops_when_it_reads_the_flag(world, tmp_path, monkeypatch):

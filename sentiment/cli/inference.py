@@ -48,9 +48,13 @@ def eval_(
         if batch_size is not None and batch_size < 1:
             raise SentimentError(f"--batch-size must be >= 1, got {batch_size}")
         if data is not None:
-            metrics, skipped = evaluate_labeled(run, data, text_column=text_column, label_column=label_column,
-                                                checkpoint=checkpoint, device=device, batch_size=batch_size)
+            metrics, skipped, replaced = evaluate_labeled(run, data, text_column=text_column,
+                                                          label_column=label_column, checkpoint=checkpoint,
+                                                          device=device, batch_size=batch_size)
             title = f"{data} · {checkpoint}.pt"
+            if replaced:  # as predict --file says it
+                err_console.print(f"[yellow]note:[/] {replaced:,} files of {escape(str(data))} had invalid UTF-8 "
+                                  "(decoded with replacement, as IMDB is)")
         else:
             metrics = evaluate_run(run, split=split, checkpoint=checkpoint, batch_size=batch_size, device=device,
                                    allow_changed_data=allow_changed_data)

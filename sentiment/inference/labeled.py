@@ -11,9 +11,10 @@ from sentiment.inference.evaluate import Metrics
 
 def evaluate_labeled(run_dir: Path, data: Path, *, text_column: str | None = None, label_column: str | None = None,
                      checkpoint: str = "best", device: str | None = None,
-                     batch_size: int | None = None) -> tuple[Metrics, int]:
-    """The run's metrics on labeled texts (the same ones `sentiment eval` prints for its own splits), and how
-    many rows were skipped for having no text. Labels are the run's label names; a two-class run also takes
+                     batch_size: int | None = None) -> tuple[Metrics, int, int]:
+    """The run's metrics on labeled texts (the same ones `sentiment eval` prints for its own splits), how many rows
+    were skipped for having no text, and how many files of a directory had invalid UTF-8 (read with replacement,
+    as IMDB is). Labels are the run's label names; a two-class run also takes
     1/0, pos/neg, positive/negative and true/false. Columns default to the run's data.text_column and
     data.label_column."""
     from sentiment.inference.evaluate import evaluate
@@ -30,7 +31,7 @@ def evaluate_labeled(run_dir: Path, data: Path, *, text_column: str | None = Non
         raise SentimentError(f"{data}: every review is empty (no text)")
     metrics = evaluate(run.model, split, run.label_space, batch_size=batch_size or run.cfg.train.eval_batch_size,
                        device=run.device, max_len=enc.max_len, truncate=enc.truncate, parts=True)
-    return metrics, int((~keep).sum())
+    return metrics, int((~keep).sum()), table.replaced
 
 
 class _Where:
