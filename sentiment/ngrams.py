@@ -103,10 +103,11 @@ TABLE_BUDGET_BYTES = 200 * 2**20
 MAX_AUTO_BUCKETS = 2**22
 
 
-def resolve_branch(cfg: "Config", num_classes: int) -> list[str]:
+def resolve_branch(cfg: "Config", num_classes: int, train_tokens: int | None = None) -> list[str]:
     """Set the branch's data-dependent keys in place: weighting auto (nb for two classes, tfidf for more) and buckets
-    null (the largest power of two up to MAX_AUTO_BUCKETS within TABLE_BUDGET_BYTES). Returns what it chose, as
-    `key=value` strings; nothing for a config without the branch or with both keys given."""
+    null (a power of two: at most MAX_AUTO_BUCKETS, within TABLE_BUDGET_BYTES, and no more than the first one at or
+    above the training text's n-grams, n x train_tokens, when that is given: 14,000 tweets need no 4M-row table).
+    Returns what it chose, as `key=value` strings; nothing for a config without the branch or with both keys given."""
     g = cfg.model.ngrams
     if g is None:
         return []
@@ -117,11 +118,31 @@ def resolve_branch(cfg: "Config", num_classes: int) -> list[str]:
     if g.buckets is None:
         outputs = 1 if num_classes == 2 else num_classes
         buckets = MAX_AUTO_BUCKETS
-        while buckets > 1 and 3 * 4 * outputs * buckets > TABLE_BUDGET_BYTES:
+        while buckets > 1 and (3 * 4 * outputs * buckets > TABLE_BUDGET_BYTES
+                               or (train_tokens is not None and buckets // 2 >= g.n * train_tokens)):
             buckets //= 2
         g.buckets = buckets
         chosen.append(f"model.ngrams.buckets={buckets}")
     return chosen
+
+
+def branch_tokens(data: Any) -> int | None:
+    """The training split's token count as the branch reads it (its token hashes), for resolve_branch; None when
+    the data carries no hashes."""
+    hashes = getattr(getattr(data, "train", None), "hashes", None)
+    return None if hashes is None else int(len(hashes))
+
+
+def resolve_like(cfg: "Config", run_cfg: "Config") -> None:
+    """A config's auto keys (weighting auto, buckets null) as the run `run_cfg` resolved them: what resuming that run
+    with this config means."""
+    g, done = cfg.model.ngrams, run_cfg.model.ngrams
+    if g is None or done is None:
+        return
+    if g.weighting == "auto":
+        g.weighting = done.weighting
+    if g.buckets is None:
+        g.buckets = done.buckets
 
 
 def build_branch(cfg: "Config", num_outputs: int) -> NgramBranch | None:

@@ -237,6 +237,10 @@ def load_run(run_dir: Path, *, pretraining: bool | None = False) -> tuple[Config
     raw = read_yaml(run_dir / CONFIG_FILE)  # one-line errors, safe_load: no Python tags
     if isinstance(raw.get("data"), dict):
         raw["data"].setdefault("valid_split", "random")  # runs written before the movie split carved at random
+    if isinstance(raw.get("model"), dict):
+        # runs written before the two-part default: no branch unless they named one, and their parts summed
+        raw["model"].setdefault("ngrams", None)
+        raw["model"].setdefault("combine", "sum")
     cfg = config_from_dict(raw)
     return cfg, Vocab.load(run_dir / VOCAB_FILE)
 

@@ -193,14 +193,14 @@ def _start_run(rank: Any, cfg: Any, target: Path, overwrite: bool, choose_length
     start did to the directory (what a failed start must undo)."""
     from sentiment import distributed
     from sentiment.cli.data import _print_prepare_stats
-    from sentiment.ngrams import resolve_branch
+    from sentiment.ngrams import branch_tokens, resolve_branch
     from sentiment.training.transfer import prepare_training_data
 
     distributed.together(rank, lambda: _claim_run_dir(target, overwrite, check_only=True),
                          only=rank.is_main, what="checking the run directory")
     data = distributed.once_per_machine(rank, lambda: prepare_training_data(cfg))
     chosen = _choose_lengths(cfg, data, overrides) if choose_lengths else ""
-    branch = resolve_branch(cfg, data.label_space.num_classes)  # train() would; here so the user sees the choice
+    branch = resolve_branch(cfg, data.label_space.num_classes, branch_tokens(data))  # train() would; shown here
     if branch:
         chosen = "\n".join(filter(None, [chosen, f"{', '.join(branch)}: chosen for "
                                                   f"{data.label_space.num_classes} classes (set them to choose)"]))
@@ -601,11 +601,11 @@ def _check_replaceable(path: Path) -> None:
 def _resume_config(run_dir: Path, config: Path | None, overrides: list[str]):
     from sentiment.runs import LAST, load_labels, load_run
     from sentiment.config import config_from_dict, load_config
-    from sentiment.ngrams import resolve_branch
+    from sentiment.ngrams import resolve_like
     from sentiment.training.resume import check_resume_config
 
     saved, _ = load_run(run_dir)
-    space = load_labels(run_dir)  # a run that lost its class names cannot continue
+    load_labels(run_dir)  # a run that lost its class names cannot continue
     if not (run_dir / LAST).exists():
         raise no_checkpoint_error(run_dir)  # another process still starting it, or it never finished a step
     if config is not None:
@@ -615,7 +615,7 @@ def _resume_config(run_dir: Path, config: Path | None, overrides: list[str]):
         from sentiment.config import apply_overrides
 
         wanted = config_from_dict(apply_overrides(saved.to_dict(), overrides))
-    resolve_branch(wanted, space.num_classes)  # a config's auto keys mean what the run chose for its classes
+    resolve_like(wanted, saved)  # a config's auto keys mean what the run chose for its data
     check_resume_config(run_dir, saved, wanted)  # train() checks again, with last.pt's schedule
     return wanted, run_dir
 

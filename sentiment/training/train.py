@@ -30,7 +30,7 @@ from sentiment.errors import SentimentError
 from sentiment.floats import flush_denormals
 from sentiment.inference.evaluate import Metrics, evaluate, predict_logits
 from sentiment.model import build_model
-from sentiment.ngrams import init_statistics, ngram_inputs, resolve_branch
+from sentiment.ngrams import branch_tokens, init_statistics, ngram_inputs, resolve_branch
 from sentiment.ngrams import parameter_groups as ngram_groups
 from sentiment.data.labels import LabelSpace
 from sentiment.runs import (BEST, LAST, RESULTS, check_membership, code_version, load_checkpoint, load_labels,
@@ -154,7 +154,8 @@ def _objective(cfg: Config, data: PreparedData, rank: Rank, reporter: Reporter |
         note(f"data.unlabeled: its {len(data.unlabeled):,} texts count in the vocabulary only; "
              "train.virtual_adversarial or train.entropy_minimization would train on them")
     if not t.has_extra_objectives():
-        return supervised_objective(data.label_space, weights, per_part=cfg.model.combine == "mixture"), False
+        two_parts = cfg.model.rnn != "none" and cfg.model.ngrams is not None
+        return supervised_objective(data.label_space, weights, per_part=two_parts and cfg.model.combine == "mixture"), False
     objectives = ExtraObjectives(t, data.label_space, weights, has_unlabeled=has_unlabeled)
     if t.uses_unlabeled() and not has_unlabeled and note:
         named = [n for n in ("virtual_adversarial", "entropy_minimization") if getattr(t, n) is not None]
@@ -174,7 +175,7 @@ def _data_and_checkpoint(cfg: Config, run_dir: Path, data: PreparedData | None, 
     and data whose splits are the ones it was trained on."""
     if not resume:
         data = data or prepare_training_data(cfg)
-        resolve_branch(cfg, data.label_space.num_classes)  # before the config is stored: the run keeps its choice
+        resolve_branch(cfg, data.label_space.num_classes, branch_tokens(data))  # stored below: the run keeps its choice
         if rank.is_main:
             write_run_files(run_dir, cfg, data.vocab, data.label_space, data.membership)
             write_data_fingerprints(run_dir, data.fingerprints)
