@@ -159,8 +159,10 @@ class TokenizerProcess:
         from concurrent.futures import ProcessPoolExecutor
 
         # spawn, not fork: the server has threads (the scorer's, torch's), which a fork copies mid-lock
-        return ProcessPoolExecutor(1, mp_context=multiprocessing.get_context("spawn"),
+        pool = ProcessPoolExecutor(1, mp_context=multiprocessing.get_context("spawn"),
                                    initializer=_start_tokenizer_process, initargs=(self.enc,))
+        pool.submit(_encode_in_process, ["warm up"]).result()  # started now, not by the first request
+        return pool
 
     async def encode(self, texts: list[str]) -> Any:
         from concurrent.futures.process import BrokenProcessPool
@@ -169,7 +171,7 @@ class TokenizerProcess:
             return await asyncio.get_running_loop().run_in_executor(self.pool, _encode_in_process, texts)
         except BrokenProcessPool:  # killed (out of memory?): a fresh one for the next request
             self.close()
-            self.pool = self._start()
+            self.pool = await asyncio.to_thread(self._start)  # off the event loop: /health keeps answering
             raise SentimentError("the tokenizer process died while encoding this request; try again") from None
 
     def close(self) -> None:
