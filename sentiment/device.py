@@ -2,6 +2,8 @@
 
 from __future__ import annotations
 
+import re
+
 import torch
 
 from sentiment.errors import SentimentError
@@ -9,6 +11,8 @@ from sentiment.errors import SentimentError
 
 def resolve_device(name: str) -> torch.device:
     """auto: CUDA, else MPS, else CPU; an explicit device that isn't there is an error, not a fallback."""
+    if not isinstance(name, str) or not re.fullmatch(r"auto|cpu|mps|cuda(:[0-9]+)?", name):
+        raise SentimentError(f"device {name!r} is not one this tool runs on: use auto, cpu, cuda, cuda:N or mps")
     if name == "auto":
         if torch.cuda.is_available():
             return torch.device("cuda")

@@ -244,6 +244,83 @@ def test_bad_input_is_one_error_line(binary_run, tmp_path):
     one_line_error(code, text, "one of them")
 
 
+def _files(directory: Path) -> dict[str, bytes]:
+    return {p.name: p.read_bytes() for p in sorted(directory.iterdir()) if p.is_file()}
+
+
+def test_export_never_overwrites_a_run_file_or_a_file_it_did_not_write(binary_run, tmp_path):
+    run_files = _files(binary_run)
+    for name in ("best.pt", "last.pt", "config.yaml", "vocab.json", "labels.json", "run.json", "splits.npz",
+                 "results", "model.txt"):  # "results": its sidecar would be the run's results.json
+        code, text = run("export", "--run", str(binary_run), "--format", "onnx", "--out", str(binary_run / name))
+        one_line_error(code, text, "inside the run directory", ".onnx or .pt2")
+    other_run = tmp_path / "other_run"  # another run directory is protected alike
+    other_run.mkdir()
+    for name in ("run.json", "config.yaml", "vocab.json"):
+        (other_run / name).write_text("{}")
+    one_line_error(*run("export", "--run", str(binary_run), "--format", "torch", "--out", str(other_run / "best.pt")),
+                   "inside the run directory")
+    notes = tmp_path / "notes.onnx"
+    notes.write_text("mine")
+    one_line_error(*run("export", "--run", str(binary_run), "--format", "onnx", "--out", str(notes)),
+                   "exists and is not an earlier export")
+    (tmp_path / "m.onnx.json").write_text('{"mine": true}')
+    one_line_error(*run("export", "--run", str(binary_run), "--format", "onnx", "--out", str(tmp_path / "m.onnx")),
+                   "m.onnx.json exists and is not the sidecar")
+    assert notes.read_text() == "mine" and (tmp_path / "m.onnx.json").read_text() == '{"mine": true}'
+    assert _files(binary_run) == run_files
+    for _ in range(2):  # a new name in the run directory, then again over that earlier export
+        code, text = run("export", "--run", str(binary_run), "--format", "onnx", "--out", str(binary_run / "model.onnx"))
+        assert code == 0, text
+    assert {k: v for k, v in _files(binary_run).items() if not k.startswith("model.onnx")} == run_files
+    (binary_run / "model.onnx").unlink()
+    (binary_run / "model.onnx.json").unlink()
+
+
+@pytest.mark.parametrize("failing_write", [1, 2], ids=["model", "sidecar"])
+def test_an_export_onto_a_full_disk_leaves_the_previous_pair_intact(binary_run, tmp_path, monkeypatch, failing_write):
+    import errno
+    import os
+
+    out = tmp_path / "model.onnx"
+    code, text = run("export", "--run", str(binary_run), "--format", "onnx", "--out", str(out))
+    assert code == 0, text
+    before = _files(tmp_path)
+    real_fsync, calls = os.fsync, []
+
+    def full_disk(fd: int) -> None:
+        calls.append(fd)
+        if len(calls) == failing_write:
+            raise OSError(errno.ENOSPC, os.strerror(errno.ENOSPC))
+        real_fsync(fd)
+
+    monkeypatch.setattr(os, "fsync", full_disk)
+    code, text = run("export", "--run", str(binary_run), "--format", "onnx", "--checkpoint", "last", "--out", str(out))
+    monkeypatch.undo()
+    one_line_error(code, text, "No space left on device", "nothing was replaced", "previous export is intact")
+    assert _files(tmp_path) == before  # the old pair, whole, and no temporary file
+    code, text = run("predict", "--model", str(out), "--json", "great film")
+    assert code == 0, text
+
+
+def test_a_model_and_a_sidecar_of_different_exports_are_refused(binary_run, three_run, tmp_path):
+    import hashlib
+    import shutil
+
+    for name, source in (("two.onnx", binary_run), ("three.onnx", three_run)):
+        code, text = run("export", "--run", str(source), "--format", "onnx", "--out", str(tmp_path / name))
+        assert code == 0, text
+    mixed = tmp_path / "mixed.onnx"
+    shutil.copy(tmp_path / "two.onnx", mixed)  # run B's graph beside run A's sidecar
+    shutil.copy(tmp_path / "three.onnx.json", sidecar_path(mixed))
+    one_line_error(*run("predict", "--model", str(mixed), "great"), "mixed.onnx", "sha256 differs")
+    # a 2-class graph with a 3-class sidecar whose digest was made to match: the output width gives it away
+    meta = json.loads(sidecar_path(mixed).read_text())
+    meta["sha256"] = hashlib.sha256(mixed.read_bytes()).hexdigest()
+    sidecar_path(mixed).write_text(json.dumps(meta))
+    one_line_error(*run("predict", "--model", str(mixed), "great"), "1 output(s) per text", "3 labels")
+
+
 def test_bench_export_help_and_smoke(binary_run, tmp_path):
     import os
     import subprocess

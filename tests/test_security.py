@@ -185,3 +185,128 @@ def test_download_refuses_unsafe_archive_members(tmp_path, member, payload, reas
     assert sorted(p.name for p in data_dir.iterdir()) == []  # no aclImdb, no temporary directory, no manifest
     assert sorted(p.name for p in (tmp_path / "place").iterdir()) == ["data"]
     assert not (tmp_path / "evil").exists() and not Path("/tmp/sentiment-evil-abs").exists()
+
+
+# ---------------------------------------------------------------- exported models
+@pytest.fixture(scope="module")
+def exported(trained, tmp_path_factory) -> dict[str, Path]:
+    """The security run exported as torch.export (.pt2) and as ONNX, each with its sidecar."""
+    base = tmp_path_factory.mktemp("security_export")
+    paths = {}
+    for fmt, name in (("torch", "model.pt2"), ("onnx", "model.onnx")):
+        code, text = run("export", "--run", trained[0], "--format", fmt, "--out", base / name)
+        assert code == 0, text
+        paths[fmt] = base / name
+    return paths
+
+
+def hostile_copy(model: Path, out: Path, data: bytes) -> Path:
+    """data written as `out`, beside a copy of model's sidecar whose sha256 matches it: whoever hands over a
+    file can hand over a matching sidecar, so the digest alone protects nothing."""
+    import hashlib
+    import json
+
+    from sentiment.inference.export import sidecar_path
+
+    out.write_bytes(data)
+    meta = json.loads(sidecar_path(model).read_text(encoding="utf-8"))
+    meta["sha256"] = hashlib.sha256(data).hexdigest()
+    sidecar_path(out).write_text(json.dumps(meta), encoding="utf-8")
+    return out
+
+
+def rewritten_pt2(genuine: Path, change) -> bytes:
+    """genuine's members, each passed through change(name, content) -> content (None: dropped), plus any
+    extra members change.extra lists."""
+    import zipfile
+
+    buf = io.BytesIO()
+    with zipfile.ZipFile(genuine) as src, zipfile.ZipFile(buf, "w") as dst:
+        for info in src.infolist():
+            content = change(info.filename, src.read(info))
+            if content is not None:
+                dst.writestr(info.filename, content)
+        for name, content in getattr(change, "extra", {}).items():
+            dst.writestr(name, content)
+    return buf.getvalue()
+
+
+def _pickled(obj) -> bytes:
+    buf = io.BytesIO()
+    torch.save(obj, buf)
+    return buf.getvalue()
+
+
+def _evil_sample_inputs(marker: Path):
+    # torch.export.load reads the sample inputs weights-only first, and unpickles them plainly if that fails
+    return lambda name, content: _pickled(Payload(marker)) if name.endswith("sample_inputs/model.pt") else content
+
+
+def _evil_guard(marker: Path):
+    # the loader exec()s guards_code as Python when it builds the module
+    import json
+
+    def change(name, content):
+        if not name.endswith("models/model.json"):
+            return content
+        program = json.loads(content)
+        program["guards_code"] = [f"open({str(marker)!r}, 'w') is None"]
+        return json.dumps(program).encode()
+    return change
+
+
+def _evil_shape(marker: Path):
+    # the loader sympify()s every shape expression, and sympify is eval
+    import json
+
+    def poison(node) -> bool:
+        if isinstance(node, dict):
+            if isinstance(node.get("expr_str"), str):
+                node["expr_str"] = f"Max(__import__('builtins').open({str(marker)!r}, 'w') and 1, 1) + {node['expr_str']}"
+                return True
+            return any(poison(v) for v in node.values())
+        return isinstance(node, list) and any(poison(v) for v in node)
+
+    def change(name, content):
+        if not name.endswith("models/model.json"):
+            return content
+        program = json.loads(content)
+        assert poison(program)
+        return json.dumps(program).encode()
+    return change
+
+
+def _evil_member(marker: Path):
+    change = lambda name, content: content  # noqa: E731
+    import pickle
+    change.extra = {"archive/data/extra.pkl": pickle.dumps(Payload(marker))}
+    return change
+
+
+@pytest.mark.parametrize("evil", [_evil_sample_inputs, _evil_guard, _evil_shape, _evil_member],
+                         ids=["pickled-sample-inputs", "guards-code", "shape-expression", "pickle-member"])
+def test_a_pt2_that_would_run_code_is_refused_and_nothing_runs(exported, tmp_path, evil):
+    from sentiment.inference.exported import load_exported
+
+    marker = tmp_path / "pwned"
+    model = hostile_copy(exported["torch"], tmp_path / "evil.pt2", rewritten_pt2(exported["torch"], evil(marker)))
+    one_line_error(*run("predict", "--model", model, "great film"), "evil.pt2", "refused")
+    assert not marker.exists()
+    with pytest.raises(SentimentError, match="refused"):  # what `serve --model` loads with
+        load_exported(model)
+    assert not marker.exists()
+    code, text = run("predict", "--model", exported["torch"], "--json", "great film")  # the genuine file loads
+    assert code == 0 and '"label"' in text, text
+
+
+def test_an_onnx_model_with_external_data_is_refused(exported, tmp_path):
+    import onnx
+    from onnx.external_data_helper import set_external_data
+
+    proto = onnx.load_model(str(exported["onnx"]))
+    tensor = proto.graph.initializer[0]
+    set_external_data(tensor, location="../../../etc/hostname", offset=0, length=4)
+    tensor.data_location = onnx.TensorProto.EXTERNAL
+    tensor.ClearField("raw_data")
+    model = hostile_copy(exported["onnx"], tmp_path / "external.onnx", proto.SerializeToString())
+    one_line_error(*run("predict", "--model", model, "great film"), "external.onnx", "external files")

@@ -18,6 +18,7 @@ import pytest
 from typer.testing import CliRunner
 
 from sentiment.cli import app
+from sentiment.errors import SentimentError
 from conftest import TINY_TRAINING, make_imdb, one_line_error, set_args
 
 pytest.importorskip("fastapi")
@@ -168,6 +169,40 @@ def test_bad_requests_are_422_saying_what_is_wrong(server, body):
     assert answer["detail"], answer
 
 
+@pytest.mark.parametrize("body, needle", [
+    (b'{"text": "great", "threshold": NaN}', "finite"),
+    (b'{"text": "great", "threshold": Infinity}', "finite"),
+    (b'{"text": "a great \\ud83d film"}', "lone surrogate"),
+    (b'{"texts": ["fine", "half \\udc00 of it"]}', "text 1 holds a lone surrogate"),
+])
+def test_non_finite_thresholds_and_lone_surrogates_are_422_with_a_reason(server, body, needle):
+    status, answer = request(server, "POST", "/predict", body)
+    assert status == 422, answer
+    assert needle in json.dumps(answer), answer
+    assert request(server, "POST", "/predict", {"text": "a great \U0001f600 film"})[0] == 200  # a whole emoji is fine
+
+
+def test_health_answers_within_a_second_while_a_long_text_is_scored(server):
+    # 100,000 characters, within --max-chars: ordinary words and one long chunk without whitespace, which
+    # spaCy tokenizes (holding the GIL) in seconds: GET /health must not wait for it
+    chunk = "great." * 700
+    words = " ".join(["the film was great but the plot was dull and boring"] * 2000)[: 100_000 - len(chunk) - 1]
+    text = words + " " + chunk
+    assert len(text) <= 100_000
+    answer: list[int] = []
+    thread = threading.Thread(target=lambda: answer.append(request(server, "POST", "/predict", {"text": text})[0]))
+    thread.start()
+    waits = []
+    while thread.is_alive():
+        started = time.monotonic()
+        assert request(server, "GET", "/health")[0] == 200
+        waits.append(time.monotonic() - started)
+        time.sleep(0.05)
+    thread.join()
+    assert answer == [200]
+    assert waits and max(waits) < 1.0, waits
+
+
 def test_concurrent_clients_get_their_own_answers(server, trained):
     texts = [t for t in SAMPLE if t.strip("<br /> ")]
     expected = {t: row for t, row in zip(texts, predict_cli(trained, *texts))}
@@ -228,6 +263,58 @@ def test_bad_input_is_one_error_line(trained, tmp_path):
         busy.listen()
         result = runner.invoke(app, ["serve", "--run", str(trained), "--port", str(busy.getsockname()[1])])
         one_line_error(result.exit_code, result.output, "cannot listen on 127.0.0.1")
+    for host, needle in (("999.1.1.1", "--host 999.1.1.1 is not an IP address"),
+                         ("192.0.2.1", "192.0.2.1: it is not an address of this machine")):
+        result = runner.invoke(app, ["serve", "--run", str(trained), "--host", host, "--port", str(port)])
+        error = one_line_error(result.exit_code, result.output, needle)
+        assert "port" not in error
+
+
+def test_workers_serve_the_model_the_server_started_with_and_a_death_stops_the_server(trained, tmp_path):
+    import shutil
+
+    import torch
+
+    from sentiment.inference.serve import Scorer, ServeOptions, model_digest
+    from sentiment.runs import BEST, load_checkpoint, save_checkpoint
+
+    run_dir = Path(shutil.copytree(trained, tmp_path / "run"))
+    opts = ServeOptions(str(run_dir), threads=1)
+    with pytest.raises(SentimentError, match="changed since the server started"):
+        Scorer(ServeOptions(str(run_dir), threads=1, digest="0" * 64))  # what a worker started later checks
+    proc, port = start_server("--run", str(run_dir), "--workers", "2")
+    try:
+        expected = request(port, "POST", "/predict", {"text": "great film"})[1]
+        started_with = model_digest(opts)
+        state = load_checkpoint(run_dir / BEST)
+        state["model"] = {k: v + 0.5 if v.is_floating_point() else v for k, v in state["model"].items()}
+        save_checkpoint(run_dir / BEST, state)  # best.pt replaced while the server runs
+        assert model_digest(opts) != started_with
+        for _ in range(6):  # both workers still answer with the weights they started with
+            assert request(port, "POST", "/predict", {"text": "great film"})[1] == expected
+        workers = _children(proc.pid)
+        assert len(workers) == 2, workers
+        os.kill(workers[0], signal.SIGKILL)
+        code, out = proc.wait(30), proc.stdout.read().decode()
+    finally:
+        if proc.poll() is None:
+            proc.kill()
+    assert code != 0, out
+    # the killed worker's multiprocessing resource tracker may add its own "leaked semaphore" warning after it
+    errors = [line for line in out.splitlines() if line.startswith("error:")]
+    assert len(errors) == 1 and "server worker" in errors[0] and "killed by signal 9" in errors[0], out
+    assert "Traceback" not in out, out
+
+
+def _children(pid: int) -> list[int]:
+    """The server's worker processes (uvicorn spawns them; a resource tracker may sit beside them)."""
+    children = []
+    for task in Path(f"/proc/{pid}/task").iterdir():
+        for child in (task / "children").read_text().split():
+            cmdline = Path(f"/proc/{child}/cmdline").read_bytes()
+            if b"resource_tracker" not in cmdline:
+                children.append(int(child))
+    return children
 
 
 def test_bench_serve_help_and_smoke(trained, tmp_path):

@@ -127,8 +127,9 @@ def predict(
     Reviews are tokenized as the run's training did and cut to data.eval_max_len tokens (5,000 tokens if the
     run kept whole reviews); empty reviews are skipped and counted.
     """
-    from sentiment.inference.predict import predict_texts, prediction_rows
-    from sentiment.data.readers import read_stream, read_texts
+    import numpy as np
+
+    from sentiment.inference.predict import chunked, load_predictor, prediction_rows
 
     with user_errors():
         if threshold is not None and not 0.0 <= threshold <= 1.0:
@@ -140,30 +141,108 @@ def predict(
             raise SentimentError(f"--batch-size must be >= 1, got {batch_size}")
         if texts and file is not None:
             raise SentimentError("give reviews as arguments or with --file, not both")
-        if texts:
-            inputs = list(texts)
-        elif file is not None and str(file) != "-":
+        inputs, name = _predict_inputs(texts, file, text_column)
+        predictor = load_predictor(run, model, checkpoint=checkpoint, device=device, batch_size=batch_size)
+        space = predictor.space
+        prediction_rows(np.zeros((0, space.num_classes)), space, threshold)  # a threshold it cannot take: now
+        as_table = not (as_json if as_json is not None else not sys.stdout.isatty())
+        out = _StreamedOutput(space, as_table)
+        for chunk in chunked(inputs):  # read, score and print a chunk at a time: memory stays bounded
+            out.add(chunk, prediction_rows(predictor.probabilities(chunk), space, threshold))
+        out.finish(name)
+    _note_skipped(out.skipped)
+
+
+def _predict_inputs(texts: Optional[list[str]], file: Optional[Path], text_column: str) -> tuple[Any, str]:
+    """The reviews to predict (an iterator: plain-text files and standard input are read as they are
+    consumed) and what to call their source in an error."""
+    from sentiment.data.readers import TABLE_SUFFIXES, check_regular_file, read_texts
+    from sentiment.inference.predict import check_text_file, iter_lines
+
+    if texts:
+        fixed, replaced = _decoded_arguments(texts)
+        if replaced:
+            err_console.print(f"[yellow]note:[/] {replaced:,} argument{'s' if replaced != 1 else ''} had invalid "
+                              "UTF-8 (decoded with replacement)", soft_wrap=True)
+        return iter(fixed), "the arguments"
+    if file is not None and str(file) != "-":
+        if file.is_dir() or file.suffix.lower() in TABLE_SUFFIXES:
             table = read_texts(file, text_column)
-            inputs = table.texts
             if table.replaced:
                 err_console.print(f"[yellow]note:[/] {table.replaced:,} files of {escape(str(file))} had invalid "
                                   "UTF-8 (decoded with replacement, as IMDB is)")
-        else:
-            if sys.stdin.isatty():
-                err_console.print("reading reviews from standard input, one per line (Ctrl-D to finish)…")
-            inputs = read_stream(sys.stdin.buffer.read())
-        if model is not None:
-            from sentiment.inference.exported import predict_exported
+            return iter(table.texts), str(file)
+        check_regular_file(file)
+        try:
+            check_text_file(file)
+            stream = open(file, "rb")
+        except OSError as e:
+            raise SentimentError(f"cannot read {file}: {e.strerror or e}") from None
+        return _closing(iter_lines(stream, str(file)), stream), str(file)
+    if sys.stdin.isatty():
+        err_console.print("reading reviews from standard input, one per line (Ctrl-D to finish)…")
+    return iter_lines(sys.stdin.buffer, "standard input"), "standard input"
 
-            probs, space = predict_exported(model, inputs, batch_size=batch_size or 256)
+
+def _closing(lines: Any, stream: Any) -> Any:
+    try:
+        yield from lines
+    finally:
+        stream.close()
+
+
+def _decoded_arguments(texts: list[str]) -> tuple[list[str], int]:
+    """Arguments as text: bytes that are not UTF-8 reach sys.argv as lone surrogates (Python's
+    surrogateescape), which no tokenizer takes; they become U+FFFD, as in a directory of .txt files."""
+    fixed, replaced = [], 0
+    for text in texts:
+        try:
+            text.encode("utf-8")
+            fixed.append(text)
+        except UnicodeEncodeError:
+            try:
+                raw = text.encode("utf-8", "surrogateescape")
+            except UnicodeEncodeError:
+                raw = text.encode("utf-8", "replace")
+            fixed.append(raw.decode("utf-8", "replace"))
+            replaced += 1
+    return fixed, replaced
+
+
+class _StreamedOutput:
+    """predict's rows as they are scored: JSON lines (or a table per chunk on a terminal). Rows of empty
+    reviews are held back until one review is scored, so that input with nothing to score is one error line
+    and no output, as before streaming."""
+
+    def __init__(self, space: Any, as_table: bool) -> None:
+        self.space, self.as_table = space, as_table
+        self.count = self.skipped = 0
+        self.held: list[str] = []  # texts of the empty reviews not yet written
+        self.scored = self.nonblank = False
+
+    def add(self, texts: list[str], rows: list[dict[str, Any]]) -> None:
+        self.nonblank = self.nonblank or any(t.strip() for t in texts)
+        self.skipped += sum("error" in r for r in rows)
+        if not self.scored and all("error" in r for r in rows):
+            self.held += texts
+            return
+        if not self.scored:
+            self.scored = True
+            texts, rows = self.held + texts, [{"error": "empty text: skipped"}] * len(self.held) + rows
+            self.held = []
+        if self.as_table:
+            _print_predictions(texts, rows, self.space, start=self.count + 1)
         else:
-            probs, space = predict_texts(run, inputs, checkpoint=checkpoint, device=device, batch_size=batch_size)
-        rows = prediction_rows(probs, space, threshold)
-    _note_skipped(sum("error" in r for r in rows))
-    if as_json if as_json is not None else not sys.stdout.isatty():
-        _write_jsonl(rows)
-    else:
-        _print_predictions(inputs, rows, space)
+            _write_jsonl(rows)
+        self.count += len(rows)
+
+    def finish(self, name: str) -> None:
+        if self.scored:
+            return
+        if not self.nonblank and name != "the arguments":
+            raise SentimentError(f"no reviews: {name} is empty" if name == "standard input" else f"{name} is empty")
+        raise SentimentError(f"nothing to predict: {'the review is' if len(self.held) == 1 else 'every review is'} "
+                             "empty (no words)")
 
 
 def _write_jsonl(rows: list[dict[str, Any]]) -> None:
@@ -176,18 +255,18 @@ def _write_jsonl(rows: list[dict[str, Any]]) -> None:
         raise typer.Exit(1) from None
 
 
-def _print_predictions(texts: list[str], rows: list[dict[str, Any]], space: Any) -> None:
+def _print_predictions(texts: list[str], rows: list[dict[str, Any]], space: Any, start: int = 1) -> None:
     from rich.text import Text
 
     table = Table()
     # on a narrow terminal only the review preview shrinks
-    table.add_column("#", justify="right", min_width=len(str(len(rows))))
+    table.add_column("#", justify="right", min_width=len(str(start + len(rows) - 1)))
     table.add_column("text", max_width=60)
     table.add_column("label", min_width=8)
     heading = f"P({space.names[1]})" if space.binary else "P(label)"
     table.add_column(escape(heading), justify="right", min_width=len(heading))
     colors = {space.names[0]: "red", space.names[-1]: "green"} if space.binary else {}
-    for i, (text, row) in enumerate(zip(texts, rows), 1):
+    for i, (text, row) in enumerate(zip(texts, rows), start):
         # one line per text, cut with an ellipsis (the table shows 60 characters at most)
         preview = Text(" ".join(text[:200].split()), no_wrap=True, overflow="ellipsis")
         if "error" in row:

@@ -120,7 +120,7 @@ def _load_repository(datasets: Any, path: Path, config: str | None) -> Any:
     datasets.utils.logging.disable_progress_bar()
     try:
         with _offline(datasets):
-            return datasets.load_dataset(str(path), config)
+            return datasets.load_dataset(str(path), config, trust_remote_code=False)
     except (datasets.exceptions.DatasetsError, OSError, ValueError, RuntimeError) as e:
         raise SentimentError(f"data.hf_dataset: could not load the dataset repository {what} ({_reason(e)})") from None
     finally:
@@ -199,9 +199,9 @@ def _load_from_hub(datasets: Any, name: str, config: str | None) -> Any:
         unresolved = _hub_host()
     try:
         if unresolved is None:
-            return datasets.load_dataset(name, config)
+            return datasets.load_dataset(name, config, trust_remote_code=False)
         with _offline(datasets):
-            return datasets.load_dataset(name, config)
+            return datasets.load_dataset(name, config, trust_remote_code=False)
     except ConnectionError:  # offline (HF_HUB_OFFLINE=1) or the Hub unreachable, and nothing cached
         if unresolved is not None:
             hub, hint = f"the Hugging Face Hub ({unresolved}) cannot be reached (its name does not resolve)", ""

@@ -29,8 +29,11 @@ branch is exported as GatherNgramBranch: nn.EmbeddingBag's weighted sum written 
 from __future__ import annotations
 
 import copy
+import hashlib
 import io
 import json
+import os
+import tempfile
 import warnings
 from pathlib import Path
 from typing import Any
@@ -38,13 +41,12 @@ from typing import Any
 import torch
 import torch.nn as nn
 
-from sentiment.atomic import atomic_write_text
 from sentiment.errors import SentimentError
 from sentiment.ngrams import NgramBatch, NgramBranch
 
 FORMATS = ("onnx", "torch")
 SIDECAR_SUFFIX = ".json"
-SIDECAR_VERSION = 1
+SIDECAR_VERSION = 2  # 2: the sidecar holds the model's sha256
 INPUTS = ("ids", "lengths")
 NGRAM_INPUTS = ("ngram_ids", "ngram_offsets", "ngram_counts")
 OUTPUT = "logits"
@@ -233,22 +235,22 @@ def _dynamic_axes(names: list[str]) -> dict[str, dict[int, str]]:
 
 
 def export_model(model: nn.Module, out: Path, fmt: str, settings: dict[str, Any]) -> Path:
-    """Write model (a SentimentRNN) to `out` in format fmt, and settings (+ inputs/output/format) to the
-    sidecar; returns the sidecar's path. Both are written atomically."""
+    """Write model (a SentimentRNN) to `out` in format fmt, and settings (+ inputs/output/format and the
+    model file's sha256) to the sidecar; returns the sidecar's path. See write_pair for how the two are
+    replaced together."""
     if fmt not in FORMATS:
         raise SentimentError(f"--format must be one of {', '.join(FORMATS)}, got {fmt!r}")
     out = Path(out)
     if out.is_dir():
         raise SentimentError(f"--out {out} is a directory; give a file name (e.g. {out / ('model.' + ('onnx' if fmt == 'onnx' else 'pt2'))})")
-    out.parent.mkdir(parents=True, exist_ok=True)
     example = _example(model)
     names = list(example)
-    tmp = out.with_name(out.name + ".tmp")
+    buffer = io.BytesIO()  # the whole file in memory first: its sha256 goes into the sidecar
     with warnings.catch_warnings():
         warnings.simplefilter("ignore")  # the exporters' deprecation and tracer notes are not the user's business
         if fmt == "onnx":
             graph = exportable(model, scan=False)
-            torch.onnx.export(graph, tuple(example.values()), str(tmp), dynamo=False, input_names=names,
+            torch.onnx.export(graph, tuple(example.values()), buffer, dynamo=False, input_names=names,
                               output_names=[OUTPUT], opset_version=ONNX_OPSET,
                               dynamic_axes={**_dynamic_axes(names), OUTPUT: {0: "batch"}})
         else:
@@ -257,15 +259,61 @@ def export_model(model: nn.Module, out: Path, fmt: str, settings: dict[str, Any]
             # inputs by keyword, so that callers feed them by name, as they do ONNX's
             program = torch.export.export(graph, (), example, dynamic_shapes={
                 name: {i: dims[axis] for i, axis in axes.items()} for name, axes in _dynamic_axes(names).items()})
-            buffer = io.BytesIO()  # torch.export.save wants a .pt2 name or a buffer; the user names the file
-            torch.export.save(program, buffer)
-            tmp.write_bytes(buffer.getvalue())
-    tmp.replace(out)
+            torch.export.save(program, buffer)  # torch.export.save wants a .pt2 name or a buffer
+    data = buffer.getvalue()
+    meta = {"format": fmt, "version": SIDECAR_VERSION, "file": out.name, "sha256": hashlib.sha256(data).hexdigest(),
+            "inputs": names, "output": OUTPUT, **ngram_settings(model), **settings}
     sidecar = sidecar_path(out)
-    meta = {"format": fmt, "version": SIDECAR_VERSION, "file": out.name, "inputs": names, "output": OUTPUT,
-            **ngram_settings(model), **settings}
-    atomic_write_text(sidecar, json.dumps(meta, ensure_ascii=False, indent=1))
+    write_pair(out, data, sidecar, json.dumps(meta, ensure_ascii=False, indent=1).encode("utf-8"))
     return sidecar
+
+
+def write_pair(model_path: Path, model_bytes: bytes, sidecar: Path, sidecar_bytes: bytes) -> None:
+    """Replace a model and its sidecar so that a reader never takes half of one export for a whole one:
+    both are written in full to temporary files first (a full disk fails here, with the previous pair
+    untouched and no temporary file left), then the model is renamed over the old model and the sidecar
+    over the old sidecar. Between the two renames a reader finds the new model beside the old sidecar,
+    whose sha256 does not match: refused (exported.load_exported), not misread."""
+    temps: list[str] = []
+    try:
+        model_path.parent.mkdir(parents=True, exist_ok=True)
+        for target, data in ((model_path, model_bytes), (sidecar, sidecar_bytes)):
+            fd, tmp = tempfile.mkstemp(dir=target.parent, prefix=f".{target.name}.", suffix=".tmp")
+            temps.append(tmp)
+            with os.fdopen(fd, "wb") as f:
+                f.write(data)
+                f.flush()
+                os.fsync(f.fileno())
+            os.chmod(tmp, 0o666 & ~_umask())  # mkstemp makes 0600 files; exports get the usual permissions
+    except OSError as e:
+        _remove(temps)
+        raise SentimentError(f"cannot write {model_path if len(temps) < 2 else sidecar}: {e.strerror or e}; "
+                             f"nothing was replaced ({'the previous export is intact' if model_path.exists() else 'no export written'})") from None
+    try:
+        os.replace(temps[0], model_path)
+    except OSError as e:
+        _remove(temps)
+        raise SentimentError(f"cannot replace {model_path}: {e.strerror or e}; nothing was replaced") from None
+    try:
+        os.replace(temps[1], sidecar)
+    except OSError as e:
+        _remove(temps[1:])
+        raise SentimentError(f"wrote {model_path} but cannot replace {sidecar}: {e.strerror or e}; the two do not "
+                             "match now (loading refuses them): export again") from None
+
+
+def _umask() -> int:
+    mask = os.umask(0)
+    os.umask(mask)
+    return mask
+
+
+def _remove(paths: list[str]) -> None:
+    for path in paths:
+        try:
+            os.unlink(path)
+        except FileNotFoundError:
+            pass
 
 
 def ngram_settings(model: nn.Module) -> dict[str, Any]:
@@ -326,5 +374,42 @@ def export_run(run_dir: Path, fmt: str, out: Path, *, checkpoint: str = "best") 
 
     if fmt not in FORMATS:
         raise SentimentError(f"--format must be one of {', '.join(FORMATS)}, got {fmt!r}")
+    check_out(Path(out), Path(run_dir))
     run = load_trained(run_dir, checkpoint, "cpu")
     return export_model(run.model, out, fmt, run_settings(run, run_dir, checkpoint))
+
+
+EXPORT_SUFFIXES = (".onnx", ".pt2")
+
+
+def _is_run_directory(path: Path) -> bool:
+    from sentiment.runs import CONFIG_FILE, RUN_FILE, VOCAB_FILE
+
+    return (path / RUN_FILE).is_file() or ((path / CONFIG_FILE).is_file() and (path / VOCAB_FILE).is_file())
+
+
+def _is_export_sidecar(sidecar: Path) -> bool:
+    try:
+        meta = json.loads(sidecar.read_text(encoding="utf-8"))
+    except (OSError, ValueError):
+        return False
+    return isinstance(meta, dict) and meta.get("format") in FORMATS and "vocab" in meta
+
+
+def check_out(out: Path, run_dir: Path) -> None:
+    """Refuse an --out that would overwrite what is not an earlier export: inside a run directory (--run's or
+    any other) only a new name ending in .onnx or .pt2 (so that neither it nor its OUT.json is a run file:
+    best.pt, config.yaml, results.json, ...); elsewhere an existing file only if it is an earlier export,
+    with its sidecar beside it."""
+    target, sidecar = out.resolve(), sidecar_path(out)
+    if target.parent == Path(run_dir).resolve() or _is_run_directory(target.parent):
+        if target.suffix.lower() not in EXPORT_SUFFIXES:
+            raise SentimentError(f"--out {out} is inside the run directory {target.parent}: there, give a new file "
+                                 f"name ending in .onnx or .pt2 (run files such as best.pt and config.yaml are never "
+                                 "overwritten)")
+    if sidecar.exists() and not _is_export_sidecar(sidecar):
+        raise SentimentError(f"{sidecar} exists and is not the sidecar of a `sentiment export`: refused to overwrite "
+                             "it; choose another --out")
+    if (out.exists() or out.is_symlink()) and not sidecar.exists():
+        raise SentimentError(f"--out {out} exists and is not an earlier export (no {sidecar.name} beside it): "
+                             "refused to overwrite it; choose another name")

@@ -12,6 +12,7 @@ the sidecar's "ngrams" says. docs/serving.md shows the same in a few lines witho
 
 from __future__ import annotations
 
+import hashlib
 import io
 import json
 from collections.abc import Sequence
@@ -85,10 +86,29 @@ class ExportedModel:
 
 
 def load_exported(path: Path, threads: int | None = None) -> ExportedModel:
-    """The model at path and its sidecar (PATH.json); one error line for anything missing or foreign."""
+    """The model at path and its sidecar (PATH.json); one error line for anything missing or foreign, for a
+    model that is not the one its sidecar was written with (sha256), and for a file whose loading could run
+    code. The model is read once: the bytes checked are the bytes loaded."""
     path = Path(path)
     if not path.is_file():
         raise SentimentError(f"exported model {path} not found")
+    meta = read_sidecar(path)
+    try:
+        data = path.read_bytes()
+    except OSError as e:
+        raise SentimentError(f"cannot read {path}: {e.strerror or e}") from None
+    if hashlib.sha256(data).hexdigest() != meta["sha256"]:
+        raise SentimentError(f"{path} is not the model its sidecar {sidecar_path(path).name} was written with "
+                             "(sha256 differs: the two come from different exports, or one was replaced); "
+                             "export the run again")
+    backend = _onnx_session(data, path, threads) if meta["format"] == "onnx" else _torch_program(data, path)
+    model = ExportedModel(path, meta, backend)
+    _check_output_width(model)
+    return model
+
+
+def read_sidecar(path: Path) -> dict[str, Any]:
+    """The sidecar of the model at path, checked for what this version reads."""
     sidecar = sidecar_path(path)
     try:
         meta = json.loads(sidecar.read_text(encoding="utf-8"))
@@ -96,33 +116,88 @@ def load_exported(path: Path, threads: int | None = None) -> ExportedModel:
         raise SentimentError(f"{path} has no {sidecar.name} beside it (written by `sentiment export`)") from None
     except (OSError, ValueError) as e:
         raise SentimentError(f"cannot read {sidecar}: {e}") from None
-    if not isinstance(meta, dict) or meta.get("format") not in FORMATS or meta.get("version") != SIDECAR_VERSION:
+    if isinstance(meta, dict) and meta.get("format") in FORMATS and meta.get("version") == 1:
+        raise SentimentError(f"{sidecar} was written by an older `sentiment export` (sidecar version 1, without "
+                             "the model's sha256): export the run again")
+    if not isinstance(meta, dict) or meta.get("format") not in FORMATS or meta.get("version") != SIDECAR_VERSION \
+            or not isinstance(meta.get("sha256"), str) or not isinstance(meta.get("labels"), list) \
+            or len(meta["labels"]) < 2:
         raise SentimentError(f"{sidecar} is not the sidecar of a `sentiment export` (format {FORMATS}, "
-                             f"version {SIDECAR_VERSION})")
+                             f"version {SIDECAR_VERSION}, with sha256 and labels)")
     extra = [name for name in meta.get("inputs", ()) if name not in INPUTS + NGRAM_INPUTS]
     if any(name in NGRAM_INPUTS for name in meta.get("inputs", ())) and not isinstance(meta.get("ngrams"), dict):
         extra.append('n-grams without the sidecar\'s "ngrams"')
     if extra:
         raise SentimentError(f"{path} takes inputs this version cannot compute ({', '.join(extra)}): upgrade sentiment")
-    if meta["format"] == "onnx":
-        try:
-            import onnxruntime as ort
-        except ImportError:
-            raise SentimentError("scoring an ONNX model needs onnxruntime: pip install 'sentiment[export]'") from None
-        options = ort.SessionOptions()
-        if threads:
-            options.intra_op_num_threads = threads
-            options.inter_op_num_threads = 1
-        try:
-            backend = ort.InferenceSession(str(path), options, providers=["CPUExecutionProvider"])
-        except Exception as e:  # onnxruntime raises its own classes for a file that is not ONNX
-            raise SentimentError(f"onnxruntime cannot load {path}: {str(e).splitlines()[0]}") from None
-    else:
-        try:
-            backend = torch.export.load(io.BytesIO(path.read_bytes())).module()  # any file name, not only .pt2
-        except Exception as e:  # a file that is not a torch.export archive
-            raise SentimentError(f"torch.export.load cannot load {path}: {str(e).splitlines()[0]}") from None
-    return ExportedModel(path, meta, backend)
+    return meta
+
+
+def _onnx_session(data: bytes, path: Path, threads: int | None) -> Any:
+    """An onnxruntime session of the model's bytes. No custom-op library is registered, so the graph runs
+    only onnxruntime's own kernels; tensors stored outside the file (external data) are refused: they would
+    be read from paths the file names, and the sha256 would not cover them."""
+    try:
+        import onnx
+        import onnxruntime as ort
+        from onnx.external_data_helper import uses_external_data
+    except ImportError:
+        raise SentimentError("scoring an ONNX model needs onnx and onnxruntime: pip install 'sentiment[export]'") from None
+    try:
+        proto = onnx.ModelProto()
+        proto.ParseFromString(data)  # the protobuf alone: no external data is read
+    except Exception as e:  # protobuf's DecodeError and others for a file that is not ONNX
+        raise SentimentError(f"{path} is not an ONNX model ({str(e).splitlines()[0] if str(e) else type(e).__name__})") from None
+    graphs, tensors = [proto.graph], []
+    while graphs:  # initializers and constants of the graph and every subgraph (If, Loop, Scan)
+        graph = graphs.pop()
+        tensors += list(graph.initializer)
+        for node in graph.node:
+            for attribute in node.attribute:
+                tensors += ([attribute.t] if attribute.HasField("t") else []) + list(attribute.tensors)
+                graphs += ([attribute.g] if attribute.HasField("g") else []) + list(attribute.graphs)
+    if any(uses_external_data(t) for t in tensors):
+        raise SentimentError(f"{path} keeps tensors in external files: refused (`sentiment export` writes one "
+                             "self-contained file)")
+    options = ort.SessionOptions()
+    if threads:
+        options.intra_op_num_threads = threads
+        options.inter_op_num_threads = 1
+    try:
+        return ort.InferenceSession(data, options, providers=["CPUExecutionProvider"])
+    except Exception as e:  # onnxruntime raises its own classes for a file that is not ONNX
+        raise SentimentError(f"onnxruntime cannot load {path}: {str(e).splitlines()[0]}") from None
+
+
+def _torch_program(data: bytes, path: Path) -> Any:
+    """The torch.export program in data, after sentiment.inference.safe_pt2 found nothing in it that runs code."""
+    from sentiment.inference.safe_pt2 import check_pt2_archive
+
+    check_pt2_archive(data, str(path))
+    try:
+        return torch.export.load(io.BytesIO(data)).module()  # any file name, not only .pt2
+    except Exception as e:  # a file that is not a torch.export archive
+        raise SentimentError(f"torch.export.load cannot load {path}: {str(e).splitlines()[0]}") from None
+
+
+def _check_output_width(model: ExportedModel) -> None:
+    """A graph of K outputs with a sidecar of another number of labels would give wrong probabilities."""
+    gen = torch.Generator().manual_seed(0)
+    ids = torch.randint(1, max(2, len(model.meta.get("vocab", ()))), (3, 7), generator=gen)
+    lengths = torch.tensor([7, 4, 2])
+    ngrams = None
+    if model.ngrams is not None:
+        ngrams = NgramBatch(torch.randint(0, model.ngrams.spec.buckets, (11,), generator=gen), torch.tensor([0, 5, 9]),
+                            torch.ones(11))
+    try:
+        logits = model(ids, lengths, ngrams)
+    except Exception as e:
+        raise SentimentError(f"{model.path} does not score token ids as its sidecar describes "
+                             f"({str(e).strip().splitlines()[0][:200] if str(e).strip() else type(e).__name__})") from None
+    width = 1 if logits.dim() == 1 else logits.shape[-1]
+    if logits.shape[0] != 3 or width != model.num_outputs:
+        raise SentimentError(f"{model.path} gives {width} output(s) per text, but its sidecar names "
+                             f"{len(model.meta['labels'])} labels ({model.num_outputs} output(s)): they do not belong "
+                             "together; export the run again")
 
 
 def encoding_from(meta: dict[str, Any]) -> Any:

@@ -9,7 +9,7 @@ from __future__ import annotations
 
 import multiprocessing
 import os
-from collections.abc import Sequence
+from collections.abc import Iterator, Sequence
 from dataclasses import dataclass
 from itertools import chain
 from pathlib import Path
@@ -148,14 +148,16 @@ def predict_texts(run_dir: Path, texts: Sequence[str], *, checkpoint: str = "bes
 
 
 def score_texts(model: Any, texts: Sequence[str], enc: Encoding, space: LabelSpace, *, batch_size: int,
-                device: Any = "cpu", workers: int | None = None) -> np.ndarray:
+                device: Any = "cpu", workers: int | None = None, allow_all_empty: bool = False) -> np.ndarray:
     """Class probabilities [N, K] of texts under `model` (a SentimentRNN, or anything called as model(ids,
     lengths) -> logits, e.g. an exported model); NaN rows for texts without a token. Raises when every text
-    is empty."""
+    is empty, unless allow_all_empty (a chunk of a longer stream: all NaN then)."""
     from sentiment.inference.evaluate import predict_logits
 
     split, keep = drop_empty(encode_texts(texts, enc))
     if not keep.any():
+        if allow_all_empty:
+            return np.full((len(texts), space.num_classes), np.nan)
         raise SentimentError(f"nothing to predict: {'the review is' if len(texts) == 1 else 'every review is'} "
                              "empty (no words)")
     logits = predict_logits(model, split, batch_size=batch_size, device=device, max_len=enc.max_len,
@@ -163,6 +165,102 @@ def score_texts(model: Any, texts: Sequence[str], enc: Encoding, space: LabelSpa
     probs = np.full((len(texts), space.num_classes), np.nan)
     probs[keep] = space.probabilities(logits)  # as evaluate() computes them
     return probs
+
+
+@dataclass
+class Predictor:
+    """A loaded run or exported model, ready to score texts chunk by chunk (`predict` streams its input)."""
+
+    model: Any
+    enc: Encoding
+    space: LabelSpace
+    batch_size: int
+    device: Any = "cpu"
+    workers: int | None = None
+
+    def probabilities(self, texts: Sequence[str]) -> np.ndarray:
+        """score_texts of one chunk; NaN rows (all of them, if need be) for texts without a token."""
+        return score_texts(self.model, texts, self.enc, self.space, batch_size=self.batch_size, device=self.device,
+                           workers=self.workers, allow_all_empty=True)
+
+
+def load_predictor(run_dir: Path | None = None, model_path: Path | None = None, *, checkpoint: str = "best",
+                   device: str | None = None, batch_size: int | None = None) -> Predictor:
+    """What predict_texts (run_dir) or exported.predict_exported (model_path) score with, loaded once."""
+    if model_path is not None:
+        from sentiment.inference.exported import encoding_from, load_exported
+
+        model = load_exported(model_path)
+        return Predictor(model, encoding_from(model.meta), LabelSpace(tuple(model.meta["labels"])),
+                         batch_size or 256, workers=1)
+    from sentiment.inference.runtime import load_trained
+
+    run = load_trained(run_dir, checkpoint, device)
+    return Predictor(run.model, encoding_of(run), run.label_space, batch_size or run.cfg.train.eval_batch_size,
+                     run.device)
+
+
+def iter_lines(stream: Any, name: str) -> Iterator[str]:
+    """Reviews from a binary stream, one per line, as read_stream reads a whole one (strict UTF-8, a BOM
+    dropped, lines cut at \\n or \\r\\n only, NUL or a byte that is not UTF-8: an error naming the line), but
+    line by line: a caller can answer the first lines before the last are read."""
+    for number, raw in enumerate(iter(stream.readline, b""), 1):
+        line = raw[:-1] if raw.endswith(b"\n") else raw
+        if line.endswith(b"\r") and raw.endswith(b"\n"):
+            line = line[:-1]
+        if b"\0" in line:
+            raise SentimentError(f"{name}: line {number} has a NUL byte: this is a binary (or UTF-16) file, not UTF-8 text")
+        try:
+            yield line.decode("utf-8-sig" if number == 1 else "utf-8")
+        except UnicodeDecodeError as e:
+            raise SentimentError(f"{name}: line {number} is not valid UTF-8 (byte {line[e.start]:#04x} at offset "
+                                 f"{e.start} of the line); save the file as UTF-8") from None
+
+
+def check_text_file(path: Path, block: int = 1 << 20) -> None:
+    """The checks read_texts makes of a plain-text file, in blocks, before it is streamed: a NUL byte anywhere
+    (a binary file) first, then the first line that is not UTF-8; each an error naming the line. Streaming
+    then answers no line of a file that turns out not to be text."""
+    lines = 0
+    with open(path, "rb") as f:
+        for data in iter(lambda: f.read(block), b""):
+            nul = data.find(b"\0")
+            if nul >= 0:
+                line = lines + data.count(b"\n", 0, nul) + 1
+                raise SentimentError(f"{path}: line {line} has a NUL byte: this is "
+                                     "a binary (or UTF-16) file, not UTF-8 text")
+            lines += data.count(b"\n")
+        f.seek(0)
+        lines, rest = 0, b""
+        for data in iter(lambda: f.read(block), b""):
+            data = rest + data
+            end = data.rfind(b"\n") + 1  # whole lines only: a character may straddle two blocks
+            whole, rest = data[:end], data[end:]
+            _check_utf8(whole, lines, path)
+            lines += whole.count(b"\n")
+        _check_utf8(rest, lines, path)
+
+
+def _check_utf8(data: bytes, lines_before: int, path: Path) -> None:
+    try:
+        data.decode("utf-8")  # a BOM is valid UTF-8 too
+    except UnicodeDecodeError as e:
+        line = lines_before + data.count(b"\n", 0, e.start) + 1
+        raise SentimentError(f"{path}: line {line} is not valid UTF-8 (byte {data[e.start]:#04x}); save the file as "
+                             "UTF-8") from None
+
+
+def chunked(texts: Iterator[str], first: int = 1000, most: int = 10_000) -> Iterator[list[str]]:
+    """Lists of consecutive texts: `first` of them, then twice as many each time up to `most`. The first
+    answers come soon; later chunks are big enough to keep the encoding workers busy; memory stays bounded."""
+    size, chunk = first, []
+    for text in texts:
+        chunk.append(text)
+        if len(chunk) >= size:
+            yield chunk
+            chunk, size = [], min(most, size * 2)
+    if chunk:
+        yield chunk
 
 
 def prediction_rows(probs: np.ndarray, space: LabelSpace, threshold: float | None = None) -> list[dict[str, Any]]:

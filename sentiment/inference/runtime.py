@@ -7,8 +7,8 @@ from pathlib import Path
 
 import torch
 
-from sentiment.runs import (BEST, LAST, check_data_fingerprints, check_data_paths, check_membership, load_checkpoint,
-                            load_labels, load_run)
+from sentiment.runs import (BEST, LABELS_FILE, LAST, check_data_fingerprints, check_data_paths, check_membership,
+                            load_checkpoint, load_labels, load_run)
 from sentiment.config import Config
 from sentiment.device import resolve_device
 from sentiment.errors import SentimentError
@@ -37,7 +37,9 @@ def load_trained(run_dir: Path, checkpoint: str = "best", device: str | None = N
     dev = resolve_device(device or cfg.run.device)
     if checkpoint not in ("best", "last"):
         raise SentimentError(f"checkpoint must be best or last, got {checkpoint!r}")
-    state = load_checkpoint(Path(run_dir) / (BEST if checkpoint == "best" else LAST), vocab, map_location=dev)
+    path = Path(run_dir) / (BEST if checkpoint == "best" else LAST)
+    state = load_checkpoint(path, vocab, map_location=dev)
+    check_output_width(state["model"], space, path)
     model = build_model(cfg, len(vocab), vocab.pad_index, space.num_outputs)
     try:
         model.load_state_dict(state["model"])
@@ -47,6 +49,19 @@ def load_trained(run_dir: Path, checkpoint: str = "best", device: str | None = N
                              f"{lines[1] if len(lines) > 1 else lines[0]}") from None
     model.to(dev).eval()
     return LoadedRun(cfg, vocab, model, dev, space)
+
+
+def check_output_width(weights: dict, space: LabelSpace, path: Path) -> None:
+    """labels.json and the checkpoint's output layer must agree: its bias has one entry per output (1 for
+    two classes, K for K classes), in the classifier (fc) and in the n-gram branch alike."""
+    for key in ("fc.bias", "ngrams.bias"):
+        bias = weights.get(key) if isinstance(weights, dict) else None
+        if isinstance(bias, torch.Tensor) and bias.dim() == 1 and bias.shape[0] != space.num_outputs:
+            width = bias.shape[0]
+            classes = 2 if width == 1 else width
+            raise SentimentError(f"{path.parent / LABELS_FILE} names {space.num_classes} classes, but {path.name} was "
+                                 f"trained for {classes} ({width} output{'s' if width != 1 else ''}): the run's label "
+                                 "file does not belong to its checkpoint")
 
 
 def evaluate_run(run_dir: Path, *, split: str = "test", checkpoint: str = "best", batch_size: int | None = None,

@@ -13,11 +13,13 @@ when nothing else is on its way it is scored at once, so a lone client never wai
 
 
 import asyncio
+import errno
 import json
 import logging
 import os
 import signal
 import socket
+import sys
 import time
 from collections.abc import Iterator
 from concurrent.futures import ThreadPoolExecutor
@@ -51,6 +53,7 @@ class ServeOptions:
     workers: int = 1
     log_batches: bool = False
     model: str | None = None  # instead of run: a `sentiment export` file, scored by onnxruntime or torch.export
+    digest: str | None = None  # --workers: the sha256 of the model's files when the server started (model_digest)
 
     def resolved_threads(self) -> int:
         return self.threads or max(1, (os.cpu_count() or 1) // max(1, self.workers))
@@ -68,6 +71,7 @@ class Scorer:
         from sentiment.inference.predict import encoding_of
         from sentiment.inference.runtime import load_trained
 
+        self._check_digest(opts)
         if opts.model is not None:
             from sentiment.data.labels import LabelSpace
             from sentiment.inference.exported import encoding_from, load_exported
@@ -85,8 +89,18 @@ class Scorer:
         self.summary = {**summary, "vocab_size": len(self.enc.vocab), "max_len": self.enc.max_len,
                         "truncate": self.enc.truncate, "lowercase": self.enc.lowercase,
                         "cleaning": asdict(self.enc.cleaning)}
+        self._check_digest(opts)  # again: the files read above are the ones the digest was taken of
         init_tokenizer()
         self.score(self.encode(["warm up"]))  # the first request should not pay for lazy initialisation
+        self.tokenizer = TokenizerProcess(self.enc)
+
+    @staticmethod
+    def _check_digest(opts: ServeOptions) -> None:
+        """A --workers process serves the model the server started with, or none: a worker (re)started after
+        best.pt was replaced would answer the same text differently from the others."""
+        if opts.digest is not None and model_digest(opts) != opts.digest:
+            raise SentimentError(f"{opts.model or opts.run} changed since the server started (its sha256 differs): "
+                                 "this worker refuses to serve other weights than the others; restart the server")
 
     def encode(self, texts: list[str]) -> Any:
         from sentiment.inference.predict import encode_texts
@@ -99,6 +113,104 @@ class Scorer:
 
         return predict_logits(self.model, split, batch_size=self.batch_size, device="cpu",
                               max_len=self.enc.max_len, truncate=self.enc.truncate, workers=1)
+
+
+_process_encoding: Any = None  # the tokenizer process's Encoding, set once by its initializer
+
+
+def _start_tokenizer_process(enc: Any) -> None:
+    global _process_encoding
+    import signal as signals
+
+    from sentiment.data.tokenize import init_tokenizer
+
+    signals.signal(signals.SIGINT, signals.SIG_IGN)  # Ctrl-C reaches the process group: the server decides
+    _process_encoding = enc
+    init_tokenizer()
+    parent = os.getppid()
+
+    def exit_with_parent() -> None:  # a server process killed -9 cannot end this one itself
+        while os.getppid() == parent:
+            time.sleep(0.5)
+        os._exit(0)
+
+    import threading
+
+    threading.Thread(target=exit_with_parent, daemon=True).start()
+
+
+def _encode_in_process(texts: list[str]) -> Any:
+    from sentiment.inference.predict import encode_texts
+
+    return encode_texts(texts, _process_encoding)
+
+
+class TokenizerProcess:
+    """Tokenizing (and n-gram hashing) in a process of its own. spaCy keeps the GIL for a whole whitespace
+    chunk, and a long one takes seconds: on a thread of the server that would stop its event loop (GET /health
+    unanswered) and its signal handling for as long. In a process, only that request waits."""
+
+    def __init__(self, enc: Any) -> None:
+        self.enc = enc
+        self.pool = self._start()
+
+    def _start(self) -> Any:
+        import multiprocessing
+        from concurrent.futures import ProcessPoolExecutor
+
+        # spawn, not fork: the server has threads (the scorer's, torch's), which a fork copies mid-lock
+        pool = ProcessPoolExecutor(1, mp_context=multiprocessing.get_context("spawn"),
+                                   initializer=_start_tokenizer_process, initargs=(self.enc,))
+        pool.submit(_encode_in_process, ["warm up"]).result()  # started now, not by the first request
+        return pool
+
+    async def encode(self, texts: list[str]) -> Any:
+        from concurrent.futures.process import BrokenProcessPool
+
+        try:
+            return await asyncio.get_running_loop().run_in_executor(self.pool, _encode_in_process, texts)
+        except BrokenProcessPool:  # killed (out of memory?): a fresh one for the next request
+            self.close()
+            self.pool = await asyncio.to_thread(self._start)  # off the event loop: /health keeps answering
+            raise SentimentError("the tokenizer process died while encoding this request; try again") from None
+
+    def close(self) -> None:
+        """End the process now, even in the middle of a text (shutdown must not wait for it)."""
+        processes = list((getattr(self.pool, "_processes", None) or {}).values())
+        for process in processes:
+            if process.is_alive():
+                process.terminate()
+        for process in processes:
+            process.join(5)
+        self.pool.shutdown(wait=True, cancel_futures=True)  # its threads end at once: the process is gone
+
+
+def model_digest(opts: ServeOptions) -> str:
+    """sha256 of the files a server loads its model from: an exported model and its sidecar, or a run's
+    config, vocabulary, labels and checkpoint."""
+    import hashlib
+
+    from sentiment.runs import BEST, CONFIG_FILE, LABELS_FILE, LAST, VOCAB_FILE
+
+    if opts.model is not None:
+        from sentiment.inference.export import sidecar_path
+
+        files = [Path(opts.model), sidecar_path(Path(opts.model))]
+    else:
+        run = Path(opts.run)
+        files = [run / CONFIG_FILE, run / VOCAB_FILE, run / LABELS_FILE, run / (BEST if opts.checkpoint == "best" else LAST)]
+    digest = hashlib.sha256()
+    for path in files:
+        digest.update(path.name.encode() + b"\0")
+        try:
+            with open(path, "rb") as f:
+                for block in iter(lambda: f.read(1 << 20), b""):
+                    digest.update(block)
+        except FileNotFoundError:
+            digest.update(b"\0missing")
+        except OSError as e:
+            raise SentimentError(f"cannot read {path}: {e.strerror or e}") from None
+    return digest.hexdigest()
 
 
 @dataclass
@@ -256,6 +368,8 @@ class BodyLimit:
 def create_app(opts: ServeOptions, scorer: Scorer | None = None) -> Any:
     """The FastAPI app; loads the run at startup unless given its Scorer (the CLI's one-process server)."""
     from fastapi import FastAPI, HTTPException
+    from fastapi.encoders import jsonable_encoder
+    from fastapi.exceptions import RequestValidationError
     from fastapi.responses import JSONResponse
 
     from sentiment.inference.predict import drop_empty, prediction_rows
@@ -267,18 +381,30 @@ def create_app(opts: ServeOptions, scorer: Scorer | None = None) -> Any:
     @asynccontextmanager
     async def lifespan(app: Any):
         state["scorer"] = scorer or await asyncio.to_thread(Scorer, opts)
-        state["tokenizer"] = ThreadPoolExecutor(1, thread_name_prefix="tokenize")
         batcher = state["batcher"] = Batcher(state["scorer"], opts)
         task = asyncio.create_task(batcher.run())
         state["ready"] = True
         yield
         state["ready"] = False
         task.cancel()
-        state["tokenizer"].shutdown(wait=False)
+        state["scorer"].tokenizer.close()
         batcher.pool.shutdown(wait=False)
 
     app = FastAPI(title="sentiment", description=f"Predictions of {opts.model or opts.run}", lifespan=lifespan)
     app.add_middleware(BodyLimit, max_bytes=opts.max_bytes)
+
+    @app.exception_handler(RequestValidationError)
+    async def invalid_request(request: Any, exc: RequestValidationError) -> Any:
+        # FastAPI's own handler echoes each bad input, and cannot write a NaN or an infinity as JSON (a 500)
+        errors = []
+        for error in exc.errors():
+            error = dict(error)
+            try:
+                json.dumps(error.get("input"), allow_nan=False)
+            except (TypeError, ValueError):
+                error["input"] = repr(error.get("input"))
+            errors.append(error)
+        return JSONResponse({"detail": jsonable_encoder(errors)}, status_code=422)
 
     @app.get("/health")
     async def health() -> Any:
@@ -300,7 +426,9 @@ def create_app(opts: ServeOptions, scorer: Scorer | None = None) -> Any:
             raise HTTPException(422, f"threshold is for two-class runs; this run has {s.space.num_classes} classes")
         batcher.tokenizing += 1
         try:
-            split = await asyncio.get_running_loop().run_in_executor(state["tokenizer"], s.encode, texts)
+            split = await s.tokenizer.encode(texts)
+        except SentimentError as e:
+            raise HTTPException(503, str(e)) from None
         finally:
             batcher.tokenizing -= 1
         split, keep = drop_empty(split)
@@ -327,7 +455,7 @@ def _request_model() -> type:
         model_config = ConfigDict(extra="forbid", strict=True)
         texts: list[str] | None = Field(None, description="Texts to classify.")
         text: str | None = Field(None, description="One text to classify (answered with one row).")
-        threshold: float | None = Field(None, ge=0.0, le=1.0, description="Two-class runs: P(positive) from which "
+        threshold: float | None = Field(None, ge=0.0, le=1.0, allow_inf_nan=False, description="Two-class runs: P(positive) from which "
                                         "a text gets it.")
 
         @model_validator(mode="after")
@@ -350,6 +478,13 @@ def _check_limits(texts: list[str], opts: ServeOptions) -> None:
     if longest > opts.max_chars:
         raise HTTPException(413, f"a text of {longest:,} characters; the server takes at most "
                                  f"{opts.max_chars:,} per text (--max-chars)")
+    for i, text in enumerate(texts):
+        try:
+            text.encode("utf-8")
+        except UnicodeEncodeError as e:  # JSON's "\ud83d" alone: half of a character, which no tokenizer takes
+            raise HTTPException(422, f"text {i} holds a lone surrogate ({text[e.start]!a} at character {e.start}): "
+                                     "not a Unicode character; send whole characters (a JSON pair such as "
+                                     "\\ud83d\\ude00 is one)") from None
 
 
 def _info(opts: ServeOptions, state: dict[str, Any]) -> dict[str, Any]:
@@ -381,18 +516,36 @@ def _figures(split: Any) -> dict[str, Any] | None:
 
 def app_from_environment() -> Any:
     """uvicorn's factory for --workers processes: options from the environment, the run loaded at startup."""
-    return create_app(ServeOptions(**json.loads(os.environ[OPTIONS_ENV])))
+    opts = ServeOptions(**json.loads(os.environ[OPTIONS_ENV]))
+    try:
+        scorer = Scorer(opts)  # here, not in the lifespan: a refusal is one log line, not a traceback
+    except SentimentError as e:
+        log.error("error: %s", e)
+        sys.exit(3)  # uvicorn's STARTUP_FAILURE
+    return create_app(opts, scorer)
 
 
 # ---------------------------------------------------------------- running it
 def check_port(host: str, port: int) -> None:
-    """One error line for a port that cannot be listened on, before anything is loaded."""
-    family = socket.AF_INET6 if ":" in host else socket.AF_INET
+    """One error line for an address that cannot be listened on, before anything is loaded, naming the cause:
+    a host that is not an address (or name) of this machine, or a port in use or reserved."""
+    try:
+        infos = socket.getaddrinfo(host, port, type=socket.SOCK_STREAM, flags=socket.AI_PASSIVE)
+    except (socket.gaierror, UnicodeError) as e:
+        raise SentimentError(f"--host {host} is not an IP address or a name that resolves ({getattr(e, 'strerror', None) or e}); "
+                             "use e.g. 127.0.0.1 (this machine) or 0.0.0.0 (every interface)") from None
+    family, _, _, _, address = infos[0]
     with socket.socket(family, socket.SOCK_STREAM) as sock:
         sock.setsockopt(socket.SOL_SOCKET, socket.SO_REUSEADDR, 1)  # as uvicorn binds it
         try:
-            sock.bind((host, port))
+            sock.bind(address)
         except OSError as e:
+            if e.errno == errno.EADDRNOTAVAIL:
+                raise SentimentError(f"cannot listen on {host}: it is not an address of this machine "
+                                     f"({e.strerror}); use 127.0.0.1 or 0.0.0.0, or one of this machine's addresses") from None
+            if e.errno == errno.EACCES:
+                raise SentimentError(f"cannot listen on port {port} of {host}: {e.strerror} (ports below 1024 need "
+                                     "privileges; choose another --port)") from None
             raise SentimentError(f"cannot listen on {host}:{port}: {e.strerror or e} (another server there? "
                                  "choose another --port)") from None
 
@@ -438,6 +591,48 @@ def serve(opts: ServeOptions, host: str = "127.0.0.1", port: int = 8000, *, log_
         load_exported(Path(opts.model))
     else:
         load_run(Path(opts.run))
+    opts = replace(opts, digest=model_digest(opts))  # every worker serves these files, or refuses to start
     os.environ[OPTIONS_ENV] = json.dumps(asdict(opts))
+    config = uvicorn.Config("sentiment.inference.serve:app_from_environment", factory=True, workers=opts.workers,
+                            **common)
     with _exit_quietly_on_signals():
-        uvicorn.run("sentiment.inference.serve:app_from_environment", factory=True, workers=opts.workers, **common)
+        supervisor = _supervisor(config)
+        supervisor.run()
+    if supervisor.death is not None:
+        raise SentimentError(f"{supervisor.death}; the server stopped (its other workers too), rather than go on "
+                             "with fewer workers or a replacement that could load other weights")
+
+
+def _supervisor(config: Any) -> Any:
+    """uvicorn's --workers supervisor, except that a worker that dies or hangs stops the server (exit 1)
+    instead of being replaced: a replacement loads the run afresh, and if best.pt changed meanwhile it would
+    answer differently from the others (it refuses to start then: Scorer._check_digest)."""
+    import inspect
+
+    from uvicorn.supervisors.multiprocess import Multiprocess
+
+    class StopOnWorkerDeath(Multiprocess):
+        death: str | None = None
+
+        def keep_subprocess_alive(self) -> None:
+            if self.should_exit.is_set():
+                return
+            for process in self.processes:
+                if process.is_alive(timeout=self.config.timeout_worker_healthcheck):
+                    continue
+                code = process.exitcode  # None: still running, but not answering
+                process.kill()
+                process.join()
+                how = ("did not answer its health check (hung)" if code is None else
+                       f"was killed by signal {-code}" if code < 0 else f"exited with code {code}")
+                self.death = f"server worker {process.pid} {how}"
+                log.error("%s: stopping the server", self.death)
+                self.should_exit.set()
+                return
+
+    sockets = [config.bind_socket()]
+    if "target" in inspect.signature(Multiprocess.__init__).parameters:  # uvicorn < 0.30
+        import uvicorn
+
+        return StopOnWorkerDeath(config, target=uvicorn.Server(config).run, sockets=sockets)
+    return StopOnWorkerDeath(config, sockets=sockets)
