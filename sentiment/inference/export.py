@@ -41,6 +41,7 @@ from typing import Any
 import torch
 import torch.nn as nn
 
+from sentiment.data.tokenize import text_pipeline_version
 from sentiment.errors import SentimentError
 from sentiment.ngrams import NgramBatch, NgramBranch
 
@@ -262,7 +263,8 @@ def export_model(model: nn.Module, out: Path, fmt: str, settings: dict[str, Any]
             torch.export.save(program, buffer)  # torch.export.save wants a .pt2 name or a buffer
     data = buffer.getvalue()
     meta = {"format": fmt, "version": SIDECAR_VERSION, "file": out.name, "sha256": hashlib.sha256(data).hexdigest(),
-            "inputs": names, "output": OUTPUT, **ngram_settings(model), **settings}
+            "inputs": names, "output": OUTPUT, **ngram_settings(model), **settings,
+            **text_pipeline_version()}  # how texts become its tokens and n-gram ids: a reader checks it can do alike
     sidecar = sidecar_path(out)
     write_pair(out, data, sidecar, json.dumps(meta, ensure_ascii=False, indent=1).encode("utf-8"))
     return sidecar

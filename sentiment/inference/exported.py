@@ -23,6 +23,7 @@ from typing import Any
 import numpy as np
 import torch
 
+from sentiment.data.tokenize import check_text_pipeline
 from sentiment.errors import SentimentError
 from sentiment.inference.export import FORMATS, INPUTS, NGRAM_INPUTS, SIDECAR_VERSION, sidecar_path
 from sentiment.ngrams import NgramBatch, NgramSpec
@@ -129,6 +130,7 @@ def read_sidecar(path: Path) -> dict[str, Any]:
         extra.append('n-grams without the sidecar\'s "ngrams"')
     if extra:
         raise SentimentError(f"{path} takes inputs this version cannot compute ({', '.join(extra)}): upgrade sentiment")
+    check_text_pipeline(meta, f"exported model {path}")  # absent (exports before versions): version 1 of each
     return meta
 
 
