@@ -129,6 +129,7 @@ def predict(
     """
     import numpy as np
 
+    from sentiment.inference.exported import load_exported_predictor
     from sentiment.inference.predict import chunked, load_predictor, prediction_rows
 
     with user_errors():
@@ -142,7 +143,8 @@ def predict(
         if texts and file is not None:
             raise SentimentError("give reviews as arguments or with --file, not both")
         inputs, name = _predict_inputs(texts, file, text_column)
-        predictor = load_predictor(run, model, checkpoint=checkpoint, device=device, batch_size=batch_size)
+        predictor = (load_exported_predictor(model, batch_size) if model is not None
+                     else load_predictor(run, checkpoint=checkpoint, device=device, batch_size=batch_size))
         space = predictor.space
         prediction_rows(np.zeros((0, space.num_classes)), space, threshold)  # a threshold it cannot take: now
         as_table = not (as_json if as_json is not None else not sys.stdout.isatty())

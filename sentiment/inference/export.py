@@ -43,20 +43,11 @@ import torch.nn as nn
 
 from sentiment.data.tokenize import text_pipeline_version
 from sentiment.errors import SentimentError
+from sentiment.inference.sidecar import (  # noqa: F401  (re-exported: the names lived here)
+    FORMATS, INPUTS, NGRAM_INPUTS, OUTPUT, SIDECAR_SUFFIX, SIDECAR_VERSION, sidecar_path)
 from sentiment.ngrams import NgramBatch, NgramBranch
 
-FORMATS = ("onnx", "torch")
-SIDECAR_SUFFIX = ".json"
-SIDECAR_VERSION = 2  # 2: the sidecar holds the model's sha256
-INPUTS = ("ids", "lengths")
-NGRAM_INPUTS = ("ngram_ids", "ngram_offsets", "ngram_counts")
-OUTPUT = "logits"
 ONNX_OPSET = 17
-
-
-def sidecar_path(model_path: Path) -> Path:
-    """Where the settings of an exported model live: PATH.json beside PATH."""
-    return Path(str(model_path) + SIDECAR_SUFFIX)
 
 
 def _two_dimensional(logits: torch.Tensor) -> torch.Tensor:

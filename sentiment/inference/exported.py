@@ -25,7 +25,7 @@ import torch
 
 from sentiment.data.tokenize import check_text_pipeline
 from sentiment.errors import SentimentError
-from sentiment.inference.export import FORMATS, INPUTS, NGRAM_INPUTS, SIDECAR_VERSION, sidecar_path
+from sentiment.inference.sidecar import FORMATS, INPUTS, NGRAM_INPUTS, SIDECAR_VERSION, sidecar_path
 from sentiment.ngrams import NgramBatch, NgramSpec
 
 
@@ -223,3 +223,13 @@ def predict_exported(path: Path, texts: Sequence[str], *, batch_size: int = 256,
     space = LabelSpace(tuple(model.meta["labels"]))
     probs = score_texts(model, texts, encoding_from(model.meta), space, batch_size=batch_size, workers=1)
     return probs, space
+
+
+def load_exported_predictor(model_path: Path, batch_size: int | None = None) -> Any:
+    """What predict_exported scores with, loaded once: a predict.Predictor over the exported model."""
+    from sentiment.data.labels import LabelSpace
+    from sentiment.inference.predict import Predictor
+
+    model = load_exported(model_path)
+    return Predictor(model, encoding_from(model.meta), LabelSpace(tuple(model.meta["labels"])), batch_size or 256,
+                     workers=1)

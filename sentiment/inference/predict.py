@@ -184,15 +184,9 @@ class Predictor:
                            workers=self.workers, allow_all_empty=True)
 
 
-def load_predictor(run_dir: Path | None = None, model_path: Path | None = None, *, checkpoint: str = "best",
-                   device: str | None = None, batch_size: int | None = None) -> Predictor:
-    """What predict_texts (run_dir) or exported.predict_exported (model_path) score with, loaded once."""
-    if model_path is not None:
-        from sentiment.inference.exported import encoding_from, load_exported
-
-        model = load_exported(model_path)
-        return Predictor(model, encoding_from(model.meta), LabelSpace(tuple(model.meta["labels"])),
-                         batch_size or 256, workers=1)
+def load_predictor(run_dir: Path, *, checkpoint: str = "best", device: str | None = None,
+                   batch_size: int | None = None) -> Predictor:
+    """What predict_texts scores a run with, loaded once (an exported model's: exported.load_exported_predictor)."""
     from sentiment.inference.runtime import load_trained
 
     run = load_trained(run_dir, checkpoint, device)
