@@ -310,3 +310,23 @@ def test_an_onnx_model_with_external_data_is_refused(exported, tmp_path):
     tensor.ClearField("raw_data")
     model = hostile_copy(exported["onnx"], tmp_path / "external.onnx", proto.SerializeToString())
     one_line_error(*run("predict", "--model", model, "great film"), "external.onnx", "external files")
+
+
+def test_a_genuine_pt2_whose_raw_weights_start_like_a_pickle_loads(tmp_path):
+    """Raw tensor bytes (use_pickle false) are read with frombuffer, never unpickled: a float whose first byte is
+    0x80, pickle's opening byte, is data (1 weight file in 256 begins so), not a reason to refuse a real export."""
+    import struct
+
+    import torch
+
+    from sentiment.inference.export import export_model
+    from sentiment.inference.exported import load_exported
+    from sentiment.model import SentimentRNN
+
+    torch.manual_seed(0)
+    model = SentimentRNN(30, 8, hidden_size=4, rnn="gru", pooling="max", dropout=0.0, embed_dropout=0.0).eval()
+    with torch.no_grad():
+        model.fc.bias.fill_(struct.unpack("<f", b"\x80\x00\x80\x3f")[0])  # stored little-endian: 80 00 80 3f
+    out = tmp_path / "m.pt2"
+    export_model(model, out, "torch", {"labels": ["negative", "positive"]})
+    assert load_exported(out) is not None

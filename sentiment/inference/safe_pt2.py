@@ -54,8 +54,26 @@ def check_pt2_archive(data: bytes, name: str) -> None:
     if not any(m.endswith("archive_format") for m in members):
         raise SentimentError(f"{name} is not a torch.export archive of this torch's format (no archive_format): "
                              "export the run again with `sentiment export --format torch`")
+    raw = _raw_payloads(members, name)
     for member, content in members.items():
-        _check_member(member, content, name)
+        _check_member(member, content, name, raw=member in raw)
+
+
+def _raw_payloads(members: dict[str, bytes], name: str) -> set[str]:
+    """The members that the weights' and constants' tables list as raw tensor bytes (use_pickle false): torch reads
+    them with frombuffer, never unpickles them, and their first byte is any float's (0x80 included)."""
+    raw = set()
+    for member, content in members.items():
+        if not member.endswith("_config.json"):
+            continue
+        try:
+            config = json.loads(content).get("config", {})
+        except (ValueError, AttributeError):
+            continue  # _check_member refuses it
+        for entry in config.values() if isinstance(config, dict) else ():
+            if isinstance(entry, dict) and entry.get("use_pickle") is False and isinstance(entry.get("path_name"), str):
+                raw.add(f"{member.rsplit('/', 1)[0]}/{entry['path_name']}" if "/" in member else entry["path_name"])
+    return raw
 
 
 def _refuse(name: str, member: str, why: str) -> SentimentError:
@@ -63,7 +81,9 @@ def _refuse(name: str, member: str, why: str) -> SentimentError:
                           "use a file written by `sentiment export`")
 
 
-def _check_member(member: str, content: bytes, name: str) -> None:
+def _check_member(member: str, content: bytes, name: str, raw: bool = False) -> None:
+    if raw:  # raw tensor bytes, read with frombuffer: nothing in them is ever run
+        return
     if member.endswith(".pkl") or content[:1] == b"\x80":
         raise _refuse(name, member, "is a pickle")
     if content[:2] == b"PK":  # a torch.save archive (sample inputs, pickled tensors): tensors only
@@ -98,6 +118,8 @@ def _check_payload_config(tree: Any, member: str, name: str) -> None:
     if not isinstance(config, dict):
         raise _refuse(name, member, "is not a payload table")
     for entry in config.values():
+        if isinstance(entry, dict) and entry.get("use_pickle") is not False:  # torch would unpickle it
+            raise _refuse(name, member, "lists a payload torch would unpickle (use_pickle)")
         path = entry.get("path_name", "") if isinstance(entry, dict) else ""
         if not isinstance(path, str) or not (path.startswith("weight_") or path.startswith("tensor_")):
             raise _refuse(name, member, f"lists a payload that is not a tensor ({str(path)[:60]!r})")
