@@ -292,7 +292,8 @@ def test_hub_unreachable_online_fails_fast_and_quietly(monkeypatch, capfd):
 def test_unknown_hub_dataset(monkeypatch):
     """What an online Hub answers for a name it lacks (raised by the real exception class). A fake: this
     answer needs the Hub, which tests must not."""
-    def not_found(name, config=None):
+    def not_found(name, config=None, *, trust_remote_code):
+        assert trust_remote_code is False  # a dataset's own loading script never runs
         raise datasets.exceptions.DatasetNotFoundError(f"Dataset '{name}' doesn't exist on the Hub or cannot be "
                                                        "accessed.")
 
@@ -304,7 +305,8 @@ def test_unknown_hub_dataset(monkeypatch):
 
 def test_unknown_config(monkeypatch):
     """The Hub's answer for a config a dataset lacks. A fake: this answer needs the Hub, which tests must not."""
-    def bad_config(name, config=None):
+    def bad_config(name, config=None, *, trust_remote_code):
+        assert trust_remote_code is False
         raise ValueError(f"BuilderConfig '{config}' not found.\nAvailable: ['plain_text']")
 
     monkeypatch.setattr(datasets, "load_dataset", bad_config)
