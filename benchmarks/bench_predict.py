@@ -95,20 +95,35 @@ def time_one_at_a_time(run_dir: Path, texts: list[str]) -> tuple[float, np.ndarr
     import torch
 
     from sentiment.data.batching import truncate
+    from sentiment.data.hashing import NgramBatch, bags, hash_tokens
     from sentiment.inference.predict import encoding_of
     from sentiment.inference.runtime import load_trained
+    from sentiment.ngrams import spec_of
 
     run = load_trained(run_dir)  # sets torch's threads as the run's config says, as predict does
     enc = encoding_of(run)
+    spec = spec_of(run.model)  # a model with the n-gram branch also reads each text's n-grams
+
+    def ngrams_of(tokens: list[str]) -> dict:
+        if spec is None:
+            return {}
+        hashes = hash_tokens(tokens)
+        if not spec.whole_text:
+            hashes = truncate(hashes, enc.max_len, enc.truncate)
+        ids, offsets, counts = bags(hashes, np.array([0, len(hashes)]), spec.n, spec.buckets)
+        return {"ngrams": NgramBatch(torch.from_numpy(ids), torch.from_numpy(offsets), torch.from_numpy(counts))}
+
     tokenizer = common.Tokenizer(lowercase=enc.lowercase, cleaning=enc.cleaning)
     space = run.label_space
     probs = np.full((len(texts), space.num_classes), np.nan)
     start = time.perf_counter()
     with torch.inference_mode():
         for i, text in enumerate(texts):
-            ids = truncate(np.asarray(enc.vocab.encode(tokenizer(text)), dtype=np.int64), enc.max_len, enc.truncate)
+            tokens = tokenizer(text)
+            ids = truncate(np.asarray(enc.vocab.encode(tokens), dtype=np.int64), enc.max_len, enc.truncate)
             if len(ids):  # predict skips token-less texts too
-                logits = run.model(torch.from_numpy(ids)[None].to(run.device), torch.tensor([len(ids)]))
+                logits = run.model(torch.from_numpy(ids)[None].to(run.device), torch.tensor([len(ids)]),
+                                   **ngrams_of(tokens))
                 probs[i] = space.probabilities(logits.float().cpu().numpy())[0]  # as predict computes them
     seconds = time.perf_counter() - start
     how = (f"max_len {enc.max_len} ({'data.eval_max_len' if run.cfg.data.eval_max_len else 'whole texts: predict cap'}),"

@@ -22,7 +22,8 @@ from conftest import set_args
 
 SETTINGS = ["data.dataset=files", "data.glove_dim=null", "model.embed_dim=8", "model.hidden_size=8",
             "model.embed_dropout=0.0", "model.output_dropout=0.0", "train.batch_size=8", "train.lr=0.01",
-            "train.lr_schedule=constant", "train.warmup_steps=0", "data.workers=1", "run.threads=1"]
+            "train.lr_schedule=constant", "train.warmup_steps=0", "data.workers=1", "run.threads=1",
+            "model.ngrams=null"]  # the recurrent model alone, as these tests were written for (the default has two parts)
 CUES = {"neg": ["awful", "bad", "worst", "rude"], "pos": ["great", "good", "love", "kind"]}
 
 

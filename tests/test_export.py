@@ -78,7 +78,8 @@ def three_run(tmp_path_factory) -> Path:
     return base / "run"
 
 
-NGRAM_BRANCH = ["model.ngrams.n=2", "model.ngrams.buckets=4096", "model.ngrams.lr=0.05"]
+NGRAM_BRANCH = ["model.ngrams.n=2", "model.ngrams.buckets=4096", "model.ngrams.lr=0.05", "model.ngrams.weighting=tfidf",
+                "model.combine=sum"]  # tfidf: the counts input is exported too
 
 
 @pytest.fixture(scope="module")

@@ -588,7 +588,7 @@ def test_a_finished_run_survives_an_overwrite_that_fails_before_its_first_checkp
 
         monkeypatch.setattr(train_mod, "init_statistics", interrupt)  # after the run files are written
     before, siblings = contents(run_dir), sorted(p.name for p in tmp_path.iterdir())
-    code, text = run("train", *args, *TINY, "--run-dir", run_dir, "--overwrite")
+    code, text = run("train", *TINY, *args, "--run-dir", run_dir, "--overwrite")  # the case's settings win
     assert code != 0 and needle in text and "Traceback" not in text, text
     assert contents(run_dir) == before  # byte for byte
     assert sorted(p.name for p in tmp_path.iterdir()) == siblings  # nothing set aside left beside it

@@ -88,14 +88,19 @@ def test_each_part_trains_on_its_own_loss_and_the_whole_is_the_mixture():
     assert torch.allclose(summed(ids, lengths, ngrams=ngrams), out["rnn"] + out["branch"])
 
 
-@pytest.mark.parametrize("settings, needle", [
-    (["model.combine=mixture"], "needs both"),
-    (["model.combine=mixture", "model.ngrams={n: 2}", "model.rnn=none"], "needs both"),
-    (["model.combine=mixture", "model.ngrams={n: 2}", "train.adversarial={epsilon: 1.0}"], "train.adversarial"),
-])
-def test_a_mixture_without_two_parts_or_with_an_extra_objective_is_one_error(settings, needle):
-    with pytest.raises(SentimentError, match=needle):
-        load_config(None, settings)
+@pytest.mark.parametrize("settings", [["model.ngrams=null"], ["model.rnn=none"]])
+def test_a_mixture_of_one_part_is_that_part_alone(settings):
+    from sentiment.model import build_model
+
+    cfg = load_config(None, ["model.combine=mixture", *settings])  # the default's combine with one part switched off
+    model = build_model(cfg, 20, 0, 1)
+    assert model.combine == "sum" and "mix" not in model.state_dict()
+
+
+def test_a_mixture_with_an_extra_objective_is_one_error():
+    with pytest.raises(SentimentError, match="train.adversarial"):
+        load_config(None, ["model.combine=mixture", "train.adversarial={epsilon: 1.0}"])
+    assert load_config(None, ["model.combine=sum", "train.adversarial={epsilon: 1.0}"]).train.adversarial
 
 
 @pytest.fixture(scope="module")

@@ -265,7 +265,8 @@ def test_extra_objectives_train_with_the_branch(phrases, tmp_path, objective):
     from sentiment.data.prepare import prepare_data
     from sentiment.inference.runtime import load_trained
 
-    cfg = phrase_config(phrases, tmp_path, "model.rnn=lstm", "model.hidden_size=8", "train.epochs=1", objective)
+    cfg = phrase_config(phrases, tmp_path, "model.rnn=lstm", "model.hidden_size=8", "train.epochs=1", objective,
+                        "model.combine=sum")  # the extra objectives train the summed whole
     run_dir = tmp_path / "run"
     run_dir.mkdir()
     results = train(cfg, run_dir)
@@ -282,12 +283,13 @@ def test_extra_objectives_train_with_the_branch(phrases, tmp_path, objective):
 
 def test_config_checks_for_the_branch():
     with pytest.raises(SentimentError, match="model.ngrams must be set when model.rnn is none"):
-        load_config(None, ["model.rnn=none"])
+        load_config(None, ["model.rnn=none", "model.ngrams=null"])
     with pytest.raises(SentimentError, match="train.adversarial needs a recurrent part"):
         load_config(None, ["model.rnn=none", "model.ngrams.n=2", "train.adversarial.epsilon=1"])
     with pytest.raises(SentimentError, match="model.ngrams.n must be in 1..8"):
         load_config(None, ["model.ngrams.n=0"])
-    assert load_config(None, []).model.ngrams is None  # off by default
+    assert load_config(None, []).model.ngrams is not None  # on by default: the default has two parts
+    assert load_config(None, ["model.ngrams=null"]).model.ngrams is None
 
 
 def test_ddp_run_with_the_branch_then_eval_and_predict_through_the_cli(phrases, tmp_path):
@@ -356,8 +358,12 @@ def test_a_run_stores_what_auto_chose_and_resumes_from_the_config_that_said_auto
     run_dir.mkdir()
     with pytest.raises(TrainingInterrupted):
         train(cfg, run_dir, stop=StopAfter(3))
+    from sentiment.data.prepare import prepare_data
+
     saved, _ = load_run(run_dir)
-    assert (saved.model.ngrams.weighting, saved.model.ngrams.buckets) == ("nb", 2**22)
+    ngrams = 2 * len(prepare_data(phrase_config(phrases, tmp_path).data, token_hashes=True).train.hashes)
+    buckets = saved.model.ngrams.buckets  # the power of two at or just above the training rows' 1-2 grams
+    assert saved.model.ngrams.weighting == "nb" and buckets & (buckets - 1) == 0 and buckets // 2 < ngrams <= buckets
     from typer.testing import CliRunner
 
     from sentiment.cli import app
