@@ -237,6 +237,9 @@ def load_run(run_dir: Path, *, pretraining: bool | None = False) -> tuple[Config
     raw = read_yaml(run_dir / CONFIG_FILE)  # one-line errors, safe_load: no Python tags
     if isinstance(raw.get("data"), dict):
         raw["data"].setdefault("valid_split", "random")  # runs written before the movie split carved at random
+    ngrams = raw.get("model", {}).get("ngrams") if isinstance(raw.get("model"), dict) else None
+    if isinstance(ngrams, dict):
+        ngrams.setdefault("sparse", False)  # runs written before model.ngrams.sparse: resumed with the dense update
     cfg = config_from_dict(raw)
     return cfg, Vocab.load(run_dir / VOCAB_FILE)
 
