@@ -2,8 +2,8 @@
 
 The engine owns what every kind of training needs: the optimizer (Adam; fused on the lazy path; LazyAdam for a
 group marked "sparse", lazy_adam.py) and the learning-rate schedule, gradient accumulation, mixed precision
-(autocast, fp16's GradScaler), gradient clipping, the NaN guard, DDP, checkpoints (last.pt, best.pt) and exact resume (every RNG and the stream's
-place), signals (StopFlag from `graceful_stop`: save and raise TrainingInterrupted), early stopping, a
+(autocast, fp16's GradScaler), gradient clipping, the NaN guard, DDP, checkpoints (last.pt, best.pt) and exact
+resume (every RNG and the stream's place), signals (StopFlag from `graceful_stop`: save and raise TrainingInterrupted), early stopping, a
 wall-clock budget, metrics.jsonl rows and progress reporting. A task (the classifier in train.py; the
 language-model pretraining later) supplies the parts that differ:
 
