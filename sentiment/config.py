@@ -110,6 +110,13 @@ class NgramConfig:
     # the branch's own L2 penalty (Adam's weight_decay in its parameter group): ~1 / (C * n_train) for logistic
     # regression's C ~ 25 on IMDB's 22,500 training reviews (a table trained without decay overfits)
     weight_decay: float = 2.0e-6
+    # true: the table's gradient holds only the batch's rows (a sparse tensor) and its Adam update and L2 penalty
+    # touch only those rows (sentiment/training/lazy_adam.py), so a step costs what the batch's n-grams cost,
+    # not the table's size; its moments decay only on the steps a row is touched (as torch's SparseAdam), and
+    # train.grad_clip leaves the table out (each text's n-gram vector has unit L2 norm, which bounds its
+    # gradient). false: a dense Adam update of every row each step (runs stored without this key). Under NCCL
+    # (torchrun on GPUs), which cannot all-reduce sparse gradients, the table trains dense, with a note.
+    sparse: bool = True
 
 
 @dataclass

@@ -96,6 +96,15 @@ def all_reduce_sum(rank: Rank, values: torch.Tensor) -> torch.Tensor:
     return reduced.to(values.device)
 
 
+def sparse_gradients_supported(rank: Rank) -> bool:
+    """Whether the process group all-reduces sparse gradients: gloo does, NCCL does not (one rank: no need)."""
+    if not rank.distributed:
+        return True
+    import torch.distributed as dist
+
+    return dist.get_backend() == "gloo"
+
+
 def any_rank(rank: Rank, flag: bool) -> bool:
     """True on every rank when it is true on one (a stop request, say): ranks must leave a loop together."""
     if not rank.distributed:

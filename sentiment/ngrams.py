@@ -15,7 +15,8 @@ model, trained jointly with the recurrent one.
   binarized counts as NBSVM) computed from the labeled training rows only and kept in the model's state
   (so every checkpoint, eval and predict carry it); n-grams never seen in training weigh 0, as a fitted
   vectorizer ignores unknown terms. The weighted vector is L2-normalised per text (norm: l2) and summed by
-  an nn.EmbeddingBag(buckets, outputs): the cost is linear in the text's length.
+  an nn.EmbeddingBag(buckets, outputs): the cost is linear in the text's length. With model.ngrams.sparse its
+  gradient is a sparse tensor of the batch's rows, which sentiment/training/lazy_adam.py steps alone.
 - The n-gram ids are computed outside the torch graph (numpy) and passed in as (ids, offsets, counts):
   what an exported model takes as its second input.
 """
@@ -63,7 +64,7 @@ class NgramBranch(nn.Module):
     training. The table starts at zero: the joint model starts as the recurrent one."""
 
     def __init__(self, spec: NgramSpec, num_outputs: int, weighting: str = "tfidf", norm: str = "l2",
-                 dropout: float = 0.0) -> None:
+                 dropout: float = 0.0, sparse: bool = False) -> None:
         super().__init__()
         if weighting not in WEIGHTINGS:
             raise ValueError(f"weighting must be one of {WEIGHTINGS}, got {weighting!r}")
@@ -71,7 +72,9 @@ class NgramBranch(nn.Module):
         self.weighting = weighting
         self.norm = norm
         self.dropout = dropout
-        self.table = nn.EmbeddingBag(spec.buckets, num_outputs, mode="sum")
+        # sparse: the table's gradient holds the batch's rows only (table.sparse may be turned off before training:
+        # under NCCL, which cannot all-reduce a sparse gradient)
+        self.table = nn.EmbeddingBag(spec.buckets, num_outputs, mode="sum", sparse=sparse)
         nn.init.zeros_(self.table.weight)
         self.bias = nn.Parameter(torch.zeros(num_outputs))
         self.register_buffer("scale", torch.ones(spec.buckets))  # set_statistics: from the training rows
@@ -155,7 +158,8 @@ def build_branch(cfg: "Config", num_outputs: int) -> NgramBranch | None:
     resolved = copy.deepcopy(cfg)
     resolve_branch(resolved, 2 if num_outputs == 1 else num_outputs)
     g = resolved.model.ngrams
-    return NgramBranch(NgramSpec(g.n, g.buckets, g.text == "whole"), num_outputs, g.weighting, g.norm, g.dropout)
+    return NgramBranch(NgramSpec(g.n, g.buckets, g.text == "whole"), num_outputs, g.weighting, g.norm, g.dropout,
+                        sparse=g.sparse)
 
 
 def init_statistics(model: nn.Module, cfg: "Config", train: "EncodedSplit", num_classes: int) -> None:
@@ -169,13 +173,19 @@ def init_statistics(model: nn.Module, cfg: "Config", train: "EncodedSplit", num_
 def parameter_groups(model: nn.Module, cfg: "Config") -> list[dict[str, Any]]:
     """The optimizer's parameter groups: the recurrent model with train.lr and train.weight_decay; the branch
     with its own model.ngrams.lr (null: train.lr) and model.ngrams.weight_decay (a 2**20-row table trained
-    without decay overfits where logistic regression's C is tuned)."""
+    without decay overfits where logistic regression's C is tuned). With model.ngrams.sparse the table is a group of
+    its own after the bias's (same lr and decay), marked "sparse": True while its gradient is sparse (the engine
+    steps it with LazyAdam)."""
     branch = getattr(model, "ngrams", None)
     if not isinstance(branch, NgramBranch):
         return [{"params": list(model.parameters())}]
     own = {id(p) for p in branch.parameters()}
     rest = [p for p in model.parameters() if id(p) not in own]
     g = cfg.model.ngrams
-    groups = [{"params": list(branch.parameters()), "lr": g.lr if g.lr is not None else cfg.train.lr,
-               "weight_decay": g.weight_decay}]
+    own_settings = {"lr": g.lr if g.lr is not None else cfg.train.lr, "weight_decay": g.weight_decay}
+    if g.sparse:  # the same groups when the table trains dense after all (NCCL): one checkpoint format
+        groups = [{"params": [branch.bias], **own_settings},
+                  {"params": [branch.table.weight], **own_settings, "sparse": branch.table.sparse}]
+    else:
+        groups = [{"params": list(branch.parameters()), **own_settings}]
     return ([{"params": rest}] if rest else []) + groups

@@ -241,6 +241,9 @@ def load_run(run_dir: Path, *, pretraining: bool | None = False) -> tuple[Config
         # runs written before the two-part default: no branch unless they named one, and their parts summed
         raw["model"].setdefault("ngrams", None)
         raw["model"].setdefault("combine", "sum")
+    ngrams = raw.get("model", {}).get("ngrams") if isinstance(raw.get("model"), dict) else None
+    if isinstance(ngrams, dict):
+        ngrams.setdefault("sparse", False)  # runs written before model.ngrams.sparse: resumed with the dense update
     cfg = config_from_dict(raw)
     return cfg, Vocab.load(run_dir / VOCAB_FILE)
 

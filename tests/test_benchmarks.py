@@ -89,6 +89,9 @@ def ran(tiny: Path) -> dict:
         ["bench_ngrams", str(BENCH / "bench_ngrams.py"),
          ["--data-dir", data, "--threads", "1", "--batches", "2", "--eval-reviews", "10", *small,
           "--set", "model.ngrams.buckets=4096", "--json", str(tiny / "ngrams.json")]],
+        ["bench_ngrams_buckets", str(BENCH / "bench_ngrams.py"),
+         ["--data-dir", data, "--threads", "1", "--buckets", "8,10", "--steps", "2",
+          "--json", str(tiny / "ngrams_buckets.json")]],
         ["bench_predict", str(BENCH / "bench_predict.py"),
          ["--data-dir", data, "--texts", "10", "--baseline", "4", "--work-dir", str(tiny / "predict"),
           "--json", str(tiny / "predict.json")]],
@@ -138,6 +141,7 @@ def test_bench_gpu_help_and_refusal_without_cuda(tmp_path: Path) -> None:
 
 
 @pytest.mark.parametrize("name", ["bench_prepare", "bench_rnn_padding", "bench_lstm_ceiling", "bench_train", "bench_ngrams",
+                                  "bench_ngrams_buckets",
                                   "bench_predict", "bench_predict_csv", "bench_objectives", "bench"])
 def test_smoke_run_succeeds(ran: dict, name: str) -> None:
     assert ran[name]["rc"] == 0, ran[name]["out"][-4000:]
@@ -150,6 +154,9 @@ def test_figures_files_name_each_figure_and_its_baseline(ran: dict, tiny: Path) 
     ngrams = figures(tiny / "ngrams.json")  # a training step and scoring, each against the model without the branch
     assert [r["baseline_name"] for r in ngrams] == ["the same model without it"] * 2
     assert "training step" in ngrams[0]["figure"] and "scoring" in ngrams[1]["figure"]
+    buckets = figures(tiny / "ngrams_buckets.json")  # an optimizer step at each table size, sparse against dense
+    assert [r["baseline_name"] for r in buckets] == ["the dense table (Adam)"] * 2
+    assert "2**8 buckets" in buckets[0]["figure"] and "2**10 buckets" in buckets[1]["figure"]
     assert len(figures(tiny / "objectives.json")) == 4  # each objective and all three against a plain step
     assert "no GloVe" not in ran["bench_prepare"]["out"]
     assert "PASS" not in ran["bench_prepare"]["out"] and "FAIL" not in ran["bench_prepare"]["out"]

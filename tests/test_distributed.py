@@ -148,6 +148,60 @@ def test_ddp_weights_equal_one_process_over_both_ranks_batches(two_ranks):
         assert torch.allclose(trained[name], value, atol=1e-5), (name, float((trained[name] - value).abs().max()))
 
 
+def test_ddp_with_a_sparse_ngram_table_equals_one_process_over_both_ranks_batches(tmp_path):
+    """A GRU + n-gram branch whose table's gradient is sparse (model.ngrams.sparse: gloo all-reduces it; LazyAdam
+    steps the rows it touches, with the branch's L2 penalty on them): two ranks end with the weights of one process
+    stepping over the union of their batches, within float tolerance."""
+    from sentiment.data.batching import BucketBatchSampler, collate
+    from sentiment.data.prepare import prepare_data
+    from sentiment.model import build_model
+    from sentiment.ngrams import init_statistics, ngram_inputs
+    from sentiment.runs import load_checkpoint, load_labels, load_run
+    from sentiment.training.lazy_adam import build_optimizer
+    from sentiment.training.train import optimizer_groups, seed_everything
+
+    csv = write_data(tmp_path)
+    run_dir = tmp_path / "runs" / "r"
+    branch = ["model.ngrams.n=2", "model.ngrams.buckets=4096", "model.ngrams.lr=0.05",
+              "model.ngrams.weight_decay=0.01", "train.epochs=2", "run.eval_test=false"]
+    done = sentiment("train", "--nproc", "2", *common(tmp_path, csv, *branch), "--run-dir", str(run_dir))
+    assert done.returncode == 0, done.stderr
+    cfg, vocab = load_run(run_dir)
+    assert cfg.model.ngrams.sparse  # the default
+    space = load_labels(run_dir)
+    data = prepare_data(cfg.data, vocab, label_space=space, token_hashes=True)
+    torch.set_num_threads(1)
+    seed_everything(cfg.run.seed)
+    model = build_model(cfg, len(vocab), vocab.pad_index, space.num_outputs)
+    init_statistics(model, cfg, data.train, space.num_classes)
+    groups = optimizer_groups(model, cfg)
+    assert groups[-1]["sparse"] and groups[-1]["params"] == [model.ngrams.table.weight]
+    optimizer = build_optimizer(groups, lr=cfg.train.lr, weight_decay=cfg.train.weight_decay)
+    dense = [p for p in model.parameters() if p is not model.ngrams.table.weight]
+    lengths = data.train.lengths(cfg.data.max_len)
+    samplers = [BucketBatchSampler(lengths, cfg.train.batch_size, seed=cfg.run.seed, num_replicas=2, rank=r)
+                for r in range(2)]
+    model.train()
+    for epoch in range(cfg.train.epochs):
+        for s in samplers:
+            s.set_epoch(epoch)
+        for pair in zip(*(s.batches() for s in samplers)):
+            optimizer.zero_grad()
+            union = np.concatenate(pair)
+            ids, lens, labels = collate(data.train, union, cfg.data.max_len, cfg.data.truncate, vocab.pad_index)
+            inputs = ngram_inputs(model, data.train, union, cfg.data.max_len, cfg.data.truncate)
+            space.loss(model(ids, lens, **inputs), labels).backward()
+            assert model.ngrams.table.weight.grad.is_sparse
+            torch.nn.utils.clip_grad_norm_(dense, cfg.train.grad_clip)  # the table is left out, as the engine does
+            optimizer.step()
+    saved = load_checkpoint(run_dir / "last.pt", vocab)
+    trained = saved["model"]
+    assert "amsgrad" not in saved["optimizer"]["param_groups"][-1]  # LazyAdam's group, not torch Adam's
+    assert float(trained["ngrams.table.weight"].abs().max()) > 1e-2  # the table (zero at init) trained
+    for name, value in model.state_dict().items():
+        assert torch.allclose(trained[name], value, atol=1e-5), (name, float((trained[name] - value).abs().max()))
+
+
 def free_port() -> int:
     with socket.socket() as s:
         s.bind(("127.0.0.1", 0))

@@ -235,14 +235,19 @@ def test_the_same_text_gets_the_same_ngrams_in_training_evaluation_and_predictio
         assert set(collate_ngrams(predicted, [i], spec).ids.tolist()) == reference_ngrams(tokens, 2, 4096)
 
 
-def test_the_branch_has_its_own_optimizer_group_and_resumes_bitwise(phrases, tmp_path):
+@pytest.mark.parametrize("sparse", [True, False])
+def test_the_branch_has_its_own_optimizer_group_and_resumes_bitwise(phrases, tmp_path, sparse):
+    """Dense: one group for the table and bias. Sparse (model.ngrams.sparse, LazyAdam on the table's rows): the bias,
+    then the table marked sparse; the lazy optimizer's state resumes bitwise as Adam's does."""
     settings = ["model.rnn=gru", "model.hidden_size=8", "model.ngrams.weighting=nb", "model.ngrams.dropout=0.2",
-                "model.ngrams.weight_decay=0.001", "train.epochs=2"]
+                "model.ngrams.weight_decay=0.001", "train.epochs=2", f"model.ngrams.sparse={str(sparse).lower()}",
+                "train.grad_clip=1.0"]
     cfg = phrase_config(phrases, tmp_path, *settings)
     model = build_model(cfg, 20, 0, 1)
     groups = parameter_groups(model, cfg)
-    assert len(groups) == 2 and groups[1]["lr"] == 0.1 and groups[1]["weight_decay"] == 0.001
-    assert {id(p) for p in groups[1]["params"]} == {id(p) for p in model.ngrams.parameters()}
+    assert len(groups) == 2 + sparse and all(g["lr"] == 0.1 and g["weight_decay"] == 0.001 for g in groups[1:])
+    assert {id(p) for g in groups[1:] for p in g["params"]} == {id(p) for p in model.ngrams.parameters()}
+    assert [g.get("sparse", False) for g in groups[1:]] == ([False, True] if sparse else [False])
 
     whole = tmp_path / "whole"
     whole.mkdir()
@@ -252,9 +257,15 @@ def test_the_branch_has_its_own_optimizer_group_and_resumes_bitwise(phrases, tmp
     with pytest.raises(TrainingInterrupted):
         train(cfg, cut, stop=StopAfter(25))  # mid epoch 2
     train(cfg, cut, resume=True)
-    a, b = load_checkpoint(whole / LAST)["model"], load_checkpoint(cut / LAST)["model"]
+    whole_pt, cut_pt = load_checkpoint(whole / LAST), load_checkpoint(cut / LAST)
+    a, b = whole_pt["model"], cut_pt["model"]
     assert a.keys() == b.keys() and all(torch.equal(a[k], b[k]) for k in a)
     assert float(a["ngrams.scale"].abs().sum()) > 0  # the NB ratios went with the run
+    assert float(a["ngrams.table.weight"].abs().max()) > 0  # the table trained
+    table = whole_pt["optimizer"]["state"][len(whole_pt["optimizer"]["state"]) - 1]  # the last parameter: the table
+    assert table["exp_avg"].shape == a["ngrams.table.weight"].shape
+    for number, state in whole_pt["optimizer"]["state"].items():
+        assert all(torch.equal(v, cut_pt["optimizer"]["state"][number][k]) for k, v in state.items())
 
 
 @pytest.mark.parametrize("objective", ["train.adversarial.epsilon=1.0", "train.virtual_adversarial.epsilon=1.0",

@@ -1,9 +1,9 @@
 """The training engine: one loop over a stream of batches and an objective, whatever is being trained.
 
-The engine owns what every kind of training needs: the optimizer (Adam; fused on the lazy path) and the
-learning-rate schedule, gradient accumulation, mixed precision (autocast, fp16's GradScaler), gradient
-clipping, the NaN guard, DDP, checkpoints (last.pt, best.pt) and exact resume (every RNG and the stream's
-place), signals (StopFlag from `graceful_stop`: save and raise TrainingInterrupted), early stopping, a
+The engine owns what every kind of training needs: the optimizer (Adam; fused on the lazy path; LazyAdam for a
+group marked "sparse", lazy_adam.py) and the learning-rate schedule, gradient accumulation, mixed precision
+(autocast, fp16's GradScaler), gradient clipping, the NaN guard, DDP, checkpoints (last.pt, best.pt) and exact
+resume (every RNG and the stream's place), signals (StopFlag from `graceful_stop`: save and raise TrainingInterrupted), early stopping, a
 wall-clock budget, metrics.jsonl rows and progress reporting. A task (the classifier in train.py; the
 language-model pretraining later) supplies the parts that differ:
 
@@ -67,6 +67,7 @@ import torch.nn as nn
 from sentiment.device import describe_device
 from sentiment.distributed import Rank, all_reduce_sum, any_rank, broadcast_weights
 from sentiment.errors import SentimentError
+from sentiment.training.lazy_adam import build_optimizer
 from sentiment.runs import BEST, LAST, append_metrics, save_checkpoint, truncate_metrics
 
 
@@ -263,7 +264,12 @@ class Ranks:
         """What DDP does, in one all-reduce: every rank's gradients replaced by their mean."""
         if not self.distributed:
             return
-        grads = [p.grad for p in params if p.grad is not None]
+        for p in params:  # a sparse gradient (the n-gram table's; gloo all-reduces those) on its own
+            if p.grad is not None and p.grad.is_sparse:
+                p.grad = all_reduce_sum(self.rank, p.grad.coalesce()) / self.rank.world_size
+        grads = [p.grad for p in params if p.grad is not None and not p.grad.is_sparse]
+        if not grads:
+            return
         flat = torch.cat([g.reshape(-1) for g in grads])
         flat = all_reduce_sum(self.rank, flat) / self.rank.world_size
         offset = 0
@@ -396,10 +402,15 @@ class Engine:
         self.reporter, self.stop, self.extra_state = reporter, stop if stop is not None else False, extra_state
         self.params = list(model.parameters())
         self._setup_precision()
-        # param_groups: the optimizer's groups, each with its own "lr" (discriminative rates); default: one, at lr
-        self.optimizer = torch.optim.Adam(param_groups or self.params, lr=settings.lr,
-                                          weight_decay=settings.weight_decay,
-                                          **({"fused": True} if self.sync.lazy else {}))
+        # param_groups: the optimizer's groups, each with its own "lr" (discriminative rates); default: one, at lr.
+        # A group marked "sparse": True (the n-gram table, model.ngrams.sparse) has sparse gradients: LazyAdam steps
+        # the rows they touch, and clipping leaves them out (_optimizer_step)
+        groups = param_groups or [{"params": self.params}]
+        sparse = {id(p) for g in groups if g.get("sparse") for p in g["params"]}
+        self.sparse_params = [p for p in self.params if id(p) in sparse]
+        self.dense_params = [p for p in self.params if id(p) not in sparse]
+        self.optimizer = build_optimizer(groups, lr=settings.lr, weight_decay=settings.weight_decay,
+                                         fused=self.sync.lazy)
         n_batches = stream.set_epoch(0)
         if n_batches == 0:
             raise SentimentError(f"the data make fewer batches of {settings.batch_size} than there are processes "
@@ -569,13 +580,23 @@ class Engine:
         grad_norm = None
         if self.s.grad_clip:
             self.scaler.unscale_(self.optimizer)
-            grad_norm = nn.utils.clip_grad_norm_(self.params, self.s.grad_clip)
+            grad_norm = nn.utils.clip_grad_norm_(self.dense_params, self.s.grad_clip)
         elif not self.scaler.is_enabled():
-            grad_norm = nn.utils.get_total_norm([p.grad for p in self.params if p.grad is not None])
+            grad_norm = nn.utils.get_total_norm([p.grad for p in self.dense_params if p.grad is not None])
+        if grad_norm is not None and self.sparse_params:
+            # Clipping leaves the sparse n-gram table out (torch clips dense gradients only): each text's n-gram
+            # vector has unit L2 norm, so a batch's gradient there is bounded by its loss's. The guard below still
+            # sees it: its values' norm joins the dense one (a NaN or inf there stops or skips the step alike)
+            grad_norm = torch.linalg.vector_norm(torch.stack([grad_norm, self._sparse_norm()]))
         self.sync.guard(self.optimizer, loss, grad_norm, self.scaler.is_enabled())  # before stepping on it
         self.scaler.step(self.optimizer)
         self.scaler.update()
         self.scheduler.step()
+
+    def _sparse_norm(self) -> torch.Tensor:
+        """The L2 norm of the sparse gradients' values (uncoalesced: not finite where one value is not)."""
+        norms = [torch.linalg.vector_norm(p.grad._values()) for p in self.sparse_params if p.grad is not None]
+        return torch.linalg.vector_norm(torch.stack(norms)) if norms else torch.zeros((), device=self.device)
 
     def _count(self, batch: Any, loss: torch.Tensor, stats: dict[str, torch.Tensor], started: float,
                last: bool) -> None:

@@ -24,7 +24,7 @@ from sentiment.config import Config
 from sentiment.data.batching import BucketBatchSampler, UnlabeledStream, collate
 from sentiment.data.prepare import PreparedData, prepare_data
 from sentiment.device import resolve_device
-from sentiment.distributed import Rank, broadcast, broadcast_weights, rank_device
+from sentiment.distributed import Rank, broadcast, broadcast_weights, rank_device, sparse_gradients_supported
 from sentiment.distributed import init as init_distributed
 from sentiment.errors import SentimentError
 from sentiment.floats import flush_denormals
@@ -242,6 +242,7 @@ def train(cfg: Config, run_dir: Path, *, data: PreparedData | None = None, resum
         note = ignored_keys_note(cfg)
         if note and reporter and rank.is_main:
             reporter.note(note)
+    dense_table_where_needed(model, rank, reporter)
     weights = class_weights(cfg, data, device)
     objective, reads_unlabeled = _objective(cfg, data, rank, reporter, weights)
     stream = LabeledStream(cfg, data, rank, device, reads_unlabeled, model)
@@ -274,6 +275,18 @@ def train(cfg: Config, run_dir: Path, *, data: PreparedData | None = None, resum
                     param_groups=optimizer_groups(model, cfg), saved=saved)
     engine.run()
     return finish(cfg, run_dir, data, device, rank)
+
+
+def dense_table_where_needed(model: nn.Module, rank: Rank, reporter: Reporter | None) -> None:
+    """model.ngrams.sparse under a process group that cannot all-reduce sparse gradients (NCCL): the table trains
+    with the dense update (before DDP wraps it and the optimizer is built), and the user is told once."""
+    table = getattr(getattr(model, "ngrams", None), "table", None)
+    if table is None or not table.sparse or sparse_gradients_supported(rank):
+        return
+    table.sparse = False
+    if reporter and rank.is_main:
+        reporter.note("model.ngrams.sparse: this process group (NCCL) cannot all-reduce sparse gradients, so the "
+                      "n-gram table trains with a dense Adam update of every row")
 
 
 def fit_valid_mixture(model: nn.Module, cfg: Config, data: PreparedData, device: torch.device,
