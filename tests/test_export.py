@@ -106,6 +106,18 @@ def ngram_alone_run(tmp_path_factory) -> Path:
     return base / "run"
 
 
+@pytest.fixture(scope="module")
+def mixture_run(tmp_path_factory) -> Path:
+    """The default's shape: a BiGRU and the branch (nb, sparse) each on its own loss, mixed on validation."""
+    base = tmp_path_factory.mktemp("export_mixture")
+    data = make_imdb(base / "data", n_per_class=40, with_glove=False)
+    code, text = run("train", *set_args([f"data.data_dir={data}", *FAST, "model.rnn=gru", "model.hidden_size=8",
+                                         "model.ngrams.n=2", "model.ngrams.buckets=4096", "model.ngrams.lr=0.05",
+                                         "model.combine=mixture"]), "--run-dir", str(base / "run"))
+    assert code == 0, text
+    return base / "run"
+
+
 def assert_rows_close(got: list[dict], expected: list[dict]) -> None:
     assert len(got) == len(expected)
     for g, e in zip(got, expected):
@@ -138,7 +150,8 @@ def test_three_class_run_round_trips(three_run, tmp_path):
 
 
 # the n-gram runs through both formats: the recurrent one through torch.export too (one case: export is slow)
-NGRAM_CASES = [("ngram_gru_run", "onnx", ["ids", "lengths", "ngram_ids", "ngram_offsets", "ngram_counts"]),
+NGRAM_CASES = [("mixture_run", "onnx", ["ids", "lengths", "ngram_ids", "ngram_offsets"]),
+               ("ngram_gru_run", "onnx", ["ids", "lengths", "ngram_ids", "ngram_offsets", "ngram_counts"]),
                ("ngram_gru_run", "torch", ["ids", "lengths", "ngram_ids", "ngram_offsets", "ngram_counts"]),
                ("ngram_alone_run", "onnx", ["ngram_ids", "ngram_offsets"])]
 
@@ -352,7 +365,7 @@ def documented() -> dict:
     return namespace
 
 
-@pytest.mark.parametrize("fixture", ["binary_run", "ngram_gru_run", "ngram_alone_run"])
+@pytest.mark.parametrize("fixture", ["binary_run", "ngram_gru_run", "ngram_alone_run", "mixture_run"])
 def test_the_documented_function_agrees_with_predict_model(request, tmp_path, fixture):
     """docs/serving.md's text-to-probabilities function, without this package, gives predict --model's rows
     (with the n-gram branch too: its hashing function is the package's, one token at a time)."""

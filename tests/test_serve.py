@@ -355,12 +355,13 @@ def test_serving_an_exported_onnx_model_answers_as_predict_model(trained, tmp_pa
 
 def test_a_run_with_the_ngram_branch_serves_from_the_run_and_from_its_export(tmp_path):
     """The n-gram branch's input (the texts' token hashes) travels through the batcher: `serve --run` and
-    `serve --model` (its ONNX export) answer what `predict` answers."""
+    `serve --model` (its ONNX export) answer what `predict` answers, for the default's two parts mixed."""
     pytest.importorskip("onnxruntime")
     data = make_imdb(tmp_path / "data", n_per_class=30, with_glove=False)
     run_dir, out = tmp_path / "run", tmp_path / "model.onnx"
     result = runner.invoke(app, ["train", *set_args([f"data.data_dir={data}", *FAST, "model.hidden_size=8",
-                                                     "model.ngrams.buckets=4096", "model.ngrams.lr=0.05"]),
+                                                     "model.ngrams.buckets=4096", "model.ngrams.lr=0.05",
+                                                     "model.combine=mixture"]),
                                  "--run-dir", str(run_dir)])
     assert result.exit_code == 0, result.output
     result = runner.invoke(app, ["export", "--run", str(run_dir), "--format", "onnx", "--out", str(out)])
