@@ -22,9 +22,7 @@ from __future__ import annotations
 
 import argparse
 import json
-import subprocess
 import sys
-import time
 from concurrent.futures import ThreadPoolExecutor
 from pathlib import Path
 
@@ -32,31 +30,18 @@ import numpy as np
 
 ROOT = Path(__file__).resolve().parents[1]
 sys.path.insert(0, str(ROOT / "benchmarks"))
-from compare_linear import mean_sd, our_test_predictions  # noqa: E402
+from compare_linear import mean_sd, our_test_predictions, train_seed  # noqa: E402
 
 VARIANTS = {"whole": [], "rnn": ["model.ngrams=null", "model.combine=sum"],
             "branch": ["model.rnn=none", "model.combine=sum"]}
 
 
 def train_run(config: Path, seed: int, run_dir: Path, overrides: list[str]) -> float:
-    """Wall seconds of one `sentiment train` (0.0 when the run was already finished: read, not trained)."""
+    """Wall seconds of one `sentiment train` (compare_linear.train_seed); a finished run is read, not trained again
+    (its seconds from seconds.json, 0.0 where it has none)."""
     if (run_dir / "results.json").is_file():
         return json.loads((run_dir / "seconds.json").read_text()) if (run_dir / "seconds.json").is_file() else 0.0
-    cmd = [sys.executable, "-m", "sentiment", "train", "--config", str(config), "--set", f"run.seed={seed}",
-           "--set", "run.eval_test=true"]
-    for o in overrides:
-        cmd += ["--set", o]
-    cmd += ["--run-dir", str(run_dir), "--overwrite"]
-    log = run_dir.parent / f"{run_dir.name}.log"
-    log.parent.mkdir(parents=True, exist_ok=True)
-    print(f"  {run_dir.parent.name} seed {seed}: {' '.join(cmd[2:])}", flush=True)
-    start = time.perf_counter()
-    with open(log, "w") as sink:
-        rc = subprocess.run(cmd, cwd=ROOT, stdout=sink, stderr=subprocess.STDOUT).returncode
-    seconds = time.perf_counter() - start
-    if rc != 0:
-        tail = log.read_text(errors="replace").strip().splitlines()[-5:]
-        sys.exit(f"{run_dir}: sentiment train failed ({rc}):\n  " + "\n  ".join(tail))
+    seconds = train_seed(["--config", str(config)], seed, run_dir, overrides)
     (run_dir / "seconds.json").write_text(json.dumps(seconds))
     return seconds
 

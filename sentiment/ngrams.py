@@ -1,24 +1,19 @@
-"""The bag-of-n-grams branch: a linear model over hashed word n-grams whose logits add to the recurrent head's.
+"""The bag-of-n-grams branch: a linear model over hashed word n-grams whose logits join the recurrent head's.
 
 Why: TF-IDF + logistic regression matches our recurrent models on IMDB and short texts, and the two make
 different errors (issue 24; NBSVM, Wang & Manning 2012; Mesnil et al. 2014). The branch is that linear
-model, trained jointly with the recurrent one.
+model, summed with the recurrent one (model.combine sum) or trained apart and mixed on validation (mixture).
 
-- Tokens are hashed as STRINGS (64-bit FNV-1a over their UTF-8 bytes), not as vocabulary ids: a rare word the
-  vocabulary maps to <unk> keeps its own features. `hash_tokens` is the one function training (the token
-  table in prepare), evaluation and prediction (predict.encode_texts) use, so a text gets the same n-gram
-  ids everywhere; Python's randomised hash() is never used.
-- An n-gram's id combines its tokens' hashes (multiply, xor), is mixed (murmur3's fmix64, salted by the
-  order) and taken modulo `buckets`. N-grams never cross texts.
-- Per text, the branch reads each distinct n-gram id once, with its count. The model weighs it by a per-bucket
-  scale (none: 1, tfidf: smoothed idf as scikit-learn computes it, nb: the Naive Bayes log-count ratio,
-  binarized counts as NBSVM) computed from the labeled training rows only and kept in the model's state
-  (so every checkpoint, eval and predict carry it); n-grams never seen in training weigh 0, as a fitted
-  vectorizer ignores unknown terms. The weighted vector is L2-normalised per text (norm: l2) and summed by
-  an nn.EmbeddingBag(buckets, outputs): the cost is linear in the text's length. With model.ngrams.sparse its
-  gradient is a sparse tensor of the batch's rows, which sentiment/training/lazy_adam.py steps alone.
-- The n-gram ids are computed outside the torch graph (numpy) and passed in as (ids, offsets, counts):
-  what an exported model takes as its second input.
+- Its inputs, each text's distinct n-gram bucket ids with counts hashed from the token strings, come from the
+  data side (sentiment/data/hashing.py), outside the torch graph: what an exported model takes as its second
+  input.
+- The model weighs each n-gram by a per-bucket scale (none: 1, tfidf: smoothed idf as scikit-learn computes
+  it, nb: the Naive Bayes log-count ratio, binarized counts as NBSVM) computed from the labeled training rows
+  only and kept in the model's state (so every checkpoint, eval and predict carry it); n-grams never seen in
+  training weigh 0, as a fitted vectorizer ignores unknown terms. The weighted vector is L2-normalised per
+  text (norm: l2) and summed by an nn.EmbeddingBag(buckets, outputs): the cost is linear in the text's length.
+  With model.ngrams.sparse its gradient is a sparse tensor of the batch's rows, which
+  sentiment/training/lazy_adam.py steps alone.
 """
 
 from __future__ import annotations
