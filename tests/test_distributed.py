@@ -163,7 +163,8 @@ def test_ddp_with_a_sparse_ngram_table_equals_one_process_over_both_ranks_batche
     csv = write_data(tmp_path)
     run_dir = tmp_path / "runs" / "r"
     branch = ["model.ngrams.n=2", "model.ngrams.buckets=4096", "model.ngrams.lr=0.05",
-              "model.ngrams.weight_decay=0.01", "train.epochs=2", "run.eval_test=false"]
+              "model.ngrams.weight_decay=0.01", "train.epochs=2", "run.eval_test=false",
+              "model.combine=sum"]  # the reference below steps the summed loss
     done = sentiment("train", "--nproc", "2", *common(tmp_path, csv, *branch), "--run-dir", str(run_dir))
     assert done.returncode == 0, done.stderr
     cfg, vocab = load_run(run_dir)

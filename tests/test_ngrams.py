@@ -304,7 +304,8 @@ def test_config_checks_for_the_branch():
 
 
 def test_ddp_run_with_the_branch_then_eval_and_predict_through_the_cli(phrases, tmp_path):
-    """Two processes (DDP, gloo) train a GRU + branch; `sentiment eval` reproduces its test figures, `eval --data`
+    """Two processes (DDP, gloo) train a GRU + branch mixed on validation (the main rank fits the mixture and sends
+    it); `sentiment eval` reproduces its test figures, `eval --data`
     scores new labeled text, and `sentiment predict` tells the phrase apart (the n-grams computed there too)."""
     env = {**os.environ, "SENTIMENT_DIST_TIMEOUT": "30", "PYTHONPATH": str(Path(__file__).resolve().parents[1])}
     env.pop("SENTIMENT_CACHE_DIR", None)
@@ -315,7 +316,8 @@ def test_ddp_run_with_the_branch_then_eval_and_predict_through_the_cli(phrases, 
 
     settings = [s for s in FAST if not s.startswith(("data.test_fraction", "run.eval_test"))]
     settings += [f"data.train_file={phrases}", f"data.data_dir={tmp_path / 'data'}", "model.hidden_size=8",
-                 "model.ngrams.buckets=4096", "model.ngrams.lr=0.1", "train.epochs=3", "data.test_fraction=0.2"]
+                 "model.ngrams.buckets=4096", "model.ngrams.lr=0.1", "train.epochs=3", "data.test_fraction=0.2",
+                 "model.combine=mixture"]
     run_dir = tmp_path / "run"
     done = sentiment("train", "--nproc", "2", *[a for s in settings for a in ("--set", s)], "--run-dir", str(run_dir))
     assert done.returncode == 0, done.stdout + done.stderr
