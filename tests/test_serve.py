@@ -295,7 +295,10 @@ def test_workers_serve_the_model_the_server_started_with_and_a_death_stops_the_s
         workers = _children(proc.pid)
         assert len(workers) == 2, workers
         os.kill(workers[0], signal.SIGKILL)
-        code, out = proc.wait(30), proc.stdout.read().decode()
+        # communicate, not read(): a process the server left behind (its tokenizer process) would hold stdout open
+        # and a read would never return; here it fails the test instead
+        out = proc.communicate(timeout=60)[0].decode()
+        code = proc.returncode
     finally:
         if proc.poll() is None:
             proc.kill()

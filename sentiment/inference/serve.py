@@ -118,16 +118,20 @@ class Scorer:
 _process_encoding: Any = None  # the tokenizer process's Encoding, set once by its initializer
 
 
-def _start_tokenizer_process(enc: Any) -> None:
+def _start_tokenizer_process(enc: Any, parent: int) -> None:
     global _process_encoding
     import signal as signals
 
     from sentiment.data.tokenize import init_tokenizer
 
     signals.signal(signals.SIGINT, signals.SIG_IGN)  # Ctrl-C reaches the process group: the server decides
+    # parent: the server process that spawned this one, as it gave its own pid. Read here instead, a parent that
+    # died while this process was starting (seconds of imports on a loaded machine) would read as init, and this
+    # process would outlive the server for ever, holding its stdout
+    if os.getppid() != parent:
+        os._exit(0)
     _process_encoding = enc
     init_tokenizer()
-    parent = os.getppid()
 
     def exit_with_parent() -> None:  # a server process killed -9 cannot end this one itself
         while os.getppid() == parent:
@@ -160,7 +164,7 @@ class TokenizerProcess:
 
         # spawn, not fork: the server has threads (the scorer's, torch's), which a fork copies mid-lock
         pool = ProcessPoolExecutor(1, mp_context=multiprocessing.get_context("spawn"),
-                                   initializer=_start_tokenizer_process, initargs=(self.enc,))
+                                   initializer=_start_tokenizer_process, initargs=(self.enc, os.getpid()))
         pool.submit(_encode_in_process, ["warm up"]).result()  # started now, not by the first request
         return pool
 
