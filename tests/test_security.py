@@ -323,10 +323,13 @@ def test_a_genuine_pt2_whose_raw_weights_start_like_a_pickle_loads(tmp_path):
     from sentiment.inference.exported import load_exported
     from sentiment.model import SentimentRNN
 
+    from sentiment.ngrams import NgramBranch, NgramSpec
+
     torch.manual_seed(0)
-    model = SentimentRNN(30, 8, hidden_size=4, rnn="gru", pooling="max", dropout=0.0, embed_dropout=0.0).eval()
+    branch = NgramBranch(NgramSpec(2, 64, True), 1, "tfidf")  # the branch alone: no recurrent scan to export (fast)
+    model = SentimentRNN(30, 8, rnn="none", ngrams=branch).eval()
     with torch.no_grad():
-        model.fc.bias.fill_(struct.unpack("<f", b"\x80\x00\x80\x3f")[0])  # stored little-endian: 80 00 80 3f
+        branch.bias.fill_(struct.unpack("<f", b"\x80\x00\x80\x3f")[0])  # stored little-endian: 80 00 80 3f
     out = tmp_path / "m.pt2"
     export_model(model, out, "torch", {"labels": ["negative", "positive"]})
     assert load_exported(out) is not None
