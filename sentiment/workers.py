@@ -20,6 +20,19 @@ def _worker_init() -> None:
     signal.signal(signal.SIGTERM, signal.SIG_DFL)
 
 
+def _end_now(pool: Any) -> None:
+    """Kill a failed pool's workers at once. Pool.terminate() first takes the task queue's lock, which a worker
+    killed from outside may have died holding: it then waited for ever (once in a full run of the suite, 2026-12-08). So the
+    workers get SIGKILL here, and terminate() (which also stops the pool's threads) runs on a daemon thread that
+    nothing waits for."""
+    import threading
+
+    for process in list(getattr(pool, "_pool", ()) or ()):
+        if process.exitcode is None:
+            process.kill()
+    threading.Thread(target=pool.terminate, daemon=True).start()
+
+
 def run_in_workers(fn: Callable[[Any], Any], tasks: Sequence[Any], processes: int, method: str = "fork") -> list:
     """fn over tasks in `processes` worker processes, results in task order. A worker killed from outside
     (the OOM killer, SIGTERM to the process group) is an error at once, not a wait for a result that will
@@ -39,7 +52,7 @@ def run_in_workers(fn: Callable[[Any], Any], tasks: Sequence[Any], processes: in
                                      "nothing from this step was kept")
         results = result.get()
     except BaseException:
-        pool.terminate()  # a failure or Ctrl-C: end the workers now
+        _end_now(pool)  # a failure or Ctrl-C: end the workers now
         raise
     # Done: each worker ends on the sentinel close() sends. Not `with Pool(...)`, whose exit terminates them
     # with SIGTERM: a worker blocked on the task queue's lock then survived it now and then, and the join
