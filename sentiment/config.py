@@ -61,6 +61,11 @@ class DataConfig:
     # within that split's ~0.6-point noise, so the cheaper reading is the default.
     eval_max_len: Optional[int] = 400
     vocab_max_size: Optional[int] = 25_000  # most frequent training tokens, plus <pad> and <unk>
+    # Which texts the vocabulary counts: `train`, the training rows kept (data.train_limit) and data.unlabeled's
+    # texts; `all_texts`, every labeled training row, kept or not, and data.unlabeled's texts: with few labels,
+    # the vocabulary a model pretrained on those texts has, so the two compare fairly. Never a validation or test
+    # text either way.
+    vocab_from: Literal["train", "all_texts"] = "train"
     vocab_min_freq: int = 1
     # Also add up to this many of GloVe's most frequent words that training lacks (GloVe lists words by
     # frequency), with their GloVe rows: a word first met in validation, test or prediction then reads its
@@ -77,6 +82,8 @@ class DataConfig:
     # Keep this many labeled training rows, stratified by class and drawn with split_seed (runs with other seeds
     # share the draw); validation and test are untouched. null: all. For learning from few labels.
     train_limit: Optional[int] = None
+    # The draw of data.train_limit's rows (null: split_seed): another draw of few labels, the validation split kept
+    limit_seed: Optional[int] = None
 
     def resolved_workers(self) -> int:
         import os

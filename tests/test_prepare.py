@@ -97,3 +97,33 @@ def test_a_warm_prepare_loads_neither_torch_nor_spacy(tmp_path):
     cold = run()
     assert cold[0] == "False" and cold[2] == "True"  # cold: spaCy tokenizes (and its thinc loads torch)
     assert run() == ["True", "False", "False"]  # warm: from the cache alone
+
+
+def test_vocab_from_all_texts_counts_the_training_rows_train_limit_left_out_and_never_test(tiny_data):
+    """data.vocab_from: all_texts gives a few-label run the vocabulary of every training text (as a model
+    pretrained on them has), while it still trains on the kept rows and never counts a test word."""
+    (tiny_data / "aclImdb" / "test" / "pos" / "0_9.txt").write_text("A zzztestonlyword film.", encoding="utf-8")
+    for i in range(50, 60):  # in several files, so that some are training rows whatever validation takes
+        (tiny_data / "aclImdb" / "train" / "neg" / f"{i}_1.txt").write_text("A qqqrareword film.", encoding="utf-8")
+    base = [f"data.data_dir={tiny_data}"]
+    everything = prepare_data(load_config(None, base).data, with_embeddings=False)
+    few = [*base, "data.train_limit=6"]
+    kept = prepare_data(load_config(None, few).data, with_embeddings=False)
+    fair = prepare_data(load_config(None, [*few, "data.vocab_from=all_texts"]).data, with_embeddings=False)
+    assert len(fair.train.labels) == len(kept.train.labels) == 6  # the same labeled rows train
+    assert np.array_equal(fair.train.labels, kept.train.labels)
+    assert len(kept.vocab) < len(fair.vocab) == len(everything.vocab)
+    assert fair.vocab.itos == everything.vocab.itos
+    assert "qqqrareword" in everything.vocab.stoi and "qqqrareword" in fair.vocab.stoi and "qqqrareword" not in kept.vocab.stoi
+    assert "zzztestonlyword" not in fair.vocab.stoi
+
+
+def test_limit_seed_draws_other_few_labels_and_keeps_the_validation_split(tiny_data):
+    base = [f"data.data_dir={tiny_data}", "data.train_limit=10"]
+    a = prepare_data(load_config(None, base).data, with_embeddings=False)
+    same = prepare_data(load_config(None, [*base, "data.limit_seed=42"]).data, with_embeddings=False)  # split_seed's
+    other = prepare_data(load_config(None, [*base, "data.limit_seed=7"]).data, with_embeddings=False)
+    assert np.array_equal(a.membership["train"], same.membership["train"])
+    assert not np.array_equal(a.membership["train"], other.membership["train"])
+    assert np.array_equal(a.membership["valid"], other.membership["valid"])
+    assert np.array_equal(a.valid.labels, other.valid.labels) and np.array_equal(a.valid.offsets, other.valid.offsets)

@@ -75,8 +75,12 @@ def prepare_data(cfg: DataConfig, vocab: Vocab | None = None, *, with_embeddings
     new_vocab = vocab is None
     if new_vocab:
         # the vocab sees the training split (and the unlabeled texts) only: validation and test words count as
-        # unknown
-        counts = np.bincount(gathered["train"][0], minlength=len(source.tokens))
+        # unknown (data.vocab_from: all_texts counts the training rows data.train_limit left out too)
+        vocab_rows = gathered["train"][0]
+        if cfg.vocab_from == "all_texts" and cfg.train_limit is not None:  # the rows train_limit left out too
+            every_train_row = (source.splits if indices is None else indices)["train"]
+            vocab_rows = gather_docs(source.ids, source.offsets, every_train_row)[0]
+        counts = np.bincount(vocab_rows, minlength=len(source.tokens))
         if unlabeled_flat is not None:
             counts += np.bincount(unlabeled_flat[0], minlength=len(source.tokens))
         vocab = build_vocab(source.tokens, counts, cfg.vocab_max_size, cfg.vocab_min_freq)
@@ -134,7 +138,8 @@ def split_rows(cfg: DataConfig, source: Any, indices: dict[str, np.ndarray] | No
     idx = source.splits if indices is None else indices
     membership = source.membership if indices is None else dict(indices)
     if cfg.train_limit is not None:
-        keep = stratified_limit(source.labels[idx["train"]], cfg.train_limit, cfg.split_seed)
+        keep = stratified_limit(source.labels[idx["train"]], cfg.train_limit,
+                                cfg.split_seed if cfg.limit_seed is None else cfg.limit_seed)
         idx = {**idx, "train": idx["train"][keep]}
         membership = {**membership, "train": np.asarray(membership["train"])[keep]}
     if len(idx["train"]) == 0:

@@ -34,7 +34,7 @@ if TYPE_CHECKING:
     from sentiment.model import SentimentRNN
 
 ENCODER_PREFIXES = ("embedding.", "layers.")
-VOCAB_KEYS = ("vocab_max_size", "vocab_min_freq", "vocab_glove_extra", "glove_unk_init")
+VOCAB_KEYS = ("vocab_max_size", "vocab_from", "vocab_min_freq", "vocab_glove_extra", "glove_unk_init")
 # keys of the pretrained run that the fine-tune must share, with what each decides
 SHARED_KEYS = (("model.rnn", "the recurrent cell"), ("model.hidden_size", "the recurrent width"),
                ("model.num_layers", "the number of layers"), ("data.lowercase", "the tokens the vocabulary holds"))
