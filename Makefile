@@ -36,8 +36,11 @@ prepare:
 train:
 	$(BIN)/sentiment train --config $(CONFIG)
 
+# The tests that start several training processes alone (gloo ranks sharing the cores with other tests miss
+# their start-up), then the rest on every core (tests/conftest.py marks them)
 test:
-	$(BIN)/python -m pytest
+	$(BIN)/python -m pytest -m ranks
+	$(BIN)/python -m pytest -m "not ranks" -n auto --dist loadfile
 
 clean:
 	rm -rf data/cache .pytest_cache

@@ -2,6 +2,8 @@
 
 from __future__ import annotations
 
+import inspect
+import os
 import random
 from pathlib import Path
 
@@ -11,6 +13,27 @@ import torch
 from sentiment.training.train import StopFlag
 
 torch.set_num_threads(1)  # tests are small; more threads only contend on a shared CI machine
+# and so for the processes tests start (the CLI, torchrun, serve): torch reads this at start. Under
+# `pytest -n 2` two workers share the cores; two 2-thread processes on 2 cores slow each other many times over
+os.environ.setdefault("OMP_NUM_THREADS", "1")
+
+# `make test` runs the suite in two parts: the tests that start several training processes (torchrun, --nproc)
+# alone, one at a time (`-m ranks`), then the rest on every core (`-m "not ranks" -n auto --dist loadfile`: each
+# file on one worker, so its module fixtures are built once). A pair of gloo ranks that shares two cores with
+# other work misses its process group's start (seen: "could not join the process group (gloo)").
+_STARTS_RANKS = ("--nproc", "torch.distributed.run", "rdzv", "torchrun(", "two_ranks")
+
+
+def pytest_collection_modifyitems(config, items) -> None:
+    for item in items:
+        try:
+            source = inspect.getsource(item.function)
+        except (AttributeError, OSError, TypeError):
+            source = ""
+        if item.nodeid.split("::")[0].endswith("test_distributed.py") or any(s in source for s in _STARTS_RANKS) \
+                or "two_ranks" in getattr(item, "fixturenames", ()):
+            item.add_marker(pytest.mark.ranks)
+
 
 POSITIVE = ["great", "wonderful", "superb", "loved", "brilliant", "excellent", "moving", "fun"]
 NEGATIVE = ["awful", "boring", "terrible", "hated", "dull", "worst", "poor", "mess"]
