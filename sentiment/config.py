@@ -12,7 +12,7 @@ import types
 import typing
 from dataclasses import dataclass, field
 from pathlib import Path
-from typing import Any, Literal, Optional
+from typing import Any, Literal, Optional, Union
 
 import yaml
 
@@ -260,6 +260,9 @@ class RunConfig:
     # Flush denormal floats to zero on CPU. Off, `pooling: last` models were reported ~9x slower on CPU
     # (gradients decay into denormals through long reviews); the rounding it adds is below 1e-38.
     flush_denormal: bool = True
+    # TensorBoard event files in the run directory (docs/tracking.md): auto writes them where the tensorboard
+    # package is installed (the `track` extra), true requires it, false never writes them
+    tensorboard: Union[bool, Literal["auto"]] = "auto"
 
 
 @dataclass
@@ -629,6 +632,18 @@ def load_config(path: Path | None, overrides: list[str] | None = None) -> Config
     if cfg.run.name is None and path is not None:
         cfg.run.name = Path(path).stem
     return cfg
+
+
+def flat_config(raw: dict[str, Any], prefix: str = "") -> dict[str, Any]:
+    """A config dict's leaves under dotted keys: {"train": {"lr": 0.01}} -> {"train.lr": 0.01}. A section that is
+    off (null) is one key with the value None."""
+    flat: dict[str, Any] = {}
+    for key, value in raw.items():
+        if isinstance(value, dict):
+            flat.update(flat_config(value, f"{prefix}{key}."))
+        else:
+            flat[f"{prefix}{key}"] = value
+    return flat
 
 
 def dump_config(cfg: Config) -> str:

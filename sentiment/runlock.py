@@ -125,6 +125,42 @@ def writer_of(run_dir: Path) -> str | None:
         os.close(fd)
 
 
+def lock_holder(run_dir: Path) -> int | None:
+    """The pid of the process holding run_dir's lock now, found without taking any lock (writer_of's probe takes a
+    shared one for an instant, and a writer starting in that instant would be refused): the pid the lock file names,
+    if /proc/locks shows that process holding an flock (or, by inode, whoever holds one on the file); without
+    /proc/locks (not Linux), the named process if it runs. A writer's release unlinks the file, so a file left behind
+    names a process killed without releasing it."""
+    path = lock_path(run_dir)
+    try:
+        inode = os.stat(path).st_ino
+        with open(path, "rb") as f:
+            named = f.read(32).decode("ascii", "replace").strip()
+    except OSError:
+        return None
+    pid = int(named) if named.isdigit() else None
+    try:
+        with open("/proc/locks", encoding="ascii", errors="replace") as f:
+            table = f.read()
+    except OSError:
+        return pid if pid is not None and process_alive(pid) else None
+    holders: dict[int, set[int]] = {}
+    for line in table.splitlines():
+        fields = line.split()  # "5: FLOCK  ADVISORY  WRITE 12403 fe:00:5514795 0 EOF"; a waiter's has "->"
+        if "->" in fields or "FLOCK" not in fields:
+            continue
+        at = fields.index("FLOCK")
+        try:
+            holder, held = int(fields[at + 3]), int(fields[at + 4].rsplit(":", 1)[1])
+        except (IndexError, ValueError):
+            continue
+        if fields[at + 2] == "WRITE":
+            holders.setdefault(holder, set()).add(held)
+    if pid is not None and pid in holders:
+        return pid
+    return next((holder for holder, inodes in holders.items() if inode in inodes), None)
+
+
 def no_checkpoint_error(run_dir: Path) -> SentimentError:
     """Why a run without last.pt cannot be resumed: another process is still starting it, or it never finished a
     step."""

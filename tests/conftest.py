@@ -157,3 +157,45 @@ class StopAfter(StopFlag):
     def __bool__(self) -> bool:
         self.n -= 1
         return self.n < 0
+
+
+# ---------------------------------------------------------------- finished runs, trained once per session
+TINY_PRETRAINING = ["model.hidden_size=16", "pretrain.bptt=10", "pretrain.batch_size=8", "pretrain.warmup_steps=2",
+                    "pretrain.held_out_fraction=0.1", "pretrain.held_out_windows=10", "pretrain.epoch_tokens=600",
+                    "run.threads=1"]
+
+
+@pytest.fixture(scope="session")
+def session_data(tmp_path_factory) -> Path:
+    """A tiny IMDB (40 reviews a class: 5 steps an epoch in batches of 16), for the session's runs."""
+    return make_imdb(tmp_path_factory.mktemp("session") / "data", n_per_class=40)
+
+
+def tiny_run_config(data: Path, *extra: str):
+    from sentiment.config import load_config
+
+    return load_config(None, [f"data.data_dir={data}", *TINY_TRAINING, "train.epochs=2", "run.eval_test=true", *extra])
+
+
+@pytest.fixture(scope="session")
+def finished_run(session_data, tmp_path_factory) -> Path:
+    """A classifier run of 2 epochs (10 steps), trained to the end with the default settings' run.tensorboard: auto.
+    Read it, never write it: other tests share it."""
+    from sentiment.training.train import train
+
+    run_dir = tmp_path_factory.mktemp("finished") / "run"
+    run_dir.mkdir()
+    train(tiny_run_config(session_data), run_dir)
+    return run_dir
+
+
+@pytest.fixture(scope="session")
+def pretraining_run(session_data, tmp_path_factory) -> Path:
+    """A language-model pretraining run of one epoch, trained to the end. Read it, never write it."""
+    from sentiment.config import load_config
+    from sentiment.training.pretrain import pretrain
+
+    run_dir = tmp_path_factory.mktemp("pretrained") / "lm"
+    run_dir.mkdir()
+    pretrain(load_config(None, [f"data.data_dir={session_data}", *TINY_PRETRAINING, "pretrain.epochs=1"]), run_dir)
+    return run_dir

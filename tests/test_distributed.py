@@ -68,6 +68,11 @@ def test_two_processes_write_one_run_directory(two_ranks):
     rows = [json.loads(line) for line in (run_dir / "metrics.jsonl").read_text().splitlines()]
     assert [r["epoch"] for r in rows] == [1, 2]  # each epoch written once
     assert all(r["processes"] == 2 and r["global_batch_size"] == 16 for r in rows)
+    from sentiment.training.tensorboard import tensorboard_installed
+
+    # rank 0 alone logs curves (run.tensorboard: auto) and says how the run ended
+    assert len(list(run_dir.glob("events.out.tfevents.*"))) == (1 if tensorboard_installed() else 0)
+    assert json.loads((run_dir / "status.json").read_text())["status"] == "finished"
     results = json.loads((run_dir / "results.json").read_text())
     assert results["processes"] == 2
     # valid and test counted every row exactly once across the ranks

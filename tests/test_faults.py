@@ -729,9 +729,11 @@ def test_pretrain_and_the_nproc_launcher_put_a_killed_overwrites_run_back(world,
 def test_the_files_a_start_writes_are_those_recovery_may_remove():
     from sentiment import runs
     from sentiment.cli.train import CHECKPOINTS, STARTING_FILES
+    from sentiment.runstatus import STATUS_FILE
 
     assert STARTING_FILES == {runs.RUN_FILE, runs.CONFIG_FILE, runs.VOCAB_FILE, runs.LABELS_FILE, runs.SPLITS_FILE,
-                              runs.DATA_FINGERPRINT_FILE, runs.TRAIN_TEXTS, runs.PRETRAIN_TEXTS, runs.METRICS_FILE}
+                              runs.DATA_FINGERPRINT_FILE, runs.TRAIN_TEXTS, runs.PRETRAIN_TEXTS, runs.METRICS_FILE,
+                              STATUS_FILE}
     assert CHECKPOINTS == (runs.BEST, runs.LAST)
 
 

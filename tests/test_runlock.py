@@ -12,7 +12,7 @@ from pathlib import Path
 import pytest
 
 from sentiment.errors import SentimentError
-from sentiment.runlock import RunLock, lock_path
+from sentiment.runlock import RunLock, lock_holder, lock_path
 
 HOLD = "import sys; from sentiment.runlock import RunLock; RunLock(sys.argv[1]).acquire(); print('held', flush=True); sys.stdin.read()"
 
@@ -54,6 +54,20 @@ def test_the_lock_is_released_by_kill_9(tmp_path):
     assert lock_path(run_dir).exists()  # left behind, but no one holds it
     with RunLock(run_dir):
         assert lock_path(run_dir).read_text().strip() == str(os.getpid())
+
+
+def test_the_holder_is_found_without_taking_the_lock(tmp_path):
+    """lock_holder reads /proc/locks: while another process holds the lock it names that process (and the lock
+    stays held: a writer is still refused); after a kill -9, the lock file it left names no holder."""
+    run_dir = tmp_path / "r"
+    assert lock_holder(run_dir) is None  # no lock file at all
+    holder = hold(run_dir)
+    assert lock_holder(run_dir) == holder.pid
+    with pytest.raises(SentimentError, match="being written by another training"):
+        RunLock(run_dir).acquire()
+    os.kill(holder.pid, signal.SIGKILL)
+    holder.wait(10)
+    assert lock_path(run_dir).exists() and lock_holder(run_dir) is None
 
 
 def test_the_lock_survives_the_run_directory_being_deleted(tmp_path):

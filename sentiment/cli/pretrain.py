@@ -17,10 +17,11 @@ from sentiment.cli.train import RichReporter, RunStart, _claim_run_dir, _forget_
 from sentiment.config import check_pretrain_config
 from sentiment.errors import SentimentError
 from sentiment.runlock import RunLock, held_by_parent, no_checkpoint_error
+from sentiment.training.tensorboard import tensorboard_enabled
 
 # what a resumed pretraining may change: where and how fast it runs, and its time budget
 RESUMABLE_KEYS = {"pretrain.max_minutes", "train.eval_batch_size", "run.device", "run.threads", "run.output_dir",
-                  "run.checkpoint_minutes", "run.flush_denormal", "data.data_dir", "data.workers"}
+                  "run.checkpoint_minutes", "run.flush_denormal", "run.tensorboard", "data.data_dir", "data.workers"}
 
 
 class LanguageModelReporter(RichReporter):
@@ -83,6 +84,7 @@ def pretrain(
             if rank.is_main:
                 console.print(dump_config(cfg), end="", markup=False, highlight=False)
             return
+        tensorboard_enabled(cfg.run.tensorboard)  # true without the package: refused before the data are read
         flush_denormals(cfg.run.flush_denormal)
         device = distributed.rank_device(rank, resolve_device(cfg.run.device))
         distributed.init(rank, device)

@@ -16,6 +16,7 @@ from rich.progress import (BarColumn, MofNCompleteColumn, Progress, TextColumn, 
                            TimeRemainingColumn)
 
 from sentiment.errors import SentimentError
+from sentiment.training.tensorboard import tensorboard_enabled
 from sentiment.runlock import (HELD_ENV, LAUNCHER_ENV, RunLock, held_by_parent, no_checkpoint_error,
                                process_alive)
 
@@ -128,6 +129,7 @@ def train(
             if rank.is_main:
                 console.print(dump_config(cfg), end="", markup=False, highlight=False)
             return
+        tensorboard_enabled(cfg.run.tensorboard)  # true without the package: refused before the data are read
         flush_denormals(cfg.run.flush_denormal)  # before any torch work starts its worker threads
         device = distributed.rank_device(rank, resolve_device(cfg.run.device))
         distributed.init(rank, device)
@@ -328,6 +330,7 @@ def _launch(nproc: int, config: Path | None, overrides: list[str], run_dir: Path
         cfg = own_data_config(config, overrides, own) if own is not None else load_config(config, overrides)
         target = run_dir or (default_run_dir or _default_run_dir)(cfg)
     _check_data_paths(cfg, fresh=resume is None)
+    tensorboard_enabled(cfg.run.tensorboard)
     args = _without_nproc(sys.argv[1:])
     if resume is None and run_dir is None:
         args += ["--run-dir", str(target)]  # the ranks write where this process locked
@@ -500,10 +503,13 @@ def replaced_path(path: Path) -> Path:
 
 
 # what a new run writes into its directory before its first checkpoint (sentiment.runs: RUN_FILE, CONFIG_FILE,
-# VOCAB_FILE, LABELS_FILE, SPLITS_FILE, DATA_FINGERPRINT_FILE, TRAIN_TEXTS, PRETRAIN_TEXTS, METRICS_FILE), besides
-# the hidden .NAME.*.tmp of a write cut short; and the checkpoints that end its start (BEST, LAST)
+# VOCAB_FILE, LABELS_FILE, SPLITS_FILE, DATA_FINGERPRINT_FILE, TRAIN_TEXTS, PRETRAIN_TEXTS, METRICS_FILE), its status
+# (sentiment.runstatus) and TensorBoard events, besides the hidden .NAME.*.tmp of a write cut short; and the
+# checkpoints that end its start (BEST, LAST)
 STARTING_FILES = frozenset({"run.json", "config.yaml", "vocab.json", "labels.json", "splits.npz",
-                            "data_fingerprint.json", "train_texts.npy", "pretrain_texts.npy", "metrics.jsonl"})
+                            "data_fingerprint.json", "train_texts.npy", "pretrain_texts.npy", "metrics.jsonl",
+                            "status.json"})
+TENSORBOARD_EVENTS = "events.out.tfevents."  # the prefix of the event files run.tensorboard writes
 CHECKPOINTS = ("best.pt", "last.pt")
 
 
@@ -569,7 +575,8 @@ def _recover_aside(aside: Path, path: Path) -> tuple[str, bool]:
 def _written_by_a_start(entry: Path) -> bool:
     if entry.is_symlink() or not entry.is_file():
         return False
-    return entry.name in STARTING_FILES or (entry.name.startswith(".") and entry.name.endswith(".tmp"))
+    return (entry.name in STARTING_FILES or entry.name.startswith(TENSORBOARD_EVENTS)
+            or (entry.name.startswith(".") and entry.name.endswith(".tmp")))
 
 
 def _print_recovered(path: Path | None) -> None:

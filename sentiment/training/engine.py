@@ -28,7 +28,8 @@ language-model pretraining later) supplies the parts that differ:
   best.pt is the epoch with the highest score (an LM: minus the held-out loss). Rows also get epoch, step,
   train_loss, train_accuracy, lr, seconds, tokens_per_s, processes, device, global_batch_size and best.
 - `rank` (distributed.Rank) and `seed`: under torchrun each rank reseeds from (seed, rank, step) for its own
-  dropout; the main rank alone writes. `reporter` (`Reporter`, main rank only): epoch_start/step/epoch_end/note.
+  dropout; the main rank alone writes. `reporter` (`Reporter`, main rank only): epoch_start/step/epoch_end/note
+  (and scalars, where it logs curves: tensorboard.py).
 - `stop`: a StopFlag (`with graceful_stop() as stop:`): checked after each optimizer step (under DDP every
   Ranks.AGREE_EVERY steps, agreed), then last.pt is saved and TrainingInterrupted raised (exit code 130).
 - `settings` (`EngineSettings`): epochs, optimizer, schedule, accumulation, clipping, AMP, host syncs,
@@ -80,7 +81,9 @@ class TrainingDiverged(SentimentError):
 
 
 class Reporter(Protocol):
-    """How the loop tells the outside world what it does (the CLI draws progress bars with it)."""
+    """How the loop tells the outside world what it does (the CLI draws progress bars with it). A reporter that logs
+    curves (tensorboard.py) also has `scalars(global_step, values)`, called after each step(): the loss, accuracy
+    and tokens/s of the batches since the last report, and the learning rate."""
 
     def epoch_start(self, epoch: int, epochs: int, n_batches: int, done: int) -> None: ...
     def step(self, done: int, loss: float, accuracy: float, tokens_per_s: float) -> None: ...
@@ -535,6 +538,7 @@ class Engine:
             self.net = self._wrap()
         if self.reporter:
             self.reporter.epoch_start(epoch + 1, self.s.epochs, n_batches, self.state.step_in_epoch)
+            self.logged = self._sums()
         started = time.perf_counter() - self.state.seconds
         for i in range(self.state.step_in_epoch, n_batches):
             boundary = self._step(i, n_batches, started)
@@ -614,7 +618,23 @@ class Engine:
                 self.sync.check()  # under DDP every rank checks at the same steps (_between_steps)
             self.reporter.step(state.step_in_epoch, state.loss_sum / state.seen, state.correct / state.seen,
                                self.ranks.rank.world_size * state.tokens / max(state.seconds, 1e-9))
+            if getattr(self.reporter, "scalars", None) is not None:
+                self._log_since_last_report()
             self.last_report = time.monotonic()
+
+    def _sums(self) -> tuple[float, int, int, int, float]:
+        state = self.state
+        return state.loss_sum, state.correct, state.seen, state.tokens, state.seconds
+
+    def _log_since_last_report(self) -> None:
+        """A logging reporter's figures of the batches since the last report (the epoch's running means would saw
+        back at each epoch's start), under the run's global step."""
+        (loss_sum, correct, seen, tokens, seconds), self.logged = self.logged, self._sums()
+        rows, elapsed = max(self.state.seen - seen, 1), max(self.state.seconds - seconds, 1e-9)
+        self.reporter.scalars(self.state.global_step, {
+            "loss": (self.state.loss_sum - loss_sum) / rows, "accuracy": (self.state.correct - correct) / rows,
+            "lr": self.scheduler.get_last_lr()[0],
+            "tokens_per_s": self.ranks.rank.world_size * (self.state.tokens - tokens) / elapsed})
 
     def _settle(self) -> None:
         """Every rank, at the same step: the device's sums read, and a skipped non-finite step stops the run."""

@@ -32,7 +32,9 @@ from sentiment.training.engine import (Engine, EngineSettings, Reporter, Trainin
 from sentiment.training.lm import (DIRECTIONS, LanguageModelObjective, PretrainingText, WindowStream,
                                    build_language_model, held_out_losses, held_out_windows, perplexity,
                                    pretraining_text)
+from sentiment.training.tensorboard import tensorboard_enabled, tensorboard_log
 from sentiment.training.transfer import PRETRAIN_TEXTS
+from sentiment.runstatus import recording_status
 
 
 def engine_settings(cfg: Config) -> EngineSettings:
@@ -72,6 +74,7 @@ def pretrain(cfg: Config, run_dir: Path, *, data: PreparedData | None = None, re
     """Pretrain as `cfg` says into `run_dir` (created by the caller); returns the results (also results.json).
     saved(path): called on the main rank after each checkpoint is written."""
     check_pretrain_config(cfg)
+    tensorboard_enabled(cfg.run.tensorboard)  # true without the package: refused before any work
     run_dir, rank = Path(run_dir), rank or Rank()
     code_version()
     flush_denormals(cfg.run.flush_denormal)
@@ -109,15 +112,20 @@ def pretrain(cfg: Config, run_dir: Path, *, data: PreparedData | None = None, re
                           epoch_tokens=p.epoch_tokens, num_replicas=rank.world_size, rank=rank.rank)
     validate = held_out_validation(held_out_windows(text.held_out, p.bptt, p.held_out_windows).to(device),
                                    cfg.train.eval_batch_size)
-    engine = Engine(model, stream, LanguageModelObjective(), validate, engine_settings(cfg), run_dir, rank=rank,
-                    device=device, seed=cfg.run.seed, reporter=reporter, stop=stop, checkpoint=checkpoint,
-                    extra_state=lambda: {"vocab": data.vocab.itos, "config": cfg.to_dict(), "task": "pretrain"},
-                    saved=saved)
-    try:
-        engine.run()
-    except TrainingInterrupted as e:  # the engine names `sentiment train`; this run resumes with its own command
-        raise TrainingInterrupted(str(e).replace("sentiment train --resume", "sentiment pretrain --resume")) from None
-    return finish(cfg, run_dir, text, rank)
+    with recording_status(run_dir, rank.is_main), \
+            tensorboard_log(cfg, run_dir, reporter, main=rank.is_main, checkpoint=checkpoint) as log:
+        engine = Engine(model, stream, LanguageModelObjective(), validate, engine_settings(cfg), run_dir, rank=rank,
+                        device=device, seed=cfg.run.seed, reporter=log.reporter, stop=stop, checkpoint=checkpoint,
+                        extra_state=lambda: {"vocab": data.vocab.itos, "config": cfg.to_dict(), "task": "pretrain"},
+                        saved=saved)
+        try:
+            engine.run()
+        except TrainingInterrupted as e:  # the engine names `sentiment train`; this run resumes with its own command
+            raise TrainingInterrupted(str(e).replace("sentiment train --resume",
+                                                     "sentiment pretrain --resume")) from None
+        results = finish(cfg, run_dir, text, rank)
+        log.hparams(cfg, results)
+    return results
 
 
 def finish(cfg: Config, run_dir: Path, text: PretrainingText, rank: Rank) -> dict[str, Any]:

@@ -12,7 +12,7 @@ from sentiment.errors import SentimentError
 RESUMABLE_KEYS = frozenset({
     "train.epochs", "train.early_stopping_patience", "train.eval_batch_size", "run.name", "run.device",
     "run.threads", "run.eval_test", "run.output_dir", "run.checkpoint_minutes", "run.flush_denormal",
-    "data.data_dir", "data.workers"})
+    "run.tensorboard", "data.data_dir", "data.workers"})
 
 
 def changed_keys(a: dict, b: dict, prefix: str = "") -> list[str]:

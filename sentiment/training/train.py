@@ -42,6 +42,8 @@ from sentiment.training.engine import (Engine, EngineSettings, LoopState, Report
 from sentiment.training.mixture import fit_mixture
 from sentiment.training.objectives import COLUMNS, Batch, ExtraObjectives, Supervised
 from sentiment.training.resume import check_resume_config
+from sentiment.training.tensorboard import tensorboard_enabled, tensorboard_log
+from sentiment.runstatus import recording_status
 from sentiment.training.transfer import (apply_gradual_unfreeze, ignored_keys_note, load_encoder, parameter_groups,
                                          prepare_training_data, write_trained_texts)
 
@@ -229,6 +231,7 @@ def train(cfg: Config, run_dir: Path, *, data: PreparedData | None = None, resum
     run_dir = Path(run_dir)
     rank = rank or Rank()
     code_version()  # the commit as training starts: results.json records it, whatever is committed meanwhile
+    tensorboard_enabled(cfg.run.tensorboard)  # true without the package: refused before any work
     flush_denormals(cfg.run.flush_denormal)  # effective on torch's threads if nothing computed before us
     if cfg.run.threads or rank.distributed:
         torch.set_num_threads(cfg.run.threads or 1)  # ranks share the cores: one thread each unless told
@@ -269,12 +272,16 @@ def train(cfg: Config, run_dir: Path, *, data: PreparedData | None = None, resum
         if model.has_rnn and trainable != model.embedding_trainable:
             model.set_embedding_trainable(trainable)
 
-    engine = Engine(model, stream, objective, validate, engine_settings(cfg), run_dir, rank=rank, device=device,
-                    seed=cfg.run.seed, reporter=reporter, stop=stop, checkpoint=checkpoint, before_epoch=unfreeze,
-                    extra_state=lambda: {"vocab": data.vocab.itos, "config": cfg.to_dict()},
-                    param_groups=optimizer_groups(model, cfg), saved=saved)
-    engine.run()
-    return finish(cfg, run_dir, data, device, rank)
+    with recording_status(run_dir, rank.is_main), \
+            tensorboard_log(cfg, run_dir, reporter, main=rank.is_main, checkpoint=checkpoint) as log:
+        engine = Engine(model, stream, objective, validate, engine_settings(cfg), run_dir, rank=rank, device=device,
+                        seed=cfg.run.seed, reporter=log.reporter, stop=stop, checkpoint=checkpoint,
+                        before_epoch=unfreeze, extra_state=lambda: {"vocab": data.vocab.itos, "config": cfg.to_dict()},
+                        param_groups=optimizer_groups(model, cfg), saved=saved)
+        engine.run()
+        results = finish(cfg, run_dir, data, device, rank)
+        log.hparams(cfg, results)
+    return results
 
 
 def dense_table_where_needed(model: nn.Module, rank: Rank, reporter: Reporter | None) -> None:
