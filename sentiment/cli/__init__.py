@@ -8,6 +8,9 @@ from sentiment.cli import data, train, inference, serve, pretrain, runs  # noqa:
 
 
 def main() -> None:
+    from sentiment.memory import keep_freed_memory
+
+    keep_freed_memory()  # before any tensor: training reuses its large blocks instead of faulting in new pages
     app()
 
 
