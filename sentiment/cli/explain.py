@@ -45,7 +45,8 @@ def explain(
     """Explain a run's predictions: each token's contribution to the positive class's logit (two classes) or to
     each class's logit (more). The recurrent part by Integrated Gradients over the embedding layer (Captum), the
     n-gram branch exactly; together they add up to the logit minus the baseline's (padding, no n-grams).
-    Needs the `explain` extra (pip install 'sentiment[explain]'). See docs/explain.md."""
+    Needs the `explain` extra (Captum). Default steps: DEFAULT_STEPS in sentiment/inference/explain.py; see
+    docs/explain.md."""
     from sentiment.inference.explain import DEFAULT_STEPS, load_explainer
 
     with user_errors():

@@ -33,9 +33,10 @@ from sentiment.data.labels import LabelSpace
 from sentiment.errors import SentimentError
 from sentiment.inference.predict import Encoding, load_predictor, text_tokens
 
-# Gauss-Legendre nodes of the path integral. 16 keeps completeness within 5% on IMDB reviews with the CPU recipe
-# (docs/explain.md: the figures) at ~1/6 of a second per 400-token review on 2 cores.
-DEFAULT_STEPS = 16
+# Gauss-Legendre nodes of the path integral: the fewest of 4, 8, 16, 32 that kept completeness within 5% on all 200
+# IMDB reviews of benchmarks/explain_words.py with the CPU recipe (16 missed one); ~0.4 s per 400-token review on
+# one busy core (docs/explain.md: the figures)
+DEFAULT_STEPS = 32
 METHOD = "gausslegendre"
 # interpolated copies of a review run through the recurrent stack at once: bounds memory (activations of
 # INTERNAL_BATCH x length x hidden per layer) whatever --steps is
