@@ -77,7 +77,7 @@ def explain(
 
 
 def _inputs(texts: Optional[list[str]], file: Optional[Path], text_column: str) -> list[str]:
-    from sentiment.cli.inference import _predict_inputs
+    from sentiment.cli.inputs import _predict_inputs
 
     if not texts and file is None:
         raise SentimentError("give texts to explain, or --file")
