@@ -231,3 +231,14 @@ def test_eval_top_words_ranks_the_cue_words(mixture_run):
     top_negative = {t["term"] for t in ranked["negative"][:8]}
     assert top_positive & set(POSITIVE) and top_negative & set(NEGATIVE), (top_positive, top_negative)
     assert all(t["count"] >= 5 and t["mean"] > 0 for t in ranked["positive"])
+
+
+def test_threads_explaining_at_once_get_what_one_at_a_time_gets():
+    from concurrent.futures import ThreadPoolExecutor
+
+    explainer = k_class_explainer()
+    texts = ["great fun", "awful mess and dull", "the plot was boring", "a moving story, superb cast"] * 2
+    alone = [explainer.explain([t], steps=8)[0].contributions for t in texts]
+    with ThreadPoolExecutor(4) as pool:  # a server's request threads on one loaded run
+        together = list(pool.map(lambda t: explainer.explain([t], steps=8)[0].contributions, texts))
+    assert all(np.allclose(a, b, atol=1e-9) for a, b in zip(alone, together))

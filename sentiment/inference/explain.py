@@ -20,6 +20,7 @@ Two classes: one column, the positive class's logit. K classes: one column per c
 from __future__ import annotations
 
 import math
+import threading
 from collections.abc import Sequence
 from dataclasses import asdict, dataclass, field
 from pathlib import Path
@@ -109,6 +110,9 @@ class Explainer:
         self.branch = getattr(model, "ngrams", None)
         self.num_outputs = int(model.num_outputs)
         self.outputs = [space.names[1]] if self.num_outputs == 1 else list(space.names)
+        # Captum attributes by hooking the embedding module: two attributions at once on one model (a server's
+        # threads) would each see the other's hook, so they take turns
+        self._lock = threading.Lock()
         if getattr(model, "combine", "sum") == "mixture":
             self.mix = [float(v) for v in model.mix.tolist()]
         else:
@@ -151,8 +155,9 @@ class Explainer:
                 raise SentimentError(f"nothing to explain: {which} is empty (no words)")
             if max_tokens is not None and len(tokens) > max_tokens:
                 raise SentimentError(f"{which} has {len(tokens):,} tokens; at most {max_tokens:,} are explained")
-        return [self._explain_one(text, self._parts(text, tokens), steps, attr)
-                for text, tokens in zip(texts, all_tokens)]
+        with self._lock:
+            return [self._explain_one(text, self._parts(text, tokens), steps, attr)
+                    for text, tokens in zip(texts, all_tokens)]
 
     def _explain_one(self, text: str, parts: _Parts, steps: int, attr: Any) -> Explanation:
         n, cols = len(parts.tokens), self.num_outputs
