@@ -15,6 +15,7 @@ from rich.table import Table
 from sentiment.errors import SentimentError
 
 from sentiment.cli.app import app, console, err_console, user_errors, _check_checkpoint, _note_skipped
+from sentiment.cli.inputs import _predict_inputs
 
 # ---------------------------------------------------------------- eval
 @app.command("eval", short_help='Score a run on its test or valid split, or on labeled texts (--data).')
@@ -35,6 +36,16 @@ def eval_(
                                                "runs also take 1/0, pos/neg, positive/negative, true/false."),
     allow_changed_data: bool = typer.Option(False, "--allow-changed-data", help="Evaluate the run's own split even "
                                             "if its texts or labels changed since training (refused by default)."),
+    errors: Optional[int] = typer.Option(None, "--errors", help="Instead of the metrics: the N most confident wrong "
+                                         "predictions, each explained (as `sentiment explain`)."),
+    html: Optional[Path] = typer.Option(None, "--html", help="With --errors: also write them to this "
+                                        "self-contained HTML page."),
+    top_words: bool = typer.Option(False, "--top-words", help="Instead of the metrics: the words and n-grams that "
+                                   "push each class most (mean contribution per occurrence, seen >= 5 times) over "
+                                   "--sample texts of the split."),
+    sample: int = typer.Option(500, "--sample", help="With --top-words: how many texts, drawn at random (seed 0)."),
+    steps: Optional[int] = typer.Option(None, "--steps", help="With --errors or --top-words: Integrated Gradients "
+                                        "steps (default: explain's)."),
 ) -> None:
     """Evaluate a run's checkpoint on its test (or valid) split, or on labeled texts (--data): accuracy,
     macro-F1, per-class precision/recall/F1 and the confusion matrix."""
@@ -47,6 +58,11 @@ def eval_(
         _check_checkpoint(checkpoint)
         if batch_size is not None and batch_size < 1:
             raise SentimentError(f"--batch-size must be >= 1, got {batch_size}")
+        if errors is not None or top_words or html is not None or steps is not None:
+            _explained_eval(run, errors, top_words, html, sample, steps, as_json, split=split, data=data,
+                            text_column=text_column, label_column=label_column, checkpoint=checkpoint, device=device,
+                            allow_changed_data=allow_changed_data, batch_size=batch_size)
+            return
         if data is not None:
             metrics, skipped, replaced = evaluate_labeled(run, data, text_column=text_column,
                                                           label_column=label_column, checkpoint=checkpoint,
@@ -61,6 +77,28 @@ def eval_(
             skipped, title = 0, f"{split} split · {checkpoint}.pt"
     _note_skipped(skipped)
     _print_metrics(metrics.to_dict(), title, as_json)
+
+
+def _explained_eval(run: Path, errors: Optional[int], top_words: bool, html: Optional[Path], sample: int,
+                    steps: Optional[int], as_json: bool, **where: Any) -> None:
+    """eval --errors N [--html FILE] or eval --top-words [--sample N] (sentiment.inference.mistakes)."""
+    from sentiment.cli.explain import _progress, print_mistakes, print_top_words
+    from sentiment.inference.explain import DEFAULT_STEPS
+    from sentiment.inference.mistakes import top_words as rank_words, worst_mistakes
+
+    if (errors is not None) == top_words:
+        raise SentimentError("--html and --steps go with --errors N or --top-words (one of them)")
+    if html is not None and errors is None:
+        raise SentimentError("--html goes with --errors N")
+    if top_words:
+        where.pop("batch_size")
+        with _progress(2, "explaining the sample") as advance:
+            ranked = rank_words(run, sample=sample, steps=DEFAULT_STEPS if steps is None else steps, progress=advance, **where)
+        print_top_words(ranked, as_json)
+        return
+    with _progress(2, "explaining the mistakes") as advance:
+        mistakes = worst_mistakes(run, errors, steps=DEFAULT_STEPS if steps is None else steps, progress=advance, **where)
+    print_mistakes(mistakes, html, as_json)
 
 
 PART_NAMES = {"rnn": "recurrent part", "branch": "n-gram branch"}
@@ -153,62 +191,6 @@ def predict(
             out.add(chunk, prediction_rows(predictor.probabilities(chunk), space, threshold))
         out.finish(name)
     _note_skipped(out.skipped)
-
-
-def _predict_inputs(texts: Optional[list[str]], file: Optional[Path], text_column: str) -> tuple[Any, str]:
-    """The reviews to predict (an iterator: plain-text files and standard input are read as they are
-    consumed) and what to call their source in an error."""
-    from sentiment.data.readers import TABLE_SUFFIXES, check_regular_file, read_texts
-    from sentiment.inference.predict import check_text_file, iter_lines
-
-    if texts:
-        fixed, replaced = _decoded_arguments(texts)
-        if replaced:
-            err_console.print(f"[yellow]note:[/] {replaced:,} argument{'s' if replaced != 1 else ''} had invalid "
-                              "UTF-8 (decoded with replacement)", soft_wrap=True)
-        return iter(fixed), "the arguments"
-    if file is not None and str(file) != "-":
-        if file.is_dir() or file.suffix.lower() in TABLE_SUFFIXES:
-            table = read_texts(file, text_column)
-            if table.replaced:
-                err_console.print(f"[yellow]note:[/] {table.replaced:,} files of {escape(str(file))} had invalid "
-                                  "UTF-8 (decoded with replacement, as IMDB is)")
-            return iter(table.texts), str(file)
-        check_regular_file(file)
-        try:
-            check_text_file(file)
-            stream = open(file, "rb")
-        except OSError as e:
-            raise SentimentError(f"cannot read {file}: {e.strerror or e}") from None
-        return _closing(iter_lines(stream, str(file)), stream), str(file)
-    if sys.stdin.isatty():
-        err_console.print("reading reviews from standard input, one per line (Ctrl-D to finish)…")
-    return iter_lines(sys.stdin.buffer, "standard input"), "standard input"
-
-
-def _closing(lines: Any, stream: Any) -> Any:
-    try:
-        yield from lines
-    finally:
-        stream.close()
-
-
-def _decoded_arguments(texts: list[str]) -> tuple[list[str], int]:
-    """Arguments as text: bytes that are not UTF-8 reach sys.argv as lone surrogates (Python's
-    surrogateescape), which no tokenizer takes; they become U+FFFD, as in a directory of .txt files."""
-    fixed, replaced = [], 0
-    for text in texts:
-        try:
-            text.encode("utf-8")
-            fixed.append(text)
-        except UnicodeEncodeError:
-            try:
-                raw = text.encode("utf-8", "surrogateescape")
-            except UnicodeEncodeError:
-                raw = text.encode("utf-8", "replace")
-            fixed.append(raw.decode("utf-8", "replace"))
-            replaced += 1
-    return fixed, replaced
 
 
 class _StreamedOutput:
