@@ -93,6 +93,19 @@ def _encode_with_hashes(chunked: list[list[str]], enc: Encoding,
     return (np.concatenate(rows) if rows else np.zeros(0, np.int32)), lengths, table_hashes[flat_whole], hash_lengths
 
 
+def text_tokens(texts: Sequence[str], enc: Encoding) -> list[list[str]]:
+    """Each text's tokens as the run's training tokenized them (the memo encode_texts fills), whole: not cut to
+    enc.max_len. What an explanation shows; vocab ids and n-gram hashes follow from them (enc.vocab.encode,
+    sentiment.ngrams.hash_tokens), as _encode_with_hashes computes them."""
+    memo = ChunkMemo(enc.lowercase, _MEMO_SIZE)
+    out = []
+    for text in texts:  # one text at a time: a fill may clear the memo, so each lookup follows its own fill
+        chunks = split_chunks(text, enc.cleaning)
+        table = memo.fill(chunks)
+        out.append(list(chain.from_iterable(map(table.__getitem__, chunks))))
+    return out
+
+
 def encode_texts(texts: Sequence[str], enc: Encoding, labels: np.ndarray | None = None) -> EncodedSplit:
     """Texts as vocab ids, each truncated to enc.max_len. Texts without a single token (empty,
     whitespace, only `<br />`) get length 0: callers skip them. Large inputs use enc.workers processes."""
