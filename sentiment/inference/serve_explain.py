@@ -42,6 +42,16 @@ class _TooLate(Exception):
     """A request's time bound passed before its explanation finished."""
 
 
+class _Job:
+    """One request's explanation: past its monotonic deadline, or cancelled, it stops at the next check."""
+
+    def __init__(self, deadline: float) -> None:
+        self.deadline, self.cancelled = deadline, threading.Event()
+
+    def late(self) -> bool:
+        return self.cancelled.is_set() or time.monotonic() > self.deadline
+
+
 class ExplainWorker:
     """The run's explainer, loaded in the background at startup, used on one thread of its own."""
 
@@ -50,6 +60,7 @@ class ExplainWorker:
         self.pool = ThreadPoolExecutor(1, thread_name_prefix="explain")
         self.default_steps: int | None = None
         self.loaded: Future | None = None
+        self.running: _Job | None = None  # the job on the explain thread
         self.unavailable: str | None = NEEDS_RUN if opts.model is not None else None
         if self.unavailable is None:  # loading takes seconds (captum's import): /health is ready before
             self.loaded = self.pool.submit(self._load, started_digest)
@@ -60,6 +71,9 @@ class ExplainWorker:
             from sentiment.inference.serve import model_digest
 
             explainer = explain.load_explainer(Path(self.opts.run), checkpoint=self.opts.checkpoint, device="cpu")
+            embedding = getattr(explainer.model, "embedding", None)
+            if embedding is not None:  # every pass of Integrated Gradients' batches starts there: a late job stops
+                embedding.register_forward_pre_hook(self._stop_if_late)
             if started_digest is not None and model_digest(self.opts) != started_digest:
                 raise SentimentError(f"{self.opts.run} changed since the server started (its sha256 differs): "
                                      "explanations would come from other weights than predictions; restart the server")
@@ -85,31 +99,42 @@ class ExplainWorker:
 
     async def explain(self, texts: list[str], steps: int | None, deadline: float) -> list[dict[str, Any]]:
         """Explanations of texts (none empty) in their order; _TooLate once the monotonic deadline passes."""
-        cancelled = threading.Event()
-        future = asyncio.get_running_loop().run_in_executor(self.pool, self._explain_all, texts, steps, deadline,
-                                                            cancelled)
+        job = _Job(deadline)
+        future = asyncio.get_running_loop().run_in_executor(self.pool, self._explain_all, texts, steps, job)
         try:
             return await asyncio.wait_for(asyncio.shield(future), max(0.0, deadline - time.monotonic()))
         except asyncio.TimeoutError:
-            cancelled.set()  # the text being explained finishes; the rest are dropped
+            job.cancelled.set()  # the explain thread stops at its next check (within one batch of steps)
             raise _TooLate from None
         except asyncio.CancelledError:  # the client went away
-            cancelled.set()
+            job.cancelled.set()
             raise
 
-    def _explain_all(self, texts: list[str], steps: int | None, deadline: float,
-                     cancelled: threading.Event) -> list[dict[str, Any]]:
+    def _explain_all(self, texts: list[str], steps: int | None, job: _Job) -> list[dict[str, Any]]:
         explainer = self.loaded.result()  # raises the load's SentimentError
         answers = []
-        for text in texts:  # one at a time: a request past its deadline stops between texts
-            if cancelled.is_set() or time.monotonic() > deadline:
-                raise _TooLate
-            explanation, = explainer.explain([text], steps=steps or self.default_steps,
-                                             max_tokens=self.opts.explain_max_tokens)
-            answers.append(_finite(explanation.to_dict()))
+        self.running = job
+        try:
+            for text in texts:  # one at a time, checked between texts and between batches of steps
+                if job.late():
+                    raise _TooLate
+                explanation, = explainer.explain([text], steps=steps or self.default_steps,
+                                                 max_tokens=self.opts.explain_max_tokens)
+                answers.append(_finite(explanation.to_dict()))
+        finally:
+            self.running = None
         return answers
 
+    def _stop_if_late(self, module: Any, inputs: Any) -> None:
+        job = self.running
+        if job is not None and job.late():
+            raise _TooLate
+
     def close(self) -> None:
+        """At shutdown: queued jobs are dropped, the running one stops at its next check."""
+        job = self.running
+        if job is not None:
+            job.cancelled.set()
         self.pool.shutdown(wait=False, cancel_futures=True)
 
 
