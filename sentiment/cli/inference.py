@@ -35,6 +35,16 @@ def eval_(
                                                "runs also take 1/0, pos/neg, positive/negative, true/false."),
     allow_changed_data: bool = typer.Option(False, "--allow-changed-data", help="Evaluate the run's own split even "
                                             "if its texts or labels changed since training (refused by default)."),
+    errors: Optional[int] = typer.Option(None, "--errors", help="Instead of the metrics: the N most confident wrong "
+                                         "predictions, each explained (as `sentiment explain`)."),
+    html: Optional[Path] = typer.Option(None, "--html", help="With --errors: also write them to this "
+                                        "self-contained HTML page."),
+    top_words: bool = typer.Option(False, "--top-words", help="Instead of the metrics: the words and n-grams that "
+                                   "push each class most (mean contribution per occurrence, seen >= 5 times) over "
+                                   "--sample texts of the split."),
+    sample: int = typer.Option(500, "--sample", help="With --top-words: how many texts, drawn at random (seed 0)."),
+    steps: Optional[int] = typer.Option(None, "--steps", help="With --errors or --top-words: Integrated Gradients "
+                                        "steps (default: explain's)."),
 ) -> None:
     """Evaluate a run's checkpoint on its test (or valid) split, or on labeled texts (--data): accuracy,
     macro-F1, per-class precision/recall/F1 and the confusion matrix."""
@@ -47,6 +57,11 @@ def eval_(
         _check_checkpoint(checkpoint)
         if batch_size is not None and batch_size < 1:
             raise SentimentError(f"--batch-size must be >= 1, got {batch_size}")
+        if errors is not None or top_words or html is not None or steps is not None:
+            _explained_eval(run, errors, top_words, html, sample, steps, as_json, split=split, data=data,
+                            text_column=text_column, label_column=label_column, checkpoint=checkpoint, device=device,
+                            allow_changed_data=allow_changed_data, batch_size=batch_size)
+            return
         if data is not None:
             metrics, skipped, replaced = evaluate_labeled(run, data, text_column=text_column,
                                                           label_column=label_column, checkpoint=checkpoint,
@@ -61,6 +76,28 @@ def eval_(
             skipped, title = 0, f"{split} split · {checkpoint}.pt"
     _note_skipped(skipped)
     _print_metrics(metrics.to_dict(), title, as_json)
+
+
+def _explained_eval(run: Path, errors: Optional[int], top_words: bool, html: Optional[Path], sample: int,
+                    steps: Optional[int], as_json: bool, **where: Any) -> None:
+    """eval --errors N [--html FILE] or eval --top-words [--sample N] (sentiment.inference.mistakes)."""
+    from sentiment.cli.explain import _progress, print_mistakes, print_top_words
+    from sentiment.inference.explain import DEFAULT_STEPS
+    from sentiment.inference.mistakes import top_words as rank_words, worst_mistakes
+
+    if (errors is not None) == top_words:
+        raise SentimentError("--html and --steps go with --errors N or --top-words (one of them)")
+    if html is not None and errors is None:
+        raise SentimentError("--html goes with --errors N")
+    if top_words:
+        where.pop("batch_size")
+        with _progress(2, "explaining the sample") as advance:
+            ranked = rank_words(run, sample=sample, steps=DEFAULT_STEPS if steps is None else steps, progress=advance, **where)
+        print_top_words(ranked, as_json)
+        return
+    with _progress(2, "explaining the mistakes") as advance:
+        mistakes = worst_mistakes(run, errors, steps=DEFAULT_STEPS if steps is None else steps, progress=advance, **where)
+    print_mistakes(mistakes, html, as_json)
 
 
 PART_NAMES = {"rnn": "recurrent part", "branch": "n-gram branch"}

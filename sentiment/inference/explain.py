@@ -134,12 +134,16 @@ class Explainer:
         max_tokens tokens (a bound for callers such as a server), steps < 1, or Captum missing."""
         if isinstance(texts, str):
             raise SentimentError("explain takes a list of texts, not one string")
-        if not isinstance(steps, int) or isinstance(steps, bool) or steps < 1:
-            raise SentimentError(f"steps must be an integer >= 1, got {steps!r}")
         if not texts:
             raise SentimentError("nothing to explain: no texts given")
+        check_steps(steps)
+        return self.explain_tokens(text_tokens(texts, self.enc), texts, steps=steps, max_tokens=max_tokens)
+
+    def explain_tokens(self, all_tokens: Sequence[list[str]], texts: Sequence[str], *, steps: int = DEFAULT_STEPS,
+                       max_tokens: int | None = None) -> list[Explanation]:
+        """explain() of texts already tokenized as the run tokenizes (e.g. a split's rows, kept as tokens)."""
+        check_steps(steps)
         attr = captum_attr() if self.has_rnn else None
-        all_tokens = text_tokens(texts, self.enc)
         for i, tokens in enumerate(all_tokens):
             which = "the text" if len(texts) == 1 else f"text {i + 1}"
             if not tokens:
@@ -238,40 +242,52 @@ class Explainer:
         return out, logits.double().cpu(), self.branch.bias.detach().double().cpu().reshape(self.num_outputs)
 
 
-def branch_contributions(branch: Any, hashes: np.ndarray, positions: np.ndarray,
-                         n_tokens: int) -> tuple[np.ndarray, torch.Tensor]:
-    """The n-gram branch's exact contributions [n_tokens, outputs] for a text whose tokens at `positions` (in the
-    order the branch reads them) hash to `hashes`, and its logits (bias included) [outputs], float64. Each
-    distinct n-gram's term of NgramBranch.forward is shared by its occurrences; each occurrence's share is spread
-    over its n tokens."""
+def ngram_occurrences(branch: Any, hashes: np.ndarray) -> tuple[np.ndarray, np.ndarray, np.ndarray]:
+    """Every n-gram occurrence the branch reads in a text whose tokens (in the order the branch reads them) hash to
+    `hashes`: (start index, n, its share of the branch's logits [O, outputs], float64). Each distinct n-gram's term
+    of NgramBranch.forward (its weight, L2-normalised over the text, times its table row) is shared equally by its
+    occurrences; the shares add up to the branch's logits minus its bias."""
     from sentiment.ngrams import ngram_ids
 
-    spec = branch.spec
-    length = len(hashes)
-    table = branch.table.weight.detach().double().cpu().numpy()
-    bias = branch.bias.detach().double().cpu()
-    out = np.zeros((n_tokens, table.shape[1]))
+    spec, length = branch.spec, len(hashes)
+    table = branch.table.weight
     if length == 0:
-        return out, bias
+        return np.zeros(0, np.int64), np.zeros(0, np.int64), np.zeros((0, table.shape[1]))
     ids, _ = ngram_ids(hashes, np.array([0, length]), spec.n, spec.buckets)
     # ngram_ids lists a text's 1-grams at positions 0..L-1, then its 2-grams at 0..L-2, and so on
     orders = [k for k in range(1, spec.n + 1) if length - k + 1 > 0]
     starts = np.concatenate([np.arange(length - k + 1) for k in orders])
     sizes = np.concatenate([np.full(length - k + 1, k) for k in orders])
     distinct, inverse, counts = np.unique(ids, return_inverse=True, return_counts=True)
-    scale = branch.scale.detach().double().cpu().numpy()
+    scale = branch.scale.detach()[torch.as_tensor(distinct, device=table.device)].double().cpu().numpy()
     values = np.ones(len(distinct)) if branch.weighting == "nb" else counts.astype(np.float64)
-    weights = values * scale[distinct]
+    weights = values * scale
     if branch.norm == "l2":
         weights = weights / math.sqrt(max(float(np.square(weights).sum()), 1e-12))
-    terms = weights[:, None] * table[distinct]  # [U, outputs]: each distinct n-gram's term of the logits
-    per_occurrence = terms[inverse] / counts[inverse][:, None]
-    for k in orders:  # spread each occurrence over its k tokens
+    rows = table.detach()[torch.as_tensor(distinct, device=table.device)].double().cpu().numpy()
+    terms = weights[:, None] * rows  # [U, outputs]: each distinct n-gram's term of the logits
+    return starts, sizes, terms[inverse] / counts[inverse][:, None]
+
+
+def branch_contributions(branch: Any, hashes: np.ndarray, positions: np.ndarray,
+                         n_tokens: int) -> tuple[np.ndarray, torch.Tensor]:
+    """The n-gram branch's exact contributions [n_tokens, outputs] for a text whose tokens at `positions` (in the
+    order the branch reads them) hash to `hashes`, and its logits (bias included) [outputs], float64: each
+    occurrence's share (ngram_occurrences) spread equally over its n tokens."""
+    starts, sizes, shares = ngram_occurrences(branch, hashes)
+    out = np.zeros((n_tokens, shares.shape[1]))
+    for k in np.unique(sizes).tolist():
         rows = sizes == k
-        share = per_occurrence[rows] / k
+        share = shares[rows] / k
         for offset in range(k):
             np.add.at(out, positions[starts[rows] + offset], share)
-    return out, bias + torch.as_tensor(terms.sum(0))
+    bias = branch.bias.detach().double().cpu()
+    return out, bias + torch.as_tensor(shares.sum(0))
+
+
+def check_steps(steps: Any) -> None:
+    if not isinstance(steps, int) or isinstance(steps, bool) or steps < 1:
+        raise SentimentError(f"steps must be an integer >= 1, got {steps!r}")
 
 
 def completeness(total: np.ndarray, difference: np.ndarray) -> float:
