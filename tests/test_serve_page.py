@@ -135,3 +135,15 @@ def test_the_page_shows_the_label_probabilities_and_words_highlighted_in_a_real_
     finally:
         driver.quit()
     assert time.monotonic() - started < 30  # the browser part; the whole test is ~10 s on 2 shared cores
+
+
+def test_a_missing_browser_skips_with_its_reason_but_fails_under_ci(monkeypatch, tmp_path):
+    import test_serve_page
+
+    monkeypatch.setattr(test_serve_page, "CHROMIUM", str(tmp_path / "no-chromium"))
+    monkeypatch.delenv("CI", raising=False)
+    with pytest.raises(pytest.skip.Exception, match="chromium at .*no-chromium"):
+        browser_or_skip()
+    monkeypatch.setenv("CI", "true")
+    with pytest.raises(pytest.fail.Exception, match="CI is set"):
+        browser_or_skip()
