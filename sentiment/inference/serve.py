@@ -407,7 +407,7 @@ def create_app(opts: ServeOptions, scorer: Scorer | None = None) -> Any:
     async def lifespan(app: Any):
         state["scorer"] = scorer or await asyncio.to_thread(Scorer, opts)
         batcher = state["batcher"] = Batcher(state["scorer"], opts)
-        state["explainer"] = ExplainWorker(opts, state["scorer"].digest)
+        state["explainer"] = ExplainWorker(opts, state["scorer"].digest, lambda: model_digest(opts))
         task = asyncio.create_task(batcher.run())
         state["ready"] = True
         yield
@@ -421,7 +421,7 @@ def create_app(opts: ServeOptions, scorer: Scorer | None = None) -> Any:
     app = FastAPI(title="sentiment", description=f"Predictions of {opts.model or opts.run}", lifespan=lifespan,
                   docs_url=None, redoc_url=None)
     app.add_middleware(BodyLimit, max_bytes=opts.max_bytes)
-    add_page_and_explain(app, opts, state)
+    add_page_and_explain(app, opts, state, check_limits)
 
     @app.exception_handler(RequestValidationError)
     async def invalid_request(request: Any, exc: RequestValidationError) -> Any:

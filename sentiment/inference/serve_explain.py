@@ -15,6 +15,7 @@ import asyncio
 import math
 import threading
 import time
+from collections.abc import Callable
 from concurrent.futures import Future, ThreadPoolExecutor
 from importlib import resources
 from pathlib import Path
@@ -55,8 +56,9 @@ class _Job:
 class ExplainWorker:
     """The run's explainer, loaded in the background at startup, used on one thread of its own."""
 
-    def __init__(self, opts: Any, started_digest: str | None) -> None:
-        self.opts = opts
+    def __init__(self, opts: Any, started_digest: str | None, digest_now: Callable[[], str]) -> None:
+        """started_digest: the sha256 of the run's files the scorer loaded; digest_now computes it afresh."""
+        self.opts, self.digest_now = opts, digest_now
         self.pool = ThreadPoolExecutor(1, thread_name_prefix="explain")
         self.default_steps: int | None = None
         self.loaded: Future | None = None
@@ -68,13 +70,12 @@ class ExplainWorker:
     def _load(self, started_digest: str | None) -> Any:
         try:
             from sentiment.inference import explain
-            from sentiment.inference.serve import model_digest
 
             explainer = explain.load_explainer(Path(self.opts.run), checkpoint=self.opts.checkpoint, device="cpu")
             embedding = getattr(explainer.model, "embedding", None)
             if embedding is not None:  # every pass of Integrated Gradients' batches starts there: a late job stops
                 embedding.register_forward_pre_hook(self._stop_if_late)
-            if started_digest is not None and model_digest(self.opts) != started_digest:
+            if started_digest is not None and self.digest_now() != started_digest:
                 raise SentimentError(f"{self.opts.run} changed since the server started (its sha256 differs): "
                                      "explanations would come from other weights than predictions; restart the server")
             self.default_steps = min(explain.DEFAULT_STEPS, self.opts.explain_max_steps)
@@ -173,13 +174,13 @@ def explain_request_model() -> type:
     return ExplainRequest
 
 
-def add_page_and_explain(app: Any, opts: Any, state: dict[str, Any]) -> None:
-    """GET / (the page) and POST /explain on app; state["explainer"] is the ExplainWorker (set at startup)."""
+def add_page_and_explain(app: Any, opts: Any, state: dict[str, Any], check_limits: Callable[..., None]) -> None:
+    """GET / (the page) and POST /explain on app; state["explainer"] is the ExplainWorker (set at startup).
+    check_limits: serve's, for --max-chars and the count of texts."""
     from fastapi import HTTPException
     from fastapi.responses import HTMLResponse
 
     from sentiment.inference.predict import prediction_rows
-    from sentiment.inference.serve import check_limits
 
     page = page_html()
     ExplainRequest = explain_request_model()
