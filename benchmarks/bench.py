@@ -16,6 +16,8 @@ Runs, in this order (each script's own --help says what it measures and against 
   bench_ngrams        the n-gram branch's share of a training step and of scoring: the CPU recipe + branch
                       (configs/imdb_cpu_ngrams.yaml) vs the same model without it, in turns
   bench_predict       `sentiment predict` end to end vs one review at a time (same length limit)
+  bench_explain       explaining one 400-token review (Integrated Gradients at the default steps + the branch's
+                      exact share) vs predicting it, same run, same process (target: <= 1 s on 2 cores)
 
 Only when asked for (--with NAME..., or --only), since they need data beyond IMDB's labeled reviews (the airline
 tweets: --tweets-csv, default DATA_DIR/airline_tweets.csv; IMDB's train/unsup) and take longer:
@@ -50,20 +52,23 @@ import common
 
 HERE = Path(__file__).resolve().parent
 ROOT = common.ROOT
-SCRIPTS = ("prepare", "glove", "rnn_padding", "lstm_ceiling", "train", "ngrams", "predict")
+SCRIPTS = ("prepare", "glove", "rnn_padding", "lstm_ceiling", "train", "ngrams", "predict", "explain")
 EXTRA = ("tweets", "predict_tweets", "objectives")  # only with --with or --only
 FULL = dict(train_batches=40, random_batches=12, packed_batches=6, denormal_batches=4, eval_reviews=2000,
             predict_reviews=25000, predict_baseline=1000, ceiling_batch=256, ceiling_length=230, ceiling_reps=2,
             padding_length=400, padding_reps=3, cold_runs=1,
-            ngram_batches=24, tweets_seeds=3, predict_tweets=100_000, predict_tweets_baseline=1000, objective_batches=12)
+            ngram_batches=24, tweets_seeds=3, predict_tweets=100_000, predict_tweets_baseline=1000, objective_batches=12,
+            explain_length=400, explain_reps=5)
 QUICK = dict(train_batches=16, random_batches=6, packed_batches=3, denormal_batches=2, eval_reviews=800,
              predict_reviews=5000, predict_baseline=300, ceiling_batch=128, ceiling_length=230, ceiling_reps=1,
              padding_length=400, padding_reps=1, cold_runs=1,
-             ngram_batches=10, tweets_seeds=1, predict_tweets=20_000, predict_tweets_baseline=300, objective_batches=4)
+             ngram_batches=10, tweets_seeds=1, predict_tweets=20_000, predict_tweets_baseline=300, objective_batches=4,
+             explain_length=400, explain_reps=3)
 SMOKE = dict(train_batches=2, random_batches=1, packed_batches=1, denormal_batches=0, eval_reviews=20,
              predict_reviews=20, predict_baseline=5, ceiling_batch=4, ceiling_length=8, ceiling_reps=1,
              padding_length=8, padding_reps=1, cold_runs=1,
-             ngram_batches=2, tweets_seeds=1, predict_tweets=50, predict_tweets_baseline=5, objective_batches=1)
+             ngram_batches=2, tweets_seeds=1, predict_tweets=50, predict_tweets_baseline=5, objective_batches=1,
+             explain_length=20, explain_reps=1)
 TWEETS_RUNS = ROOT / "runs" / "bench_tweets"  # bench_tweets.py's default --runs-dir
 
 
@@ -104,6 +109,8 @@ def commands(args, s: dict, run: Path | None, twrun: Path | None = None) -> dict
                   + (["--set", "model.hidden_size=16", "--set", "model.ngrams.buckets=4096"] if args.smoke else []),
         "predict": [str(HERE / "bench_predict.py"), "--data-dir", args.data_dir, "--reviews", str(s["predict_reviews"]),
                     "--baseline", str(s["predict_baseline"])] + (["--run", str(run)] if run else []),
+        "explain": [str(HERE / "bench_explain.py"), "--data-dir", args.data_dir, "--threads", t, "--length",
+                    str(s["explain_length"]), "--reps", str(s["explain_reps"])] + (["--run", str(run)] if run else []),
         "tweets": [str(HERE / "bench_tweets.py"), "--csv", str(args.tweets_csv), "--threads", t, "--runs-dir",
                    str(TWEETS_RUNS), "--seeds", *map(str, range(1, s["tweets_seeds"] + 1))],
         "predict_tweets": [str(HERE / "bench_predict.py"), "--csv", str(args.tweets_csv), "--texts",

@@ -98,6 +98,9 @@ def ran(tiny: Path) -> dict:
         ["bench_predict_csv", str(BENCH / "bench_predict.py"),
          ["--run", str(tiny / "predict" / "untrained-run"), "--csv", str(tiny / "texts.csv"), "--texts", "30",
           "--baseline", "4", "--json", str(tiny / "predict_csv.json")]],
+        ["bench_explain", str(BENCH / "bench_explain.py"),
+         ["--run", str(tiny / "predict" / "untrained-run"), "--data-dir", data, "--length", "20", "--reps", "1",
+          "--threads", "1", "--json", str(tiny / "explain.json")]],
         ["bench_objectives", str(BENCH / "bench_objectives.py"),
          ["--data-dir", data, "--threads", "1", "--batches", "1", *small, "--json", str(tiny / "objectives.json")]],
         ["bench", str(BENCH / "bench.py"), ["--smoke", "--only", "glove", "--data-dir", data, "--threads", "1"]],
@@ -142,7 +145,7 @@ def test_bench_gpu_help_and_refusal_without_cuda(tmp_path: Path) -> None:
 
 @pytest.mark.parametrize("name", ["bench_prepare", "bench_rnn_padding", "bench_lstm_ceiling", "bench_train", "bench_ngrams",
                                   "bench_ngrams_buckets",
-                                  "bench_predict", "bench_predict_csv", "bench_objectives", "bench"])
+                                  "bench_predict", "bench_predict_csv", "bench_explain", "bench_objectives", "bench"])
 def test_smoke_run_succeeds(ran: dict, name: str) -> None:
     assert ran[name]["rc"] == 0, ran[name]["out"][-4000:]
 
