@@ -1,5 +1,6 @@
 """`sentiment serve`: a real server process on a free port of 127.0.0.1, answering what `sentiment predict`
-answers; limits (413), bad requests (422), empty texts, concurrent clients, and a graceful SIGTERM."""
+answers; limits (413), bad requests (422), empty texts, concurrent clients, and a graceful SIGTERM; its page and
+POST /explain (limits, a time bound, /health answering meanwhile). The page in a browser: test_serve_page.py."""
 
 from __future__ import annotations
 
@@ -81,6 +82,17 @@ def request(port: int, method: str, path: str, body: bytes | dict | None = None)
         conn.close()
 
 
+def fetch(port: int, path: str) -> tuple[int, dict[str, str], str]:
+    """GET path: status, headers (lowercased names) and the body as text."""
+    conn = http.client.HTTPConnection("127.0.0.1", port, timeout=60)
+    try:
+        conn.request("GET", path)
+        response = conn.getresponse()
+        return response.status, {k.lower(): v for k, v in response.getheaders()}, response.read().decode()
+    finally:
+        conn.close()
+
+
 def predict_cli(run_dir: Path, *texts: str, extra: tuple[str, ...] = ()) -> list[dict]:
     result = runner.invoke(app, ["predict", "--run", str(run_dir), "--json", *extra, *texts])
     assert result.exit_code == 0, result.output
@@ -114,10 +126,18 @@ def trained(tmp_path_factory) -> Path:
 
 @pytest.fixture(scope="module")
 def server(trained):
-    proc, port = start_server("--run", str(trained), "--log-batches")
+    # a time bound on explanations that the tests' small ones stay far below, and a steps limit high enough
+    # for one request to pass it (test_health_answers_while_explaining_and_a_request_over_the_time_bound_is_503)
+    proc, port = start_server("--run", str(trained), "--log-batches", "--explain-timeout", str(EXPLAIN_TIMEOUT),
+                              "--explain-max-steps", "1000")
     yield port
     code, out = stop(proc)
     assert code == 0, out
+
+
+EXPLAIN_TIMEOUT = 4.0
+EXPLANATION_KEYS = {"text", "tokens", "read", "classes", "probabilities", "label", "outputs", "contributions",
+                    "rnn_contributions", "branch_contributions", "logits", "baseline_logits", "completeness_error"}
 
 
 def test_health_and_info(server, trained):
@@ -263,6 +283,9 @@ def test_bad_input_is_one_error_line(trained, tmp_path):
         busy.listen()
         result = runner.invoke(app, ["serve", "--run", str(trained), "--port", str(busy.getsockname()[1])])
         one_line_error(result.exit_code, result.output, "cannot listen on 127.0.0.1")
+    for option, value in (("--explain-timeout", "0"), ("--explain-max-steps", "0")):
+        result = runner.invoke(app, ["serve", "--run", str(trained), "--port", str(port), option, value])
+        one_line_error(result.exit_code, result.output, option)
     for host, needle in (("999.1.1.1", "--host 999.1.1.1 is not an IP address"),
                          ("192.0.2.1", "192.0.2.1: it is not an address of this machine")):
         result = runner.invoke(app, ["serve", "--run", str(trained), "--host", host, "--port", str(port)])
@@ -350,7 +373,12 @@ def test_serving_an_exported_onnx_model_answers_as_predict_model(trained, tmp_pa
         status, body = request(port, "POST", "/predict", {"texts": SAMPLE})
         assert status == 200
         assert_same_rows(body["predictions"], expected)
-        assert request(port, "GET", "/info")[1]["labels"] == ["negative", "positive"]
+        info = request(port, "GET", "/info")[1]
+        assert info["labels"] == ["negative", "positive"]
+        # no gradients in an exported model: /explain says in one line that explanations need --run
+        assert info["explain"]["status"] == "unavailable" and "--run" in info["explain"]["reason"]
+        status, body = request(port, "POST", "/explain", {"text": "great"})
+        assert status == 501 and "serve --run DIR" in body["detail"], body
     finally:
         code, log = stop(proc)
     assert code == 0, log
@@ -380,3 +408,76 @@ def test_a_run_with_the_ngram_branch_serves_from_the_run_and_from_its_export(tmp
         finally:
             code, log = stop(proc)
         assert code == 0, log
+
+
+def test_the_page_and_everything_else_served_is_self_contained(server):
+    """GET / is one page with its CSS and JS inline and no URL of anywhere else (it works offline, and its
+    Content-Security-Policy forbids loading anything); FastAPI's /docs and /redoc (scripts from a CDN) are gone,
+    /openapi.json stays."""
+    status, headers, page = fetch(server, "/")
+    assert status == 200 and headers["content-type"].startswith("text/html")
+    assert "http://" not in page and "https://" not in page and "//cdn" not in page
+    assert 'id="text"' in page and 'id="submit"' in page and 'id="label"' in page and "<script>" in page
+    assert "default-src 'none'" in headers["content-security-policy"]
+    for path in ("/docs", "/redoc", "/docs/oauth2-redirect"):
+        assert fetch(server, path)[0] == 404, path
+    status, _, schema = fetch(server, "/openapi.json")
+    assert status == 200 and {"/predict", "/explain"} <= json.loads(schema)["paths"].keys()
+
+
+def test_explain_answers_the_label_probabilities_and_contributions_predict_agrees_with(server, trained):
+    pytest.importorskip("captum")
+    expected = predict_cli(trained, *SAMPLE)
+    status, body = request(server, "POST", "/explain", {"texts": SAMPLE})
+    assert status == 200, body
+    for text, row, answer in zip(SAMPLE, expected, body["explanations"]):
+        if "error" in row:  # an empty text is answered as /predict answers it
+            assert answer == row
+            continue
+        assert EXPLANATION_KEYS <= answer.keys() and answer["text"] == text
+        assert answer["label"] == row["label"] and answer["classes"] == list(row["probs"])
+        assert answer["probabilities"] == pytest.approx(list(row["probs"].values()), abs=1e-5)
+        assert len(answer["tokens"]) == len(answer["read"]) == len(answer["contributions"]) > 0
+        assert answer["outputs"] == ["positive"] and all(len(r) == 1 for r in answer["contributions"])
+        total = sum(r[0] for r in answer["contributions"])
+        assert total == pytest.approx(answer["logits"][0] - answer["baseline_logits"][0], rel=0.05, abs=1e-3)
+    long = request(server, "POST", "/explain", {"text": " ".join(["dull"] * 500), "steps": 2})[1]
+    assert sum(long["read"]) == 400 and len(long["read"]) == 500  # the tokens outside the window are marked
+    one = request(server, "POST", "/explain", {"text": SAMPLE[1], "steps": 4, "threshold": 0.0001})[1]
+    assert one["tokens"] == ["awful"] and one["label"] == "positive"  # the request's threshold, as /predict
+
+
+@pytest.mark.parametrize("body, status, needle", [
+    ({"texts": ["fine"] * 17}, 413, "--explain-max-texts"),
+    ({"text": "great " * 2001}, 413, "2,001 tokens"),
+    ({"text": "great", "steps": 1001}, 422, "--explain-max-steps"),
+    ({"text": "great", "steps": 0}, 422, "greater than or equal to 1"),
+    ({"text": "great", "step": 3}, 422, "extra"),
+    ({"text": "x" * 100_001}, 413, "--max-chars"),
+])
+def test_explain_has_limits_of_its_own(server, body, status, needle):
+    answer = request(server, "POST", "/explain", body)
+    assert answer[0] == status and needle in json.dumps(answer[1]), answer
+
+
+def test_health_answers_while_explaining_and_a_request_over_the_time_bound_is_503(server):
+    pytest.importorskip("captum")
+    slow = {"texts": [" ".join(["the film was great but the plot was dull"] * 50)] * 16, "steps": 1000}
+    answer: list[tuple[int, dict]] = []
+    thread = threading.Thread(target=lambda: answer.append(request(server, "POST", "/explain", slow)))
+    started = time.monotonic()
+    thread.start()
+    waits = []
+    while thread.is_alive():
+        at = time.monotonic()
+        assert request(server, "GET", "/health")[0] == 200
+        assert request(server, "POST", "/predict", {"text": "great"})[0] == 200  # scoring goes on meanwhile
+        waits.append(time.monotonic() - at)
+        time.sleep(0.05)
+    thread.join()
+    status, body = answer[0]
+    assert status == 503 and "--explain-timeout" in body["detail"], (status, str(body)[:300])
+    assert EXPLAIN_TIMEOUT <= time.monotonic() - started < EXPLAIN_TIMEOUT + 5
+    assert len(waits) > 5 and max(waits) < 1.0, waits
+    # the refused request's other texts were dropped: the next one is answered well within the bound
+    assert request(server, "POST", "/explain", {"text": "great", "steps": 2})[0] == 200

@@ -54,6 +54,11 @@ class ServeOptions:
     log_batches: bool = False
     model: str | None = None  # instead of run: a `sentiment export` file, scored by onnxruntime or torch.export
     digest: str | None = None  # --workers: the sha256 of the model's files when the server started (model_digest)
+    # POST /explain (serve_explain.py): each text costs `steps` forward and backward passes, so it has its own limits
+    explain_max_texts: int = 16  # texts per request
+    explain_max_tokens: int = 2000  # tokens per text (IMDB's longest review has about 3,000)
+    explain_max_steps: int = 256  # Integrated Gradients' steps a request may ask for
+    explain_timeout_s: float = 30.0  # a request unanswered after this long (waiting included) is answered 503
 
     def resolved_threads(self) -> int:
         return self.threads or max(1, (os.cpu_count() or 1) // max(1, self.workers))
@@ -90,6 +95,8 @@ class Scorer:
                         "truncate": self.enc.truncate, "lowercase": self.enc.lowercase,
                         "cleaning": asdict(self.enc.cleaning)}
         self._check_digest(opts)  # again: the files read above are the ones the digest was taken of
+        # what the explainer, loaded later in the background, must find too (None: an exported model, unexplained)
+        self.digest = None if opts.run is None else opts.digest or model_digest(opts)
         init_tokenizer()
         self.score(self.encode(["warm up"]))  # the first request should not pay for lazy initialisation
         self.tokenizer = TokenizerProcess(self.enc)
@@ -149,6 +156,13 @@ def _encode_in_process(texts: list[str]) -> Any:
     return encode_texts(texts, _process_encoding)
 
 
+def _count_in_process(texts: list[str]) -> list[int]:
+    """Each text's tokens, untruncated (what POST /explain's --explain-max-tokens bounds)."""
+    from sentiment.inference.predict import encode_texts
+
+    return encode_texts(texts, replace(_process_encoding, max_len=0)).lengths().tolist()
+
+
 class TokenizerProcess:
     """Tokenizing (and n-gram hashing) in a process of its own. spaCy keeps the GIL for a whole whitespace
     chunk, and a long one takes seconds: on a thread of the server that would stop its event loop (GET /health
@@ -169,10 +183,16 @@ class TokenizerProcess:
         return pool
 
     async def encode(self, texts: list[str]) -> Any:
+        return await self._run(_encode_in_process, texts)
+
+    async def count(self, texts: list[str]) -> list[int]:
+        return await self._run(_count_in_process, texts)
+
+    async def _run(self, function: Any, texts: list[str]) -> Any:
         from concurrent.futures.process import BrokenProcessPool
 
         try:
-            return await asyncio.get_running_loop().run_in_executor(self.pool, _encode_in_process, texts)
+            return await asyncio.get_running_loop().run_in_executor(self.pool, function, texts)
         except BrokenProcessPool:  # killed (out of memory?): a fresh one for the next request
             self.close()
             self.pool = await asyncio.to_thread(self._start)  # off the event loop: /health keeps answering
@@ -377,6 +397,7 @@ def create_app(opts: ServeOptions, scorer: Scorer | None = None) -> Any:
     from fastapi.responses import JSONResponse
 
     from sentiment.inference.predict import drop_empty, prediction_rows
+    from sentiment.inference.serve_explain import ExplainWorker, add_page_and_explain
 
     state: dict[str, Any] = {"ready": False}
 
@@ -386,6 +407,7 @@ def create_app(opts: ServeOptions, scorer: Scorer | None = None) -> Any:
     async def lifespan(app: Any):
         state["scorer"] = scorer or await asyncio.to_thread(Scorer, opts)
         batcher = state["batcher"] = Batcher(state["scorer"], opts)
+        state["explainer"] = ExplainWorker(opts, state["scorer"].digest, lambda: model_digest(opts))
         task = asyncio.create_task(batcher.run())
         state["ready"] = True
         yield
@@ -393,9 +415,13 @@ def create_app(opts: ServeOptions, scorer: Scorer | None = None) -> Any:
         task.cancel()
         state["scorer"].tokenizer.close()
         batcher.pool.shutdown(wait=False)
+        state["explainer"].close()
 
-    app = FastAPI(title="sentiment", description=f"Predictions of {opts.model or opts.run}", lifespan=lifespan)
+    # no /docs nor /redoc: FastAPI's pages load their scripts from a CDN (blank offline); /openapi.json stays
+    app = FastAPI(title="sentiment", description=f"Predictions of {opts.model or opts.run}", lifespan=lifespan,
+                  docs_url=None, redoc_url=None)
     app.add_middleware(BodyLimit, max_bytes=opts.max_bytes)
+    add_page_and_explain(app, opts, state, check_limits)
 
     @app.exception_handler(RequestValidationError)
     async def invalid_request(request: Any, exc: RequestValidationError) -> Any:
@@ -423,7 +449,7 @@ def create_app(opts: ServeOptions, scorer: Scorer | None = None) -> Any:
     @app.post("/predict")
     async def predict(request: PredictRequest) -> Any:
         texts = request.texts if request.texts is not None else [request.text]
-        _check_limits(texts, opts)
+        check_limits(texts, opts)
         s, batcher = state["scorer"], state["batcher"]
         threshold = request.threshold if request.threshold is not None else opts.threshold
         if threshold is not None and not s.space.binary:
@@ -471,13 +497,16 @@ def _request_model() -> type:
     return PredictRequest
 
 
-def _check_limits(texts: list[str], opts: ServeOptions) -> None:
-    """413 for a request over the server's --max-texts or --max-chars (--max-bytes: the BodyLimit middleware)."""
+def check_limits(texts: list[str], opts: ServeOptions, *, max_texts: int | None = None,
+                 option: str = "--max-texts") -> None:
+    """413 for a request over the server's --max-texts (or max_texts, named option) or --max-chars
+    (--max-bytes: the BodyLimit middleware); 422 for a lone surrogate."""
     from fastapi import HTTPException
 
-    if len(texts) > opts.max_texts:
+    max_texts = opts.max_texts if max_texts is None else max_texts
+    if len(texts) > max_texts:
         raise HTTPException(413, f"{len(texts):,} texts in one request; the server takes at most "
-                                 f"{opts.max_texts:,} (--max-texts)")
+                                 f"{max_texts:,} ({option})")
     longest = max(map(len, texts), default=0)
     if longest > opts.max_chars:
         raise HTTPException(413, f"a text of {longest:,} characters; the server takes at most "
@@ -502,7 +531,7 @@ def _info(opts: ServeOptions, state: dict[str, Any]) -> dict[str, Any]:
             "limits": {"max_texts": opts.max_texts, "max_bytes": opts.max_bytes, "max_chars": opts.max_chars},
             "batching": {"enabled": opts.batching, "max_wait_ms": opts.max_wait_ms,
                          "batch_tokens": opts.batch_tokens}, "threads": opts.resolved_threads(),
-            "scored": dict(state["batcher"].stats)}
+            "scored": dict(state["batcher"].stats), "explain": state["explainer"].info()}
 
 
 def _results(run_dir: Path) -> dict[str, Any]:
