@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import signal
 from pathlib import Path
 from typing import Any, Optional
 
@@ -66,14 +67,20 @@ def tune(
                                 jobs=jobs, seed=seed, pruner=pruner, heartbeat=heartbeat)
         quiet_optuna()
         progress = _TuneProgress()
+        previous = signal.signal(signal.SIGTERM, _interrupt)  # a `kill` ends the running trial, as Ctrl-C does
         try:
             summary = run_tune(settings, on_progress=progress.update, on_note=progress.note)
         finally:
+            signal.signal(signal.SIGTERM, previous)
             progress.close()
         _print_summary(summary)
         if summary["best"] is None:
             raise SentimentError(f"no trial completed: see {summary['table']} and the logs in "
                                  f"{study_dir / 'trials'}")
+
+
+def _interrupt(signum: int, frame: Any) -> None:
+    raise KeyboardInterrupt
 
 
 class _TuneProgress:

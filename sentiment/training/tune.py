@@ -39,6 +39,7 @@ METRICS_FILE, RESULTS_FILE, CONFIG_FILE = "metrics.jsonl", "results.json", "conf
 TRIALS_DIR, BEST_FILE, TABLE_FILE, DB_FILE = "trials", "best.yaml", "trials.csv", "study.db"
 PRUNERS = ("median", "halving", "none")
 POLL_SECONDS = 0.5  # how often a running trial's metrics are read
+OPEN_ATTEMPTS = 4  # tries to open the storage (a race between workers creating its tables), ~3 s in all
 FAILURES_IN_A_ROW = 3  # a worker whose trials all fail this many times in a row stops: a config error, not bad luck
 # the train flags the own-data keys come from (sentiment train --data ...)
 DATA_FLAGS = {"train_file": "--data", "valid_file": "--valid-data", "test_file": "--test-data",
@@ -162,17 +163,25 @@ def open_study(settings: TuneSettings, space: list[Dimension], cfg: Config) -> A
     url = storage_url(settings)
     Path(settings.study_dir).mkdir(parents=True, exist_ok=True)
     engine = {"connect_args": {"timeout": 60}} if url.startswith("sqlite") else {"pool_pre_ping": True}
-    try:
-        with warnings.catch_warnings():
-            warnings.simplefilter("ignore")  # heartbeat_interval is marked experimental
-            storage = optuna.storages.RDBStorage(url, engine_kwargs=engine, heartbeat_interval=settings.heartbeat)
-        study = optuna.create_study(storage=storage, study_name=settings.name, direction="maximize",
-                                    load_if_exists=True, pruner=_pruner(optuna, settings.pruner))
-    except ImportError as e:
-        raise SentimentError(f"--storage {shown_url(url)}: {e}") from None
-    except Exception as e:  # SQLAlchemy's OperationalError and kin: the database cannot be reached or read
-        first = str(e).strip().splitlines()[0] if str(e).strip() else type(e).__name__
-        raise SentimentError(f"cannot open the study in {shown_url(url)}: {first}") from None
+    for attempt in range(OPEN_ATTEMPTS):
+        try:
+            with warnings.catch_warnings():
+                warnings.simplefilter("ignore")  # heartbeat_interval is marked experimental
+                storage = optuna.storages.RDBStorage(url, engine_kwargs=engine,
+                                                     heartbeat_interval=settings.heartbeat)
+            study = optuna.create_study(storage=storage, study_name=settings.name, direction="maximize",
+                                        load_if_exists=True, pruner=_pruner(optuna, settings.pruner))
+            break
+        except ImportError as e:
+            raise SentimentError(f"--storage {shown_url(url)}: {e}") from None
+        except Exception as e:  # SQLAlchemy's errors: the database cannot be reached or read, or a race
+            # Two workers opening a new PostgreSQL database at once both create Optuna's tables, and one fails
+            # (UniqueViolation on pg_type): measured in tests/test_tune.py. Once the tables exist, a retry opens.
+            if attempt + 1 < OPEN_ATTEMPTS:
+                time.sleep(0.5 * (attempt + 1))
+                continue
+            first = str(e).strip().splitlines()[0] if str(e).strip() else type(e).__name__
+            raise SentimentError(f"cannot open the study in {shown_url(url)}: {first}") from None
     _check_same_study(study, settings, space, cfg)
     return study
 

@@ -137,7 +137,14 @@ def _categorical(key: str, choices: list, base: dict[str, Any], overrides: list[
 
 def _range_kind(key: str, low: Any, base: dict[str, Any], overrides: list[str]) -> Literal["float", "int"]:
     """float or int, as the config types the key (a range of a string or true/false key is refused)."""
-    current = eval_key(_resolve(key, low, base, overrides), key)
+    try:  # the key's value in the config the trials start from
+        current = eval_key(config_from_dict(apply_overrides(copy.deepcopy(base), overrides)), key)
+    except AttributeError:  # an unknown key, or a key of a section that is off: the config's error, or its value
+        current = None
+    if current is None:  # an unknown key (the config's error names it) or a null one: typed as low is
+        current = eval_key(_resolve(key, low, base, overrides), key)
+    if dataclasses.is_dataclass(current):
+        raise SentimentError("names a section, not a key: name one of its keys")
     if isinstance(current, bool) or not isinstance(current, (int, float)):
         raise SentimentError(f"a range needs a numeric key, and this one takes {current!r}: give a list of choices")
     return "int" if isinstance(current, int) else "float"
