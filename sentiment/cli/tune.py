@@ -9,13 +9,14 @@ from typing import Any, Optional
 import typer
 from rich.markup import escape
 from rich.progress import BarColumn, MofNCompleteColumn, Progress, TextColumn, TimeElapsedColumn
+from rich import box
 from rich.table import Table
 
 from sentiment.errors import SentimentError
 
 from sentiment.cli.app import ConfigOption, SetOption, app, console, user_errors
 
-SHOWN_ROWS = 15  # the best trials in the printed table; trials.csv holds them all
+SHOWN_TRIALS = 6  # the best trials in the printed table (one column each); trials.csv holds them all
 
 
 @app.command(short_help="Tune a config's hyperparameters on validation (Optuna): trials of `train` over a space.")
@@ -116,18 +117,22 @@ def _print_summary(summary: dict[str, Any]) -> None:
     shown = sorted(rows, key=lambda r: (order.get(r["state"], 5), -(r["valid_accuracy"] or 0), r["number"]))
     keys = [k for k in (rows[0] if rows else {}) if k not in ("number", "state", "valid_accuracy", "epochs",
                                                                 "seconds", "worker", "run_dir", "error")]
+    # trials as columns, keys as rows: eight tuned keys still fit 80 columns; trials.csv has every trial
     table = Table(title=f"study {escape(summary['study'])} · {p.done} of {p.total} trials finished"
-                        f"{f' · {p.failed} failed' if p.failed else ''}")
-    for column in ["trial", "state", "valid acc", "epochs", *keys, "time"]:
-        table.add_column(escape(column), justify="left" if column == "state" else "right")
-    for r in shown[:SHOWN_ROWS]:
-        table.add_row(str(r["number"]), r["state"].lower(),
-                      f"{r['valid_accuracy']:.2%}" if r["valid_accuracy"] is not None else "",
-                      str(r["epochs"]), *(_value(r[k]) for k in keys),
-                      f"{r['seconds']:.0f}s" if r["seconds"] is not None else "")
+                        f"{f' · {p.failed} failed' if p.failed else ''}", box=box.SIMPLE_HEAD, pad_edge=False)
+    table.add_column("trial", style="bold")
+    for r in shown[:SHOWN_TRIALS]:
+        table.add_column(str(r["number"]), justify="right")
+    lines = [("state", lambda r: STATES.get(r["state"], r["state"].lower())),
+             ("valid acc", lambda r: f"{r['valid_accuracy']:.2%}" if r["valid_accuracy"] is not None else ""),
+             ("epochs", lambda r: str(r["epochs"])),
+             *((name, lambda r, k=k: _value(r[k])) for name, k in zip(_short_names(keys), keys)),
+             ("time", lambda r: f"{r['seconds']:.0f}s" if r["seconds"] is not None else "")]
+    for name, cell in lines:
+        table.add_row(escape(name), *(cell(r) for r in shown[:SHOWN_TRIALS]))
     console.print(table)
-    if len(shown) > SHOWN_ROWS:
-        console.print(f"({len(shown) - SHOWN_ROWS} more in {escape(summary['table'])})")
+    if len(shown) > SHOWN_TRIALS:
+        console.print(f"(the best {SHOWN_TRIALS} of {len(shown)}; all in {escape(summary['table'])})")
     best = summary["best"]
     if best is None:
         return
@@ -143,7 +148,16 @@ def _print_summary(summary: dict[str, Any]) -> None:
                   f" · all trials: {escape(summary['table'])}", soft_wrap=True)
 
 
+STATES = {"COMPLETE": "done", "PRUNED": "pruned", "FAIL": "failed", "RUNNING": "running", "SURPLUS": "surplus"}
+
+
+def _short_names(keys: list[str]) -> list[str]:
+    """Column names: the keys without their section (train.lr -> lr), unless two would read alike."""
+    short = [k.split(".", 1)[-1] for k in keys]
+    return [s if short.count(s) == 1 else k for s, k in zip(short, keys)]
+
+
 def _value(value: Any) -> str:
     if isinstance(value, float):
-        return f"{value:.4g}"
+        return f"{value:.3g}"
     return "" if value is None else escape(str(value))

@@ -38,6 +38,7 @@ from sentiment.training.tune_space import Dimension, override_texts, read_space
 METRICS_FILE, RESULTS_FILE, CONFIG_FILE = "metrics.jsonl", "results.json", "config.yaml"
 TRIALS_DIR, BEST_FILE, TABLE_FILE, DB_FILE = "trials", "best.yaml", "trials.csv", "study.db"
 PRUNERS = ("median", "halving", "none")
+MACHINE_KEYS = ("run.threads", "data.workers")  # tune sets them per trial (cores / --jobs); best.yaml leaves them
 POLL_SECONDS = 0.5  # how often a running trial's metrics are read
 OPEN_ATTEMPTS = 4  # tries to open the storage (a race between workers creating its tables), ~3 s in all
 FAILURES_IN_A_ROW = 3  # a worker whose trials all fail this many times in a row stops: a config error, not bad luck
@@ -533,7 +534,9 @@ def _write_table(path: Path, rows: list[dict[str, Any]], space: list[Dimension])
 def write_best(path: Path, settings: TuneSettings, best: Any, n_trials: int) -> None:
     """The config the trials started from with the best trial's values: `sentiment train --config best.yaml` trains
     it (checked here: it loads and resolves). Data paths stay as given (relative to where tune ran)."""
-    raw = apply_overrides(base_raw(settings), [*settings.overrides, *override_texts(best.params)])
+    # run.threads and data.workers are how the trials shared this machine, not a choice of the study
+    kept = [text for text in settings.overrides if text.split("=", 1)[0].strip() not in MACHINE_KEYS]
+    raw = apply_overrides(base_raw(settings), [*kept, *override_texts(best.params)])
     chosen = best.user_attrs.get("chosen") or {}
     named = {text.split("=", 1)[0].strip() for text in settings.overrides}
     for key, value in chosen.items():  # --data without --config: the lengths train chose from the texts
