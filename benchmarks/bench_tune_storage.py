@@ -19,8 +19,11 @@ from pathlib import Path
 
 
 def storage(kind: str, directory: Path):
+    import warnings
+
     import optuna
 
+    warnings.filterwarnings("ignore", category=optuna.exceptions.ExperimentalWarning)  # heartbeat_interval
     if kind == "sqlite":  # as sentiment tune opens it
         return optuna.storages.RDBStorage(f"sqlite:///{directory / 'study.db'}", heartbeat_interval=60,
                                           engine_kwargs={"connect_args": {"timeout": 60}})
