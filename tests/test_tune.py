@@ -96,7 +96,7 @@ def finished(trials: list) -> dict[int, float]:
 def shared_study(workdir: Path) -> tuple[Path, str]:
     """3 trials run by two worker processes (--jobs 2) on one local study."""
     study_dir = workdir / "first" / "study"
-    output = finish(start_tune(workdir, study_dir, 3, "--jobs", "2", "--heartbeat", "1"), workdir)
+    output = finish(start_tune(workdir, study_dir, 3, "--jobs", "2"), workdir)
     return study_dir, output
 
 
@@ -139,6 +139,18 @@ def test_a_space_reads_ranges_and_choices_typed_by_the_config(workdir: Path, tmp
         read_space(path, {}, ["train.lr=0.01"])
 
 
+@pytest.mark.parametrize("module, extra, needles", [
+    ("optuna", [], ["sentiment[tune]"]),
+    ("psycopg", ["--storage", "postgresql://u@127.0.0.1:1/db"], ["psycopg[binary]"]),
+])
+def test_a_missing_optional_dependency_is_one_error_line(workdir: Path, tmp_path: Path, monkeypatch, module: str,
+                                                         extra: list, needles: list):
+    monkeypatch.setitem(sys.modules, module, None)  # import fails, as when it is not installed
+    result = CliRunner().invoke(app, tune_args(workdir, tmp_path / "study", 2, *extra))
+    one_line_error(result.exit_code, result.output, *needles)
+    assert not (tmp_path / "study").exists()
+
+
 # ---------------------------------------------------------------- a local study
 def test_two_workers_share_one_local_study(shared_study):
     study_dir, output = shared_study
@@ -174,6 +186,9 @@ def test_the_same_command_again_adds_no_trial_to_a_finished_study(shared_study, 
     output = run_in_process(workdir, study_dir, 3)
     assert [(t.number, t.state, t.value) for t in trials_of(study_dir)] == before
     assert "3 of 3 trials finished" in output and "its test figure" in output  # read once, then kept
+    other = CliRunner().invoke(app, tune_args(workdir, study_dir, 4, "--set", "train.epochs=2"))
+    one_line_error(other.exit_code, other.output, "started with another config", "train.epochs: 1 then, 2 now")
+    assert [(t.number, t.state, t.value) for t in trials_of(study_dir)] == before  # refused before any trial
 
 
 def test_a_worker_killed_mid_trial_loses_no_trial_and_the_study_goes_on_to_n(shared_study, workdir: Path,

@@ -118,8 +118,9 @@ def _print_summary(summary: dict[str, Any]) -> None:
     keys = [k for k in (rows[0] if rows else {}) if k not in ("number", "state", "valid_accuracy", "epochs",
                                                                 "seconds", "worker", "run_dir", "error")]
     # trials as columns, keys as rows: eight tuned keys still fit 80 columns; trials.csv has every trial
-    table = Table(title=f"study {escape(summary['study'])} · {p.done} of {p.total} trials finished"
-                        f"{f' · {p.failed} failed' if p.failed else ''}", box=box.SIMPLE_HEAD, pad_edge=False)
+    console.print(f"study {escape(summary['study'])} · {p.done} of {p.total} trials finished"
+                  f"{f' · {p.failed} failed' if p.failed else ''}", soft_wrap=True)
+    table = Table(box=box.SIMPLE_HEAD, pad_edge=False)
     table.add_column("trial", style="bold")
     for r in shown[:SHOWN_TRIALS]:
         table.add_column(str(r["number"]), justify="right")
