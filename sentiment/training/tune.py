@@ -163,14 +163,9 @@ def open_study(settings: TuneSettings, space: list[Dimension], cfg: Config) -> A
     optuna = _optuna()
     url = storage_url(settings)
     Path(settings.study_dir).mkdir(parents=True, exist_ok=True)
-    engine = {"connect_args": {"timeout": 60}} if url.startswith("sqlite") else {"pool_pre_ping": True}
     for attempt in range(OPEN_ATTEMPTS):
         try:
-            with warnings.catch_warnings():
-                warnings.simplefilter("ignore")  # heartbeat_interval is marked experimental
-                storage = optuna.storages.RDBStorage(url, engine_kwargs=engine,
-                                                     heartbeat_interval=settings.heartbeat)
-            study = optuna.create_study(storage=storage, study_name=settings.name, direction="maximize",
+            study = optuna.create_study(storage=_storage(settings), study_name=settings.name, direction="maximize",
                                         load_if_exists=True, pruner=_pruner(optuna, settings.pruner))
             break
         except ImportError as e:
@@ -185,6 +180,20 @@ def open_study(settings: TuneSettings, space: list[Dimension], cfg: Config) -> A
             raise SentimentError(f"cannot open the study in {shown_url(url)}: {first}") from None
     _check_same_study(study, settings, space, cfg)
     return study
+
+
+def _storage(settings: TuneSettings) -> Any:
+    """Optuna's RDBStorage for --storage, with the heartbeat; SQLite waits up to 60 s for its lock (not 5)."""
+    optuna = _optuna()
+    url = storage_url(settings)
+    engine = {"connect_args": {"timeout": 60}} if url.startswith("sqlite") else {"pool_pre_ping": True}
+    with warnings.catch_warnings():
+        warnings.simplefilter("ignore")  # heartbeat_interval is marked experimental
+        return optuna.storages.RDBStorage(url, engine_kwargs=engine, heartbeat_interval=settings.heartbeat)
+
+
+def _load(settings: TuneSettings) -> Any:
+    return _optuna().load_study(study_name=settings.name, storage=_storage(settings))
 
 
 def _pruner(optuna: Any, name: str) -> Any:
@@ -338,8 +347,8 @@ class TrialObjective:
             reported, last_progress = 0, 0.0
             while child.poll() is None:
                 time.sleep(POLL_SECONDS)
-                reported = _report(trial, run_dir, reported)
-                if trial.should_prune():
+                before, reported = reported, _report(trial, run_dir, reported)
+                if reported > before and trial.should_prune():  # asked once per epoch: it reads every trial
                     _stop(child)
                     trial.set_user_attr("seconds", round(time.monotonic() - started, 1))
                     raise optuna.TrialPruned(f"at epoch {reported}")
@@ -455,7 +464,6 @@ def tune(settings: TuneSettings, on_progress: Callable[[Progress], None] | None 
 def _run_workers(settings: TuneSettings, on_progress: Callable[[Progress], None] | None,
                  on_note: Callable[[str], None] | None) -> None:
     """--jobs K: K worker processes on one storage; this process shows progress and waits for them."""
-    optuna = _optuna()
     logs = Path(settings.study_dir) / "workers"
     logs.mkdir(parents=True, exist_ok=True)
     workers = []
@@ -465,7 +473,7 @@ def _run_workers(settings: TuneSettings, on_progress: Callable[[Progress], None]
             workers.append((subprocess.Popen([sys.executable, "-m", "sentiment.training.tune_worker",
                                               json.dumps(dataclasses.asdict(settings))],
                                              stdout=out, stderr=subprocess.STDOUT, preexec_fn=die_with_parent), log))
-    study = optuna.load_study(study_name=settings.name, storage=storage_url(settings))
+    study = _load(settings)
     try:
         while any(p.poll() is None for p, _ in workers):
             if on_progress:
@@ -489,8 +497,7 @@ def _run_workers(settings: TuneSettings, on_progress: Callable[[Progress], None]
 def summarise(settings: TuneSettings, space: list[Dimension]) -> dict[str, Any]:
     """The study's trials as rows (written to trials.csv), its best trial with its test figure (read once and
     kept with the study), and best.yaml."""
-    optuna = _optuna()
-    study = optuna.load_study(study_name=settings.name, storage=storage_url(settings))
+    study = _load(settings)
     rows = [_row(t, space) for t in study.get_trials(deepcopy=False)]
     study_dir = Path(settings.study_dir)
     _write_table(study_dir / TABLE_FILE, rows, space)
