@@ -73,7 +73,8 @@ def measure(kind: str, workers: int, trials: int) -> dict:
         numbers = [t.number for t in optuna.load_study(study_name="bench", storage=storage(kind, directory)).trials]
     return {"storage": kind, "workers": workers, "trials": len(numbers), "distinct_numbers": len(set(numbers)),
             "errors": sum(r["errors"] for r in results), "wall_s": round(wall, 1),
-            "trials_per_s": round(len(numbers) / wall, 1), "ms_per_trial_per_worker": round(1000 * wall * workers / max(1, len(numbers)), 1),
+            "trials_per_s": round(len(numbers) / wall, 1),
+            "ms_per_trial_per_worker": round(1000 * wall * workers / max(1, len(numbers)), 1),
             "first_error": next((r["first_error"] for r in results if r["first_error"]), None)}
 
 

@@ -64,6 +64,7 @@ class TuneSettings:
     seed: int = 0
     pruner: str = "median"
     heartbeat: int = 60  # seconds between a running trial's heartbeats; stale (failed) after twice that
+    worker_index: int = 0  # which of --jobs workers this is (it seeds the sampler apart from the others)
 
     @property
     def name(self) -> str:
@@ -261,7 +262,7 @@ def run_worker(settings: TuneSettings, on_progress: Callable[[Progress], None] |
         if progress.done + progress.running >= settings.trials:  # wait: a running trial may yet fail
             time.sleep(max(POLL_SECONDS, min(5.0, settings.heartbeat / 2)))
             continue
-        study.sampler = _sampler(optuna, settings.seed, len(study.get_trials(deepcopy=False)), os.getpid())
+        study.sampler = _sampler(optuna, settings, len(study.get_trials(deepcopy=False)))
         objective = TrialObjective(settings, space, worker, study, on_progress)
         study.optimize(objective, n_trials=1, catch=(TrialFailed, SurplusTrial))
         if objective.failed is None:
@@ -278,12 +279,17 @@ def _fail_stale(optuna: Any, study: Any) -> None:
         optuna.storages.fail_stale_trials(study)
 
 
-def _sampler(optuna: Any, seed: int, n_trials: int, pid: int) -> Any:
-    """TPE seeded by --seed and the study's trial count: a continued study does not replay its first trials'
-    draws, and two workers starting at once (same count) draw apart (their pids differ)."""
+def _sampler(optuna: Any, settings: TuneSettings, n_trials: int) -> Any:
+    """TPE seeded by --seed, the study's trial count and the worker: a continued study does not replay its first
+    trials' draws, and workers asking at the same count draw apart (--jobs workers by their index, machines
+    sharing a database by their host name), while one worker's study is the same every time."""
+    import zlib
+
     import numpy as np
 
-    entropy = [seed, n_trials] + ([pid] if n_trials else [])  # the first trial: --seed alone decides it
+    entropy = [settings.seed, n_trials, settings.worker_index]
+    if settings.storage:  # possibly shared with other machines
+        entropy.append(zlib.crc32(socket.gethostname().encode()))
     return optuna.samplers.TPESampler(seed=int(np.random.SeedSequence(entropy).generate_state(1)[0]))
 
 
@@ -293,8 +299,9 @@ def study_progress(study: Any, total: int) -> Progress:
     trials = study.get_trials(deepcopy=False)
     count = {state: sum(t.state == state for t in trials) for state in TrialState}
     values = [t.value for t in trials if t.state == TrialState.COMPLETE and t.value is not None]
+    surplus = sum(t.state == TrialState.FAIL and bool(t.user_attrs.get("surplus")) for t in trials)
     return Progress(count[TrialState.COMPLETE] + count[TrialState.PRUNED], total, count[TrialState.RUNNING],
-                    count[TrialState.FAIL], max(values) if values else None)
+                    count[TrialState.FAIL] - surplus, max(values) if values else None)
 
 
 class TrialObjective:
@@ -469,9 +476,9 @@ def _run_workers(settings: TuneSettings, on_progress: Callable[[Progress], None]
     workers = []
     for i in range(settings.jobs):
         log = logs / f"worker-{i}.log"
+        own = json.dumps(dataclasses.asdict(dataclasses.replace(settings, worker_index=i)))
         with open(log, "ab") as out:
-            workers.append((subprocess.Popen([sys.executable, "-m", "sentiment.training.tune_worker",
-                                              json.dumps(dataclasses.asdict(settings))],
+            workers.append((subprocess.Popen([sys.executable, "-m", "sentiment.training.tune_worker", own],
                                              stdout=out, stderr=subprocess.STDOUT, preexec_fn=die_with_parent), log))
     study = _load(settings)
     try:
