@@ -675,6 +675,15 @@ def own_data_config(path: Path | None, overrides: list[str], files: dict[str, An
     """The config of `train --data`: the file at `path` (or, without one, OWN_DATA_RECIPE), the data keys
     `files` gives (train_file, valid_file, test_file, text_column, label_column; None: unchanged), then the
     --set overrides. A path is set as written, never parsed as YAML."""
+    cfg = config_from_dict(apply_overrides(own_data_raw(path, files), overrides))
+    if cfg.run.name is None:
+        cfg.run.name = Path(path).stem if path is not None else Path(str(files["train_file"])).stem
+    return cfg
+
+
+def own_data_raw(path: Path | None, files: dict[str, Any]) -> dict[str, Any]:
+    """The mapping own_data_config resolves before its --set overrides (`sentiment tune --data` adds a trial's
+    overrides to it and writes it as best.yaml)."""
     import copy
 
     raw = read_yaml(path) if path is not None else copy.deepcopy(OWN_DATA_RECIPE)
@@ -685,10 +694,7 @@ def own_data_config(path: Path | None, overrides: list[str], files: dict[str, An
     for key in ("valid_file", "test_file"):
         data.setdefault(key, None)
     data.update({k: str(v) for k, v in files.items() if v is not None})
-    cfg = config_from_dict(apply_overrides(raw, overrides))
-    if cfg.run.name is None:
-        cfg.run.name = Path(path).stem if path is not None else Path(str(files["train_file"])).stem
-    return cfg
+    return raw
 
 
 def choose_max_len(lengths: Any) -> int:

@@ -4,7 +4,7 @@ the result with rich. Library errors (SentimentError) become one line on stderr 
 One module per command group; importing them registers their commands on `app`, in the order `--help` lists."""
 
 from sentiment.cli.app import app
-from sentiment.cli import data, train, inference, explain, serve, pretrain, runs  # noqa: F401,E402  (registers the commands)
+from sentiment.cli import data, train, inference, explain, serve, pretrain, runs, tune  # noqa: F401,E402  (registers the commands)
 
 
 def main() -> None:
