@@ -8,6 +8,7 @@ from pathlib import Path
 from typing import Any, Optional
 
 import typer
+from rich.console import Console
 from rich.markup import escape
 from rich import box
 from rich.table import Table
@@ -44,7 +45,12 @@ def runs(
         where = ", ".join(str(d) for d in dirs or [default_runs_dir()])
         console.print(f"no run directories in {escape(where)}", soft_wrap=True)
         return
-    console.print(runs_table(found))
+    table = runs_table(found)
+    if console.is_terminal:  # the table fits the terminal
+        console.print(table)
+    else:  # piped or captured: every column at its full width, not cut to rich's default of 80
+        natural = console.measure(table, options=console.options.update_width(1000)).maximum
+        Console(width=max(console.width, natural), no_color=console.no_color).print(table)
 
 
 def _value(value: Any) -> str:
