@@ -185,9 +185,7 @@ def test_stratified_limit_keeps_class_shares_and_varies_with_the_seed():
 
 
 # ---------------------------------------------------------------- `sentiment pretrain` on the engine
-TINY_PRETRAIN = ["model.hidden_size=16", "pretrain.bptt=10", "pretrain.batch_size=8", "pretrain.warmup_steps=2",
-                 "pretrain.held_out_fraction=0.1", "pretrain.held_out_windows=10", "pretrain.epoch_tokens=600",
-                 "run.threads=1"]
+from conftest import TINY_PRETRAINING as TINY_PRETRAIN  # noqa: E402  (the session's pretraining run trains with it too)
 
 
 @pytest.fixture(scope="module")
